@@ -1,0 +1,229 @@
+//! [`PoolBuilder`]: how a pool is configured.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::BuildError;
+use crate::pool::Pool;
+use crate::protocol::codec::encode_chunk;
+use crate::shared::{Config, Shared};
+use crate::start::spawn::ENV_WORKER;
+use crate::start::{ChildOptions, StartMethod};
+use crate::supervisor::run_slot;
+use crate::task_fn::{build_id, trampoline, FnRef};
+
+/// The default [`PoolBuilder::max_frame_len`]: 256 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: usize = 256 << 20;
+
+/// Configures and builds a [`Pool`]. Get one from [`Pool::builder`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), procpool::BuildError> {
+/// use std::time::Duration;
+/// let pool = procpool::Pool::builder()
+///     .processes(4)
+///     .max_tasks_per_child(1000)
+///     .task_timeout(Duration::from_secs(30))
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct PoolBuilder {
+    config: Config,
+    initializer: Result<(), String>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("processes", &self.config.processes)
+            .field("start_method", &self.config.start_method)
+            .field("max_tasks_per_child", &self.config.max_tasks_per_child)
+            .field(
+                "initializer",
+                &self.config.initializer.as_ref().map(|_| "<fn>"),
+            )
+            .field("max_frame_len", &self.config.max_frame_len)
+            .field("task_timeout", &self.config.task_timeout)
+            .field("startup_timeout", &self.config.startup_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PoolBuilder {
+    /// A builder with the defaults of each setting.
+    pub fn new() -> Self {
+        PoolBuilder {
+            config: Config {
+                processes: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                start_method: StartMethod::default(),
+                max_tasks_per_child: None,
+                initializer: None,
+                max_frame_len: DEFAULT_MAX_FRAME_LEN,
+                task_timeout: None,
+                kill_grace: None,
+                startup_timeout: Duration::from_secs(30),
+                pipeline: 2,
+                child: ChildOptions::default(),
+            },
+            initializer: Ok(()),
+        }
+    }
+
+    /// The number of worker processes. Default: the number of CPUs
+    /// ([`std::thread::available_parallelism`]).
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn processes(mut self, n: usize) -> Self {
+        assert!(n > 0, "a pool needs at least one process");
+        self.config.processes = n;
+        self
+    }
+
+    /// How workers are started. Default: [`StartMethod::Spawn`].
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.config.start_method = method;
+        self
+    }
+
+    /// Retires a worker after it has run `n` jobs (a chunk of `map` counts as one, as
+    /// in Python) and starts a fresh one in its place: the cure for leaks and global
+    /// state. Default: workers live as long as the pool.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn max_tasks_per_child(mut self, n: usize) -> Self {
+        assert!(n > 0, "max_tasks_per_child must be at least 1");
+        self.config.max_tasks_per_child = Some(n);
+        self
+    }
+
+    /// Runs `f(arg)` once in every worker, before its first task (Python's
+    /// `initializer` and `initargs`). If it panics, the worker does not start: `build`
+    /// fails with the panic's message. Default: none.
+    pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
+    where
+        F: Fn(A) + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        let func = FnRef::of(trampoline::<F, A, ()>());
+        let mut args = Vec::new();
+        self.initializer = func.and_then(|func| {
+            encode_chunk(std::slice::from_ref(&arg), &mut args)?;
+            self.config.initializer = Some((func, args.into()));
+            Ok(())
+        });
+        self
+    }
+
+    /// The largest frame, in bytes, that may cross a worker's channel: one job's
+    /// encoded arguments or its results. A task whose argument or result is larger
+    /// fails with [`TaskError::TooLarge`](crate::TaskError::TooLarge); the worker and
+    /// the pool go on serving. Default: [`DEFAULT_MAX_FRAME_LEN`] (256 MiB).
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is below 1 KiB or above 4 GiB - 1 (the length field has 32 bits).
+    #[track_caller]
+    pub fn max_frame_len(mut self, bytes: usize) -> Self {
+        assert!(
+            (1024..=u32::MAX as usize).contains(&bytes),
+            "max_frame_len must be between 1 KiB and 4 GiB - 1"
+        );
+        self.config.max_frame_len = bytes;
+        self
+    }
+
+    /// A timeout for every task (every chunk, for the `map` family), unless the call
+    /// sets its own. It counts from when a worker starts the task; when it expires the
+    /// worker is killed (see [`kill_grace`](PoolBuilder::kill_grace)) and replaced, and
+    /// the task fails with [`TaskError::TimedOut`](crate::TaskError::TimedOut).
+    /// Default: none.
+    pub fn task_timeout(mut self, timeout: Duration) -> Self {
+        self.config.task_timeout = Some(timeout);
+        self
+    }
+
+    /// When a task times out, send its worker `SIGTERM` and wait this long before
+    /// `SIGKILL`. Default: `SIGKILL` at once.
+    pub fn kill_grace(mut self, grace: Duration) -> Self {
+        self.config.kill_grace = Some(grace);
+        self
+    }
+
+    /// How long a new worker may take to start, answer its handshake and run its
+    /// initializer before it is killed and reported. Default: 30 s.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.startup_timeout = timeout;
+        self
+    }
+
+    /// Builds the pool: starts every worker and waits until each has answered its
+    /// handshake and run its initializer.
+    ///
+    /// # Errors
+    ///
+    /// If a worker cannot be started, does not answer its handshake within the
+    /// [`startup_timeout`](PoolBuilder::startup_timeout), runs another build, or its
+    /// initializer panics; if the initializer's argument cannot be encoded; if this
+    /// process is itself a worker that did not call [`init`](crate::init) first; or if
+    /// it is not called within a Tokio runtime. Workers already started are killed and
+    /// reaped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future kills and reaps the workers started so far.
+    pub async fn build(self) -> Result<Pool, BuildError> {
+        if std::env::var_os(ENV_WORKER).is_some() {
+            return Err(BuildError::new(
+                "this process was started as a procpool worker but did not call \
+                 procpool::init() first in main; refusing to start a pool from it",
+            ));
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(BuildError::new("a pool must be built within a Tokio runtime"));
+        }
+        if let Err(why) = self.initializer {
+            return Err(BuildError::new(format!("bad initializer: {why}")));
+        }
+        // Computed once per process; do it before the workers need it.
+        let _ = build_id();
+        let shared = Arc::new(Shared::new(self.config));
+        let pool = Pool::from_shared(shared.clone());
+        let mut first = Vec::new();
+        for slot in 0..shared.config.processes {
+            let (tx, rx) = oneshot::channel();
+            shared
+                .tracker
+                .spawn(run_slot(shared.clone(), slot, Some(tx)));
+            first.push(rx);
+        }
+        for rx in first {
+            let failure = match rx.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(why)) => why,
+                Err(_) => "the pool's supervisor stopped during start-up".to_string(),
+            };
+            pool.terminate().await;
+            return Err(BuildError::new(failure));
+        }
+        Ok(pool)
+    }
+}

@@ -1,0 +1,153 @@
+//! [`Apply`] and [`Map`]: calls whose options can be set before they are awaited.
+
+use std::fmt;
+use std::future::IntoFuture;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+
+use crate::error::TaskError;
+use crate::handle::TaskHandle;
+use crate::pool::Pool;
+use crate::queue::AbortSignal;
+use crate::stream::Lazy;
+use crate::task_fn::FnRef;
+
+/// One task, ready to submit: returned by [`Pool::apply`].
+///
+/// Await it for the result, or call [`spawn`](Apply::spawn) to submit it now and get a
+/// [`TaskHandle`]. Nothing is submitted before either.
+///
+/// # Cancel safety
+///
+/// Dropping an `Apply` before awaiting it submits nothing. Once awaited, it is a
+/// [`TaskHandle`], whose drop rules apply: a task that has not started is removed from
+/// the queue; a running one finishes and its result is discarded.
+#[must_use = "an Apply does nothing until it is awaited or spawned"]
+pub struct Apply<R> {
+    pool: Pool,
+    func: Result<FnRef, String>,
+    args: Result<Vec<u8>, TaskError>,
+    timeout: Option<Duration>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for Apply<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Apply")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> Apply<R> {
+    pub(crate) fn new(pool: Pool, func: Result<FnRef, String>, args: Result<Vec<u8>, TaskError>) -> Self {
+        Apply {
+            pool,
+            func,
+            args,
+            timeout: None,
+            _result: PhantomData,
+        }
+    }
+
+    /// Sets this task's timeout, overriding the pool's
+    /// [`task_timeout`](crate::PoolBuilder::task_timeout). The clock starts when a worker
+    /// starts the task; when it runs out, the worker is killed and replaced and the task
+    /// fails with [`TaskError::TimedOut`].
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Submits the task now.
+    pub fn spawn(self) -> TaskHandle<R> {
+        let abort = Arc::new(AbortSignal::default());
+        match (self.func, self.args) {
+            (Ok(func), Ok(args)) => {
+                let (rx, id) = self.pool.submit_encoded(func, args, 1, self.timeout, Some(abort.clone()));
+                TaskHandle::new(id, rx, abort)
+            }
+            (Err(why), _) => failed(TaskError::Unsupported(why), abort),
+            (_, Err(e)) => failed(e, abort),
+        }
+    }
+}
+
+fn failed<R>(error: TaskError, abort: Arc<AbortSignal>) -> TaskHandle<R> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(Err(error));
+    TaskHandle::new(0, rx, abort)
+}
+
+impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
+    type Output = Result<R, TaskError>;
+    type IntoFuture = TaskHandle<R>;
+
+    fn into_future(self) -> TaskHandle<R> {
+        self.spawn()
+    }
+}
+
+/// A parallel map, ready to run: returned by [`Pool::map`] and [`Pool::starmap`].
+///
+/// Await it for every result in input order, or the first error. Set
+/// [`chunk_size`](Map::chunk_size) or [`timeout`](Map::timeout) before awaiting.
+///
+/// # Cancel safety
+///
+/// Dropping a `Map` before awaiting it submits nothing. Dropping the future while it
+/// runs removes the chunks that have not started from the queue; chunks already running
+/// finish and their results are discarded.
+#[must_use = "a Map does nothing until it is awaited"]
+pub struct Map<R> {
+    inner: Lazy<R>,
+}
+
+impl<R> fmt::Debug for Map<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Map").finish_non_exhaustive()
+    }
+}
+
+impl<R: Send + 'static> Map<R> {
+    pub(crate) fn new(inner: Lazy<R>) -> Self {
+        Map { inner }
+    }
+
+    /// Sets how many tasks go to a worker in one message. The default is about
+    /// `len / (4 × processes)` when the input's length is known exactly (as Python's
+    /// `Pool.map` does), and 1 otherwise.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn chunk_size(mut self, n: usize) -> Self {
+        assert!(n > 0, "chunk_size must be at least 1");
+        self.inner.opts().chunk_size = Some(n);
+        self
+    }
+
+    /// Sets a timeout for each chunk (each task, with a chunk size of 1), overriding the
+    /// pool's [`task_timeout`](crate::PoolBuilder::task_timeout).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.inner.opts().timeout = Some(timeout);
+        self
+    }
+}
+
+impl<R: Send + 'static> IntoFuture for Map<R> {
+    type Output = Result<Vec<R>, TaskError>;
+    type IntoFuture = BoxFuture<'static, Result<Vec<R>, TaskError>>;
+
+    fn into_future(mut self) -> Self::IntoFuture {
+        // A join holds every result anyway: submit every chunk at once.
+        self.inner.opts().max_in_flight = Some(usize::MAX);
+        self.inner.try_collect().boxed()
+    }
+}

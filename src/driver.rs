@@ -1,0 +1,309 @@
+//! One worker's driver: the Tokio task side of a worker process.
+//!
+//! It takes jobs from the shared queue (up to `pipeline` at a time, so the worker never
+//! waits for the next job), writes their frames, matches each reply to the oldest job in
+//! flight (a worker runs its jobs in order), and watches for the worker's death, the
+//! running job's deadline and abort, and the pool's termination — all from one
+//! `poll_fn`, so that reading replies never waits behind a slow write of a large job.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures::StreamExt;
+use tokio::io::AsyncWrite;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::{sleep_until, Instant};
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+
+use crate::error::{Payload, TaskError, WorkerExit};
+use crate::protocol::codec::decode_frame;
+use crate::protocol::{FromWorker, Outcome};
+use crate::queue::{Job, Popped};
+use crate::shared::{Counters, Shared};
+use crate::start::child::{ChildProc, REAP_BOUND};
+
+/// A started worker that has passed its handshake.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) pid: u32,
+    pub(crate) child: ChildProc,
+    pub(crate) reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    pub(crate) writer: OwnedWriteHalf,
+}
+
+/// Why a driver stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum End {
+    /// It served `max_tasks_per_child` jobs and has none in flight: let it go.
+    Retire,
+    /// The queue is closed and empty, and nothing is in flight: let it go.
+    Drained,
+    /// The pool is terminating.
+    Terminated,
+    /// The worker died or was killed; its running job was failed, the others requeued.
+    Lost,
+}
+
+enum Event {
+    Job(Job),
+    Frame(Option<io::Result<BytesMut>>),
+    Exited(WorkerExit),
+    WriteFailed,
+    TimedOut(Duration),
+    Aborted,
+    Terminate,
+    Drained,
+    Retire,
+}
+
+/// Frames waiting to be written, each with its length prefix already in place.
+#[derive(Default)]
+struct Outbox {
+    bufs: VecDeque<Bytes>,
+}
+
+impl Outbox {
+    fn poll_flush(&mut self, writer: &mut OwnedWriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.bufs.is_empty() {
+            let slices: Vec<IoSlice<'_>> = self.bufs.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            while n > 0 {
+                let front = &mut self.bufs[0];
+                if n >= front.len() {
+                    n -= front.len();
+                    self.bufs.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Drives `worker` until it must stop; see [`End`].
+pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> End {
+    let end = Driver {
+        shared,
+        slot,
+        inflight: VecDeque::new(),
+    }
+    .run(worker)
+    .await;
+    shared.queue.unregister(slot);
+    end
+}
+
+struct Driver<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    inflight: VecDeque<Job>,
+}
+
+impl Driver<'_> {
+    async fn run(&mut self, w: &mut Worker) -> End {
+        let cfg = &self.shared.config;
+        let mut outbox = Outbox::default();
+        let mut taken = 0usize;
+        let mut deadline: Option<Duration> = None;
+        let mut sleep = pin!(sleep_until(Instant::now()));
+        let mut terminate = pin!(self.shared.terminate.cancelled());
+        loop {
+            let may_take = self.inflight.len() < cfg.pipeline
+                && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
+            let event = std::future::poll_fn(|cx| {
+                if terminate.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Terminate);
+                }
+                if let Poll::Ready(Err(_)) = outbox.poll_flush(&mut w.writer, cx) {
+                    return Poll::Ready(Event::WriteFailed);
+                }
+                if let Poll::Ready(frame) = w.reader.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Frame(frame));
+                }
+                if let Poll::Ready(exit) = w.child.poll_wait(cx) {
+                    return Poll::Ready(Event::Exited(exit));
+                }
+                if let Some(head) = self.inflight.front() {
+                    if let Some(abort) = &head.abort {
+                        if abort.poll_aborted(cx).is_ready() {
+                            return Poll::Ready(Event::Aborted);
+                        }
+                    }
+                }
+                if let Some(after) = deadline {
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::TimedOut(after));
+                    }
+                }
+                if may_take {
+                    let (popped, skipped) = self.shared.queue.poll_pop(self.slot, cx);
+                    Counters::add(&self.shared.counters.cancelled, skipped);
+                    match popped {
+                        Poll::Ready(Popped::Job(job)) => return Poll::Ready(Event::Job(job)),
+                        Poll::Ready(Popped::Closed) if self.inflight.is_empty() => {
+                            return Poll::Ready(Event::Drained)
+                        }
+                        _ => {}
+                    }
+                } else if self.inflight.is_empty() {
+                    return Poll::Ready(Event::Retire);
+                }
+                Poll::Pending
+            })
+            .await;
+            match event {
+                Event::Job(job) => {
+                    outbox.bufs.push_back(job.frame.clone());
+                    self.inflight.push_back(job);
+                    taken += 1;
+                    if self.inflight.len() == 1 {
+                        deadline = self.arm(sleep.as_mut());
+                    }
+                }
+                Event::Frame(Some(Ok(frame))) => match self.complete(frame) {
+                    Ok(()) => deadline = self.arm(sleep.as_mut()),
+                    Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
+                },
+                Event::Frame(Some(Err(e))) => {
+                    let why = format!("unreadable frame: {e}");
+                    return self.lose(w, TaskError::Protocol(why), true).await;
+                }
+                Event::Frame(None) | Event::WriteFailed => {
+                    // The worker closed its end; it is exiting or must be made to.
+                    let exit = match tokio::time::timeout(REAP_BOUND, w.child.wait()).await {
+                        Ok(exit) => exit,
+                        Err(_) => w.child.kill_and_reap(REAP_BOUND).await.unwrap_or(WorkerExit::Signal(9)),
+                    };
+                    return self.died(w, exit).await;
+                }
+                Event::Exited(exit) => return self.died(w, exit).await,
+                Event::TimedOut(after) => {
+                    let pid = w.pid;
+                    match cfg.kill_grace {
+                        Some(grace) => w.child.terminate(grace).await,
+                        None => w.child.kill_and_reap(REAP_BOUND).await,
+                    };
+                    Counters::add(&self.shared.counters.timed_out, self.head_tasks());
+                    return self.lose(w, TaskError::TimedOut { pid, after }, false).await;
+                }
+                Event::Aborted => {
+                    w.child.kill_and_reap(REAP_BOUND).await;
+                    Counters::add(&self.shared.counters.cancelled, self.head_tasks());
+                    return self.lose(w, TaskError::Cancelled, false).await;
+                }
+                Event::Terminate => {
+                    let n: u64 = self.inflight.iter().map(|j| j.tasks as u64).sum();
+                    Counters::add(&self.shared.counters.failed, n);
+                    for job in self.inflight.drain(..) {
+                        job.fail(TaskError::Terminated);
+                    }
+                    return End::Terminated;
+                }
+                Event::Drained => return End::Drained,
+                Event::Retire => return End::Retire,
+            }
+        }
+    }
+
+    fn head_tasks(&self) -> u64 {
+        self.inflight.front().map_or(0, |j| j.tasks as u64)
+    }
+
+    /// Starts the deadline of the job now at the head, which starts running now.
+    fn arm(&self, sleep: Pin<&mut tokio::time::Sleep>) -> Option<Duration> {
+        let head = self.inflight.front()?;
+        let after = head.timeout.or(self.shared.config.task_timeout)?;
+        sleep.reset(Instant::now() + after);
+        Some(after)
+    }
+
+    /// Matches a reply to the head job and delivers it.
+    fn complete(&mut self, mut frame: BytesMut) -> Result<(), String> {
+        let (header, payload_len) = match decode_frame::<FromWorker>(&frame) {
+            Ok((header, payload)) => (header, payload.len()),
+            Err(e) => return Err(e),
+        };
+        let FromWorker::Done { id, outcome } = header else {
+            return Err("unexpected message in place of a reply".into());
+        };
+        if self.inflight.front().map(|j| j.id) != Some(id) {
+            return Err(format!("reply to job {id}, which is not the one running"));
+        }
+        let Some(job) = self.inflight.pop_front() else {
+            return Err("reply with no job in flight".into());
+        };
+        let counters = &self.shared.counters;
+        self.shared.count_worker_task(self.slot, 1);
+        let reply = match outcome {
+            Outcome::Ok => {
+                // Panics inside the chunk are counted as completions here; the typed
+                // side turns them into `TaskError::Panicked`.
+                Counters::add(&counters.completed, job.tasks as u64);
+                let payload = frame.split_off(frame.len() - payload_len);
+                Ok(payload.freeze())
+            }
+            failure => {
+                Counters::add(&counters.failed, job.tasks as u64);
+                Err(match failure {
+                    Outcome::BadArguments(message) => TaskError::Codec {
+                        what: Payload::Argument,
+                        message,
+                    },
+                    Outcome::BadResult(message) => TaskError::Codec {
+                        what: Payload::Result,
+                        message,
+                    },
+                    Outcome::ResultTooLarge { size } => TaskError::TooLarge {
+                        what: Payload::Result,
+                        size,
+                        limit: self.shared.config.max_frame_len,
+                    },
+                    Outcome::Unresolvable(why) => TaskError::Unsupported(why),
+                    Outcome::Ok => unreachable!(),
+                })
+            }
+        };
+        let _ = job.reply.send(reply);
+        Ok(())
+    }
+
+    /// The worker exited by itself: deliver what it wrote before dying, then fail the
+    /// job it was running.
+    async fn died(&mut self, w: &mut Worker, exit: WorkerExit) -> End {
+        while let Ok(Some(Ok(frame))) =
+            tokio::time::timeout(Duration::from_millis(50), w.reader.next()).await
+        {
+            if self.complete(frame).is_err() {
+                break;
+            }
+        }
+        let error = TaskError::WorkerDied { pid: w.pid, exit };
+        self.lose(w, error, false).await
+    }
+
+    /// Kills the worker if `kill`, fails the head job with `error`, requeues the others.
+    async fn lose(&mut self, w: &mut Worker, error: TaskError, kill: bool) -> End {
+        if kill {
+            w.child.kill_and_reap(REAP_BOUND).await;
+        }
+        Counters::add(&self.shared.counters.workers_crashed, 1);
+        if let Some(job) = self.inflight.pop_front() {
+            if !matches!(error, TaskError::TimedOut { .. } | TaskError::Cancelled) {
+                Counters::add(&self.shared.counters.failed, job.tasks as u64);
+            }
+            job.fail(error);
+        }
+        self.shared.queue.requeue(self.inflight.drain(..));
+        End::Lost
+    }
+}

@@ -1,0 +1,238 @@
+//! The errors a task and a pool can meet.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A panic that happened in a worker process, carried back to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemotePanic {
+    message: String,
+    location: Option<String>,
+}
+
+impl RemotePanic {
+    pub(crate) fn new(message: String, location: Option<String>) -> Self {
+        RemotePanic { message, location }
+    }
+
+    /// The panic message (the formatted `panic!` arguments), or a placeholder when the
+    /// payload was not a string.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// `file:line:column` of the `panic!`, when known.
+    pub fn location(&self) -> Option<&str> {
+        self.location.as_deref()
+    }
+}
+
+impl fmt::Display for RemotePanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(loc) => write!(f, "panicked at {loc}: {}", self.message),
+            None => write!(f, "panicked: {}", self.message),
+        }
+    }
+}
+
+/// How a worker process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerExit {
+    /// It exited with this status code.
+    Code(i32),
+    /// It was killed by this signal number.
+    Signal(i32),
+}
+
+impl WorkerExit {
+    /// The signal's name, such as `SIGSEGV`, when the worker was killed by a signal.
+    pub fn signal_name(&self) -> Option<&'static str> {
+        match self {
+            WorkerExit::Signal(n) => nix::sys::signal::Signal::try_from(*n)
+                .ok()
+                .map(|s| s.as_str()),
+            WorkerExit::Code(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for WorkerExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkerExit::Code(c) => write!(f, "exit code {c}"),
+            WorkerExit::Signal(n) => match self.signal_name() {
+                Some(name) => write!(f, "signal {n} ({name})"),
+                None => write!(f, "signal {n}"),
+            },
+        }
+    }
+}
+
+/// Which side of a task a size or encoding error concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Payload {
+    /// The task's argument(s), sent to the worker.
+    Argument,
+    /// The task's result, sent back.
+    Result,
+}
+
+impl fmt::Display for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Payload::Argument => "argument",
+            Payload::Result => "result",
+        })
+    }
+}
+
+/// Why a task did not produce its result.
+///
+/// The task's own return value never lands here: a task returning `Result<T, E>` gives
+/// the caller `Result<Result<T, E>, TaskError>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The task panicked; the worker caught it and goes on serving.
+    Panicked(RemotePanic),
+    /// The worker process died while running the task (a segfault, an abort, a call to
+    /// `exit`, a kill from outside).
+    WorkerDied {
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended.
+        exit: WorkerExit,
+    },
+    /// The task ran longer than its timeout; its worker was killed and replaced.
+    TimedOut {
+        /// The worker's process id.
+        pid: u32,
+        /// The timeout that expired.
+        after: Duration,
+    },
+    /// The task was cancelled before it finished (see [`TaskHandle::abort`](crate::TaskHandle::abort)).
+    Cancelled,
+    /// The task was submitted to a pool that was closed or terminated.
+    Closed,
+    /// The pool was terminated (or dropped) before the task finished.
+    Terminated,
+    /// An encoded argument or result exceeds the frame size limit; nothing was sent
+    /// for it, and the worker goes on serving.
+    TooLarge {
+        /// Argument or result.
+        what: Payload,
+        /// The encoded size in bytes.
+        size: usize,
+        /// The configured limit ([`PoolBuilder::max_frame_len`](crate::PoolBuilder::max_frame_len)).
+        limit: usize,
+    },
+    /// An argument or result could not be encoded or decoded.
+    Codec {
+        /// Argument or result.
+        what: Payload,
+        /// What the codec said.
+        message: String,
+    },
+    /// The worker could not run the requested function: it is not part of the main
+    /// executable (for example it lives in a dynamic library), or the worker runs
+    /// another build.
+    Unsupported(String),
+    /// The worker sent something that breaks the protocol; it was killed and replaced.
+    Protocol(String),
+    /// No worker could be started to run the task.
+    WorkerStart(String),
+}
+
+impl TaskError {
+    /// Whether the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, TaskError::Panicked(_))
+    }
+
+    /// Whether the task hit its timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, TaskError::TimedOut { .. })
+    }
+
+    /// Whether the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, TaskError::Cancelled)
+    }
+
+    /// Whether the worker running the task died.
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self, TaskError::WorkerDied { .. })
+    }
+
+    /// The panic, when the task panicked.
+    pub fn panic(&self) -> Option<&RemotePanic> {
+        match self {
+            TaskError::Panicked(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The pid of the worker concerned, when the error is about one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            TaskError::WorkerDied { pid, .. } | TaskError::TimedOut { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Panicked(p) => write!(f, "task {p}"),
+            TaskError::WorkerDied { pid, exit } => {
+                write!(f, "worker {pid} died running the task ({exit})")
+            }
+            TaskError::TimedOut { pid, after } => {
+                write!(f, "task timed out after {after:?}; worker {pid} was killed")
+            }
+            TaskError::Cancelled => f.write_str("task was cancelled"),
+            TaskError::Closed => f.write_str("pool is closed"),
+            TaskError::Terminated => f.write_str("pool was terminated before the task finished"),
+            TaskError::TooLarge { what, size, limit } => write!(
+                f,
+                "task {what} is {size} bytes encoded, over the frame limit of {limit} bytes"
+            ),
+            TaskError::Codec { what, message } => {
+                write!(f, "task {what} could not be encoded or decoded: {message}")
+            }
+            TaskError::Unsupported(why) => write!(f, "worker cannot run the task: {why}"),
+            TaskError::Protocol(why) => write!(f, "worker broke the protocol: {why}"),
+            TaskError::WorkerStart(why) => write!(f, "no worker could be started: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+/// Why a pool could not be built.
+#[derive(Debug, Clone)]
+pub struct BuildError {
+    message: String,
+}
+
+impl BuildError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        BuildError {
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for BuildError {}

@@ -1,0 +1,91 @@
+//! [`TaskHandle`]: the future of one submitted task.
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::error::{Payload, TaskError};
+use crate::protocol::codec::decode_results;
+use crate::queue::{AbortSignal, Reply};
+
+/// A task submitted to the pool; a future of its result.
+///
+/// Returned by [`Pool::apply_async`](crate::Pool::apply_async) and
+/// [`Apply::spawn`](crate::Apply::spawn). The task is queued when the handle is
+/// created, whether or not the handle is ever polled.
+///
+/// # Cancel safety
+///
+/// Awaiting `&mut TaskHandle` is cancel safe: the task goes on and the handle can be
+/// awaited again. Dropping the handle before the task has started removes the task from
+/// the queue: it never runs. Dropping it while the task runs detaches the task: it runs
+/// to completion and its result is discarded. To stop a running task, call
+/// [`abort`](TaskHandle::abort).
+#[must_use = "dropping a TaskHandle cancels its task if it has not started yet"]
+pub struct TaskHandle<R> {
+    id: u64,
+    rx: oneshot::Receiver<Reply>,
+    abort: Arc<AbortSignal>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for TaskHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskHandle").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl<R> TaskHandle<R> {
+    pub(crate) fn new(id: u64, rx: oneshot::Receiver<Reply>, abort: Arc<AbortSignal>) -> Self {
+        TaskHandle {
+            id,
+            rx,
+            abort,
+            _result: PhantomData,
+        }
+    }
+
+    /// The task's id, unique within its pool.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Cancels the task: if it is queued it is removed; if it runs, its worker is
+    /// killed (and replaced). The handle then resolves to [`TaskError::Cancelled`],
+    /// unless the task had already finished.
+    pub fn abort(&self) {
+        self.abort.abort();
+    }
+}
+
+/// Decodes a reply that holds exactly one result.
+pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<R, TaskError> {
+    let bytes = reply?;
+    let mut results = decode_results::<R>(&bytes).map_err(|message| TaskError::Codec {
+        what: Payload::Result,
+        message,
+    })?;
+    match (results.pop(), results.is_empty()) {
+        (Some(result), true) => result.map_err(TaskError::Panicked),
+        _ => Err(TaskError::Protocol("expected exactly one result".into())),
+    }
+}
+
+impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {
+    type Output = Result<R, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(reply)) => Poll::Ready(decode_one(reply)),
+            // The pool's tasks are gone (its runtime shut down) without answering.
+            Poll::Ready(Err(_)) => Poll::Ready(Err(TaskError::Terminated)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}

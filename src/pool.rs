@@ -1,0 +1,387 @@
+//! [`Pool`]: the handle users hold.
+
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::builder::PoolBuilder;
+use crate::call::{Apply, Map};
+use crate::error::{Payload, TaskError};
+use crate::handle::TaskHandle;
+use crate::input::Input;
+use crate::protocol::codec::encode_chunk;
+use crate::protocol::ToWorker;
+use crate::queue::{AbortSignal, Job, Reply};
+use crate::shared::{Counters, Shared};
+use crate::stats::PoolStats;
+use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
+use crate::task_fn::{star_trampoline, trampoline, FnRef, StarFn};
+
+/// A pool of worker processes.
+///
+/// Cheap to clone: every clone drives the same workers. Build one with
+/// [`Pool::builder`]; submit work with [`apply`](Pool::apply),
+/// [`apply_async`](Pool::apply_async), [`map`](Pool::map), [`imap`](Pool::imap),
+/// [`imap_unordered`](Pool::imap_unordered) and [`starmap`](Pool::starmap).
+///
+/// A task is a plain `fn` or a closure that captures nothing, whose argument and result
+/// implement serde's `Serialize` and `DeserializeOwned`. It runs in a worker process;
+/// its panic, its crash, its timeout come back as a [`TaskError`].
+///
+/// # Shutdown
+///
+/// - [`close`](Pool::close) refuses new work; queued work still runs.
+/// - [`join`](Pool::join) closes the pool, waits for the queued work to finish, and
+///   waits for the workers to exit.
+/// - [`terminate`](Pool::terminate) kills every worker now and reaps it; unfinished
+///   tasks fail with [`TaskError::Terminated`].
+/// - Dropping the last clone of the pool terminates it: no worker outlives the pool,
+///   and none is left a zombie. Streams and `Map` futures hold a clone while they run;
+///   a [`TaskHandle`] does not.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Owner>,
+}
+
+/// The last `Pool` clone to go terminates the pool.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.start_terminate();
+    }
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes())
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+fn encode_args<A: Serialize + 'static>(items: &[A]) -> Result<Vec<u8>, TaskError> {
+    let mut out = Vec::new();
+    encode_chunk(items, &mut out).map_err(|message| TaskError::Codec {
+        what: Payload::Argument,
+        message,
+    })?;
+    Ok(out)
+}
+
+impl Pool {
+    /// A builder for a pool; see [`PoolBuilder`].
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::new()
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Pool {
+        Pool {
+            inner: Arc::new(Owner { shared }),
+        }
+    }
+
+    fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The number of worker processes.
+    pub fn processes(&self) -> usize {
+        self.shared().config.processes
+    }
+
+    pub(crate) fn pipeline_depth(&self) -> usize {
+        self.shared().config.pipeline
+    }
+
+    /// Queues a job made of the encoded chunk `args` holding `tasks` tasks.
+    pub(crate) fn submit_encoded(
+        &self,
+        func: FnRef,
+        args: Vec<u8>,
+        tasks: usize,
+        timeout: Option<Duration>,
+        abort: Option<Arc<AbortSignal>>,
+    ) -> (oneshot::Receiver<Reply>, u64) {
+        let shared = self.shared();
+        let (tx, rx) = oneshot::channel();
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        // The frame: a 4-byte length, the header, the arguments.
+        let mut frame = vec![0u8; 4];
+        frame = match postcard::to_extend(&ToWorker::Job { id, func }, frame) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let _ = tx.send(Err(TaskError::Protocol(e.to_string())));
+                return (rx, id);
+            }
+        };
+        let len = frame.len() - 4 + args.len();
+        if len > shared.config.max_frame_len {
+            let _ = tx.send(Err(TaskError::TooLarge {
+                what: Payload::Argument,
+                size: args.len(),
+                limit: shared.config.max_frame_len,
+            }));
+            return (rx, id);
+        }
+        frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        frame.extend_from_slice(&args);
+        let job = Job {
+            id,
+            frame: frame.into(),
+            tasks,
+            timeout,
+            abort,
+            reply: tx,
+        };
+        match shared.queue.push(job) {
+            Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
+            Err(job) => job.fail(TaskError::Closed),
+        }
+        (rx, id)
+    }
+
+    /// Queues a chunk of tasks.
+    pub(crate) fn submit<A: Serialize + 'static>(
+        &self,
+        func: FnRef,
+        items: &[A],
+        timeout: Option<Duration>,
+        abort: Option<Arc<AbortSignal>>,
+    ) -> (oneshot::Receiver<Reply>, u64) {
+        match encode_args(items) {
+            Ok(args) => self.submit_encoded(func, args, items.len(), timeout, abort),
+            Err(e) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(e));
+                (rx, 0)
+            }
+        }
+    }
+
+    /// Runs `f(arg)` in a worker: await the returned [`Apply`] for the result.
+    ///
+    /// `f` is a plain `fn` or a closure that captures nothing (a capturing closure is a
+    /// compile error). Set a per-call timeout with [`Apply::timeout`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: procpool::Pool) -> Result<(), procpool::TaskError> {
+    /// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
+    /// let n = pool.apply(fib, 30).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to a [`TaskError`] if the task panicked, its worker died, it
+    /// timed out, it was cancelled, the pool is closed or was terminated, or its
+    /// argument or result could not be encoded or exceeds the frame limit.
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`Apply`]: dropping it before it is awaited submits nothing; dropping the
+    /// awaiting future removes a task that has not started, and detaches a running one.
+    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Apply<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let func = FnRef::of(trampoline::<F, A, R>());
+        let _ = f;
+        Apply::new(self.clone(), func, encode_args(std::slice::from_ref(&arg)))
+    }
+
+    /// Submits `f(arg)` now and returns its [`TaskHandle`], a future of the result.
+    ///
+    /// The task is queued whether or not the handle is ever polled. This is
+    /// `pool.apply(f, arg).spawn()`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`apply`](Pool::apply).
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`TaskHandle`].
+    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> TaskHandle<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply(f, arg).spawn()
+    }
+
+    fn feed<A, R, I, M>(&self, func: Result<FnRef, String>, input: I, ordered: bool) -> Lazy<R>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+        I: Input<A, M>,
+    {
+        let pool = self.clone();
+        Lazy::new(Box::new(move |opts| {
+            Feed::new(pool, func, input.into_parts(), opts, ordered).boxed()
+        }))
+    }
+
+    /// Runs `f` on every item of `input` (an iterator or a stream) and collects the
+    /// results in input order: await the returned [`Map`].
+    ///
+    /// Work goes to the workers in chunks; see [`Map::chunk_size`].
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: procpool::Pool) -> Result<(), procpool::TaskError> {
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let squares: Vec<u64> = pool.map(square, 0..1000).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// The first [`TaskError`] in input order; see [`apply`](Pool::apply).
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`Map`].
+    pub fn map<F, A, R, I, M>(&self, f: F, input: I) -> Map<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: Input<A, M>,
+    {
+        let _ = f;
+        Map::new(self.feed(FnRef::of(trampoline::<F, A, R>()), input, true))
+    }
+
+    /// Runs `f` on every item of `input` (an iterator or a stream); a [`Stream`] of the
+    /// results in input order, with backpressure.
+    ///
+    /// [`Stream`]: futures::Stream
+    ///
+    /// # Errors
+    ///
+    /// Each item is a `Result`: a [`TaskError`] fails only the task (or chunk) it is
+    /// about, and the stream goes on.
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`Imap`].
+    pub fn imap<F, A, R, I, M>(&self, f: F, input: I) -> Imap<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: Input<A, M>,
+    {
+        let _ = f;
+        Imap::new(self.feed(FnRef::of(trampoline::<F, A, R>()), input, true))
+    }
+
+    /// Like [`imap`](Pool::imap), but yields results as they complete.
+    ///
+    /// # Errors
+    ///
+    /// As for [`imap`](Pool::imap).
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`ImapUnordered`].
+    pub fn imap_unordered<F, A, R, I, M>(&self, f: F, input: I) -> ImapUnordered<R>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: Input<A, M>,
+    {
+        let _ = f;
+        ImapUnordered::new(self.feed(FnRef::of(trampoline::<F, A, R>()), input, false))
+    }
+
+    /// Like [`map`](Pool::map), for a function of several arguments: each item of
+    /// `input` is a tuple, unpacked into the call.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: procpool::Pool) -> Result<(), procpool::TaskError> {
+    /// fn add(a: i32, b: i32) -> i32 { a + b }
+    /// let sums = pool.starmap(add, vec![(1, 2), (3, 4)]).await?;
+    /// assert_eq!(sums, [3, 7]);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As for [`map`](Pool::map).
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`Map`].
+    pub fn starmap<F, Args, R, I, M>(&self, f: F, input: I) -> Map<R>
+    where
+        F: StarFn<Args, R>,
+        Args: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+        I: Input<Args, M>,
+    {
+        let _ = f;
+        Map::new(self.feed(FnRef::of(star_trampoline::<F, Args, R>()), input, true))
+    }
+
+    /// Refuses new work from now on: submissions fail with [`TaskError::Closed`].
+    /// Queued and running tasks still complete; the workers exit once the queue is
+    /// empty. Python's `Pool.close()`.
+    pub fn close(&self) {
+        self.shared().queue.close();
+    }
+
+    /// Whether the pool refuses new work.
+    pub fn is_closed(&self) -> bool {
+        self.shared().queue.is_closed()
+    }
+
+    /// Closes the pool (see [`close`](Pool::close)) and waits until every queued task
+    /// has finished and every worker has exited and been reaped.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops the waiting, not the shutdown.
+    pub async fn join(&self) {
+        let shared = self.shared();
+        shared.queue.close();
+        shared.tracker.close();
+        shared.tracker.wait().await;
+    }
+
+    /// Kills every worker now, fails unfinished tasks with [`TaskError::Terminated`],
+    /// and waits until every worker is reaped (each wait is bounded).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: the kill happens at the first poll; dropping the future after that
+    /// stops only the waiting for the reaping.
+    pub async fn terminate(&self) {
+        self.start_terminate();
+        self.shared().tracker.wait().await;
+    }
+
+    /// Starts [`terminate`](Pool::terminate) without waiting: the workers are killed and
+    /// reaped in the background.
+    pub fn start_terminate(&self) {
+        self.shared().start_terminate();
+    }
+
+    /// Counters and the live workers; see [`PoolStats`].
+    pub fn stats(&self) -> PoolStats {
+        self.shared().stats()
+    }
+}

@@ -1,0 +1,178 @@
+//! Encoding: postcard for headers and values, length-delimited frames around them.
+//!
+//! Every encode and decode of the crate goes through this module. Values cross the wire
+//! wrapped in [`Wire`], which sends a top-level `Vec<u8>` as one byte string (a length
+//! and a copy) rather than as a sequence of single bytes, as serde would by default.
+//! `bytes::Bytes` and `serde_bytes` types take the same path on their own.
+
+use std::any::{Any, TypeId};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_util::codec::LengthDelimitedCodec;
+
+use crate::error::RemotePanic;
+use crate::protocol::Outcome;
+
+/// The frame codec both ends use, with the given maximum frame length.
+pub(crate) fn frame_codec(max_frame_len: usize) -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_type::<u32>()
+        .max_frame_length(max_frame_len)
+        .new_codec()
+}
+
+/// Encodes a frame: `header`, then whatever `payload` appends.
+pub(crate) fn encode_frame<H: Serialize>(
+    header: &H,
+    payload: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<Vec<u8>, String> {
+    let mut buf = postcard::to_extend(header, Vec::new()).map_err(|e| e.to_string())?;
+    payload(&mut buf)?;
+    Ok(buf)
+}
+
+/// Splits a frame into its header and the payload behind it.
+pub(crate) fn decode_frame<H: DeserializeOwned>(frame: &[u8]) -> Result<(H, &[u8]), String> {
+    postcard::take_from_bytes(frame).map_err(|e| format!("bad frame header: {e}"))
+}
+
+/// A value on the wire; see the module docs.
+pub(crate) struct Wire<T>(pub(crate) T);
+
+/// A borrowed value on the wire.
+struct WireRef<'a, T>(&'a T);
+
+impl<T: Serialize + 'static> Serialize for WireRef<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match (self.0 as &dyn Any).downcast_ref::<Vec<u8>>() {
+            Some(bytes) => serializer.serialize_bytes(bytes),
+            None => self.0.serialize(serializer),
+        }
+    }
+}
+
+impl<T: Serialize + 'static> Serialize for Wire<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireRef(&self.0).serialize(serializer)
+    }
+}
+
+impl<'de, T: DeserializeOwned + 'static> Deserialize<'de> for Wire<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+            let bytes: Box<dyn Any> =
+                Box::new(serde_bytes::ByteBuf::deserialize(deserializer)?.into_vec());
+            if let Ok(value) = bytes.downcast::<T>() {
+                return Ok(Wire(*value));
+            }
+            unreachable!("TypeId said T is Vec<u8>");
+        }
+        T::deserialize(deserializer).map(Wire)
+    }
+}
+
+/// A chunk of values, serialised as a postcard sequence of [`Wire`] values.
+struct Chunk<'a, T>(&'a [T]);
+
+impl<T: Serialize + 'static> Serialize for Chunk<'_, T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(WireRef))
+    }
+}
+
+fn extend<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
+    *out = postcard::to_extend(value, std::mem::take(out)).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Appends a chunk of arguments to a frame.
+pub(crate) fn encode_chunk<A: Serialize + 'static>(
+    items: &[A],
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    extend(&Chunk(items), out)
+}
+
+/// Decodes a chunk of arguments.
+pub(crate) fn decode_chunk<A: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<A>, String> {
+    let items: Vec<Wire<A>> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    Ok(items.into_iter().map(|w| w.0).collect())
+}
+
+/// Decodes a chunk of arguments, runs `f` on each, and appends the chunk of results.
+pub(crate) fn run_chunk<A, R>(
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(A) -> Result<R, RemotePanic>,
+) -> Outcome
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
+    let args = match decode_chunk::<A>(payload) {
+        Ok(args) => args,
+        Err(e) => return Outcome::BadArguments(e),
+    };
+    let results: Vec<Result<Wire<R>, RemotePanic>> =
+        args.into_iter().map(|arg| f(arg).map(Wire)).collect();
+    let start = out.len();
+    match extend(&results, out) {
+        Ok(()) => Outcome::Ok,
+        Err(e) => {
+            out.truncate(start);
+            Outcome::BadResult(e)
+        }
+    }
+}
+
+/// Decodes a chunk of results.
+pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
+    bytes: &[u8],
+) -> Result<Vec<Result<R, RemotePanic>>, String> {
+    let items: Vec<Result<Wire<R>, RemotePanic>> =
+        postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+    Ok(items.into_iter().map(|r| r.map(|w| w.0)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vec_u8_is_sent_as_one_byte_string() {
+        let data = vec![vec![7u8; 1000]];
+        let mut out = Vec::new();
+        encode_chunk(&data, &mut out).unwrap();
+        // 1 byte of sequence length, 2 of byte-string length, then the bytes.
+        assert_eq!(out.len(), 1 + 2 + 1000);
+        assert_eq!(decode_chunk::<Vec<u8>>(&out).unwrap(), data);
+    }
+
+    #[test]
+    fn chunks_round_trip() {
+        let data = vec![(1u64, "a".to_string()), (2, "b".to_string())];
+        let mut out = Vec::new();
+        encode_chunk(&data, &mut out).unwrap();
+        assert_eq!(decode_chunk::<(u64, String)>(&out).unwrap(), data);
+        let mut results = Vec::new();
+        let outcome = run_chunk::<(u64, String), u64>(&out, &mut results, |(n, _)| {
+            if n == 2 {
+                Err(RemotePanic::new("two".into(), None))
+            } else {
+                Ok(n * 10)
+            }
+        });
+        assert!(matches!(outcome, Outcome::Ok));
+        let decoded = decode_results::<u64>(&results).unwrap();
+        assert_eq!(decoded[0], Ok(10));
+        assert_eq!(decoded[1].as_ref().unwrap_err().message(), "two");
+    }
+
+    #[test]
+    fn corrupt_input_is_an_error_not_a_panic() {
+        assert!(decode_chunk::<(u64, String)>(&[5, 0xff, 0xff]).is_err());
+        assert!(decode_results::<String>(&[1, 0, 200]).is_err());
+        assert!(decode_frame::<super::super::ToWorker>(&[99]).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! The wire protocol between the pool and its workers.
+//!
+//! Each direction is a stream of length-delimited frames (a 4-byte big-endian length,
+//! then the frame), cut by tokio-util's [`LengthDelimitedCodec`] on both ends. A frame
+//! is a postcard-encoded header ([`ToWorker`] or [`FromWorker`]) followed, for jobs and
+//! their replies, by the job's payload: a chunk of encoded arguments or results that
+//! only the typed ends decode (see [`codec`]). The pool's driver moves payloads as
+//! opaque bytes.
+//!
+//! The conversation:
+//!
+//! ```text
+//! worker → pool   Hello { magic, protocol, build_id, pid }
+//! pool → worker   Setup { protocol, build_id, index, name, initializer } + init argument
+//! worker → pool   Ready | InitFailed(panic)
+//! pool → worker   Job { id, func } + arguments          (any number, pipelined)
+//! worker → pool   Done { id, outcome } + results        (one per job, in order)
+//! pool → worker   end of stream: the worker exits
+//! ```
+//!
+//! [`LengthDelimitedCodec`]: tokio_util::codec::LengthDelimitedCodec
+
+pub(crate) mod codec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::RemotePanic;
+use crate::task_fn::FnRef;
+
+/// Bumped whenever a message changes shape.
+pub(crate) const PROTOCOL_VERSION: u32 = 1;
+
+/// The first bytes of every worker's first frame.
+pub(crate) const MAGIC: [u8; 8] = *b"procpool";
+
+/// The frame limit used until the handshake has sent the configured one.
+pub(crate) const HANDSHAKE_FRAME_LIMIT: usize = 1 << 20;
+
+/// The worker's first message. Its first two fields must never move, so that any
+/// version can read another's magic and protocol number.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) magic: [u8; 8],
+    pub(crate) protocol: u32,
+    pub(crate) build_id: Vec<u8>,
+    pub(crate) pid: u32,
+}
+
+/// Messages from the pool to a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// The answer to [`Hello`]; followed by the initializer's encoded argument chunk.
+    Setup {
+        protocol: u32,
+        build_id: Vec<u8>,
+        index: usize,
+        name: String,
+        max_frame_len: usize,
+        initializer: Option<FnRef>,
+    },
+    /// Run `func` on the chunk of arguments that follows the header.
+    Job { id: u64, func: FnRef },
+}
+
+/// Messages from a worker to the pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    Hello(Hello),
+    Ready,
+    InitFailed(InitFailure),
+    /// The job's outcome; on `Outcome::Ok` the chunk of results follows the header.
+    Done {
+        id: u64,
+        outcome: Outcome,
+    },
+}
+
+/// Why a worker's initializer did not complete.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum InitFailure {
+    Panicked(RemotePanic),
+    Refused(String),
+}
+
+/// Whether a job produced a chunk of results.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    Ok,
+    /// The arguments did not decode.
+    BadArguments(String),
+    /// The function reference could not be resolved.
+    Unresolvable(String),
+    /// The results encoded to more than the frame limit.
+    ResultTooLarge { size: usize },
+    /// The results could not be encoded.
+    BadResult(String),
+}

@@ -1,0 +1,205 @@
+//! The pool's queue of jobs, shared by every worker's driver.
+//!
+//! A plain mutex-guarded deque with waker registration, rather than a channel, because
+//! the supervisor needs what channels lack: putting jobs that a dead worker never
+//! started back at the *front*, failing everything queued at once on terminate, and
+//! skipping jobs whose caller has gone (tower's buffer does the same skip).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::task::AtomicWaker;
+use tokio::sync::oneshot;
+
+use crate::error::TaskError;
+
+/// What a job's caller receives: the chunk of encoded results, or why there is none.
+pub(crate) type Reply = Result<Bytes, TaskError>;
+
+/// A request to kill a job, from its handle's `abort()`.
+#[derive(Debug, Default)]
+pub(crate) struct AbortSignal {
+    flag: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl AbortSignal {
+    pub(crate) fn abort(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Ready once aborted.
+    pub(crate) fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_aborted() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_aborted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// One unit of work for a worker: a chunk of one or more tasks.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    /// The encoded `ToWorker::Job` frame: header and arguments.
+    pub(crate) frame: Bytes,
+    /// How many tasks the chunk holds.
+    pub(crate) tasks: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) abort: Option<Arc<AbortSignal>>,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+impl Job {
+    /// Whether nobody is waiting for this job any more.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.reply.is_closed() || self.abort.as_ref().is_some_and(|a| a.is_aborted())
+    }
+
+    pub(crate) fn fail(self, error: TaskError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    closed: bool,
+    /// Drivers waiting for a job, by slot.
+    waiters: Vec<(usize, Waker)>,
+}
+
+/// What [`Queue::poll_pop`] found.
+#[derive(Debug)]
+pub(crate) enum Popped {
+    Job(Job),
+    /// The queue is closed and empty: no job will ever come.
+    Closed,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Queue {
+    state: Mutex<State>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; recover the data if something did.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a job at the back; gives it back if the queue is closed.
+    pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
+        let waker = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(job);
+            }
+            state.jobs.push_back(job);
+            state.waiters.pop().map(|(_, w)| w)
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Puts jobs that were taken but never started back at the front, in order; even
+    /// a closed queue takes them, since they were accepted before it closed.
+    pub(crate) fn requeue(&self, jobs: impl DoubleEndedIterator<Item = Job>) {
+        let wakers = {
+            let mut state = self.lock();
+            for job in jobs.rev() {
+                state.jobs.push_front(job);
+            }
+            std::mem::take(&mut state.waiters)
+        };
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    /// Takes the next job that someone still waits for, dropping abandoned ones; returns
+    /// how many were dropped alongside.
+    pub(crate) fn poll_pop(&self, slot: usize, cx: &mut Context<'_>) -> (Poll<Popped>, u64) {
+        let mut skipped = 0;
+        let mut state = self.lock();
+        while let Some(job) = state.jobs.pop_front() {
+            if job.is_abandoned() {
+                skipped += 1;
+                job.fail(TaskError::Cancelled);
+                continue;
+            }
+            return (Poll::Ready(Popped::Job(job)), skipped);
+        }
+        if state.closed {
+            return (Poll::Ready(Popped::Closed), skipped);
+        }
+        match state.waiters.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, w)) => w.clone_from(cx.waker()),
+            None => state.waiters.push((slot, cx.waker().clone())),
+        }
+        (Poll::Pending, skipped)
+    }
+
+    /// Forgets a driver that stops taking jobs, and passes its wake-up on so that no
+    /// job waits for a driver that is gone.
+    pub(crate) fn unregister(&self, slot: usize) {
+        let next = {
+            let mut state = self.lock();
+            state.waiters.retain(|(s, _)| *s != slot);
+            if state.jobs.is_empty() {
+                None
+            } else {
+                state.waiters.pop().map(|(_, w)| w)
+            }
+        };
+        if let Some(w) = next {
+            w.wake();
+        }
+    }
+
+    /// Refuses new jobs from now on; queued ones stay.
+    pub(crate) fn close(&self) {
+        let wakers = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.waiters)
+        };
+        wakers.into_iter().for_each(|(_, w)| w.wake());
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Whether the queue is closed and holds no job.
+    pub(crate) fn is_finished(&self) -> bool {
+        let state = self.lock();
+        state.closed && state.jobs.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    /// Fails every queued job with `error`.
+    pub(crate) fn fail_all(&self, error: &TaskError) {
+        let jobs = std::mem::take(&mut self.lock().jobs);
+        for job in jobs {
+            job.fail(error.clone());
+        }
+    }
+}

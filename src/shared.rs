@@ -1,0 +1,131 @@
+//! State shared by the pool's handles, its supervisor and the workers' drivers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::queue::Queue;
+use crate::start::{ChildOptions, StartMethod};
+use crate::stats::{PoolStats, WorkerStats};
+use crate::task_fn::FnRef;
+
+/// The pool's settings, fixed at build time.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) processes: usize,
+    pub(crate) start_method: StartMethod,
+    pub(crate) max_tasks_per_child: Option<usize>,
+    pub(crate) initializer: Option<(FnRef, Bytes)>,
+    pub(crate) max_frame_len: usize,
+    pub(crate) task_timeout: Option<Duration>,
+    pub(crate) kill_grace: Option<Duration>,
+    pub(crate) startup_timeout: Duration,
+    pub(crate) pipeline: usize,
+    pub(crate) child: ChildOptions,
+}
+
+/// Counters behind [`PoolStats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) submitted: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) workers_started: AtomicU64,
+    pub(crate) workers_recycled: AtomicU64,
+    pub(crate) workers_crashed: AtomicU64,
+    pub(crate) start_failures: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) queue: Queue,
+    pub(crate) counters: Counters,
+    pub(crate) next_id: AtomicU64,
+    /// Cancelled by terminate (or the last handle's drop): every driver kills its
+    /// worker and every slot stops.
+    pub(crate) terminate: CancellationToken,
+    /// Slot tasks and background reaps: `join` waits for all of them.
+    pub(crate) tracker: TaskTracker,
+    /// The live worker of each slot.
+    workers: Mutex<Vec<Option<WorkerStats>>>,
+    /// Why workers could not be started lately, if they could not.
+    pub(crate) start_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        let slots = config.processes;
+        Shared {
+            config,
+            queue: Queue::default(),
+            counters: Counters::default(),
+            next_id: AtomicU64::new(1),
+            terminate: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            workers: Mutex::new(vec![None; slots]),
+            start_error: Mutex::new(None),
+        }
+    }
+
+    fn workers(&self) -> MutexGuard<'_, Vec<Option<WorkerStats>>> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_worker(&self, slot: usize, pid: Option<u32>) {
+        self.workers()[slot] = pid.map(|pid| WorkerStats {
+            index: slot,
+            pid,
+            tasks: 0,
+        });
+    }
+
+    pub(crate) fn count_worker_task(&self, slot: usize, tasks: u64) {
+        if let Some(w) = self.workers()[slot].as_mut() {
+            w.tasks += tasks;
+        }
+    }
+
+    /// How many slots have a live worker.
+    pub(crate) fn live_workers(&self) -> usize {
+        self.workers().iter().flatten().count()
+    }
+
+    pub(crate) fn stats(&self) -> PoolStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        PoolStats {
+            submitted: get(&c.submitted),
+            completed: get(&c.completed),
+            failed: get(&c.failed),
+            timed_out: get(&c.timed_out),
+            cancelled: get(&c.cancelled),
+            queued: self.queue.len(),
+            workers_started: get(&c.workers_started),
+            workers_recycled: get(&c.workers_recycled),
+            workers_crashed: get(&c.workers_crashed),
+            start_failures: get(&c.start_failures),
+            workers: self.workers().iter().flatten().cloned().collect(),
+        }
+    }
+
+    /// Stops everything now: refuse and fail queued work, tell drivers to kill.
+    pub(crate) fn start_terminate(&self) {
+        self.queue.close();
+        self.queue.fail_all(&crate::TaskError::Terminated);
+        self.terminate.cancel();
+        self.tracker.close();
+    }
+}

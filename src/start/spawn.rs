@@ -1,0 +1,90 @@
+//! Start method `Spawn`: run this executable again, marked as a worker.
+//!
+//! The child is `/proc/self/exe` (the very file this process runs, even if it has been
+//! replaced on disk since), with the environment variable [`ENV_WORKER`] set and its
+//! end of a socketpair on descriptor [`WORKER_FD`]. [`crate::init`] (or the ctor that
+//! [`crate::enable_test_support!`] registers) sees the marker and enters the worker loop
+//! before the user's program runs.
+//!
+//! Children are forked from one long-lived thread, the spawner: Linux sends the
+//! parent-death signal when the *thread* that forked a child exits, and Tokio's
+//! blocking threads come and go.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Mutex, OnceLock};
+
+use crate::start::child::ChildProc;
+use crate::start::ChildOptions;
+
+/// Set in a spawned worker's environment; its value is the protocol version.
+pub(crate) const ENV_WORKER: &str = "__PROCPOOL_WORKER";
+
+/// The descriptor on which a spawned worker finds its channel.
+pub(crate) const WORKER_FD: RawFd = 3;
+
+type SpawnerJob = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on the spawner thread.
+pub(crate) async fn on_spawner_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnerJob>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnerJob>();
+        // The thread lives as long as the process: the sender is in a static.
+        let _ = std::thread::Builder::new()
+            .name("procpool-spawner".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            });
+        Mutex::new(tx)
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: SpawnerJob = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    spawner
+        .lock()
+        .map_err(|_| io::Error::other("spawner lock poisoned"))?
+        .send(job)
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| io::Error::other("the spawner thread dropped the request"))
+}
+
+/// Starts a worker by running this executable again.
+pub(crate) async fn spawn_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let parent = nix::unistd::getpid();
+    let pid = on_spawner_thread(move || -> io::Result<u32> {
+        let exe = if std::path::Path::new("/proc/self/exe").exists() {
+            std::path::PathBuf::from("/proc/self/exe")
+        } else {
+            std::env::current_exe()?
+        };
+        let mut cmd = Command::new(exe);
+        if let Some(arg0) = std::env::args_os().next() {
+            cmd.arg0(arg0);
+        }
+        cmd.env(ENV_WORKER, crate::protocol::PROTOCOL_VERSION.to_string())
+            .stdin(Stdio::null());
+        let fd = theirs.as_raw_fd();
+        // SAFETY: `child_setup` makes only async-signal-safe calls (fcntl, dup2, prctl,
+        // getppid, setpriority, setrlimit, _exit) and allocates nothing, as a pre_exec
+        // hook in a possibly multi-threaded parent must.
+        unsafe {
+            cmd.pre_exec(move || crate::start::child_setup(fd, WORKER_FD, parent, &opts));
+        }
+        let child = cmd.spawn()?;
+        drop(theirs);
+        Ok(child.id())
+    })
+    .await??;
+    Ok((ChildProc::new(pid)?, ours))
+}

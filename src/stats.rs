@@ -1,0 +1,43 @@
+//! What [`Pool::stats`](crate::Pool::stats) reports.
+
+/// A snapshot of a pool's counters. Counts are of tasks: a chunk of `map` counts once
+/// per task it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Tasks accepted by the pool.
+    pub submitted: u64,
+    /// Tasks that produced a value (including the task's own `Err` values).
+    pub completed: u64,
+    /// Tasks that ended in a [`TaskError`](crate::TaskError) other than a timeout or a
+    /// cancellation: panics, worker deaths, codec errors, termination.
+    pub failed: u64,
+    /// Tasks killed for running past their timeout.
+    pub timed_out: u64,
+    /// Tasks cancelled: dropped before they started, or aborted.
+    pub cancelled: u64,
+    /// Jobs (tasks or chunks of tasks) waiting in the queue.
+    pub queued: usize,
+    /// Worker processes started, replacements included.
+    pub workers_started: u64,
+    /// Workers retired after `max_tasks_per_child`.
+    pub workers_recycled: u64,
+    /// Workers that died, timed out or broke the protocol, and were replaced.
+    pub workers_crashed: u64,
+    /// Attempts to start a worker that failed.
+    pub start_failures: u64,
+    /// Each live worker.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One live worker in [`PoolStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Its slot, from 0 to `processes - 1`.
+    pub index: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// Jobs it has completed (a chunk counts once).
+    pub tasks: u64,
+}

@@ -1,0 +1,370 @@
+//! The `map` family: chunked submission with a bound on work in flight.
+//!
+//! [`Feed`] pulls items from the input, groups them into chunks, submits each chunk as
+//! one job, and yields the results one task at a time, in input order or in completion
+//! order. It keeps at most `max_in_flight` chunks submitted and not yet yielded, and it
+//! pulls input only when polled: a slow consumer slows the producer, and an endless
+//! input runs in constant memory. [`Imap`], [`ImapUnordered`] and
+//! [`Map`](crate::Map) are thin public fronts on it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::stream::{BoxStream, FuturesOrdered, FuturesUnordered, Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::{Payload, TaskError};
+use crate::pool::Pool;
+use crate::protocol::codec::decode_results;
+use crate::queue::Reply;
+use crate::task_fn::FnRef;
+
+/// Per-call settings of the `map` family.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct FeedOptions {
+    pub(crate) chunk_size: Option<usize>,
+    pub(crate) max_in_flight: Option<usize>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+/// The results of one submitted chunk, when they come.
+struct ChunkFuture<R> {
+    rx: oneshot::Receiver<Reply>,
+    tasks: usize,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R: DeserializeOwned + 'static> Future for ChunkFuture<R> {
+    type Output = Vec<Result<R, TaskError>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let reply = match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Ready(Ok(reply)) => reply,
+            Poll::Ready(Err(_)) => Err(TaskError::Terminated),
+            Poll::Pending => return Poll::Pending,
+        };
+        let tasks = self.tasks;
+        let all = |e: TaskError| (0..tasks).map(|_| Err(e.clone())).collect();
+        Poll::Ready(match reply {
+            Ok(bytes) => match decode_results::<R>(&bytes) {
+                Ok(results) if results.len() == tasks => results
+                    .into_iter()
+                    .map(|r| r.map_err(TaskError::Panicked))
+                    .collect(),
+                Ok(results) => all(TaskError::Protocol(format!(
+                    "{} results for a chunk of {tasks}",
+                    results.len()
+                ))),
+                Err(message) => all(TaskError::Codec {
+                    what: Payload::Result,
+                    message,
+                }),
+            },
+            Err(e) => all(e),
+        })
+    }
+}
+
+enum InFlight<R: DeserializeOwned + 'static> {
+    Ordered(FuturesOrdered<ChunkFuture<R>>),
+    Unordered(FuturesUnordered<ChunkFuture<R>>),
+}
+
+impl<R: DeserializeOwned + 'static> InFlight<R> {
+    fn len(&self) -> usize {
+        match self {
+            InFlight::Ordered(f) => f.len(),
+            InFlight::Unordered(f) => f.len(),
+        }
+    }
+
+    fn push(&mut self, chunk: ChunkFuture<R>) {
+        match self {
+            InFlight::Ordered(f) => f.push_back(chunk),
+            InFlight::Unordered(f) => f.push(chunk),
+        }
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<Result<R, TaskError>>>> {
+        match self {
+            InFlight::Ordered(f) => f.poll_next_unpin(cx),
+            InFlight::Unordered(f) => f.poll_next_unpin(cx),
+        }
+    }
+}
+
+/// See the module docs.
+pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
+    pool: Pool,
+    func: Result<FnRef, String>,
+    input: BoxStream<'static, A>,
+    input_done: bool,
+    chunk: Vec<A>,
+    chunk_size: usize,
+    max_in_flight: usize,
+    timeout: Option<Duration>,
+    in_flight: InFlight<R>,
+    ready: VecDeque<Result<R, TaskError>>,
+}
+
+impl<A, R> Feed<A, R>
+where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn new(
+        pool: Pool,
+        func: Result<FnRef, String>,
+        (len, input): (Option<usize>, BoxStream<'static, A>),
+        opts: FeedOptions,
+        ordered: bool,
+    ) -> Self {
+        let processes = pool.processes();
+        let chunk_size = opts.chunk_size.unwrap_or_else(|| match len {
+            // Python's rule: about four chunks per worker.
+            Some(len) => len.div_ceil(4 * processes).max(1),
+            None => 1,
+        });
+        let max_in_flight = opts
+            .max_in_flight
+            .unwrap_or(4 * processes * pool.pipeline_depth());
+        Feed {
+            pool,
+            func,
+            input,
+            input_done: false,
+            chunk: Vec::new(),
+            chunk_size,
+            max_in_flight,
+            timeout: opts.timeout,
+            in_flight: if ordered {
+                InFlight::Ordered(FuturesOrdered::new())
+            } else {
+                InFlight::Unordered(FuturesUnordered::new())
+            },
+            ready: VecDeque::new(),
+        }
+    }
+
+    fn submit_chunk(&mut self) {
+        let items = std::mem::take(&mut self.chunk);
+        let tasks = items.len();
+        let rx = match &self.func {
+            Ok(func) => self.pool.submit(*func, &items, self.timeout, None).0,
+            Err(why) => {
+                let (tx, rx) = oneshot::channel();
+                let _ = tx.send(Err(TaskError::Unsupported(why.clone())));
+                rx
+            }
+        };
+        self.in_flight.push(ChunkFuture {
+            rx,
+            tasks,
+            _result: PhantomData,
+        });
+    }
+
+    /// Pulls input and submits chunks while there is room in flight.
+    fn fill(&mut self, cx: &mut Context<'_>) {
+        while !self.input_done && self.in_flight.len() < self.max_in_flight {
+            let mut pending = false;
+            while self.chunk.len() < self.chunk_size {
+                match self.input.poll_next_unpin(cx) {
+                    Poll::Ready(Some(item)) => self.chunk.push(item),
+                    Poll::Ready(None) => {
+                        self.input_done = true;
+                        break;
+                    }
+                    Poll::Pending => {
+                        pending = true;
+                        break;
+                    }
+                }
+            }
+            // A short chunk goes out when the input has nothing more ready: items that
+            // arrived do not wait for ones that have not.
+            if !self.chunk.is_empty() {
+                self.submit_chunk();
+            }
+            if pending {
+                break;
+            }
+        }
+    }
+}
+
+impl<A, R> Stream for Feed<A, R>
+where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(item) = this.ready.pop_front() {
+                return Poll::Ready(Some(item));
+            }
+            this.fill(cx);
+            match this.in_flight.poll_next(cx) {
+                Poll::Ready(Some(results)) => this.ready.extend(results),
+                Poll::Ready(None) if this.input_done => return Poll::Ready(None),
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<A, R: DeserializeOwned + 'static> Unpin for Feed<A, R> {}
+
+type MakeStream<R> =
+    Box<dyn FnOnce(FeedOptions) -> BoxStream<'static, Result<R, TaskError>> + Send>;
+
+/// A stream built on first poll, so that its options can be set until then.
+pub(crate) struct Lazy<R> {
+    opts: FeedOptions,
+    make: Option<MakeStream<R>>,
+    stream: Option<BoxStream<'static, Result<R, TaskError>>>,
+}
+
+impl<R> Lazy<R> {
+    pub(crate) fn new(make: MakeStream<R>) -> Self {
+        Lazy {
+            opts: FeedOptions::default(),
+            make: Some(make),
+            stream: None,
+        }
+    }
+
+    pub(crate) fn opts(&mut self) -> &mut FeedOptions {
+        &mut self.opts
+    }
+
+}
+
+impl<R> Stream for Lazy<R> {
+    type Item = Result<R, TaskError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(make) = this.make.take() {
+            this.stream = Some(make(this.opts));
+        }
+        match &mut this.stream {
+            Some(stream) => stream.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+#[track_caller]
+fn positive(n: usize, what: &str) -> usize {
+    assert!(n > 0, "{what} must be at least 1");
+    n
+}
+
+macro_rules! map_stream {
+    ($(#[$doc:meta])* $name:ident, $method:literal) => {
+        $(#[$doc])*
+        #[must_use = "streams do nothing unless polled"]
+        pub struct $name<R> {
+            inner: Lazy<R>,
+        }
+
+        impl<R> $name<R> {
+            pub(crate) fn new(inner: Lazy<R>) -> Self {
+                $name { inner }
+            }
+
+            /// Sets how many tasks go to a worker in one message. The default is
+            /// about `len / (4 × processes)` when the input's length is known
+            /// exactly, and 1 otherwise. It takes effect when the stream is first
+            /// polled.
+            ///
+            /// # Panics
+            ///
+            /// If `n` is 0.
+            #[track_caller]
+            pub fn chunk_size(mut self, n: usize) -> Self {
+                self.inner.opts().chunk_size = Some(positive(n, "chunk_size"));
+                self
+            }
+
+            /// Sets how many chunks may be submitted and not yet yielded at once:
+            /// the backpressure bound. The default is `4 × processes × pipeline
+            /// depth`.
+            ///
+            /// # Panics
+            ///
+            /// If `n` is 0.
+            #[track_caller]
+            pub fn max_in_flight(mut self, n: usize) -> Self {
+                self.inner.opts().max_in_flight = Some(positive(n, "max_in_flight"));
+                self
+            }
+
+            /// Sets a timeout for each chunk (each task, with a chunk size of 1),
+            /// overriding the pool's [`task_timeout`](crate::PoolBuilder::task_timeout).
+            pub fn timeout(mut self, timeout: Duration) -> Self {
+                self.inner.opts().timeout = Some(timeout);
+                self
+            }
+        }
+
+        impl<R> Stream for $name<R> {
+            type Item = Result<R, TaskError>;
+
+            fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+                self.get_mut().inner.poll_next_unpin(cx)
+            }
+        }
+
+        impl<R> fmt::Debug for $name<R> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_struct(stringify!($name)).finish_non_exhaustive()
+            }
+        }
+    };
+}
+
+map_stream!(
+    /// The stream of results of [`Pool::imap`](crate::Pool::imap), in input order.
+    ///
+    /// Nothing is submitted until the stream is first polled. It then keeps at most
+    /// [`max_in_flight`](Imap::max_in_flight) chunks submitted ahead of the consumer and
+    /// pulls more input only as results are taken, so an endless input runs in constant
+    /// memory.
+    ///
+    /// # Cancel safety
+    ///
+    /// `next()` is cancel safe: no result is lost if it is dropped before completing.
+    /// Dropping the stream stops feeding work: queued chunks are removed from the queue
+    /// and chunks already running finish with their results discarded.
+    Imap,
+    "imap"
+);
+
+map_stream!(
+    /// The stream of results of [`Pool::imap_unordered`](crate::Pool::imap_unordered),
+    /// in completion order.
+    ///
+    /// Nothing is submitted until the stream is first polled. It then keeps at most
+    /// [`max_in_flight`](ImapUnordered::max_in_flight) chunks submitted ahead of the
+    /// consumer and pulls more input only as results are taken.
+    ///
+    /// # Cancel safety
+    ///
+    /// `next()` is cancel safe: no result is lost if it is dropped before completing.
+    /// Dropping the stream stops feeding work: queued chunks are removed from the queue
+    /// and chunks already running finish with their results discarded.
+    ImapUnordered,
+    "imap_unordered"
+);

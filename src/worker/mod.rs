@@ -1,0 +1,257 @@
+//! The worker side: entry point, handshake, the job loop and panic capture.
+//!
+//! A worker is plain blocking code on one thread: it never starts a Tokio runtime, so
+//! a task may start its own. It reads a job, runs it, writes the reply, and exits when
+//! the pool closes its end of the channel.
+
+mod conn;
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
+
+use crate::error::RemotePanic;
+use crate::protocol::codec::{decode_frame, decode_results};
+use crate::protocol::{
+    FromWorker, Hello, InitFailure, Outcome, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC,
+    PROTOCOL_VERSION,
+};
+use crate::start::spawn::{ENV_WORKER, WORKER_FD};
+use crate::task_fn::{build_id, FnRef};
+
+use self::conn::BlockingConn;
+
+/// Enters the worker loop if this process was started as a procpool worker; returns at
+/// once otherwise.
+///
+/// With the default [`StartMethod::Spawn`](crate::StartMethod::Spawn), a worker is this
+/// same executable run again. Call `init()` as the **first line of `main`**, so that a
+/// worker does not run the program's own code: whatever runs before it runs in every
+/// worker too. In a worker, `init()` serves tasks until the pool lets it go, then exits
+/// the process; it never returns.
+///
+/// For test binaries run by `cargo test`, which have no `main` of their own, put
+/// [`enable_test_support!()`](crate::enable_test_support) at the top of the test file
+/// instead.
+///
+/// ```no_run
+/// fn main() {
+///     procpool::init();
+///     // ... the program, which may build pools ...
+/// }
+/// ```
+pub fn init() {
+    if std::env::var_os(ENV_WORKER).is_none() {
+        return;
+    }
+    // Not inherited by processes that a task starts.
+    std::env::remove_var(ENV_WORKER);
+    // SAFETY: a spawned worker receives its channel on WORKER_FD (see
+    // `start::child_setup`), and nothing else in this process owns that descriptor.
+    let fd = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
+    let code = match nix::fcntl::fcntl(
+        &fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    ) {
+        Ok(_) => serve(UnixStream::from(fd)),
+        Err(_) => 2,
+    };
+    std::process::exit(code);
+}
+
+/// What a process knows about itself as a procpool worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pid: u32,
+    name: String,
+    index: Option<usize>,
+}
+
+impl ProcessInfo {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The worker's name, such as `procpool-worker-0`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The worker's slot in its pool, from 0 to `processes - 1`. A replacement worker
+    /// takes the slot of the one it replaces.
+    pub fn index(&self) -> Option<usize> {
+        self.index
+    }
+}
+
+static CURRENT: OnceLock<ProcessInfo> = OnceLock::new();
+
+/// Inside a worker, who it is; `None` in a process that is not a procpool worker.
+///
+/// ```
+/// assert!(procpool::current_process().is_none()); // not in a worker here
+/// ```
+pub fn current_process() -> Option<ProcessInfo> {
+    CURRENT.get().cloned()
+}
+
+thread_local! {
+    /// Set while a task runs on this thread: the panic hook records into it instead of
+    /// printing.
+    static CAPTURE: RefCell<Option<Option<RemotePanic>>> = const { RefCell::new(None) };
+}
+
+/// Turns a caught panic's payload into a [`RemotePanic`], using what the hook recorded.
+pub(crate) fn panic_from_payload(payload: Box<dyn Any + Send>) -> RemotePanic {
+    let recorded = CAPTURE.with(|c| c.borrow_mut().as_mut().and_then(Option::take));
+    recorded.unwrap_or_else(|| RemotePanic::new(payload_message(&*payload), None))
+}
+
+fn payload_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}
+
+/// Panics on the task thread are recorded for the caller instead of printed; panics on
+/// other threads (ones a task started) go to the previous hook.
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let captured = CAPTURE.with(|c| {
+            let mut slot = c.borrow_mut();
+            match slot.as_mut() {
+                Some(inner) => {
+                    let location = info
+                        .location()
+                        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+                    *inner = Some(RemotePanic::new(payload_message(info.payload()), location));
+                    true
+                }
+                None => false,
+            }
+        });
+        if !captured {
+            previous(info);
+        }
+    }));
+    CAPTURE.with(|c| *c.borrow_mut() = Some(None));
+}
+
+/// Serves the pool on `stream` until it closes; returns the exit code.
+pub(crate) fn serve(stream: UnixStream) -> i32 {
+    // Ctrl-C in a terminal signals the whole process group; the pool, not the worker,
+    // decides when the worker stops.
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    install_panic_hook();
+    let mut conn = BlockingConn::new(stream, HANDSHAKE_FRAME_LIMIT);
+    match handshake(&mut conn) {
+        Ok(true) => {}
+        Ok(false) => return 0,
+        Err(_) => return 2,
+    }
+    match job_loop(&mut conn) {
+        Ok(()) => 0,
+        Err(_) => 2,
+    }
+}
+
+/// Hello, Setup, initializer, Ready. `Ok(false)`: the pool went away.
+fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
+    let pid = std::process::id();
+    conn.send_message(&FromWorker::Hello(Hello {
+        magic: MAGIC,
+        protocol: PROTOCOL_VERSION,
+        build_id: build_id().to_vec(),
+        pid,
+    }))?;
+    let Some(frame) = conn.recv()? else {
+        return Ok(false);
+    };
+    let refuse = |conn: &mut BlockingConn, why: String| {
+        conn.send_message(&FromWorker::InitFailed(InitFailure::Refused(why)))?;
+        Err(std::io::Error::other("handshake refused"))
+    };
+    let (setup, payload) = match decode_frame::<ToWorker>(&frame) {
+        Ok(decoded) => decoded,
+        Err(e) => return refuse(conn, e),
+    };
+    let ToWorker::Setup {
+        protocol,
+        build_id: parent_build,
+        index,
+        name,
+        max_frame_len,
+        initializer,
+    } = setup
+    else {
+        return refuse(conn, "expected Setup".into());
+    };
+    if protocol != PROTOCOL_VERSION || parent_build != build_id() {
+        return refuse(conn, "the pool runs another build or protocol version".into());
+    }
+    conn.set_max_frame_len(max_frame_len);
+    let _ = CURRENT.set(ProcessInfo {
+        pid,
+        name,
+        index: Some(index),
+    });
+    if let Some(init) = initializer {
+        if let Some(failure) = run_initializer(init, payload) {
+            conn.send_message(&FromWorker::InitFailed(failure))?;
+            return Err(std::io::Error::other("initializer failed"));
+        }
+    }
+    conn.send_message(&FromWorker::Ready)?;
+    Ok(true)
+}
+
+fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure> {
+    let trampoline = match init.resolve() {
+        Ok(t) => t,
+        Err(e) => return Some(InitFailure::Refused(e)),
+    };
+    let mut out = Vec::new();
+    match trampoline(payload, &mut out) {
+        Outcome::Ok => {}
+        other => return Some(InitFailure::Refused(format!("{other:?}"))),
+    }
+    match decode_results::<()>(&out) {
+        Ok(results) => results
+            .into_iter()
+            .find_map(|r| r.err())
+            .map(InitFailure::Panicked),
+        Err(e) => Some(InitFailure::Refused(e)),
+    }
+}
+
+fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    while let Some(frame) = conn.recv()? {
+        let (id, func, payload) = match decode_frame::<ToWorker>(&frame) {
+            Ok((ToWorker::Job { id, func }, payload)) => (id, func, payload),
+            _ => return Err(std::io::Error::other("unexpected frame from the pool")),
+        };
+        out.clear();
+        out.resize(conn::REPLY_GAP, 0);
+        let outcome = match func.resolve() {
+            Err(e) => Outcome::Unresolvable(e),
+            Ok(trampoline) => trampoline(payload, &mut out),
+        };
+        conn.send_reply(id, outcome, &mut out)?;
+    }
+    Ok(())
+}
