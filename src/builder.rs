@@ -168,6 +168,24 @@ impl PoolBuilder {
         self
     }
 
+    /// Caps each worker's address space at `bytes` (`RLIMIT_AS`). An allocation past it
+    /// fails, which in Rust aborts the worker: the task it was running fails with
+    /// [`TaskError::MemoryLimit`](crate::TaskError::MemoryLimit), and the worker is
+    /// replaced. Address space counts reservations too (thread stacks, allocator
+    /// arenas), so leave room above the memory a task really uses. Default: no limit.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.config.child.memory_limit = Some(bytes);
+        self
+    }
+
+    /// Runs the workers at this niceness (`setpriority`; 0 is normal, 19 the lowest
+    /// priority), so CPU work in the pool yields to the service's own threads. Raising
+    /// priority (negative values) needs privileges. Default: inherited.
+    pub fn niceness(mut self, nice: i32) -> Self {
+        self.config.child.nice = Some(nice);
+        self
+    }
+
     /// How long a new worker may take to start, answer its handshake and run its
     /// initializer before it is killed and reported. Default: 30 s.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {

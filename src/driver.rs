@@ -287,7 +287,13 @@ impl Driver<'_> {
                 break;
             }
         }
-        let error = TaskError::WorkerDied { pid: w.pid, exit };
+        let pid = w.pid;
+        let error = match (self.shared.config.child.memory_limit, exit) {
+            (Some(limit), WorkerExit::Signal(libc::SIGABRT | libc::SIGSEGV | libc::SIGKILL)) => {
+                TaskError::MemoryLimit { pid, exit, limit }
+            }
+            _ => TaskError::WorkerDied { pid, exit },
+        };
         self.lose(w, error, false).await
     }
 

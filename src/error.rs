@@ -108,6 +108,20 @@ pub enum TaskError {
         /// How it ended.
         exit: WorkerExit,
     },
+    /// The worker died while running the task, in the way a worker dies when it runs
+    /// out of the address space that
+    /// [`PoolBuilder::memory_limit`](crate::PoolBuilder::memory_limit) allows it: an
+    /// abort (Rust's reaction to a failed allocation), a segfault (a stack that could
+    /// not grow) or a kill. Reported instead of [`WorkerDied`](TaskError::WorkerDied)
+    /// only in pools with a memory limit.
+    MemoryLimit {
+        /// The worker's process id.
+        pid: u32,
+        /// How it ended.
+        exit: WorkerExit,
+        /// The limit, in bytes.
+        limit: u64,
+    },
     /// The task ran longer than its timeout; its worker was killed and replaced.
     TimedOut {
         /// The worker's process id.
@@ -164,9 +178,13 @@ impl TaskError {
         matches!(self, TaskError::Cancelled)
     }
 
-    /// Whether the worker running the task died.
+    /// Whether the worker running the task died (of any cause but a timeout or an
+    /// abort).
     pub fn is_worker_died(&self) -> bool {
-        matches!(self, TaskError::WorkerDied { .. })
+        matches!(
+            self,
+            TaskError::WorkerDied { .. } | TaskError::MemoryLimit { .. }
+        )
     }
 
     /// The panic, when the task panicked.
@@ -180,7 +198,9 @@ impl TaskError {
     /// The pid of the worker concerned, when the error is about one.
     pub fn pid(&self) -> Option<u32> {
         match self {
-            TaskError::WorkerDied { pid, .. } | TaskError::TimedOut { pid, .. } => Some(*pid),
+            TaskError::WorkerDied { pid, .. }
+            | TaskError::MemoryLimit { pid, .. }
+            | TaskError::TimedOut { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -193,6 +213,11 @@ impl fmt::Display for TaskError {
             TaskError::WorkerDied { pid, exit } => {
                 write!(f, "worker {pid} died running the task ({exit})")
             }
+            TaskError::MemoryLimit { pid, exit, limit } => write!(
+                f,
+                "worker {pid} died running the task ({exit}), most likely out of memory: \
+                 it is limited to {limit} bytes of address space"
+            ),
             TaskError::TimedOut { pid, after } => {
                 write!(f, "task timed out after {after:?}; worker {pid} was killed")
             }

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: `mod support;` in a test file.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use procpool::{Pool, PoolBuilder, StartMethod};
+
+/// The start method under test: `PROCPOOL_TEST_START_METHOD` (`spawn` by default), so
+/// that CI can run the whole suite once per start method.
+pub fn start_method() -> StartMethod {
+    match std::env::var("PROCPOOL_TEST_START_METHOD").as_deref() {
+        Err(_) | Ok("") | Ok("spawn") => StartMethod::Spawn,
+        Ok(other) => panic!("unknown PROCPOOL_TEST_START_METHOD {other:?}"),
+    }
+}
+
+/// A builder with the start method under test. Every test builds its pools from here.
+pub fn builder() -> PoolBuilder {
+    Pool::builder().start_method(start_method())
+}
+
+/// A pool of `n` workers with the start method under test.
+pub async fn pool(n: usize) -> Pool {
+    builder().processes(n).build().await.expect("pool builds")
+}
+
+/// The state letter of `pid` from /proc (`R`, `S`, `Z`, ...), or `None` if it is gone.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// The parent pid of `pid`, if it exists.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` is a process that still runs (a zombie does not count as running).
+pub fn is_running(pid: u32) -> bool {
+    matches!(proc_state(pid), Some(s) if s != 'Z' && s != 'X')
+}
+
+/// Whether `pid` is gone entirely: neither running nor a zombie.
+pub fn is_gone(pid: u32) -> bool {
+    proc_state(pid).is_none()
+}
+
+/// Polls `cond` every 10 ms for up to `within`.
+pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Zombie children of this process.
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent_of(pid) == Some(me) && proc_state(pid) == Some('Z'))
+        .collect()
+}
+
+/// The pids of the pool's live workers.
+pub fn worker_pids(pool: &Pool) -> Vec<u32> {
+    pool.stats().workers.iter().map(|w| w.pid).collect()
+}
