@@ -1,0 +1,120 @@
+//! The main job: count the primes among 64-bit numbers near 10^12 on a process pool,
+//! with a progress line, then the same count in this one process for the speedup.
+//!
+//! ```text
+//! cargo run --release --example primes            # 12 million numbers
+//! cargo run --release --example primes -- 200000  # a quick run
+//! ```
+
+use std::io::Write;
+use std::time::Instant;
+
+use futures::StreamExt;
+use procpool::Pool;
+
+/// Deterministic Miller-Rabin for every `u64`.
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    for p in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
+        if n % p == 0 {
+            return n == p;
+        }
+    }
+    let mul = |a: u64, b: u64| ((a as u128 * b as u128) % n as u128) as u64;
+    let pow = |mut base: u64, mut exp: u64| {
+        let mut acc = 1u64;
+        while exp > 0 {
+            if exp & 1 == 1 {
+                acc = mul(acc, base);
+            }
+            base = mul(base, base);
+            exp >>= 1;
+        }
+        acc
+    };
+    let (mut d, mut s) = (n - 1, 0);
+    while d % 2 == 0 {
+        d /= 2;
+        s += 1;
+    }
+    'witness: for a in [2u64, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37] {
+        let mut x = pow(a, d);
+        if x == 1 || x == n - 1 {
+            continue;
+        }
+        for _ in 1..s {
+            x = mul(x, x);
+            if x == n - 1 {
+                continue 'witness;
+            }
+        }
+        return false;
+    }
+    true
+}
+
+/// The task: how many primes lie in `[start, end)`.
+fn count_primes((start, end): (u64, u64)) -> u64 {
+    (start..end).filter(|&n| is_prime(n)).count() as u64
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    procpool::init();
+
+    let span: u64 = match std::env::args().nth(1) {
+        Some(arg) => arg.parse()?,
+        None => 12_000_000,
+    };
+    let first = 1_000_000_000_000u64;
+    let pieces = 200u64;
+    let step = span.div_ceil(pieces);
+    let ranges: Vec<(u64, u64)> = (0..pieces)
+        .map(|i| (first + i * step, (first + (i + 1) * step).min(first + span)))
+        .filter(|(a, b)| a < b)
+        .collect();
+
+    let pool = Pool::builder().build().await?;
+    println!(
+        "counting primes in [{first}, {}) in {} ranges on {} worker processes",
+        first + span,
+        ranges.len(),
+        pool.processes()
+    );
+
+    let started = Instant::now();
+    let mut results = pool.imap_unordered(count_primes, ranges.clone()).chunk_size(1);
+    let (mut total, mut done) = (0u64, 0usize);
+    while let Some(count) = results.next().await {
+        total += count?;
+        done += 1;
+        let filled = done * 30 / ranges.len();
+        eprint!(
+            "\r[{}{}] {done}/{} ranges, {total} primes so far",
+            "#".repeat(filled),
+            " ".repeat(30 - filled),
+            ranges.len()
+        );
+        std::io::stderr().flush()?;
+    }
+    eprintln!();
+    let pooled = started.elapsed();
+    pool.join().await;
+
+    let started = Instant::now();
+    let serial: u64 = ranges.iter().copied().map(count_primes).sum();
+    let alone = started.elapsed();
+    assert_eq!(serial, total, "the pool and the single process disagree");
+
+    println!("{total} primes");
+    println!(
+        "pool: {:.2?} on {} processes; one process: {:.2?}; speedup {:.2}x",
+        pooled,
+        pool.processes(),
+        alone,
+        alone.as_secs_f64() / pooled.as_secs_f64()
+    );
+    Ok(())
+}
