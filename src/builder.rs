@@ -13,7 +13,7 @@ use crate::pool::Pool;
 use crate::protocol::codec::encode_chunk;
 use crate::shared::{Config, Shared};
 use crate::start::spawn::ENV_WORKER;
-use crate::start::{ChildOptions, StartMethod};
+use crate::start::{ChildOptions, StartMethod, Starter};
 use crate::supervisor::run_slot;
 use crate::task_fn::{build_id, trampoline, FnRef};
 
@@ -36,6 +36,7 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 256 << 20;
 pub struct PoolBuilder {
     config: Config,
     initializer: Result<(), String>,
+    preload: Result<(), String>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -76,8 +77,10 @@ impl PoolBuilder {
                 startup_timeout: Duration::from_secs(30),
                 pipeline: 2,
                 child: ChildOptions::default(),
+                preload: None,
             },
             initializer: Ok(()),
+            preload: Ok(()),
         }
     }
 
@@ -128,6 +131,25 @@ impl PoolBuilder {
         self.initializer = func.and_then(|func| {
             encode_chunk(std::slice::from_ref(&arg), &mut args)?;
             self.config.initializer = Some((func, args.into()));
+            Ok(())
+        });
+        self
+    }
+
+    /// Runs `f(arg)` once in the fork server, before it forks any worker, so that every
+    /// worker starts with what it loaded (a big table, say), shared copy-on-write. Only
+    /// for [`StartMethod::ForkServer`]; a panic in it fails `build`. Default: none.
+    pub fn forkserver_preload<F, A>(mut self, f: F, arg: A) -> Self
+    where
+        F: Fn(A) + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        let func = FnRef::of(trampoline::<F, A, ()>());
+        let mut args = Vec::new();
+        self.preload = func.and_then(|func| {
+            encode_chunk(std::slice::from_ref(&arg), &mut args)?;
+            self.config.preload = Some((func, args.into()));
             Ok(())
         });
         self
@@ -221,10 +243,25 @@ impl PoolBuilder {
         if let Err(why) = self.initializer {
             return Err(BuildError::new(format!("bad initializer: {why}")));
         }
+        if let Err(why) = self.preload {
+            return Err(BuildError::new(format!("bad preload hook: {why}")));
+        }
+        if crate::worker::is_daemon() {
+            return Err(BuildError::new(
+                "daemonic processes are not allowed to have children: this is a pool \
+                 worker or a daemon Process",
+            ));
+        }
         // Computed once per process; do it before the workers need it.
         let _ = build_id();
         let shared = Arc::new(Shared::new(self.config));
         let pool = Pool::from_shared(shared.clone());
+        if let Starter::ForkServer(server) = &shared.starter {
+            if let Err(e) = server.ensure_started().await {
+                pool.terminate().await;
+                return Err(BuildError::new(e.to_string()));
+            }
+        }
         let mut first = Vec::new();
         for slot in 0..shared.config.processes {
             let (tx, rx) = oneshot::channel();

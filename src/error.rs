@@ -39,13 +39,16 @@ impl fmt::Display for RemotePanic {
 }
 
 /// How a worker process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum WorkerExit {
     /// It exited with this status code.
     Code(i32),
     /// It was killed by this signal number.
     Signal(i32),
+    /// It ended, but how is not known: the fork server that was its parent died
+    /// before reporting it.
+    Unknown,
 }
 
 impl WorkerExit {
@@ -55,7 +58,7 @@ impl WorkerExit {
             WorkerExit::Signal(n) => nix::sys::signal::Signal::try_from(*n)
                 .ok()
                 .map(|s| s.as_str()),
-            WorkerExit::Code(_) => None,
+            WorkerExit::Code(_) | WorkerExit::Unknown => None,
         }
     }
 }
@@ -68,6 +71,7 @@ impl fmt::Display for WorkerExit {
                 Some(name) => write!(f, "signal {n} ({name})"),
                 None => write!(f, "signal {n}"),
             },
+            WorkerExit::Unknown => f.write_str("unknown exit status"),
         }
     }
 }

@@ -15,8 +15,6 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     procpool::init(); // first line: a worker enters its loop here
-//!
 //!     let pool = Pool::builder().processes(4).build().await?;
 //!     let n: u64 = pool.apply(fib, 30).await?;
 //!     let v: Vec<u64> = pool.map(fib, 0..30).await?;
@@ -34,13 +32,25 @@
 //! A task that returns `Result<T, E>` gives the caller `Result<Result<T, E>,
 //! TaskError>`: the task's errors and the pool's never mix.
 //!
-//! # The worker entry line
+//! # The worker entry
 //!
-//! A worker is this same executable, started again with a marker. Call [`init`] as the
-//! first line of `main`: in a worker it serves tasks and never returns; elsewhere it
-//! returns at once. In integration tests run by `cargo test`, put
-//! [`enable_test_support!()`] at the top of the test file instead. Doc tests that build
-//! a pool must be `no_run`: a doc test's binary has no entry line.
+//! With [`StartMethod::Spawn`] a worker is this same executable started again with a
+//! marker; with [`StartMethod::ForkServer`] (the default) so is the fork server that
+//! forks the workers. procpool registers a constructor that sees the marker and enters
+//! the worker loop **before `main`**, before any runtime or thread of the program
+//! exists: no line is needed in `main`, in test files or in doc tests.
+//! [`init`] as the first line of `main` is the explicit form and the fallback for
+//! builds that drop constructors.
+//!
+//! # Start methods
+//!
+//! [`StartMethod::ForkServer`] (default), [`StartMethod::Spawn`] and
+//! [`StartMethod::Fork`]; see [`StartMethod`] for what each costs and risks.
+//!
+//! # One process
+//!
+//! [`Process`] runs one function once in one child, with Python's verbs: `pid`,
+//! `is_alive`, `join`, `exit_code`, `terminate`, `kill`, and `daemon`.
 //!
 //! # Shutdown
 //!
@@ -55,11 +65,13 @@
 
 mod builder;
 mod call;
+mod connect;
 mod driver;
 mod error;
 mod handle;
 mod input;
 mod pool;
+mod process;
 mod protocol;
 mod queue;
 mod shared;
@@ -76,18 +88,19 @@ pub use error::{BuildError, Payload, RemotePanic, TaskError, WorkerExit};
 pub use handle::TaskHandle;
 pub use input::{FromIter, FromStream, Input};
 pub use pool::Pool;
+pub use process::{Process, ProcessBuilder, ProcessHandle};
 pub use start::StartMethod;
 pub use stats::{PoolStats, WorkerStats};
 pub use stream::{Imap, ImapUnordered};
 pub use task_fn::StarFn;
 pub use worker::{current_process, init, ProcessInfo};
 
-/// Makes a test binary run by `cargo test` able to serve as a worker: put
-/// `procpool::enable_test_support!();` once at the top of an integration test file.
+/// Registers, in the calling crate, a constructor that calls [`init`] before `main`.
 ///
-/// Test binaries have no `main` of their own to call [`init`] from, so this registers a
-/// constructor that calls it before the test harness starts. Outside a worker it does
-/// nothing.
+/// procpool's own constructor already does this for every binary that links it, so the
+/// macro is only the explicit form for test files (`procpool::enable_test_support!();`
+/// at the top), kept for builds that drop a library's constructors. Outside a worker it
+/// does nothing.
 #[macro_export]
 macro_rules! enable_test_support {
     () => {

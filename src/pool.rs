@@ -360,6 +360,7 @@ impl Pool {
         shared.queue.close();
         shared.tracker.close();
         shared.tracker.wait().await;
+        shared.starter.shutdown().await;
     }
 
     /// Kills every worker now, fails unfinished tasks with [`TaskError::Terminated`],
@@ -372,6 +373,7 @@ impl Pool {
     pub async fn terminate(&self) {
         self.start_terminate();
         self.shared().tracker.wait().await;
+        self.shared().starter.shutdown().await;
     }
 
     /// Starts [`terminate`](Pool::terminate) without waiting: the workers are killed and

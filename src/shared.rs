@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::queue::Queue;
-use crate::start::{ChildOptions, StartMethod};
+use crate::start::{ChildOptions, StartMethod, Starter};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::task_fn::FnRef;
 
@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) startup_timeout: Duration,
     pub(crate) pipeline: usize,
     pub(crate) child: ChildOptions,
+    pub(crate) preload: Option<(FnRef, Bytes)>,
 }
 
 /// Counters behind [`PoolStats`].
@@ -51,6 +52,7 @@ impl Counters {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) config: Config,
+    pub(crate) starter: Starter,
     pub(crate) queue: Queue,
     pub(crate) counters: Counters,
     pub(crate) next_id: AtomicU64,
@@ -69,6 +71,7 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Self {
         let slots = config.processes;
         Shared {
+            starter: Starter::new(config.start_method, config.preload.clone(), config.startup_timeout),
             config,
             queue: Queue::default(),
             counters: Counters::default(),
@@ -118,6 +121,10 @@ impl Shared {
             workers_crashed: get(&c.workers_crashed),
             start_failures: get(&c.start_failures),
             workers: self.workers().iter().flatten().cloned().collect(),
+            forkserver_pid: match &self.starter {
+                Starter::ForkServer(server) => server.pid(),
+                _ => None,
+            },
         }
     }
 

@@ -28,6 +28,8 @@ pub struct PoolStats {
     pub start_failures: u64,
     /// Each live worker.
     pub workers: Vec<WorkerStats>,
+    /// The pid of the pool's fork server, with [`StartMethod::ForkServer`](crate::StartMethod::ForkServer), while it runs.
+    pub forkserver_pid: Option<u32>,
 }
 
 /// One live worker in [`PoolStats`].

@@ -24,7 +24,8 @@ pub(crate) mod codec;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::RemotePanic;
+use crate::error::{RemotePanic, WorkerExit};
+use crate::start::ChildOptions;
 use crate::task_fn::FnRef;
 
 /// Bumped whenever a message changes shape.
@@ -53,8 +54,9 @@ pub(crate) enum ToWorker {
     Setup {
         protocol: u32,
         build_id: Vec<u8>,
-        index: usize,
+        index: Option<usize>,
         name: String,
+        daemon: bool,
         max_frame_len: usize,
         initializer: Option<FnRef>,
     },
@@ -94,4 +96,29 @@ pub(crate) enum Outcome {
     ResultTooLarge { size: usize },
     /// The results could not be encoded.
     BadResult(String),
+}
+
+/// Messages from the pool to its fork server.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToServer {
+    /// The answer to the server's [`Hello`]; followed by the preload argument chunk.
+    Setup {
+        protocol: u32,
+        build_id: Vec<u8>,
+        preload: Option<FnRef>,
+    },
+    /// Fork a worker whose channel is the descriptor sent with this frame.
+    Fork { req: u64, opts: ChildOptions },
+}
+
+/// Messages from a fork server to the pool.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromServer {
+    Hello(Hello),
+    Ready,
+    SetupFailed(InitFailure),
+    Forked { req: u64, pid: u32 },
+    ForkFailed { req: u64, error: String },
+    /// A worker the server forked has ended and been reaped.
+    Exited { pid: u32, exit: WorkerExit },
 }

@@ -10,7 +10,9 @@
 //! what lets `Drop for Pool` (which may run outside any runtime) promise no zombies.
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::Pin;
 use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
@@ -21,15 +23,21 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
+use tokio::sync::oneshot;
 
 use crate::error::WorkerExit;
 
-/// A child process, reaped exactly once.
+/// A worker process, reaped exactly once, by us or by the fork server.
 #[derive(Debug)]
 pub(crate) struct ChildProc {
     pid: Pid,
     pidfd: AsyncFd<OwnedFd>,
     exit: Option<WorkerExit>,
+    /// `Some` when the process is a child of a fork server, which reaps it and reports
+    /// how it ended here.
+    remote: Option<oneshot::Receiver<WorkerExit>>,
+    /// Whether dropping this kills the process (it always ends up reaped).
+    kill_on_drop: bool,
 }
 
 impl ChildProc {
@@ -37,14 +45,27 @@ impl ChildProc {
     ///
     /// Must be called within a Tokio runtime.
     pub(crate) fn new(pid: u32) -> io::Result<Self> {
+        Self::open(pid, None)
+    }
+
+    /// Takes charge of `pid`, a child of a fork server that reaps it and sends its
+    /// status on `status`.
+    pub(crate) fn remote(pid: u32, status: oneshot::Receiver<WorkerExit>) -> io::Result<Self> {
+        Self::open(pid, Some(status))
+    }
+
+    fn open(pid: u32, remote: Option<oneshot::Receiver<WorkerExit>>) -> io::Result<Self> {
+        let is_ours = remote.is_none();
         let pid = Pid::from_raw(pid as i32);
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
         // it touches no memory of ours.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
         if fd < 0 {
             let err = io::Error::last_os_error();
-            let _ = kill(pid, Signal::SIGKILL);
-            reap_in_background(pid);
+            if is_ours {
+                let _ = kill(pid, Signal::SIGKILL);
+                reap_in_background(pid);
+            }
             return Err(err);
         }
         // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
@@ -56,8 +77,10 @@ impl ChildProc {
         let pidfd = match registered {
             Ok(fd) => fd,
             Err(err) => {
-                let _ = kill(pid, Signal::SIGKILL);
-                reap_in_background(pid);
+                if is_ours {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    reap_in_background(pid);
+                }
                 return Err(io::Error::other(err.to_string()));
             }
         };
@@ -65,6 +88,8 @@ impl ChildProc {
             pid,
             pidfd,
             exit: None,
+            remote,
+            kill_on_drop: true,
         })
     }
 
@@ -77,12 +102,34 @@ impl ChildProc {
         self.exit
     }
 
-    /// Reaps the child if it has exited.
+    /// Reaps the child if it has exited (for a fork server's child: if its status has
+    /// been reported).
     pub(crate) fn try_wait(&mut self) -> Option<WorkerExit> {
         if self.exit.is_none() {
-            self.exit = try_reap(self.pid);
+            self.exit = match &mut self.remote {
+                None => try_reap(self.pid),
+                Some(status) => match status.try_recv() {
+                    Ok(exit) => Some(exit),
+                    Err(oneshot::error::TryRecvError::Empty) => None,
+                    // The server is gone without telling; the pidfd says whether the
+                    // process is.
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        self.pidfd_readable().then_some(WorkerExit::Unknown)
+                    }
+                },
+            };
         }
         self.exit
+    }
+
+    fn pidfd_readable(&self) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: self.pidfd.get_ref().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) > 0 }
     }
 
     /// Polls for the child's exit.
@@ -90,6 +137,21 @@ impl ChildProc {
         loop {
             if let Some(exit) = self.try_wait() {
                 return Poll::Ready(exit);
+            }
+            if let Some(status) = &mut self.remote {
+                // The server reports soon after the process ends.
+                return match ready!(Pin::new(status).poll(cx)) {
+                    Ok(exit) => {
+                        self.exit = Some(exit);
+                        Poll::Ready(exit)
+                    }
+                    Err(_) => {
+                        // No report will come: fall back on the pidfd alone.
+                        ready!(self.pidfd.poll_read_ready(cx)).ok();
+                        self.exit = Some(WorkerExit::Unknown);
+                        Poll::Ready(WorkerExit::Unknown)
+                    }
+                };
             }
             match ready!(self.pidfd.poll_read_ready(cx)) {
                 Ok(mut guard) => {
@@ -110,11 +172,10 @@ impl ChildProc {
         std::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 
-    /// Sends `signal` unless the child was already reaped.
+    /// Sends `signal` unless the child is known to have ended.
     pub(crate) fn signal(&self, signal: Signal) {
-        // The pid cannot have been reused: it stays ours until we reap it.
         if self.exit.is_none() {
-            let _ = kill(self.pid, signal);
+            send_signal(&self.pidfd, signal);
         }
     }
 
@@ -139,12 +200,39 @@ impl ChildProc {
 /// reaper thread.
 pub(crate) const REAP_BOUND: Duration = Duration::from_secs(5);
 
+impl ChildProc {
+    /// Lets the process run on after this is dropped (it is still reaped).
+    pub(crate) fn detach_on_drop(&mut self) {
+        self.kill_on_drop = false;
+    }
+}
+
 impl Drop for ChildProc {
     fn drop(&mut self) {
         if self.try_wait().is_none() {
-            let _ = kill(self.pid, Signal::SIGKILL);
-            reap_in_background(self.pid);
+            if self.kill_on_drop {
+                send_signal(&self.pidfd, Signal::SIGKILL);
+            }
+            if self.remote.is_none() {
+                reap_in_background(self.pid);
+            }
         }
+    }
+}
+
+/// Signals through the pidfd: unlike `kill(pid)`, it cannot reach another process that
+/// reused the pid after a fork server reaped ours.
+fn send_signal(pidfd: &AsyncFd<OwnedFd>, signal: Signal) {
+    // SAFETY: pidfd_send_signal reads only its integer arguments (the siginfo pointer
+    // is null); the descriptor is a pidfd we own.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.get_ref().as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        );
     }
 }
 

@@ -1,6 +1,8 @@
 //! How worker processes are started, and what every child does before it runs.
 
 pub(crate) mod child;
+pub(crate) mod fork;
+pub(crate) mod forkserver;
 pub(crate) mod spawn;
 
 use std::io;
@@ -12,6 +14,13 @@ use nix::unistd::Pid;
 use self::child::ChildProc;
 
 /// How a pool starts its worker processes (Python's start methods).
+///
+/// The default on Linux is [`ForkServer`](StartMethod::ForkServer): it is as safe as
+/// [`Spawn`](StartMethod::Spawn) — workers are forked from a clean single-threaded
+/// process, never from the caller's multi-threaded one — and starts or replaces a
+/// worker at the cost of a `fork` rather than an `exec`. Python 3.14 made the same
+/// move, from `fork` to `forkserver`, because forking a threaded process is hazardous;
+/// a Tokio program always is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum StartMethod {
@@ -21,26 +30,82 @@ pub enum StartMethod {
     ///
     /// Each worker is a fresh process: nothing of the parent's state is shared, and no
     /// lock held by a parent thread can be inherited. What runs before `init()` in
-    /// `main` (and any static constructors) runs in every worker too.
-    #[default]
+    /// `main` (and any static constructors) runs in every worker too. Starting a worker
+    /// costs an `exec` and the program's start-up.
     Spawn,
+    /// Fork the calling process for each worker.
+    ///
+    /// Fast, needs no entry line, and a worker inherits the parent's memory (its tables,
+    /// its loaded data) copy-on-write. **But forking a multi-threaded process is
+    /// hazardous**, and any process running Tokio is multi-threaded: the child has only
+    /// the forking thread, and a lock that another thread held at that instant stays
+    /// held forever in the child. glibc's `malloc` protects itself, but Rust's
+    /// `stdout`/`stderr` locks, a `Mutex` of your program, a logger, or a C library's
+    /// internal lock do not: a task that takes such a lock can hang (its timeout, if
+    /// set, kills it). The forked worker never touches the parent's runtime (its loop
+    /// is blocking), resets the parent's signal handlers, and closes every inherited
+    /// descriptor but its channel and the standard three. Prefer
+    /// [`ForkServer`](StartMethod::ForkServer) unless you need the parent's in-memory
+    /// state in the workers and know which locks the tasks touch.
+    Fork,
+    /// Fork workers from a fork server: a clean exec of this executable that stays
+    /// single-threaded, never starts Tokio, and forks a worker on request, handing it
+    /// its channel over a Unix socket (`SCM_RIGHTS`). One server per pool; a
+    /// [`preload`](crate::PoolBuilder::forkserver_preload) hook runs once in it, so
+    /// every worker starts warm. If the server dies, its workers die with it (their
+    /// tasks fail; queued work waits) and the pool starts a new server. Needs the
+    /// entry line, like `Spawn`.
+    #[default]
+    ForkServer,
+}
+
+/// A pool's way of starting workers, with the state it needs.
+#[derive(Debug)]
+pub(crate) enum Starter {
+    Spawn,
+    Fork,
+    ForkServer(forkserver::ForkServer),
+}
+
+impl Starter {
+    pub(crate) fn new(
+        method: StartMethod,
+        preload: Option<(crate::task_fn::FnRef, bytes::Bytes)>,
+        startup_timeout: std::time::Duration,
+    ) -> Self {
+        match method {
+            StartMethod::Spawn => Starter::Spawn,
+            StartMethod::Fork => Starter::Fork,
+            StartMethod::ForkServer => {
+                Starter::ForkServer(forkserver::ForkServer::new(preload, startup_timeout))
+            }
+        }
+    }
+
+    /// Starts one worker; returns the child and our end of its channel.
+    pub(crate) async fn start(&self, opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+        match self {
+            Starter::Spawn => spawn::spawn_worker(opts).await,
+            Starter::Fork => fork::fork_worker(opts).await,
+            Starter::ForkServer(server) => server.fork_worker(opts).await,
+        }
+    }
+
+    /// Releases what the starter holds (the fork server).
+    pub(crate) async fn shutdown(&self) {
+        if let Starter::ForkServer(server) = self {
+            server.shutdown().await;
+        }
+    }
 }
 
 /// Settings applied in a child between fork and exec.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ChildOptions {
     pub(crate) nice: Option<i32>,
     pub(crate) memory_limit: Option<u64>,
-}
-
-/// Starts one worker; returns the child and our end of its channel.
-pub(crate) async fn start_worker(
-    method: StartMethod,
-    opts: ChildOptions,
-) -> io::Result<(ChildProc, UnixStream)> {
-    match method {
-        StartMethod::Spawn => spawn::spawn_worker(opts).await,
-    }
+    /// Whether the child survives its parent: only non-daemon `Process`es do.
+    pub(crate) outlive_parent: bool,
 }
 
 /// Runs in a freshly forked child: puts its channel on `target`, arranges to die with
@@ -66,13 +131,15 @@ pub(crate) fn child_setup(
         } else if libc::dup2(fd, target) < 0 {
             return Err(io::Error::last_os_error());
         }
-        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The parent may have died before the line above took effect; then no signal
-        // will ever come, so leave now.
-        if libc::getppid() != parent.as_raw() {
-            libc::_exit(1);
+        if !opts.outlive_parent {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the line above took effect; then no
+            // signal will ever come, so leave now.
+            if libc::getppid() != parent.as_raw() {
+                libc::_exit(1);
+            }
         }
         if let Some(nice) = opts.nice {
             if libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {

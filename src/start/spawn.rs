@@ -20,8 +20,14 @@ use std::sync::{mpsc, Mutex, OnceLock};
 use crate::start::child::ChildProc;
 use crate::start::ChildOptions;
 
-/// Set in a spawned worker's environment; its value is the protocol version.
+/// Set in a spawned process's environment; its value is its role.
 pub(crate) const ENV_WORKER: &str = "__PROCPOOL_WORKER";
+
+/// The role of a spawned worker.
+pub(crate) const ROLE_WORKER: &str = "worker";
+
+/// The role of a fork server.
+pub(crate) const ROLE_FORKSERVER: &str = "forkserver";
 
 /// The descriptor on which a spawned worker finds its channel.
 pub(crate) const WORKER_FD: RawFd = 3;
@@ -60,6 +66,14 @@ pub(crate) async fn on_spawner_thread<T: Send + 'static>(
 
 /// Starts a worker by running this executable again.
 pub(crate) async fn spawn_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+    spawn_self(ROLE_WORKER, opts).await
+}
+
+/// Runs this executable again in `role`, with its channel on [`WORKER_FD`].
+pub(crate) async fn spawn_self(
+    role: &'static str,
+    opts: ChildOptions,
+) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
     let parent = nix::unistd::getpid();
     let pid = on_spawner_thread(move || -> io::Result<u32> {
@@ -72,8 +86,7 @@ pub(crate) async fn spawn_worker(opts: ChildOptions) -> io::Result<(ChildProc, U
         if let Some(arg0) = std::env::args_os().next() {
             cmd.arg0(arg0);
         }
-        cmd.env(ENV_WORKER, crate::protocol::PROTOCOL_VERSION.to_string())
-            .stdin(Stdio::null());
+        cmd.env(ENV_WORKER, role).stdin(Stdio::null());
         let fd = theirs.as_raw_fd();
         // SAFETY: `child_setup` makes only async-signal-safe calls (fcntl, dup2, prctl,
         // getppid, setpriority, setrlimit, _exit) and allocates nothing, as a pre_exec

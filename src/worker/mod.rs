@@ -18,45 +18,46 @@ use crate::protocol::{
     FromWorker, Hello, InitFailure, Outcome, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC,
     PROTOCOL_VERSION,
 };
-use crate::start::spawn::{ENV_WORKER, WORKER_FD};
+use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, WORKER_FD};
 use crate::task_fn::{build_id, FnRef};
 
 use self::conn::BlockingConn;
 
-/// Enters the worker loop if this process was started as a procpool worker; returns at
-/// once otherwise.
+/// Enters the worker loop if this process was started as a procpool worker (or fork
+/// server); returns at once otherwise.
 ///
-/// With the default [`StartMethod::Spawn`](crate::StartMethod::Spawn), a worker is this
-/// same executable run again. Call `init()` as the **first line of `main`**, so that a
-/// worker does not run the program's own code: whatever runs before it runs in every
-/// worker too. In a worker, `init()` serves tasks until the pool lets it go, then exits
+/// **You do not normally call this.** procpool registers a constructor that calls it
+/// before `main` (and before any runtime or thread exists), so a worker never runs the
+/// program's own code, in binaries, examples, tests and doc tests alike. Calling
+/// `init()` as the first line of `main` is the explicit, belt-and-braces form: it is
+/// harmless where the constructor already ran, and it is the fallback for builds that
+/// drop constructors. In a worker it serves tasks until the pool lets it go, then exits
 /// the process; it never returns.
-///
-/// For test binaries run by `cargo test`, which have no `main` of their own, put
-/// [`enable_test_support!()`](crate::enable_test_support) at the top of the test file
-/// instead.
 ///
 /// ```no_run
 /// fn main() {
-///     procpool::init();
+///     procpool::init(); // optional: procpool's constructor already did this
 ///     // ... the program, which may build pools ...
 /// }
 /// ```
 pub fn init() {
-    if std::env::var_os(ENV_WORKER).is_none() {
-        return;
-    }
+    let role = match std::env::var(ENV_WORKER) {
+        Ok(role) => role,
+        Err(_) => return,
+    };
     // Not inherited by processes that a task starts.
     std::env::remove_var(ENV_WORKER);
-    // SAFETY: a spawned worker receives its channel on WORKER_FD (see
+    // SAFETY: a spawned worker or fork server receives its channel on WORKER_FD (see
     // `start::child_setup`), and nothing else in this process owns that descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
-    let code = match nix::fcntl::fcntl(
+    let cloexec = nix::fcntl::fcntl(
         &fd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    ) {
-        Ok(_) => serve(UnixStream::from(fd)),
-        Err(_) => 2,
+    );
+    let code = match (cloexec, role.as_str()) {
+        (Err(_), _) => 2,
+        (Ok(_), ROLE_FORKSERVER) => crate::start::forkserver::server_main(UnixStream::from(fd)),
+        (Ok(_), _) => serve(UnixStream::from(fd)),
     };
     std::process::exit(code);
 }
@@ -67,6 +68,7 @@ pub struct ProcessInfo {
     pid: u32,
     name: String,
     index: Option<usize>,
+    daemon: bool,
 }
 
 impl ProcessInfo {
@@ -85,6 +87,18 @@ impl ProcessInfo {
     pub fn index(&self) -> Option<usize> {
         self.index
     }
+
+    /// Whether the process is a daemon: it dies with its parent and may not start
+    /// processes of its own through procpool. Pool workers are daemons; a
+    /// [`Process`](crate::Process) is one if it was built with `daemon(true)`.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+}
+
+/// Whether this process is a daemonic procpool process, which may not start children.
+pub(crate) fn is_daemon() -> bool {
+    CURRENT.get().is_some_and(|p| p.daemon)
 }
 
 static CURRENT: OnceLock<ProcessInfo> = OnceLock::new();
@@ -147,15 +161,7 @@ fn install_panic_hook() {
 
 /// Serves the pool on `stream` until it closes; returns the exit code.
 pub(crate) fn serve(stream: UnixStream) -> i32 {
-    // Ctrl-C in a terminal signals the whole process group; the pool, not the worker,
-    // decides when the worker stops.
-    // SAFETY: SIG_IGN installs no handler code.
-    unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGINT,
-            nix::sys::signal::SigHandler::SigIgn,
-        );
-    }
+    ignore_interrupts();
     install_panic_hook();
     let mut conn = BlockingConn::new(stream, HANDSHAKE_FRAME_LIMIT);
     match handshake(&mut conn) {
@@ -166,6 +172,18 @@ pub(crate) fn serve(stream: UnixStream) -> i32 {
     match job_loop(&mut conn) {
         Ok(()) => 0,
         Err(_) => 2,
+    }
+}
+
+/// Ctrl-C in a terminal signals the whole process group; the pool, not the worker,
+/// decides when a worker stops. Writes to a closed channel fail with `EPIPE` rather
+/// than kill, as in any Rust `main`.
+pub(crate) fn ignore_interrupts() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigIgn);
     }
 }
 
@@ -194,6 +212,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         build_id: parent_build,
         index,
         name,
+        daemon,
         max_frame_len,
         initializer,
     } = setup
@@ -207,7 +226,8 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
     let _ = CURRENT.set(ProcessInfo {
         pid,
         name,
-        index: Some(index),
+        index,
+        daemon,
     });
     if let Some(init) = initializer {
         if let Some(failure) = run_initializer(init, payload) {
@@ -219,7 +239,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
     Ok(true)
 }
 
-fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure> {
+pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure> {
     let trampoline = match init.resolve() {
         Ok(t) => t,
         Err(e) => return Some(InitFailure::Refused(e)),
@@ -254,4 +274,11 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         conn.send_reply(id, outcome, &mut out)?;
     }
     Ok(())
+}
+
+/// Enters the worker loop (or the fork server's) before `main`, and so before any
+/// runtime or thread of the program exists.
+#[ctor::ctor]
+unsafe fn enter_before_main() {
+    init();
 }

@@ -1,0 +1,127 @@
+//! The handshake that turns a started child into a [`Worker`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::driver::Worker;
+use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
+use crate::protocol::{
+    FromWorker, InitFailure, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
+};
+use crate::start::child::{ChildProc, REAP_BOUND};
+use crate::task_fn::{build_id, FnRef};
+
+/// What a new worker is told about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub(crate) index: Option<usize>,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pub(crate) max_frame_len: usize,
+    pub(crate) initializer: Option<(FnRef, Bytes)>,
+    pub(crate) startup_timeout: Duration,
+}
+
+/// Takes a freshly started worker through the handshake: its hello, our setup, its
+/// initializer, its ready. Bounded by `setup.startup_timeout`; on failure the child is
+/// killed and reaped, and the error says how it ended.
+pub(crate) async fn connect(
+    mut child: ChildProc,
+    sock: std::os::unix::net::UnixStream,
+    setup: Setup,
+) -> Result<Worker, String> {
+    let pid = child.pid();
+    let handshake = async {
+        sock.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let sock = tokio::net::UnixStream::from_std(sock).map_err(|e| e.to_string())?;
+        let (rd, wr) = sock.into_split();
+        let mut reader = FramedRead::new(rd, frame_codec(HANDSHAKE_FRAME_LIMIT));
+        let mut writer = FramedWrite::new(wr, frame_codec(HANDSHAKE_FRAME_LIMIT));
+        let frame = reader
+            .next()
+            .await
+            .ok_or("it closed its channel before the handshake")?
+            .map_err(|e| format!("bad handshake frame: {e}"))?;
+        let hello = match decode_frame::<FromWorker>(&frame) {
+            Ok((FromWorker::Hello(hello), _)) => hello,
+            _ => return Err("its first message was not a procpool hello".to_string()),
+        };
+        if hello.magic != MAGIC || hello.protocol != PROTOCOL_VERSION {
+            return Err(format!(
+                "it speaks protocol {}, the pool {PROTOCOL_VERSION}",
+                hello.protocol
+            ));
+        }
+        if hello.build_id != build_id() {
+            return Err("it runs another build of the program".to_string());
+        }
+        let (initializer, init_args) = match &setup.initializer {
+            Some((f, args)) => (Some(*f), args.clone()),
+            None => (None, bytes::Bytes::new()),
+        };
+        let message = ToWorker::Setup {
+            protocol: PROTOCOL_VERSION,
+            build_id: build_id().to_vec(),
+            index: setup.index,
+            name: setup.name.clone(),
+            daemon: setup.daemon,
+            max_frame_len: setup.max_frame_len,
+            initializer,
+        };
+        let message = encode_frame(&message, |out| {
+            out.extend_from_slice(&init_args);
+            Ok(())
+        })?;
+        writer
+            .send(bytes::Bytes::from(message))
+            .await
+            .map_err(|e| format!("could not send setup: {e}"))?;
+        let frame = reader
+            .next()
+            .await
+            .ok_or("it exited during start-up (does main call procpool::init() first?)")?
+            .map_err(|e| format!("bad handshake frame: {e}"))?;
+        match decode_frame::<FromWorker>(&frame) {
+            Ok((FromWorker::Ready, _)) => {}
+            Ok((FromWorker::InitFailed(InitFailure::Panicked(p)), _)) => {
+                return Err(format!("its initializer {p}"))
+            }
+            Ok((FromWorker::InitFailed(InitFailure::Refused(why)), _)) => {
+                return Err(format!("it refused the setup: {why}"))
+            }
+            _ => return Err("unexpected message during start-up".to_string()),
+        }
+        reader.decoder_mut().set_max_frame_length(setup.max_frame_len);
+        Ok((reader, writer.into_inner()))
+    };
+    let result = tokio::time::timeout(setup.startup_timeout, handshake).await;
+    let failure = match result {
+        Ok(Ok((reader, writer))) => {
+            return Ok(Worker {
+                pid,
+                child,
+                reader,
+                writer,
+            })
+        }
+        Ok(Err(why)) => why,
+        Err(_) => format!(
+            "it did not finish its handshake within {:?}",
+            setup.startup_timeout
+        ),
+    };
+    let exit = match child.exit() {
+        Some(exit) => Some(exit),
+        None => match tokio::time::timeout(Duration::from_millis(200), child.wait()).await {
+            Ok(exit) => Some(exit),
+            Err(_) => child.kill_and_reap(REAP_BOUND).await,
+        },
+    };
+    Err(match exit {
+        Some(exit) => format!("worker {pid} failed to start ({exit}): {failure}"),
+        None => format!("worker {pid} failed to start: {failure}"),
+    })
+}

@@ -1,0 +1,327 @@
+//! [`Process`]: one function, run once in one child process.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::builder::DEFAULT_MAX_FRAME_LEN;
+use crate::connect::{connect, Setup};
+use crate::error::{BuildError, Payload, TaskError, WorkerExit};
+use crate::handle::decode_one;
+use crate::protocol::codec::{decode_frame, encode_chunk};
+use crate::protocol::{FromWorker, Outcome, ToWorker};
+use crate::queue::Reply;
+use crate::start::forkserver::ForkServer;
+use crate::start::{ChildOptions, StartMethod, Starter};
+use crate::task_fn::{trampoline, FnRef};
+
+/// One function run once in a child process: Python's `multiprocessing.Process`.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// fn work(n: u64) -> u64 { n * 2 }
+/// let mut child = procpool::Process::builder().name("doubler").start(work, 21).await?;
+/// println!("running as pid {}", child.pid());
+/// assert_eq!(child.join().await?, 42);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Process;
+
+impl Process {
+    /// A builder for a process.
+    pub fn builder() -> ProcessBuilder {
+        ProcessBuilder::default()
+    }
+}
+
+/// Configures a [`Process`]; [`start`](ProcessBuilder::start) runs it.
+#[derive(Debug, Clone)]
+pub struct ProcessBuilder {
+    daemon: bool,
+    name: Option<String>,
+    start_method: StartMethod,
+    startup_timeout: Duration,
+}
+
+impl Default for ProcessBuilder {
+    fn default() -> Self {
+        ProcessBuilder {
+            daemon: false,
+            name: None,
+            start_method: StartMethod::default(),
+            startup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ProcessBuilder {
+    /// A daemon is killed when its parent process exits (its parent-death signal), and
+    /// may not start processes or pools of its own. A non-daemon process runs on if its
+    /// parent dies. Default: `false`, as in Python.
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// The process's name, as [`current_process`](crate::current_process) reports it
+    /// inside. Default: `procpool-process-<pid of the parent>`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// How the process is started. Default: [`StartMethod::ForkServer`] (one fork
+    /// server is shared by every `Process` of the program).
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.start_method = method;
+        self
+    }
+
+    /// Starts the process running `f(arg)`.
+    ///
+    /// # Errors
+    ///
+    /// If this process is a daemon (a pool worker or a daemon `Process`): daemons may
+    /// not have children. If the child cannot be started or does not finish its
+    /// handshake within 30 s, or the function cannot be sent to it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future before it completes kills the child if it was started.
+    pub async fn start<F, A, R>(self, f: F, arg: A) -> Result<ProcessHandle<R>, BuildError>
+    where
+        F: Fn(A) -> R + Copy + Send + Sync + 'static,
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        let _ = f;
+        if crate::worker::is_daemon() {
+            return Err(BuildError::new(
+                "daemonic processes are not allowed to have children",
+            ));
+        }
+        let func = FnRef::of(trampoline::<F, A, R>()).map_err(BuildError::new)?;
+        let mut args = Vec::new();
+        encode_chunk(std::slice::from_ref(&arg), &mut args)
+            .map_err(|e| BuildError::new(format!("the argument could not be encoded: {e}")))?;
+        let opts = ChildOptions {
+            outlive_parent: !self.daemon,
+            ..ChildOptions::default()
+        };
+        let started = match self.start_method {
+            StartMethod::ForkServer => shared_server().fork_worker(opts).await,
+            method => Starter::new(method, None, self.startup_timeout).start(opts).await,
+        };
+        let (child, sock) = started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
+        let pid = child.pid();
+        let name = self
+            .name
+            .unwrap_or_else(|| format!("procpool-process-{}", std::process::id()));
+        let setup = Setup {
+            index: None,
+            name: name.clone(),
+            daemon: self.daemon,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            initializer: None,
+            startup_timeout: self.startup_timeout,
+        };
+        let mut worker = connect(child, sock, setup).await.map_err(BuildError::new)?;
+        if !self.daemon {
+            worker.child.detach_on_drop();
+        }
+        let mut frame = vec![0u8; 4];
+        frame = postcard::to_extend(&ToWorker::Job { id: 1, func }, frame)
+            .map_err(|e| BuildError::new(e.to_string()))?;
+        frame.extend_from_slice(&args);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        worker
+            .writer
+            .write_all(&frame)
+            .await
+            .map_err(|e| BuildError::new(format!("could not send the function: {e}")))?;
+
+        let (result_tx, result_rx) = oneshot::channel();
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let (signal_tx, signal_rx) = mpsc::unbounded_channel();
+        tokio::spawn(watch_process(worker, result_tx, exit_tx, signal_rx));
+        Ok(ProcessHandle {
+            pid,
+            name,
+            daemon: self.daemon,
+            result: Some(result_rx),
+            exit: exit_rx,
+            signals: signal_tx,
+            _result: PhantomData,
+        })
+    }
+}
+
+/// The fork server shared by every `Process` started with `ForkServer`.
+fn shared_server() -> &'static ForkServer {
+    static SERVER: OnceLock<ForkServer> = OnceLock::new();
+    SERVER.get_or_init(|| ForkServer::new(None, Duration::from_secs(30)))
+}
+
+/// Owns the child: reads its one reply, lets it go, records how it ended, and passes on
+/// the handle's signals.
+async fn watch_process(
+    mut worker: crate::driver::Worker,
+    result: oneshot::Sender<Reply>,
+    exit: watch::Sender<Option<WorkerExit>>,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+) {
+    let mut result = Some(result);
+    let mut signals_open = true;
+    let status = loop {
+        tokio::select! {
+            frame = worker.reader.next(), if result.is_some() => {
+                let reply = match frame {
+                    Some(Ok(mut frame)) => match decode_frame::<FromWorker>(&frame) {
+                        Ok((FromWorker::Done { outcome: Outcome::Ok, .. }, payload)) => {
+                            let start = frame.len() - payload.len();
+                            Some(Ok(frame.split_off(start).freeze()))
+                        }
+                        Ok((FromWorker::Done { outcome: Outcome::ResultTooLarge { size }, .. }, _)) => {
+                            Some(Err(TaskError::TooLarge { what: Payload::Result, size, limit: DEFAULT_MAX_FRAME_LEN }))
+                        }
+                        Ok((FromWorker::Done { outcome, .. }, _)) => {
+                            Some(Err(TaskError::Codec { what: Payload::Result, message: format!("{outcome:?}") }))
+                        }
+                        _ => Some(Err(TaskError::Protocol("unexpected message".into()))),
+                    },
+                    // It died: the exit status decides the error below.
+                    _ => None,
+                };
+                if let Some(reply) = reply {
+                    if let Some(tx) = result.take() {
+                        let _ = tx.send(reply);
+                    }
+                    // Done: closing the channel lets the process exit.
+                    let _ = worker.writer.shutdown().await;
+                }
+            }
+            status = worker.child.wait() => break status,
+            signal = signals.recv(), if signals_open => match signal {
+                Some(signal) => worker.child.signal(signal),
+                None => signals_open = false,
+            },
+        }
+    };
+    if let Some(tx) = result.take() {
+        let _ = tx.send(Err(TaskError::WorkerDied {
+            pid: worker.pid,
+            exit: status,
+        }));
+    }
+    let _ = exit.send(Some(status));
+}
+
+/// A running [`Process`]: its pid, its state, and its function's result.
+///
+/// # Cancel safety
+///
+/// Dropping the handle neither kills nor waits for the process: a daemon still dies
+/// with its parent, a non-daemon runs on; either is reaped when it ends (while the
+/// runtime that started it runs).
+pub struct ProcessHandle<R> {
+    pid: u32,
+    name: String,
+    daemon: bool,
+    result: Option<oneshot::Receiver<Reply>>,
+    exit: watch::Receiver<Option<WorkerExit>>,
+    signals: mpsc::UnboundedSender<Signal>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for ProcessHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessHandle")
+            .field("pid", &self.pid)
+            .field("name", &self.name)
+            .field("daemon", &self.daemon)
+            .field("exit", &*self.exit.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned + 'static> ProcessHandle<R> {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The process's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether it is a daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
+
+    /// Whether the process still runs (it has not been seen to end).
+    pub fn is_alive(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    /// How the process ended, once it has: Python's `exitcode`.
+    pub fn exit_code(&self) -> Option<WorkerExit> {
+        *self.exit.borrow()
+    }
+
+    /// Asks the process to stop with `SIGTERM`.
+    pub fn terminate(&self) {
+        let _ = self.signals.send(Signal::SIGTERM);
+    }
+
+    /// Kills the process with `SIGKILL`.
+    pub fn kill(&self) {
+        let _ = self.signals.send(Signal::SIGKILL);
+    }
+
+    /// Waits until the process has ended; returns how.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait(&mut self) -> WorkerExit {
+        let seen = self.exit.wait_for(Option::is_some).await.map(|exit| *exit);
+        match seen {
+            Ok(exit) => exit.unwrap_or(WorkerExit::Unknown),
+            Err(_) => self.exit_code().unwrap_or(WorkerExit::Unknown),
+        }
+    }
+
+    /// Waits until the process has ended and returns its function's result.
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::Panicked`] if the function panicked, [`TaskError::WorkerDied`] if
+    /// the process died first (killed, crashed, exited), a codec error if the result
+    /// could not be decoded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe: if the future is dropped after the result arrived, the result
+    /// is lost (the process is unaffected).
+    pub async fn join(mut self) -> Result<R, TaskError> {
+        let reply = match self.result.take() {
+            Some(rx) => rx.await.unwrap_or(Err(TaskError::Terminated)),
+            None => Err(TaskError::Terminated),
+        };
+        self.wait().await;
+        decode_one(reply)
+    }
+}

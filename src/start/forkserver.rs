@@ -1,0 +1,513 @@
+//! Start method `ForkServer`: a clean, single-threaded process that forks workers.
+//!
+//! The server is this executable run again (like a spawned worker, but in the
+//! fork-server role). It never starts Tokio or any thread, so forking it is safe: no
+//! lock can be held by a thread that the child lacks. A preload hook runs once in it,
+//! so every worker starts with what the hook loaded, shared copy-on-write.
+//!
+//! For each worker the pool makes a socketpair and sends one end to the server with
+//! `SCM_RIGHTS` in a `Fork` request; the server forks, the child becomes a worker on
+//! that end, and the server answers `Forked { pid }`. The server is the workers'
+//! parent: it reaps them (it learns of exits through a signalfd for `SIGCHLD`) and
+//! reports each `Exited { pid, exit }`. The pool watches each worker through a pidfd,
+//! and signals it through that pidfd, which cannot reach a process that reused the pid.
+//!
+//! If the server dies, its workers die with it (their parent-death signal), and the
+//! next fork request starts a new server.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+use tokio::io::Interest;
+use tokio::sync::oneshot;
+use tokio_util::codec::Decoder;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::error::WorkerExit;
+use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
+use crate::protocol::{FromServer, Hello, InitFailure, ToServer, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION};
+use crate::start::child::{ChildProc, REAP_BOUND};
+use crate::start::fork::forked_worker;
+use crate::start::spawn::{spawn_self, ROLE_FORKSERVER};
+use crate::start::ChildOptions;
+use crate::task_fn::{build_id, FnRef};
+
+// ---------------------------------------------------------------------------------
+// The server process.
+
+/// The fork server's life: handshake, preload, then serve fork requests until the pool
+/// closes the channel. Returns the exit code.
+pub(crate) fn server_main(ctrl: UnixStream) -> i32 {
+    crate::worker::ignore_interrupts();
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    if mask.thread_block().is_err() {
+        return 2;
+    }
+    let Ok(sigfd) = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+    else {
+        return 2;
+    };
+    let mut server = Server {
+        ctrl,
+        codec: frame_codec(HANDSHAKE_FRAME_LIMIT),
+        buf: BytesMut::with_capacity(4096),
+        fds: VecDeque::new(),
+    };
+    match server.handshake() {
+        Ok(true) => {}
+        Ok(false) => return 0,
+        Err(_) => return 2,
+    }
+    let me = nix::unistd::getpid();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: server.ctrl.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sigfd.as_fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return 2;
+        }
+        if fds[1].revents != 0 {
+            while let Ok(Some(_)) = sigfd.read_signal() {}
+            if server.report_exits().is_err() {
+                return 0;
+            }
+        }
+        if fds[0].revents != 0 {
+            match server.read_requests(me) {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return 0,
+            }
+        }
+    }
+}
+
+struct Server {
+    ctrl: UnixStream,
+    codec: tokio_util::codec::LengthDelimitedCodec,
+    buf: BytesMut,
+    fds: VecDeque<OwnedFd>,
+}
+
+impl Server {
+    fn send(&mut self, msg: &FromServer) -> io::Result<()> {
+        let frame = encode_frame(msg, |_| Ok(())).map_err(io::Error::other)?;
+        let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&frame);
+        self.ctrl.write_all(&out)
+    }
+
+    /// Reads what is available (blocking if nothing is), keeping passed descriptors.
+    /// `Ok(false)` at end of stream.
+    fn fill(&mut self) -> io::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        let n = recv_with_fds(self.ctrl.as_raw_fd(), &mut chunk, &mut self.fds)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    fn next_frame(&mut self) -> io::Result<Option<BytesMut>> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            if !self.fill()? {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn handshake(&mut self) -> io::Result<bool> {
+        self.send(&FromServer::Hello(Hello {
+            magic: MAGIC,
+            protocol: PROTOCOL_VERSION,
+            build_id: build_id().to_vec(),
+            pid: std::process::id(),
+        }))?;
+        let Some(frame) = self.next_frame()? else {
+            return Ok(false);
+        };
+        let refused = |why: &str| FromServer::SetupFailed(InitFailure::Refused(why.into()));
+        let (preload, payload) = match decode_frame::<ToServer>(&frame) {
+            Ok((ToServer::Setup { protocol, build_id: theirs, preload }, payload))
+                if protocol == PROTOCOL_VERSION && theirs == build_id() =>
+            {
+                (preload, payload)
+            }
+            _ => {
+                self.send(&refused("the pool runs another build or protocol version"))?;
+                return Err(io::Error::other("refused"));
+            }
+        };
+        if let Some(preload) = preload {
+            if let Some(failure) = crate::worker::run_initializer(preload, payload) {
+                self.send(&FromServer::SetupFailed(failure))?;
+                return Err(io::Error::other("preload failed"));
+            }
+        }
+        self.send(&FromServer::Ready)?;
+        Ok(true)
+    }
+
+    /// Serves the fork requests that have arrived. `Ok(false)`: the pool is gone.
+    fn read_requests(&mut self, me: nix::unistd::Pid) -> io::Result<bool> {
+        if !self.fill()? {
+            return Ok(false);
+        }
+        while let Some(frame) = self.codec.decode(&mut self.buf)? {
+            let Ok((ToServer::Fork { req, opts }, _)) = decode_frame::<ToServer>(&frame) else {
+                return Err(io::Error::other("unexpected request"));
+            };
+            let Some(channel) = self.fds.pop_front() else {
+                let error = "no descriptor came with the request".to_string();
+                self.send(&FromServer::ForkFailed { req, error })?;
+                continue;
+            };
+            // SAFETY: this process is single-threaded (it never starts a thread), so
+            // the child inherits no lock held by another thread.
+            match unsafe { fork() } {
+                Ok(ForkResult::Child) => forked_worker(channel.as_raw_fd(), me, &opts),
+                Ok(ForkResult::Parent { child }) => {
+                    drop(channel);
+                    let pid = child.as_raw() as u32;
+                    self.send(&FromServer::Forked { req, pid })?;
+                }
+                Err(e) => {
+                    let error = format!("fork failed: {e}");
+                    self.send(&FromServer::ForkFailed { req, error })?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reaps every child that has ended and reports it.
+    fn report_exits(&mut self) -> io::Result<()> {
+        loop {
+            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid, WorkerExit::Code(code)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, WorkerExit::Signal(signal as i32)),
+                Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
+                Ok(_) => continue,
+            };
+            self.send(&FromServer::Exited {
+                pid: pid.as_raw() as u32,
+                exit,
+            })?;
+        }
+    }
+}
+
+/// `recvmsg` that keeps any descriptors passed with `SCM_RIGHTS`.
+fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 8]);
+    let msg = loop {
+        match recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other?,
+        }
+    };
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(received) = cmsg {
+            for raw in received {
+                // SAFETY: the kernel installed `raw` in this process for us alone.
+                fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
+            }
+        }
+    }
+    Ok(msg.bytes)
+}
+
+// ---------------------------------------------------------------------------------
+// The pool's side.
+
+type ForkReply = Result<(u32, oneshot::Receiver<WorkerExit>), String>;
+
+/// What the reader of a server's replies shares with the requesters.
+#[derive(Default)]
+struct Book {
+    forks: HashMap<u64, oneshot::Sender<ForkReply>>,
+    exits: HashMap<u32, oneshot::Sender<WorkerExit>>,
+    dead: bool,
+}
+
+struct Conn {
+    server: ChildProc,
+    stream: Arc<tokio::net::UnixStream>,
+    book: Arc<Mutex<Book>>,
+    next_req: u64,
+    _reader: AbortOnDropHandle<()>,
+}
+
+impl Conn {
+    /// Whether the server is gone, or the task reading it is (its runtime shut down).
+    fn is_dead(&self) -> bool {
+        self._reader.is_finished() || self.book.lock().map_or(true, |b| b.dead)
+    }
+}
+
+/// A pool's fork server, started on first use and again after it dies.
+pub(crate) struct ForkServer {
+    preload: Option<(FnRef, Bytes)>,
+    startup_timeout: Duration,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+    pid: std::sync::atomic::AtomicU32,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer").finish_non_exhaustive()
+    }
+}
+
+impl ForkServer {
+    pub(crate) fn new(preload: Option<(FnRef, Bytes)>, startup_timeout: Duration) -> Self {
+        ForkServer {
+            preload,
+            startup_timeout,
+            conn: tokio::sync::Mutex::new(None),
+            pid: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    /// Starts the server now if it is not running (so that a failing preload fails the
+    /// pool's build).
+    pub(crate) async fn ensure_started(&self) -> io::Result<()> {
+        let mut conn = self.conn.lock().await;
+        if conn.as_ref().is_none_or(Conn::is_dead) {
+            *conn = Some(self.start_server().await?);
+        }
+        Ok(())
+    }
+
+    /// The pid of the server last started, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        match self.pid.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+
+    /// Asks the server for a worker.
+    pub(crate) async fn fork_worker(&self, opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+        let (ours, theirs) = UnixStream::pair()?;
+        let reply = {
+            let mut guard = self.conn.lock().await;
+            if guard.as_ref().is_none_or(Conn::is_dead) {
+                *guard = Some(self.start_server().await?);
+            }
+            let Some(conn) = guard.as_mut() else {
+                return Err(io::Error::other("no fork server"));
+            };
+            request_fork(conn, opts, theirs.as_fd()).await?
+        };
+        drop(theirs);
+        let (pid, status) = tokio::time::timeout(self.startup_timeout, reply)
+            .await
+            .map_err(|_| io::Error::other("the fork server did not answer in time"))?
+            .map_err(|_| io::Error::other("the fork server died"))?
+            .map_err(io::Error::other)?;
+        Ok((ChildProc::remote(pid, status)?, ours))
+    }
+
+    /// Lets the server go: it exits when its channel closes; killed if it lingers.
+    pub(crate) async fn shutdown(&self) {
+        let conn = self.conn.lock().await.take();
+        self.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Some(mut conn) = conn {
+            let _ = nix::sys::socket::shutdown(
+                conn.stream.as_raw_fd(),
+                nix::sys::socket::Shutdown::Both,
+            );
+            if tokio::time::timeout(REAP_BOUND, conn.server.wait()).await.is_err() {
+                conn.server.kill_and_reap(REAP_BOUND).await;
+            }
+        }
+    }
+
+    async fn start_server(&self) -> io::Result<Conn> {
+        let (mut server, sock) = spawn_self(ROLE_FORKSERVER, ChildOptions::default()).await?;
+        sock.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(sock)?;
+        let handshake = async {
+            let mut framed = tokio_util::codec::Framed::new(stream, frame_codec(HANDSHAKE_FRAME_LIMIT));
+            let frame = framed
+                .next()
+                .await
+                .ok_or("it closed its channel before the handshake (does main call procpool::init() first?)")?
+                .map_err(|e| e.to_string())?;
+            match decode_frame::<FromServer>(&frame) {
+                Ok((FromServer::Hello(h), _)) if h.magic == MAGIC && h.protocol == PROTOCOL_VERSION && h.build_id == build_id() => {}
+                _ => return Err("it is not a fork server of this build".to_string()),
+            }
+            let (preload, args) = match &self.preload {
+                Some((f, args)) => (Some(*f), args.clone()),
+                None => (None, Bytes::new()),
+            };
+            let setup = ToServer::Setup {
+                protocol: PROTOCOL_VERSION,
+                build_id: build_id().to_vec(),
+                preload,
+            };
+            let setup = encode_frame(&setup, |out| {
+                out.extend_from_slice(&args);
+                Ok(())
+            })?;
+            framed.send(Bytes::from(setup)).await.map_err(|e| e.to_string())?;
+            let frame = framed
+                .next()
+                .await
+                .ok_or("it exited during its setup")?
+                .map_err(|e| e.to_string())?;
+            match decode_frame::<FromServer>(&frame) {
+                Ok((FromServer::Ready, _)) => {}
+                Ok((FromServer::SetupFailed(InitFailure::Panicked(p)), _)) => {
+                    return Err(format!("its preload hook {p}"))
+                }
+                Ok((FromServer::SetupFailed(InitFailure::Refused(why)), _)) => return Err(why),
+                _ => return Err("unexpected message during its setup".to_string()),
+            }
+            let parts = framed.into_parts();
+            Ok((parts.io, parts.read_buf))
+        };
+        let (stream, leftover) = match tokio::time::timeout(self.startup_timeout, handshake).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(why)) => {
+                server.kill_and_reap(REAP_BOUND).await;
+                return Err(io::Error::other(format!("fork server failed to start: {why}")));
+            }
+            Err(_) => {
+                server.kill_and_reap(REAP_BOUND).await;
+                return Err(io::Error::other("fork server did not finish its handshake in time"));
+            }
+        };
+        let stream = Arc::new(stream);
+        let book = Arc::new(Mutex::new(Book::default()));
+        let reader = tokio::spawn(read_replies(stream.clone(), leftover, book.clone()));
+        self.pid
+            .store(server.pid(), std::sync::atomic::Ordering::Relaxed);
+        Ok(Conn {
+            server,
+            stream,
+            book,
+            next_req: 0,
+            _reader: AbortOnDropHandle::new(reader),
+        })
+    }
+}
+
+/// Sends a fork request with `channel` attached; returns where the answer will come.
+async fn request_fork(
+    conn: &mut Conn,
+    opts: ChildOptions,
+    channel: BorrowedFd<'_>,
+) -> io::Result<oneshot::Receiver<ForkReply>> {
+    conn.next_req += 1;
+    let req = conn.next_req;
+    let frame = encode_frame(&ToServer::Fork { req, opts }, |_| Ok(())).map_err(io::Error::other)?;
+    let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&frame);
+    let (tx, rx) = oneshot::channel();
+    conn.book
+        .lock()
+        .map_err(|_| io::Error::other("poisoned"))?
+        .forks
+        .insert(req, tx);
+    let fds = [channel.as_raw_fd()];
+    let mut sent = 0;
+    while sent < wire.len() {
+        conn.stream.writable().await?;
+        let result = conn.stream.try_io(Interest::WRITABLE, || {
+            let iov = [IoSlice::new(&wire[sent..])];
+            // The descriptor travels with the first byte only.
+            let rights = [ControlMessage::ScmRights(&fds)];
+            let cmsgs: &[ControlMessage<'_>] = if sent == 0 { &rights } else { &[] };
+            sendmsg::<()>(conn.stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
+                .map_err(io::Error::from)
+        });
+        match result {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(rx)
+}
+
+/// Dispatches the server's replies until its channel closes; then marks it dead, which
+/// fails the forks still waiting and ends the exit reports.
+async fn read_replies(stream: Arc<tokio::net::UnixStream>, leftover: BytesMut, book: Arc<Mutex<Book>>) {
+    let mut codec = frame_codec(HANDSHAKE_FRAME_LIMIT);
+    let mut buf = leftover;
+    'read: loop {
+        while let Ok(Some(frame)) = codec.decode(&mut buf) {
+            let Ok((msg, _)) = decode_frame::<FromServer>(&frame) else {
+                break 'read;
+            };
+            let Ok(mut book) = book.lock() else {
+                break 'read;
+            };
+            match msg {
+                FromServer::Forked { req, pid } => {
+                    let (tx, rx) = oneshot::channel();
+                    book.exits.insert(pid, tx);
+                    if let Some(waiter) = book.forks.remove(&req) {
+                        let _ = waiter.send(Ok((pid, rx)));
+                    }
+                }
+                FromServer::ForkFailed { req, error } => {
+                    if let Some(waiter) = book.forks.remove(&req) {
+                        let _ = waiter.send(Err(error));
+                    }
+                }
+                FromServer::Exited { pid, exit } => {
+                    if let Some(tx) = book.exits.remove(&pid) {
+                        let _ = tx.send(exit);
+                    }
+                }
+                _ => break 'read,
+            }
+        }
+        if stream.readable().await.is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.try_read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(_) => break,
+        }
+    }
+    if let Ok(mut book) = book.lock() {
+        book.dead = true;
+        book.forks.clear();
+        book.exits.clear();
+    }
+}
