@@ -5,11 +5,15 @@ use std::time::{Duration, Instant};
 
 use procpool::{Pool, PoolBuilder, StartMethod};
 
-/// The start method under test: `PROCPOOL_TEST_START_METHOD` (`spawn` by default), so
-/// that CI can run the whole suite once per start method.
+/// The start method under test: `PROCPOOL_TEST_START_METHOD` (`spawn`, `fork` or
+/// `forkserver`; the crate's default when unset), so that CI can run the whole suite
+/// once per start method.
 pub fn start_method() -> StartMethod {
     match std::env::var("PROCPOOL_TEST_START_METHOD").as_deref() {
-        Err(_) | Ok("") | Ok("spawn") => StartMethod::Spawn,
+        Err(_) | Ok("") => StartMethod::default(),
+        Ok("spawn") => StartMethod::Spawn,
+        Ok("fork") => StartMethod::Fork,
+        Ok("forkserver") => StartMethod::ForkServer,
         Ok(other) => panic!("unknown PROCPOOL_TEST_START_METHOD {other:?}"),
     }
 }
