@@ -85,7 +85,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let started = Instant::now();
-    let mut results = pool.imap_unordered(count_primes, ranges.clone()).chunk_size(1);
+    let mut results = pool
+        .imap_unordered(count_primes, ranges.clone())
+        .chunk_size(1);
     let (mut total, mut done) = (0u64, 0usize);
     while let Some(count) = results.next().await {
         total += count?;

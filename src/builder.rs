@@ -238,7 +238,9 @@ impl PoolBuilder {
             ));
         }
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(BuildError::new("a pool must be built within a Tokio runtime"));
+            return Err(BuildError::new(
+                "a pool must be built within a Tokio runtime",
+            ));
         }
         if let Err(why) = self.initializer {
             return Err(BuildError::new(format!("bad initializer: {why}")));

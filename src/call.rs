@@ -45,7 +45,11 @@ impl<R> fmt::Debug for Apply<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Apply<R> {
-    pub(crate) fn new(pool: Pool, func: Result<FnRef, String>, args: Result<Vec<u8>, TaskError>) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        func: Result<FnRef, String>,
+        args: Result<Vec<u8>, TaskError>,
+    ) -> Self {
         Apply {
             pool,
             func,
@@ -69,7 +73,9 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
         let abort = Arc::new(AbortSignal::default());
         match (self.func, self.args) {
             (Ok(func), Ok(args)) => {
-                let (rx, id) = self.pool.submit_encoded(func, args, 1, self.timeout, Some(abort.clone()));
+                let (rx, id) =
+                    self.pool
+                        .submit_encoded(func, args, 1, self.timeout, Some(abort.clone()));
                 TaskHandle::new(id, rx, abort)
             }
             (Err(why), _) => failed(TaskError::Unsupported(why), abort),

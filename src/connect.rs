@@ -94,7 +94,9 @@ pub(crate) async fn connect(
             }
             _ => return Err("unexpected message during start-up".to_string()),
         }
-        reader.decoder_mut().set_max_frame_length(setup.max_frame_len);
+        reader
+            .decoder_mut()
+            .set_max_frame_length(setup.max_frame_len);
         Ok((reader, writer.into_inner()))
     };
     let result = tokio::time::timeout(setup.startup_timeout, handshake).await;

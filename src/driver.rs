@@ -68,9 +68,14 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn poll_flush(&mut self, writer: &mut OwnedWriteHalf, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_flush(
+        &mut self,
+        writer: &mut OwnedWriteHalf,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
         while !self.bufs.is_empty() {
-            let slices: Vec<IoSlice<'_>> = self.bufs.iter().take(64).map(|b| IoSlice::new(b)).collect();
+            let slices: Vec<IoSlice<'_>> =
+                self.bufs.iter().take(64).map(|b| IoSlice::new(b)).collect();
             let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -182,7 +187,11 @@ impl Driver<'_> {
                     // The worker closed its end; it is exiting or must be made to.
                     let exit = match tokio::time::timeout(REAP_BOUND, w.child.wait()).await {
                         Ok(exit) => exit,
-                        Err(_) => w.child.kill_and_reap(REAP_BOUND).await.unwrap_or(WorkerExit::Signal(9)),
+                        Err(_) => w
+                            .child
+                            .kill_and_reap(REAP_BOUND)
+                            .await
+                            .unwrap_or(WorkerExit::Signal(9)),
                     };
                     return self.died(w, exit).await;
                 }
@@ -194,7 +203,9 @@ impl Driver<'_> {
                         None => w.child.kill_and_reap(REAP_BOUND).await,
                     };
                     Counters::add(&self.shared.counters.timed_out, self.head_tasks());
-                    return self.lose(w, TaskError::TimedOut { pid, after }, false).await;
+                    return self
+                        .lose(w, TaskError::TimedOut { pid, after }, false)
+                        .await;
                 }
                 Event::Aborted => {
                     w.child.kill_and_reap(REAP_BOUND).await;

@@ -37,7 +37,9 @@ pub struct TaskHandle<R> {
 
 impl<R> fmt::Debug for TaskHandle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TaskHandle").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("TaskHandle")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

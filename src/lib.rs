@@ -70,6 +70,7 @@ mod driver;
 mod error;
 mod handle;
 mod input;
+mod per_process;
 mod pool;
 mod process;
 mod protocol;

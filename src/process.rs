@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,6 +15,7 @@ use crate::builder::DEFAULT_MAX_FRAME_LEN;
 use crate::connect::{connect, Setup};
 use crate::error::{BuildError, Payload, TaskError, WorkerExit};
 use crate::handle::decode_one;
+use crate::per_process::PerProcess;
 use crate::protocol::codec::{decode_frame, encode_chunk};
 use crate::protocol::{FromWorker, Outcome, ToWorker};
 use crate::queue::Reply;
@@ -120,9 +120,14 @@ impl ProcessBuilder {
         };
         let started = match self.start_method {
             StartMethod::ForkServer => shared_server().fork_worker(opts).await,
-            method => Starter::new(method, None, self.startup_timeout).start(opts).await,
+            method => {
+                Starter::new(method, None, self.startup_timeout)
+                    .start(opts)
+                    .await
+            }
         };
-        let (child, sock) = started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
+        let (child, sock) =
+            started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
         let pid = child.pid();
         let name = self
             .name
@@ -169,7 +174,7 @@ impl ProcessBuilder {
 
 /// The fork server shared by every `Process` started with `ForkServer`.
 fn shared_server() -> &'static ForkServer {
-    static SERVER: OnceLock<ForkServer> = OnceLock::new();
+    static SERVER: PerProcess<ForkServer> = PerProcess::new();
     SERVER.get_or_init(|| ForkServer::new(None, Duration::from_secs(30)))
 }
 

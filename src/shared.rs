@@ -71,7 +71,11 @@ impl Shared {
     pub(crate) fn new(config: Config) -> Self {
         let slots = config.processes;
         Shared {
-            starter: Starter::new(config.start_method, config.preload.clone(), config.startup_timeout),
+            starter: Starter::new(
+                config.start_method,
+                config.preload.clone(),
+                config.startup_timeout,
+            ),
             config,
             queue: Queue::default(),
             counters: Counters::default(),

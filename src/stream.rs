@@ -247,7 +247,6 @@ impl<R> Lazy<R> {
     pub(crate) fn opts(&mut self) -> &mut FeedOptions {
         &mut self.opts
     }
-
 }
 
 impl<R> Stream for Lazy<R> {

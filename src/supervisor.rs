@@ -48,12 +48,11 @@ pub(crate) async fn run_slot(
                 }
                 failures += 1;
                 if shared.live_workers() == 0 {
-                    shared
-                        .queue
-                        .fail_all(&TaskError::WorkerStart(why.clone()));
+                    shared.queue.fail_all(&TaskError::WorkerStart(why.clone()));
                 }
                 *shared.start_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                let backoff = Duration::from_millis(50u64 << failures.min(8)).min(Duration::from_secs(10));
+                let backoff =
+                    Duration::from_millis(50u64 << failures.min(8)).min(Duration::from_secs(10));
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => continue,
                     () = shared.terminate.cancelled() => return,

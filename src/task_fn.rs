@@ -152,7 +152,12 @@ pub(crate) fn build_id() -> &'static [u8] {
             }
         }
         let digest = std::hash::Hasher::finish(&hasher);
-        [b"exehash:".as_slice(), &len.to_le_bytes(), &digest.to_le_bytes()].concat()
+        [
+            b"exehash:".as_slice(),
+            &len.to_le_bytes(),
+            &digest.to_le_bytes(),
+        ]
+        .concat()
     })
 }
 
@@ -289,7 +294,8 @@ where
     // this is a copy of the value the parent held.
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
     codec::run_chunk::<Args, R>(payload, out, |args| {
-        catch_unwind(AssertUnwindSafe(|| f.call_star(args))).map_err(crate::worker::panic_from_payload)
+        catch_unwind(AssertUnwindSafe(|| f.call_star(args)))
+            .map_err(crate::worker::panic_from_payload)
     })
 }
 

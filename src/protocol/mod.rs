@@ -93,7 +93,9 @@ pub(crate) enum Outcome {
     /// The function reference could not be resolved.
     Unresolvable(String),
     /// The results encoded to more than the frame limit.
-    ResultTooLarge { size: usize },
+    ResultTooLarge {
+        size: usize,
+    },
     /// The results could not be encoded.
     BadResult(String),
 }
@@ -117,8 +119,17 @@ pub(crate) enum FromServer {
     Hello(Hello),
     Ready,
     SetupFailed(InitFailure),
-    Forked { req: u64, pid: u32 },
-    ForkFailed { req: u64, error: String },
+    Forked {
+        req: u64,
+        pid: u32,
+    },
+    ForkFailed {
+        req: u64,
+        error: String,
+    },
     /// A worker the server forked has ended and been reaped.
-    Exited { pid: u32, exit: WorkerExit },
+    Exited {
+        pid: u32,
+        exit: WorkerExit,
+    },
 }

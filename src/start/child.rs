@@ -9,12 +9,11 @@
 //! to a reaper thread, which polls `waitpid(WNOHANG)` until the zombie is gone. That is
 //! what lets `Drop for Pool` (which may run outside any runtime) promise no zombies.
 
-use std::io;
 use std::future::Future;
+use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
 
 use crate::error::WorkerExit;
+use crate::per_process::PerProcess;
 
 /// A worker process, reaped exactly once, by us or by the fork server.
 #[derive(Debug)]
@@ -34,8 +34,8 @@ pub(crate) struct ChildProc {
     pidfd: AsyncFd<OwnedFd>,
     exit: Option<WorkerExit>,
     /// `Some` when the process is a child of a fork server, which reaps it and reports
-    /// how it ended here.
-    remote: Option<oneshot::Receiver<WorkerExit>>,
+    /// how it ended on the receiver; `Some(None)` once the server is gone unheard.
+    remote: Option<Option<oneshot::Receiver<WorkerExit>>>,
     /// Whether dropping this kills the process (it always ends up reaped).
     kill_on_drop: bool,
 }
@@ -55,6 +55,7 @@ impl ChildProc {
     }
 
     fn open(pid: u32, remote: Option<oneshot::Receiver<WorkerExit>>) -> io::Result<Self> {
+        let remote = remote.map(Some);
         let is_ours = remote.is_none();
         let pid = Pid::from_raw(pid as i32);
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1;
@@ -108,15 +109,17 @@ impl ChildProc {
         if self.exit.is_none() {
             self.exit = match &mut self.remote {
                 None => try_reap(self.pid),
-                Some(status) => match status.try_recv() {
+                Some(Some(status)) => match status.try_recv() {
                     Ok(exit) => Some(exit),
                     Err(oneshot::error::TryRecvError::Empty) => None,
-                    // The server is gone without telling; the pidfd says whether the
-                    // process is.
                     Err(oneshot::error::TryRecvError::Closed) => {
+                        self.remote = Some(None);
                         self.pidfd_readable().then_some(WorkerExit::Unknown)
                     }
                 },
+                // The server is gone without telling; the pidfd says whether the
+                // process is.
+                Some(None) => self.pidfd_readable().then_some(WorkerExit::Unknown),
             };
         }
         self.exit
@@ -138,20 +141,27 @@ impl ChildProc {
             if let Some(exit) = self.try_wait() {
                 return Poll::Ready(exit);
             }
-            if let Some(status) = &mut self.remote {
+            match &mut self.remote {
                 // The server reports soon after the process ends.
-                return match ready!(Pin::new(status).poll(cx)) {
+                Some(Some(status)) => match ready!(Pin::new(status).poll(cx)) {
                     Ok(exit) => {
                         self.exit = Some(exit);
-                        Poll::Ready(exit)
+                        return Poll::Ready(exit);
                     }
                     Err(_) => {
-                        // No report will come: fall back on the pidfd alone.
-                        ready!(self.pidfd.poll_read_ready(cx)).ok();
-                        self.exit = Some(WorkerExit::Unknown);
-                        Poll::Ready(WorkerExit::Unknown)
+                        self.remote = Some(None);
+                        continue;
                     }
-                };
+                },
+                // No report will come: the pidfd alone says when it is gone.
+                Some(None) => {
+                    if let Ok(mut guard) = ready!(self.pidfd.poll_read_ready(cx)) {
+                        guard.retain_ready();
+                    }
+                    self.exit = Some(WorkerExit::Unknown);
+                    return Poll::Ready(WorkerExit::Unknown);
+                }
+                None => {}
             }
             match ready!(self.pidfd.poll_read_ready(cx)) {
                 Ok(mut guard) => {
@@ -251,7 +261,7 @@ fn try_reap(pid: Pid) -> Option<WorkerExit> {
 
 /// Hands a killed child to the reaper thread.
 pub(crate) fn reap_in_background(pid: Pid) {
-    static REAPER: OnceLock<mpsc::Sender<Pid>> = OnceLock::new();
+    static REAPER: PerProcess<mpsc::Sender<Pid>> = PerProcess::new();
     let tx = REAPER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Pid>();
         let spawned = std::thread::Builder::new()

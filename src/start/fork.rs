@@ -23,6 +23,7 @@ use crate::start::{child_setup, ChildOptions};
 pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = UnixStream::pair()?;
     let parent = nix::unistd::getpid();
+    crate::worker::install_panic_hook();
     let pid = on_spawner_thread(move || -> io::Result<u32> {
         // SAFETY: the child runs only `forked_worker`, which starts with
         // async-signal-safe calls, then runs the worker loop on this one thread without

@@ -36,7 +36,9 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::WorkerExit;
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
-use crate::protocol::{FromServer, Hello, InitFailure, ToServer, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{
+    FromServer, Hello, InitFailure, ToServer, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
+};
 use crate::start::child::{ChildProc, REAP_BOUND};
 use crate::start::fork::forked_worker;
 use crate::start::spawn::{spawn_self, ROLE_FORKSERVER};
@@ -50,6 +52,7 @@ use crate::task_fn::{build_id, FnRef};
 /// closes the channel. Returns the exit code.
 pub(crate) fn server_main(ctrl: UnixStream) -> i32 {
     crate::worker::ignore_interrupts();
+    crate::worker::capture_panics();
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     if mask.thread_block().is_err() {
@@ -154,11 +157,14 @@ impl Server {
         };
         let refused = |why: &str| FromServer::SetupFailed(InitFailure::Refused(why.into()));
         let (preload, payload) = match decode_frame::<ToServer>(&frame) {
-            Ok((ToServer::Setup { protocol, build_id: theirs, preload }, payload))
-                if protocol == PROTOCOL_VERSION && theirs == build_id() =>
-            {
-                (preload, payload)
-            }
+            Ok((
+                ToServer::Setup {
+                    protocol,
+                    build_id: theirs,
+                    preload,
+                },
+                payload,
+            )) if protocol == PROTOCOL_VERSION && theirs == build_id() => (preload, payload),
             _ => {
                 self.send(&refused("the pool runs another build or protocol version"))?;
                 return Err(io::Error::other("refused"));
@@ -211,7 +217,9 @@ impl Server {
         loop {
             let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, WorkerExit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, WorkerExit::Signal(signal as i32)),
+                Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                    (pid, WorkerExit::Signal(signal as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
                 Ok(_) => continue,
             };
@@ -315,7 +323,10 @@ impl ForkServer {
     }
 
     /// Asks the server for a worker.
-    pub(crate) async fn fork_worker(&self, opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+    pub(crate) async fn fork_worker(
+        &self,
+        opts: ChildOptions,
+    ) -> io::Result<(ChildProc, UnixStream)> {
         let (ours, theirs) = UnixStream::pair()?;
         let reply = {
             let mut guard = self.conn.lock().await;
@@ -345,7 +356,10 @@ impl ForkServer {
                 conn.stream.as_raw_fd(),
                 nix::sys::socket::Shutdown::Both,
             );
-            if tokio::time::timeout(REAP_BOUND, conn.server.wait()).await.is_err() {
+            if tokio::time::timeout(REAP_BOUND, conn.server.wait())
+                .await
+                .is_err()
+            {
                 conn.server.kill_and_reap(REAP_BOUND).await;
             }
         }
@@ -356,14 +370,18 @@ impl ForkServer {
         sock.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(sock)?;
         let handshake = async {
-            let mut framed = tokio_util::codec::Framed::new(stream, frame_codec(HANDSHAKE_FRAME_LIMIT));
+            let mut framed =
+                tokio_util::codec::Framed::new(stream, frame_codec(HANDSHAKE_FRAME_LIMIT));
             let frame = framed
                 .next()
                 .await
                 .ok_or("it closed its channel before the handshake (does main call procpool::init() first?)")?
                 .map_err(|e| e.to_string())?;
             match decode_frame::<FromServer>(&frame) {
-                Ok((FromServer::Hello(h), _)) if h.magic == MAGIC && h.protocol == PROTOCOL_VERSION && h.build_id == build_id() => {}
+                Ok((FromServer::Hello(h), _))
+                    if h.magic == MAGIC
+                        && h.protocol == PROTOCOL_VERSION
+                        && h.build_id == build_id() => {}
                 _ => return Err("it is not a fork server of this build".to_string()),
             }
             let (preload, args) = match &self.preload {
@@ -379,7 +397,10 @@ impl ForkServer {
                 out.extend_from_slice(&args);
                 Ok(())
             })?;
-            framed.send(Bytes::from(setup)).await.map_err(|e| e.to_string())?;
+            framed
+                .send(Bytes::from(setup))
+                .await
+                .map_err(|e| e.to_string())?;
             let frame = framed
                 .next()
                 .await
@@ -400,11 +421,15 @@ impl ForkServer {
             Ok(Ok(done)) => done,
             Ok(Err(why)) => {
                 server.kill_and_reap(REAP_BOUND).await;
-                return Err(io::Error::other(format!("fork server failed to start: {why}")));
+                return Err(io::Error::other(format!(
+                    "fork server failed to start: {why}"
+                )));
             }
             Err(_) => {
                 server.kill_and_reap(REAP_BOUND).await;
-                return Err(io::Error::other("fork server did not finish its handshake in time"));
+                return Err(io::Error::other(
+                    "fork server did not finish its handshake in time",
+                ));
             }
         };
         let stream = Arc::new(stream);
@@ -430,7 +455,8 @@ async fn request_fork(
 ) -> io::Result<oneshot::Receiver<ForkReply>> {
     conn.next_req += 1;
     let req = conn.next_req;
-    let frame = encode_frame(&ToServer::Fork { req, opts }, |_| Ok(())).map_err(io::Error::other)?;
+    let frame =
+        encode_frame(&ToServer::Fork { req, opts }, |_| Ok(())).map_err(io::Error::other)?;
     let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
     wire.extend_from_slice(&frame);
     let (tx, rx) = oneshot::channel();
@@ -448,8 +474,14 @@ async fn request_fork(
             // The descriptor travels with the first byte only.
             let rights = [ControlMessage::ScmRights(&fds)];
             let cmsgs: &[ControlMessage<'_>] = if sent == 0 { &rights } else { &[] };
-            sendmsg::<()>(conn.stream.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
-                .map_err(io::Error::from)
+            sendmsg::<()>(
+                conn.stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(io::Error::from)
         });
         match result {
             Ok(n) => sent += n,
@@ -462,7 +494,11 @@ async fn request_fork(
 
 /// Dispatches the server's replies until its channel closes; then marks it dead, which
 /// fails the forks still waiting and ends the exit reports.
-async fn read_replies(stream: Arc<tokio::net::UnixStream>, leftover: BytesMut, book: Arc<Mutex<Book>>) {
+async fn read_replies(
+    stream: Arc<tokio::net::UnixStream>,
+    leftover: BytesMut,
+    book: Arc<Mutex<Book>>,
+) {
     let mut codec = frame_codec(HANDSHAKE_FRAME_LIMIT);
     let mut buf = leftover;
     'read: loop {

@@ -44,7 +44,10 @@ pub enum StartMethod {
     /// internal lock do not: a task that takes such a lock can hang (its timeout, if
     /// set, kills it). The forked worker never touches the parent's runtime (its loop
     /// is blocking), resets the parent's signal handlers, and closes every inherited
-    /// descriptor but its channel and the standard three. Prefer
+    /// descriptor but its channel and the standard three. One consequence: a task in a
+    /// forked worker cannot build a Tokio runtime with I/O enabled, because Tokio's I/O
+    /// driver joins a process-wide signal pipe that belongs to the parent (the build
+    /// fails with an error; a runtime with only `enable_time()` works). Prefer
     /// [`ForkServer`](StartMethod::ForkServer) unless you need the parent's in-memory
     /// state in the workers and know which locks the tasks touch.
     Fork,

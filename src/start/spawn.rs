@@ -15,8 +15,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{mpsc, Mutex};
 
+use crate::per_process::PerProcess;
 use crate::start::child::ChildProc;
 use crate::start::ChildOptions;
 
@@ -38,7 +39,7 @@ type SpawnerJob = Box<dyn FnOnce() + Send>;
 pub(crate) async fn on_spawner_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> io::Result<T> {
-    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnerJob>>> = OnceLock::new();
+    static SPAWNER: PerProcess<Mutex<mpsc::Sender<SpawnerJob>>> = PerProcess::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnerJob>();
         // The thread lives as long as the process: the sender is in a static.

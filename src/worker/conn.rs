@@ -76,7 +76,12 @@ impl BlockingConn {
 
     /// Sends the reply to job `id`. `out` holds [`REPLY_GAP`] bytes of room, then the
     /// encoded results (when `outcome` is `Ok`).
-    pub(crate) fn send_reply(&mut self, id: u64, outcome: Outcome, out: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn send_reply(
+        &mut self,
+        id: u64,
+        outcome: Outcome,
+        out: &mut [u8],
+    ) -> io::Result<()> {
         let mut results_len = out.len() - REPLY_GAP;
         let outcome = match outcome {
             Outcome::Ok if results_len + REPLY_GAP > self.max_frame_len => {

@@ -10,9 +10,9 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::OnceLock;
 
 use crate::error::RemotePanic;
+use crate::per_process::PerProcess;
 use crate::protocol::codec::{decode_frame, decode_results};
 use crate::protocol::{
     FromWorker, Hello, InitFailure, Outcome, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC,
@@ -35,6 +35,7 @@ use self::conn::BlockingConn;
 /// the process; it never returns.
 ///
 /// ```no_run
+/// # #[allow(clippy::needless_doctest_main)]
 /// fn main() {
 ///     procpool::init(); // optional: procpool's constructor already did this
 ///     // ... the program, which may build pools ...
@@ -101,7 +102,7 @@ pub(crate) fn is_daemon() -> bool {
     CURRENT.get().is_some_and(|p| p.daemon)
 }
 
-static CURRENT: OnceLock<ProcessInfo> = OnceLock::new();
+static CURRENT: PerProcess<ProcessInfo> = PerProcess::new();
 
 /// Inside a worker, who it is; `None` in a process that is not a procpool worker.
 ///
@@ -136,7 +137,17 @@ fn payload_message(payload: &(dyn Any + Send)) -> String {
 
 /// Panics on the task thread are recorded for the caller instead of printed; panics on
 /// other threads (ones a task started) go to the previous hook.
-fn install_panic_hook() {
+///
+/// Installed once per process lineage: a `Fork` parent installs it before its first
+/// fork (it passes every panic of the parent's own threads on to the previous hook), so
+/// that a forked child never takes the hook lock, which another thread of the parent
+/// may have held at the fork.
+pub(crate) fn install_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(install_capturing_hook);
+}
+
+fn install_capturing_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let captured = CAPTURE.with(|c| {
@@ -156,13 +167,18 @@ fn install_panic_hook() {
             previous(info);
         }
     }));
+}
+
+/// From now on, panics on this thread are recorded for the caller, not printed.
+pub(crate) fn capture_panics() {
+    install_panic_hook();
     CAPTURE.with(|c| *c.borrow_mut() = Some(None));
 }
 
 /// Serves the pool on `stream` until it closes; returns the exit code.
 pub(crate) fn serve(stream: UnixStream) -> i32 {
     ignore_interrupts();
-    install_panic_hook();
+    capture_panics();
     let mut conn = BlockingConn::new(stream, HANDSHAKE_FRAME_LIMIT);
     match handshake(&mut conn) {
         Ok(true) => {}
@@ -220,10 +236,13 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         return refuse(conn, "expected Setup".into());
     };
     if protocol != PROTOCOL_VERSION || parent_build != build_id() {
-        return refuse(conn, "the pool runs another build or protocol version".into());
+        return refuse(
+            conn,
+            "the pool runs another build or protocol version".into(),
+        );
     }
     conn.set_max_frame_len(max_frame_len);
-    let _ = CURRENT.set(ProcessInfo {
+    CURRENT.get_or_init(|| ProcessInfo {
         pid,
         name,
         index,

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests: `mod support;` in a test file.
-#![allow(dead_code)]
+// Each test crate uses a part of this module, and its items are `pub` for them.
+#![allow(dead_code, unreachable_pub)]
 
 use std::time::{Duration, Instant};
 
