@@ -2,7 +2,6 @@
 //! `apply`, `apply_async` and `TaskHandle`: results, the task's own errors, panics,
 //! submission without polling, abort and drop of handles, and `current_process`.
 procpool::enable_test_support!();
-#[allow(unreachable_pub)] // helpers shared by test crates, not an API
 mod support;
 
 mod core_util;

@@ -2,7 +2,6 @@
 //! The wire: frame limits on arguments and results, byte payloads of a few MiB,
 //! values that cannot be encoded or decoded, and a task's own stdout.
 procpool::enable_test_support!();
-#[allow(unreachable_pub)] // helpers shared by test crates, not an API
 mod support;
 
 mod core_util;

@@ -2,7 +2,6 @@
 //! `imap` and `imap_unordered`: order, per-item errors, iterator and stream inputs,
 //! backpressure over an endless input, and what dropping the stream does.
 procpool::enable_test_support!();
-#[allow(unreachable_pub)] // helpers shared by test crates, not an API
 mod support;
 
 mod core_util;

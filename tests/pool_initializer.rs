@@ -2,7 +2,6 @@
 //! The builder's `initializer`: it runs once in every worker (replacements included)
 //! before the worker's first task, and a panicking one makes `build` fail cleanly.
 procpool::enable_test_support!();
-#[allow(unreachable_pub)] // helpers shared by test crates, not an API
 mod support;
 
 mod core_util;

@@ -2,7 +2,6 @@
 //! `map` and `starmap`: results in input order from iterators and streams, errors,
 //! chunking (counted through the workers' job counts), and dropping a `Map`.
 procpool::enable_test_support!();
-#[allow(unreachable_pub)] // helpers shared by test crates, not an API
 mod support;
 
 mod core_util;

@@ -2,7 +2,6 @@
 //! `close`, `join`, `terminate` and dropping the pool: what happens to queued and
 //! running work, and that no worker process (nor zombie) is left behind.
 procpool::enable_test_support!();
-#[allow(unreachable_pub)] // helpers shared by test crates, not an API
 mod support;
 
 mod core_util;
