@@ -75,7 +75,7 @@ impl PoolBuilder {
                 task_timeout: None,
                 kill_grace: None,
                 startup_timeout: Duration::from_secs(30),
-                pipeline: 2,
+                pipeline: 32,
                 child: ChildOptions::default(),
                 preload: None,
             },
@@ -205,6 +205,22 @@ impl PoolBuilder {
     /// priority (negative values) needs privileges. Default: inherited.
     pub fn niceness(mut self, nice: i32) -> Self {
         self.config.child.nice = Some(nice);
+        self
+    }
+
+    /// How many jobs a worker may be sent ahead while its jobs are short (under about
+    /// 100 µs), so that it never waits a round trip for the next one. Workers whose
+    /// jobs take longer get at most two, and one past 2 ms, so long jobs do not queue
+    /// behind each other in one worker. A worker that crashes fails only the job it was
+    /// running; the jobs sent ahead go back to the queue. Default: 32.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0.
+    #[track_caller]
+    pub fn pipeline_depth(mut self, n: usize) -> Self {
+        assert!(n > 0, "pipeline_depth must be at least 1");
+        self.config.pipeline = n;
         self
     }
 

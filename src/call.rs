@@ -12,10 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::TaskError;
 use crate::handle::TaskHandle;
-use crate::pool::Pool;
+use crate::pool::{JobFrame, Pool};
 use crate::queue::AbortSignal;
 use crate::stream::Lazy;
-use crate::task_fn::FnRef;
 
 /// One task, ready to submit: returned by [`Pool::apply`].
 ///
@@ -30,8 +29,7 @@ use crate::task_fn::FnRef;
 #[must_use = "an Apply does nothing until it is awaited or spawned"]
 pub struct Apply<R> {
     pool: Pool,
-    func: Result<FnRef, String>,
-    args: Result<Vec<u8>, TaskError>,
+    job: JobFrame,
     timeout: Option<Duration>,
     _result: PhantomData<fn() -> R>,
 }
@@ -45,15 +43,10 @@ impl<R> fmt::Debug for Apply<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Apply<R> {
-    pub(crate) fn new(
-        pool: Pool,
-        func: Result<FnRef, String>,
-        args: Result<Vec<u8>, TaskError>,
-    ) -> Self {
+    pub(crate) fn new(pool: Pool, job: JobFrame) -> Self {
         Apply {
             pool,
-            func,
-            args,
+            job,
             timeout: None,
             _result: PhantomData,
         }
@@ -71,23 +64,9 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
     /// Submits the task now.
     pub fn spawn(self) -> TaskHandle<R> {
         let abort = Arc::new(AbortSignal::default());
-        match (self.func, self.args) {
-            (Ok(func), Ok(args)) => {
-                let (rx, id) =
-                    self.pool
-                        .submit_encoded(func, args, 1, self.timeout, Some(abort.clone()));
-                TaskHandle::new(id, rx, abort)
-            }
-            (Err(why), _) => failed(TaskError::Unsupported(why), abort),
-            (_, Err(e)) => failed(e, abort),
-        }
+        let (rx, id) = self.pool.submit(self.job, self.timeout, Some(abort.clone()));
+        TaskHandle::new(id, rx, abort)
     }
-}
-
-fn failed<R>(error: TaskError, abort: Arc<AbortSignal>) -> TaskHandle<R> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let _ = tx.send(Err(error));
-    TaskHandle::new(0, rx, abort)
 }
 
 impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {

@@ -1,7 +1,10 @@
 //! One worker's driver: the Tokio task side of a worker process.
 //!
-//! It takes jobs from the shared queue (up to `pipeline` at a time, so the worker never
-//! waits for the next job), writes their frames, matches each reply to the oldest job in
+//! It takes jobs from the shared queue ahead of need, so that a worker busy with short
+//! jobs never waits a round trip for the next one: how far ahead adapts to how long the
+//! worker's jobs take (see [`Pace`]); long jobs are taken one at a time, so that they
+//! are not queued behind each other in one worker while another is idle. It writes
+//! their frames, matches each reply to the oldest job in
 //! flight (a worker runs its jobs in order), and watches for the worker's death, the
 //! running job's deadline and abort, and the pool's termination — all from one
 //! `poll_fn`, so that reading replies never waits behind a slow write of a large job.
@@ -101,6 +104,11 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         shared,
         slot,
         inflight: VecDeque::new(),
+        pace: Pace {
+            head_started: Instant::now(),
+            service_ns: None,
+            max_depth: shared.config.pipeline,
+        },
     }
     .run(worker)
     .await;
@@ -112,6 +120,39 @@ struct Driver<'a> {
     shared: &'a Shared,
     slot: usize,
     inflight: VecDeque<Job>,
+    pace: Pace,
+}
+
+/// How long this worker's jobs take, smoothed; it decides how many jobs the driver
+/// takes ahead.
+#[derive(Debug)]
+struct Pace {
+    /// When the job at the head started running (it was sent to an idle worker, or
+    /// the one before it finished).
+    head_started: Instant,
+    /// Smoothed service time in nanoseconds; `None` before the first job.
+    service_ns: Option<u64>,
+    max_depth: usize,
+}
+
+impl Pace {
+    fn depth(&self) -> usize {
+        match self.service_ns {
+            None => 2,
+            Some(ns) if ns < 100_000 => self.max_depth,
+            Some(ns) if ns < 2_000_000 => 2,
+            Some(_) => 1,
+        }
+    }
+
+    fn finished_head(&mut self, now: Instant) {
+        let took = now.saturating_duration_since(self.head_started).as_nanos() as u64;
+        self.service_ns = Some(match self.service_ns {
+            None => took,
+            Some(avg) => (avg * 3 + took) / 4,
+        });
+        self.head_started = now;
+    }
 }
 
 impl Driver<'_> {
@@ -123,7 +164,7 @@ impl Driver<'_> {
         let mut sleep = pin!(sleep_until(Instant::now()));
         let mut terminate = pin!(self.shared.terminate.cancelled());
         loop {
-            let may_take = self.inflight.len() < cfg.pipeline
+            let may_take = self.inflight.len() < self.pace.depth()
                 && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
             let event = std::future::poll_fn(|cx| {
                 if terminate.as_mut().poll(cx).is_ready() {
@@ -168,11 +209,23 @@ impl Driver<'_> {
             .await;
             match event {
                 Event::Job(job) => {
-                    outbox.bufs.push_back(job.frame.clone());
-                    self.inflight.push_back(job);
-                    taken += 1;
-                    if self.inflight.len() == 1 {
-                        deadline = self.arm(sleep.as_mut());
+                    // Take what else may go now, so that one write carries it all.
+                    let mut next = Some(job);
+                    while let Some(job) = next.take() {
+                        outbox.bufs.push_back(job.frame.clone());
+                        self.inflight.push_back(job);
+                        taken += 1;
+                        if self.inflight.len() == 1 {
+                            self.pace.head_started = Instant::now();
+                            deadline = self.arm(sleep.as_mut());
+                        }
+                        if self.inflight.len() < self.pace.depth()
+                            && cfg.max_tasks_per_child.is_none_or(|max| taken < max)
+                        {
+                            let (job, skipped) = self.shared.queue.try_pop();
+                            Counters::add(&self.shared.counters.cancelled, skipped);
+                            next = job;
+                        }
                     }
                 }
                 Event::Frame(Some(Ok(frame))) => match self.complete(frame) {
@@ -253,6 +306,7 @@ impl Driver<'_> {
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };
+        self.pace.finished_head(Instant::now());
         let counters = &self.shared.counters;
         self.shared.count_worker_task(self.slot, 1);
         let reply = match outcome {

@@ -69,13 +69,47 @@ impl fmt::Debug for Pool {
     }
 }
 
-fn encode_args<A: Serialize + 'static>(items: &[A]) -> Result<Vec<u8>, TaskError> {
-    let mut out = Vec::new();
-    encode_chunk(items, &mut out).map_err(|message| TaskError::Codec {
-        what: Payload::Argument,
-        message,
-    })?;
-    Ok(out)
+/// A job's frame, ready to write: a 4-byte length, the header, the chunk of arguments,
+/// encoded straight into one buffer.
+pub(crate) struct JobFrame {
+    id: u64,
+    tasks: usize,
+    frame: Result<Vec<u8>, TaskError>,
+}
+
+impl JobFrame {
+    pub(crate) fn encode<A: Serialize + 'static>(
+        pool: &Pool,
+        func: Result<FnRef, String>,
+        items: &[A],
+    ) -> Self {
+        let id = pool.shared().next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = func.map_err(TaskError::Unsupported).and_then(|func| {
+            let mut frame = vec![0u8; 4];
+            frame = postcard::to_extend(&ToWorker::Job { id, func }, frame)
+                .map_err(|e| TaskError::Protocol(e.to_string()))?;
+            encode_chunk(items, &mut frame).map_err(|message| TaskError::Codec {
+                what: Payload::Argument,
+                message,
+            })?;
+            let len = frame.len() - 4;
+            let limit = pool.shared().config.max_frame_len;
+            if len > limit {
+                return Err(TaskError::TooLarge {
+                    what: Payload::Argument,
+                    size: len,
+                    limit,
+                });
+            }
+            frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+            Ok(frame)
+        });
+        JobFrame {
+            id,
+            tasks: items.len(),
+            frame,
+        }
+    }
 }
 
 impl Pool {
@@ -103,69 +137,37 @@ impl Pool {
         self.shared().config.pipeline
     }
 
-    /// Queues a job made of the encoded chunk `args` holding `tasks` tasks.
-    pub(crate) fn submit_encoded(
+    /// Queues a job; returns where its reply will come, and its id.
+    pub(crate) fn submit(
         &self,
-        func: FnRef,
-        args: Vec<u8>,
-        tasks: usize,
+        job: JobFrame,
         timeout: Option<Duration>,
         abort: Option<Arc<AbortSignal>>,
     ) -> (oneshot::Receiver<Reply>, u64) {
         let shared = self.shared();
         let (tx, rx) = oneshot::channel();
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        // The frame: a 4-byte length, the header, the arguments.
-        let mut frame = vec![0u8; 4];
-        frame = match postcard::to_extend(&ToWorker::Job { id, func }, frame) {
+        let frame = match job.frame {
             Ok(frame) => frame,
             Err(e) => {
-                let _ = tx.send(Err(TaskError::Protocol(e.to_string())));
-                return (rx, id);
+                let _ = tx.send(Err(e));
+                return (rx, job.id);
             }
         };
-        let len = frame.len() - 4 + args.len();
-        if len > shared.config.max_frame_len {
-            let _ = tx.send(Err(TaskError::TooLarge {
-                what: Payload::Argument,
-                size: args.len(),
-                limit: shared.config.max_frame_len,
-            }));
-            return (rx, id);
-        }
-        frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
-        frame.extend_from_slice(&args);
         let job = Job {
-            id,
+            id: job.id,
             frame: frame.into(),
-            tasks,
+            tasks: job.tasks,
             timeout,
             abort,
             reply: tx,
         };
+        let tasks = job.tasks;
+        let id = job.id;
         match shared.queue.push(job) {
             Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
             Err(job) => job.fail(TaskError::Closed),
         }
         (rx, id)
-    }
-
-    /// Queues a chunk of tasks.
-    pub(crate) fn submit<A: Serialize + 'static>(
-        &self,
-        func: FnRef,
-        items: &[A],
-        timeout: Option<Duration>,
-        abort: Option<Arc<AbortSignal>>,
-    ) -> (oneshot::Receiver<Reply>, u64) {
-        match encode_args(items) {
-            Ok(args) => self.submit_encoded(func, args, items.len(), timeout, abort),
-            Err(e) => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Err(e));
-                (rx, 0)
-            }
-        }
     }
 
     /// Runs `f(arg)` in a worker: await the returned [`Apply`] for the result.
@@ -196,9 +198,10 @@ impl Pool {
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let func = FnRef::of(trampoline::<F, A, R>());
         let _ = f;
-        Apply::new(self.clone(), func, encode_args(std::slice::from_ref(&arg)))
+        let func = FnRef::of(trampoline::<F, A, R>());
+        let job = JobFrame::encode(self, func, std::slice::from_ref(&arg));
+        Apply::new(self.clone(), job)
     }
 
     /// Submits `f(arg)` now and returns its [`TaskHandle`], a future of the result.

@@ -83,6 +83,22 @@ struct State {
     waiters: Vec<(usize, Waker)>,
 }
 
+impl State {
+    /// The first job someone still waits for; the abandoned ones before it are failed
+    /// as cancelled (nobody hears it) and counted.
+    fn pop_live(&mut self) -> (Option<Job>, u64) {
+        let mut skipped = 0;
+        while let Some(job) = self.jobs.pop_front() {
+            if !job.is_abandoned() {
+                return (Some(job), skipped);
+            }
+            skipped += 1;
+            job.fail(TaskError::Cancelled);
+        }
+        (None, skipped)
+    }
+}
+
 /// What [`Queue::poll_pop`] found.
 #[derive(Debug)]
 pub(crate) enum Popped {
@@ -134,14 +150,9 @@ impl Queue {
     /// Takes the next job that someone still waits for, dropping abandoned ones; returns
     /// how many were dropped alongside.
     pub(crate) fn poll_pop(&self, slot: usize, cx: &mut Context<'_>) -> (Poll<Popped>, u64) {
-        let mut skipped = 0;
         let mut state = self.lock();
-        while let Some(job) = state.jobs.pop_front() {
-            if job.is_abandoned() {
-                skipped += 1;
-                job.fail(TaskError::Cancelled);
-                continue;
-            }
+        let (job, skipped) = state.pop_live();
+        if let Some(job) = job {
             return (Poll::Ready(Popped::Job(job)), skipped);
         }
         if state.closed {
@@ -152,6 +163,12 @@ impl Queue {
             None => state.waiters.push((slot, cx.waker().clone())),
         }
         (Poll::Pending, skipped)
+    }
+
+    /// Takes the next job that someone still waits for, if there is one now; returns
+    /// how many abandoned jobs were dropped alongside.
+    pub(crate) fn try_pop(&self) -> (Option<Job>, u64) {
+        self.lock().pop_live()
     }
 
     /// Forgets a driver that stops taking jobs, and passes its wake-up on so that no

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::{Payload, TaskError};
-use crate::pool::Pool;
+use crate::pool::{JobFrame, Pool};
 use crate::protocol::codec::decode_results;
 use crate::queue::Reply;
 use crate::task_fn::FnRef;
@@ -156,14 +156,8 @@ where
     fn submit_chunk(&mut self) {
         let items = std::mem::take(&mut self.chunk);
         let tasks = items.len();
-        let rx = match &self.func {
-            Ok(func) => self.pool.submit(*func, &items, self.timeout, None).0,
-            Err(why) => {
-                let (tx, rx) = oneshot::channel();
-                let _ = tx.send(Err(TaskError::Unsupported(why.clone())));
-                rx
-            }
-        };
+        let job = JobFrame::encode(&self.pool, self.func.clone(), &items);
+        let (rx, _) = self.pool.submit(job, self.timeout, None);
         self.in_flight.push(ChunkFuture {
             rx,
             tasks,

@@ -136,11 +136,14 @@ impl ChildProc {
     }
 
     /// Polls for the child's exit.
+    ///
+    /// Cheap while the child runs: no system call until the pidfd reports the exit
+    /// (the driver polls this at every event).
     pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<WorkerExit> {
+        if let Some(exit) = self.exit {
+            return Poll::Ready(exit);
+        }
         loop {
-            if let Some(exit) = self.try_wait() {
-                return Poll::Ready(exit);
-            }
             match &mut self.remote {
                 // The server reports soon after the process ends.
                 Some(Some(status)) => match ready!(Pin::new(status).poll(cx)) {

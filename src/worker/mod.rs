@@ -286,11 +286,12 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         };
         out.clear();
         out.resize(conn::REPLY_GAP, 0);
+        let started = std::time::Instant::now();
         let outcome = match func.resolve() {
             Err(e) => Outcome::Unresolvable(e),
             Ok(trampoline) => trampoline(payload, &mut out),
         };
-        conn.send_reply(id, outcome, &mut out)?;
+        conn.send_reply(id, func, outcome, &mut out, started.elapsed())?;
     }
     Ok(())
 }
