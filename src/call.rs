@@ -64,7 +64,9 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
     /// Submits the task now.
     pub fn spawn(self) -> TaskHandle<R> {
         let abort = Arc::new(AbortSignal::default());
-        let (rx, id) = self.pool.submit(self.job, self.timeout, Some(abort.clone()));
+        let (rx, id) = self
+            .pool
+            .submit(self.job, self.timeout, Some(abort.clone()));
         TaskHandle::new(id, rx, abort)
     }
 }
@@ -122,6 +124,13 @@ impl<R: Send + 'static> Map<R> {
     /// pool's [`task_timeout`](crate::PoolBuilder::task_timeout).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.inner.opts().timeout = Some(timeout);
+        self
+    }
+
+    /// Calls `hook` with the [`Progress`](crate::Progress) so far: once at the start,
+    /// then each time a chunk's results arrive. A progress bar plugs in here.
+    pub fn progress(mut self, hook: impl Fn(crate::Progress) + Send + Sync + 'static) -> Self {
+        self.inner.opts().progress = Some(Arc::new(hook));
         self
     }
 }

@@ -39,7 +39,7 @@ pub(crate) async fn connect(
         let sock = tokio::net::UnixStream::from_std(sock).map_err(|e| e.to_string())?;
         let (rd, wr) = sock.into_split();
         let mut reader = FramedRead::new(rd, frame_codec(HANDSHAKE_FRAME_LIMIT));
-        let mut writer = FramedWrite::new(wr, frame_codec(HANDSHAKE_FRAME_LIMIT));
+        let mut writer = FramedWrite::new(wr, frame_codec(setup.max_frame_len));
         let frame = reader
             .next()
             .await
@@ -75,6 +75,13 @@ pub(crate) async fn connect(
             out.extend_from_slice(&init_args);
             Ok(())
         })?;
+        if message.len() > setup.max_frame_len {
+            return Err(format!(
+                "the initializer's argument is {} bytes encoded, over the frame limit of {} bytes",
+                message.len(),
+                setup.max_frame_len
+            ));
+        }
         writer
             .send(bytes::Bytes::from(message))
             .await

@@ -29,6 +29,7 @@ use crate::protocol::{FromWorker, Outcome};
 use crate::queue::{Job, Popped};
 use crate::shared::{Counters, Shared};
 use crate::start::child::{ChildProc, REAP_BOUND};
+use crate::trace::event;
 
 /// A started worker that has passed its handshake.
 #[derive(Debug)]
@@ -103,6 +104,7 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
     let end = Driver {
         shared,
         slot,
+        pid: worker.pid,
         inflight: VecDeque::new(),
         pace: Pace {
             head_started: Instant::now(),
@@ -119,9 +121,13 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
 struct Driver<'a> {
     shared: &'a Shared,
     slot: usize,
+    pid: u32,
     inflight: VecDeque<Job>,
     pace: Pace,
 }
+
+/// Jobs longer than this are taken one at a time.
+const LONG_JOB: Duration = Duration::from_millis(2);
 
 /// How long this worker's jobs take, smoothed; it decides how many jobs the driver
 /// takes ahead.
@@ -136,11 +142,16 @@ struct Pace {
 }
 
 impl Pace {
-    fn depth(&self) -> usize {
+    /// How many jobs may be in flight. Until a job has finished nothing is known, so
+    /// one; and a head job that has run long already says the jobs are not short,
+    /// whatever the average said.
+    fn depth(&self, in_flight: usize) -> usize {
+        let long = || in_flight > 0 && self.head_started.elapsed() > LONG_JOB;
         match self.service_ns {
-            None => 2,
+            None => 1,
+            Some(_) if long() => 1,
             Some(ns) if ns < 100_000 => self.max_depth,
-            Some(ns) if ns < 2_000_000 => 2,
+            Some(ns) if ns < LONG_JOB.as_nanos() as u64 => 2,
             Some(_) => 1,
         }
     }
@@ -163,10 +174,14 @@ impl Driver<'_> {
         let mut deadline: Option<Duration> = None;
         let mut sleep = pin!(sleep_until(Instant::now()));
         let mut terminate = pin!(self.shared.terminate.cancelled());
+        // Whether this driver is registered with the queue for a wake-up.
+        let mut waiting = false;
         loop {
-            let may_take = self.inflight.len() < self.pace.depth()
-                && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
             let event = std::future::poll_fn(|cx| {
+                // Evaluated at every poll: a head job that has run long by now stops
+                // this worker from taking more.
+                let may_take = self.inflight.len() < self.pace.depth(self.inflight.len())
+                    && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
                 if terminate.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Terminate);
                 }
@@ -192,8 +207,10 @@ impl Driver<'_> {
                     }
                 }
                 if may_take {
-                    let (popped, skipped) = self.shared.queue.poll_pop(self.slot, cx);
+                    let idle = self.inflight.is_empty();
+                    let (popped, skipped) = self.shared.queue.poll_pop(self.slot, idle, cx);
                     Counters::add(&self.shared.counters.cancelled, skipped);
+                    waiting = popped.is_pending();
                     match popped {
                         Poll::Ready(Popped::Job(job)) => return Poll::Ready(Event::Job(job)),
                         Poll::Ready(Popped::Closed) if self.inflight.is_empty() => {
@@ -203,6 +220,10 @@ impl Driver<'_> {
                     }
                 } else if self.inflight.is_empty() {
                     return Poll::Ready(Event::Retire);
+                } else if waiting {
+                    // No longer waiting for jobs: pass any wake-up on to another.
+                    self.shared.queue.unregister(self.slot);
+                    waiting = false;
                 }
                 Poll::Pending
             })
@@ -213,13 +234,20 @@ impl Driver<'_> {
                     let mut next = Some(job);
                     while let Some(job) = next.take() {
                         outbox.bufs.push_back(job.frame.clone());
+                        event!(
+                            tracing::Level::TRACE,
+                            pid = w.pid,
+                            job = job.id,
+                            tasks = job.tasks,
+                            "job sent"
+                        );
                         self.inflight.push_back(job);
                         taken += 1;
                         if self.inflight.len() == 1 {
                             self.pace.head_started = Instant::now();
                             deadline = self.arm(sleep.as_mut());
                         }
-                        if self.inflight.len() < self.pace.depth()
+                        if self.inflight.len() < self.pace.depth(self.inflight.len())
                             && cfg.max_tasks_per_child.is_none_or(|max| taken < max)
                         {
                             let (job, skipped) = self.shared.queue.try_pop();
@@ -250,7 +278,7 @@ impl Driver<'_> {
                 }
                 Event::Exited(exit) => return self.died(w, exit).await,
                 Event::TimedOut(after) => {
-                    let pid = w.pid;
+                    let pid = self.pid;
                     match cfg.kill_grace {
                         Some(grace) => w.child.terminate(grace).await,
                         None => w.child.kill_and_reap(REAP_BOUND).await,
@@ -338,6 +366,14 @@ impl Driver<'_> {
                 })
             }
         };
+        event!(
+            tracing::Level::DEBUG,
+            pid = self.pid,
+            job = job.id,
+            tasks = job.tasks,
+            ok = reply.is_ok(),
+            "job completed"
+        );
         let _ = job.reply.send(reply);
         Ok(())
     }
@@ -352,7 +388,7 @@ impl Driver<'_> {
                 break;
             }
         }
-        let pid = w.pid;
+        let pid = self.pid;
         let error = match (self.shared.config.child.memory_limit, exit) {
             (Some(limit), WorkerExit::Signal(libc::SIGABRT | libc::SIGSEGV | libc::SIGKILL)) => {
                 TaskError::MemoryLimit { pid, exit, limit }
@@ -368,6 +404,7 @@ impl Driver<'_> {
             w.child.kill_and_reap(REAP_BOUND).await;
         }
         Counters::add(&self.shared.counters.workers_crashed, 1);
+        event!(tracing::Level::WARN, pid = w.pid, job = self.inflight.front().map(|j| j.id), error = %error, "worker lost");
         if let Some(job) = self.inflight.pop_front() {
             if !matches!(error, TaskError::TimedOut { .. } | TaskError::Cancelled) {
                 Counters::add(&self.shared.counters.failed, job.tasks as u64);

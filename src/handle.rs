@@ -58,9 +58,10 @@ impl<R> TaskHandle<R> {
         self.id
     }
 
-    /// Cancels the task: if it is queued it is removed; if it runs, its worker is
-    /// killed (and replaced). The handle then resolves to [`TaskError::Cancelled`],
-    /// unless the task had already finished.
+    /// Cancels the task: if it is still queued, it will never run and the handle
+    /// resolves to [`TaskError::Cancelled`] at once; if a worker has it, the worker is
+    /// killed (and replaced) and the handle resolves to `Cancelled`, unless the task
+    /// finished first.
     pub fn abort(&self) {
         self.abort.abort();
     }
@@ -83,6 +84,9 @@ impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {
     type Output = Result<R, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.abort.poll_cancelled_in_queue(cx).is_ready() {
+            return Poll::Ready(Err(TaskError::Cancelled));
+        }
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(reply)) => Poll::Ready(decode_one(reply)),
             // The pool's tasks are gone (its runtime shut down) without answering.

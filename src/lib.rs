@@ -60,6 +60,14 @@
 //!
 //! Linux (the parent-death signal, pidfds and `/proc/self/exe` are Linux features).
 
+//! # Feature flags
+//!
+//! - `tracing`: spans and events (target `procpool`) for worker start, exit, crash
+//!   and recycle, and for task submit and completion, with the worker pid and the
+//!   task id.
+//! - `indicatif`: `progress_bar` on [`Map`], [`Imap`] and [`ImapUnordered`], which
+//!   drives an `indicatif::ProgressBar`; without it, [`Map::progress`] takes any hook.
+
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
 
@@ -81,6 +89,7 @@ mod stats;
 mod stream;
 mod supervisor;
 mod task_fn;
+mod trace;
 mod worker;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_FRAME_LEN};
@@ -92,7 +101,7 @@ pub use pool::Pool;
 pub use process::{Process, ProcessBuilder, ProcessHandle};
 pub use start::StartMethod;
 pub use stats::{PoolStats, WorkerStats};
-pub use stream::{Imap, ImapUnordered};
+pub use stream::{Imap, ImapUnordered, Progress};
 pub use task_fn::StarFn;
 pub use worker::{current_process, init, ProcessInfo};
 

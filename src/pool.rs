@@ -22,6 +22,7 @@ use crate::shared::{Counters, Shared};
 use crate::stats::PoolStats;
 use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
 use crate::task_fn::{star_trampoline, trampoline, FnRef, StarFn};
+use crate::trace::event;
 
 /// A pool of worker processes.
 ///
@@ -163,6 +164,7 @@ impl Pool {
         };
         let tasks = job.tasks;
         let id = job.id;
+        event!(tracing::Level::TRACE, job = id, tasks, "job submitted");
         match shared.queue.push(job) {
             Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
             Err(job) => job.fail(TaskError::Closed),

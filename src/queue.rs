@@ -6,7 +6,7 @@
 //! skipping jobs whose caller has gone (tower's buffer does the same skip).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -20,21 +20,71 @@ use crate::error::TaskError;
 /// What a job's caller receives: the chunk of encoded results, or why there is none.
 pub(crate) type Reply = Result<Bytes, TaskError>;
 
-/// A request to kill a job, from its handle's `abort()`.
+/// Where a job with a handle stands, and its handle's `abort()`.
+///
+/// `abort()` on a job still queued wins the race against a driver taking it (one
+/// compare-and-swap decides): the handle resolves as cancelled at once and the driver
+/// skips the job. On a job already taken, it asks the driver to kill the worker.
 #[derive(Debug, Default)]
 pub(crate) struct AbortSignal {
-    flag: AtomicBool,
+    state: AtomicU8,
+    /// The driver's waker, for an abort of a taken job.
     waker: AtomicWaker,
+    /// The handle's waker, for an abort of a queued job.
+    handle: AtomicWaker,
 }
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABORTED_QUEUED: u8 = 2;
+const ABORTED_TAKEN: u8 = 3;
 
 impl AbortSignal {
     pub(crate) fn abort(&self) {
-        self.flag.store(true, Ordering::Release);
-        self.waker.wake();
+        match self.state.compare_exchange(
+            QUEUED,
+            ABORTED_QUEUED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => self.handle.wake(),
+            Err(_) => {
+                let _ = self.state.compare_exchange(
+                    TAKEN,
+                    ABORTED_TAKEN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.waker.wake();
+            }
+        }
+    }
+
+    /// Called by the driver that takes the job: false if the job was aborted first.
+    pub(crate) fn take(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// For the handle: ready once the job was aborted before any driver took it.
+    pub(crate) fn poll_cancelled_in_queue(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.load(Ordering::Acquire) == ABORTED_QUEUED {
+            return Poll::Ready(());
+        }
+        self.handle.register(cx.waker());
+        if self.state.load(Ordering::Acquire) == ABORTED_QUEUED {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 
     pub(crate) fn is_aborted(&self) -> bool {
-        self.flag.load(Ordering::Acquire)
+        matches!(
+            self.state.load(Ordering::Acquire),
+            ABORTED_QUEUED | ABORTED_TAKEN
+        )
     }
 
     /// Ready once aborted.
@@ -65,9 +115,10 @@ pub(crate) struct Job {
 }
 
 impl Job {
-    /// Whether nobody is waiting for this job any more.
-    pub(crate) fn is_abandoned(&self) -> bool {
-        self.reply.is_closed() || self.abort.as_ref().is_some_and(|a| a.is_aborted())
+    /// Claims the job for a driver; false if nobody waits for it any more (its handle
+    /// was dropped or aborted).
+    fn claim(&self) -> bool {
+        !self.reply.is_closed() && self.abort.as_ref().is_none_or(|a| a.take())
     }
 
     pub(crate) fn fail(self, error: TaskError) {
@@ -79,17 +130,28 @@ impl Job {
 struct State {
     jobs: VecDeque<Job>,
     closed: bool,
-    /// Drivers waiting for a job, by slot.
-    waiters: Vec<(usize, Waker)>,
+    /// Drivers waiting for a job: slot, waker, and whether the driver is idle (has
+    /// nothing in flight). A new job wakes an idle driver first.
+    waiters: Vec<(usize, Waker, bool)>,
 }
 
 impl State {
+    /// The driver to wake for a new job: an idle one if any, else the latest.
+    fn next_waiter(&mut self) -> Option<Waker> {
+        let index = self
+            .waiters
+            .iter()
+            .rposition(|(_, _, idle)| *idle)
+            .or_else(|| self.waiters.len().checked_sub(1))?;
+        Some(self.waiters.swap_remove(index).1)
+    }
+
     /// The first job someone still waits for; the abandoned ones before it are failed
     /// as cancelled (nobody hears it) and counted.
     fn pop_live(&mut self) -> (Option<Job>, u64) {
         let mut skipped = 0;
         while let Some(job) = self.jobs.pop_front() {
-            if !job.is_abandoned() {
+            if job.claim() {
                 return (Some(job), skipped);
             }
             skipped += 1;
@@ -126,7 +188,7 @@ impl Queue {
                 return Err(job);
             }
             state.jobs.push_back(job);
-            state.waiters.pop().map(|(_, w)| w)
+            state.next_waiter()
         };
         if let Some(w) = waker {
             w.wake();
@@ -144,12 +206,18 @@ impl Queue {
             }
             std::mem::take(&mut state.waiters)
         };
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        wakers.into_iter().for_each(|(_, w, _)| w.wake());
     }
 
     /// Takes the next job that someone still waits for, dropping abandoned ones; returns
     /// how many were dropped alongside.
-    pub(crate) fn poll_pop(&self, slot: usize, cx: &mut Context<'_>) -> (Poll<Popped>, u64) {
+    /// `idle` says whether the driver has nothing in flight.
+    pub(crate) fn poll_pop(
+        &self,
+        slot: usize,
+        idle: bool,
+        cx: &mut Context<'_>,
+    ) -> (Poll<Popped>, u64) {
         let mut state = self.lock();
         let (job, skipped) = state.pop_live();
         if let Some(job) = job {
@@ -158,9 +226,12 @@ impl Queue {
         if state.closed {
             return (Poll::Ready(Popped::Closed), skipped);
         }
-        match state.waiters.iter_mut().find(|(s, _)| *s == slot) {
-            Some((_, w)) => w.clone_from(cx.waker()),
-            None => state.waiters.push((slot, cx.waker().clone())),
+        match state.waiters.iter_mut().find(|(s, _, _)| *s == slot) {
+            Some((_, w, i)) => {
+                w.clone_from(cx.waker());
+                *i = idle;
+            }
+            None => state.waiters.push((slot, cx.waker().clone(), idle)),
         }
         (Poll::Pending, skipped)
     }
@@ -176,11 +247,11 @@ impl Queue {
     pub(crate) fn unregister(&self, slot: usize) {
         let next = {
             let mut state = self.lock();
-            state.waiters.retain(|(s, _)| *s != slot);
+            state.waiters.retain(|(s, _, _)| *s != slot);
             if state.jobs.is_empty() {
                 None
             } else {
-                state.waiters.pop().map(|(_, w)| w)
+                state.next_waiter()
             }
         };
         if let Some(w) = next {
@@ -195,7 +266,7 @@ impl Queue {
             state.closed = true;
             std::mem::take(&mut state.waiters)
         };
-        wakers.into_iter().for_each(|(_, w)| w.wake());
+        wakers.into_iter().for_each(|(_, w, _)| w.wake());
     }
 
     pub(crate) fn is_closed(&self) -> bool {

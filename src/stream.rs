@@ -12,6 +12,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -26,12 +27,39 @@ use crate::protocol::codec::decode_results;
 use crate::queue::Reply;
 use crate::task_fn::FnRef;
 
+/// How far a `map`, `imap`, `imap_unordered` or `starmap` call has come: what a
+/// [progress hook](Imap::progress) receives each time results arrive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Tasks finished so far (successfully or not).
+    pub done: usize,
+    /// Of those, the tasks that ended in a [`TaskError`].
+    pub failed: usize,
+    /// How many tasks there are, when the input's length is known in advance.
+    pub total: Option<usize>,
+}
+
+pub(crate) type ProgressHook = Arc<dyn Fn(Progress) + Send + Sync>;
+
 /// Per-call settings of the `map` family.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub(crate) struct FeedOptions {
     pub(crate) chunk_size: Option<usize>,
     pub(crate) max_in_flight: Option<usize>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) progress: Option<ProgressHook>,
+}
+
+impl fmt::Debug for FeedOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FeedOptions")
+            .field("chunk_size", &self.chunk_size)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("timeout", &self.timeout)
+            .field("progress", &self.progress.as_ref().map(|_| "<hook>"))
+            .finish()
+    }
 }
 
 /// The results of one submitted chunk, when they come.
@@ -112,6 +140,7 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     timeout: Option<Duration>,
     in_flight: InFlight<R>,
     ready: VecDeque<Result<R, TaskError>>,
+    progress: Option<(ProgressHook, Progress)>,
 }
 
 impl<A, R> Feed<A, R>
@@ -144,6 +173,15 @@ where
             chunk_size,
             max_in_flight,
             timeout: opts.timeout,
+            progress: opts.progress.map(|hook| {
+                let start = Progress {
+                    done: 0,
+                    failed: 0,
+                    total: len,
+                };
+                hook(start);
+                (hook, start)
+            }),
             in_flight: if ordered {
                 InFlight::Ordered(FuturesOrdered::new())
             } else {
@@ -209,7 +247,14 @@ where
             }
             this.fill(cx);
             match this.in_flight.poll_next(cx) {
-                Poll::Ready(Some(results)) => this.ready.extend(results),
+                Poll::Ready(Some(results)) => {
+                    if let Some((hook, progress)) = &mut this.progress {
+                        progress.done += results.len();
+                        progress.failed += results.iter().filter(|r| r.is_err()).count();
+                        hook(*progress);
+                    }
+                    this.ready.extend(results);
+                }
                 Poll::Ready(None) if this.input_done => return Poll::Ready(None),
                 Poll::Ready(None) | Poll::Pending => return Poll::Pending,
             }
@@ -249,7 +294,7 @@ impl<R> Stream for Lazy<R> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         if let Some(make) = this.make.take() {
-            this.stream = Some(make(this.opts));
+            this.stream = Some(make(std::mem::take(&mut this.opts)));
         }
         match &mut this.stream {
             Some(stream) => stream.poll_next_unpin(cx),
@@ -308,6 +353,14 @@ macro_rules! map_stream {
             /// overriding the pool's [`task_timeout`](crate::PoolBuilder::task_timeout).
             pub fn timeout(mut self, timeout: Duration) -> Self {
                 self.inner.opts().timeout = Some(timeout);
+                self
+            }
+
+            /// Calls `hook` with the [`Progress`] so far: once when the stream is
+            /// first polled, then each time a chunk's results arrive. A progress
+            /// bar plugs in here (see the `primes` example).
+            pub fn progress(mut self, hook: impl Fn(Progress) + Send + Sync + 'static) -> Self {
+                self.inner.opts().progress = Some(Arc::new(hook));
                 self
             }
         }

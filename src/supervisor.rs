@@ -18,6 +18,7 @@ use crate::driver::{drive, End, Worker};
 use crate::error::TaskError;
 use crate::shared::{Counters, Shared};
 use crate::start::child::REAP_BOUND;
+use crate::trace::event;
 
 /// How long a worker that was let go may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -41,6 +42,7 @@ pub(crate) async fn run_slot(
         let mut worker = match started {
             Ok(worker) => worker,
             Err(why) => {
+                event!(tracing::Level::WARN, index = slot, error = %why, "worker failed to start");
                 Counters::add(&shared.counters.start_failures, 1);
                 if let Some(first) = first.take() {
                     let _ = first.send(Err(why));
@@ -60,6 +62,12 @@ pub(crate) async fn run_slot(
             }
         };
         failures = 0;
+        event!(
+            tracing::Level::INFO,
+            pid = worker.pid,
+            index = slot,
+            "worker started"
+        );
         *shared.start_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Counters::add(&shared.counters.workers_started, 1);
         shared.set_worker(slot, Some(worker.pid));
@@ -68,6 +76,7 @@ pub(crate) async fn run_slot(
         }
         let end = drive(&shared, slot, &mut worker).await;
         shared.set_worker(slot, None);
+        event!(tracing::Level::DEBUG, pid = worker.pid, index = slot, end = ?end, "worker leaves");
         match end {
             End::Retire => {
                 Counters::add(&shared.counters.workers_recycled, 1);

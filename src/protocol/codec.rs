@@ -6,6 +6,7 @@
 //! `bytes::Bytes` and `serde_bytes` types take the same path on their own.
 
 use std::any::{Any, TypeId};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -81,9 +82,25 @@ impl<T: Serialize + 'static> Serialize for Chunk<'_, T> {
     }
 }
 
+/// A borrowed buffer as postcard's output, so that a failed encode leaves the buffer
+/// as it was (less what the encode appended).
+struct Sink<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Sink<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
+    }
+}
+
+/// Appends `value` to `out`; on error `out` is left as it was.
 fn extend<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), String> {
-    *out = postcard::to_extend(value, std::mem::take(out)).map_err(|e| e.to_string())?;
-    Ok(())
+    let start = out.len();
+    postcard::to_extend(value, Sink(out))
+        .map(drop)
+        .map_err(|e| {
+            out.truncate(start);
+            e.to_string()
+        })
 }
 
 /// Appends a chunk of arguments to a frame.
@@ -116,12 +133,15 @@ where
     };
     let results: Vec<Result<Wire<R>, RemotePanic>> =
         args.into_iter().map(|arg| f(arg).map(Wire)).collect();
+    // A `Serialize` impl is user code too: it may fail, or panic.
     let start = out.len();
-    match extend(&results, out) {
-        Ok(()) => Outcome::Ok,
-        Err(e) => {
+    match catch_unwind(AssertUnwindSafe(|| extend(&results, out))) {
+        Ok(Ok(())) => Outcome::Ok,
+        Ok(Err(e)) => Outcome::BadResult(e),
+        Err(panic) => {
             out.truncate(start);
-            Outcome::BadResult(e)
+            let panic = crate::worker::panic_from_payload(panic);
+            Outcome::BadResult(format!("encoding the result panicked: {}", panic.message()))
         }
     }
 }

@@ -62,9 +62,10 @@ pub(crate) fn server_main(ctrl: UnixStream) -> i32 {
     else {
         return 2;
     };
+    // The pool and its server are one program: the preload argument may be large.
     let mut server = Server {
         ctrl,
-        codec: frame_codec(HANDSHAKE_FRAME_LIMIT),
+        codec: frame_codec(u32::MAX as usize),
         buf: BytesMut::with_capacity(4096),
         fds: VecDeque::new(),
     };
@@ -370,8 +371,7 @@ impl ForkServer {
         sock.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(sock)?;
         let handshake = async {
-            let mut framed =
-                tokio_util::codec::Framed::new(stream, frame_codec(HANDSHAKE_FRAME_LIMIT));
+            let mut framed = tokio_util::codec::Framed::new(stream, frame_codec(u32::MAX as usize));
             let frame = framed
                 .next()
                 .await

@@ -14,10 +14,7 @@ use std::os::unix::net::UnixStream;
 use crate::error::RemotePanic;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::{decode_frame, decode_results};
-use crate::protocol::{
-    FromWorker, Hello, InitFailure, Outcome, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC,
-    PROTOCOL_VERSION,
-};
+use crate::protocol::{FromWorker, Hello, InitFailure, Outcome, ToWorker, MAGIC, PROTOCOL_VERSION};
 use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, WORKER_FD};
 use crate::task_fn::{build_id, FnRef};
 
@@ -179,7 +176,9 @@ pub(crate) fn capture_panics() {
 pub(crate) fn serve(stream: UnixStream) -> i32 {
     ignore_interrupts();
     capture_panics();
-    let mut conn = BlockingConn::new(stream, HANDSHAKE_FRAME_LIMIT);
+    // The pool's setup may carry a large initializer argument; the pool is trusted
+    // with it, and the configured limit applies from the first job on.
+    let mut conn = BlockingConn::new(stream, u32::MAX as usize);
     match handshake(&mut conn) {
         Ok(true) => {}
         Ok(false) => return 0,
