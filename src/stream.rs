@@ -163,7 +163,7 @@ where
         });
         let max_in_flight = opts
             .max_in_flight
-            .unwrap_or(4 * processes * pool.pipeline_depth());
+            .unwrap_or(processes * (pool.pipeline_depth() + 1));
         Feed {
             pool,
             func,
@@ -337,8 +337,8 @@ macro_rules! map_stream {
             }
 
             /// Sets how many chunks may be submitted and not yet yielded at once:
-            /// the backpressure bound. The default is `4 × processes × pipeline
-            /// depth`.
+            /// the backpressure bound. The default is `processes × (pipeline
+            /// depth + 1)`: enough to keep every worker's pipeline full.
             ///
             /// # Panics
             ///

@@ -236,7 +236,6 @@ async fn aborting_a_task_deep_in_the_queue_removes_it() {
 }
 
 #[tokio::test]
-#[ignore = "bug: abort() of a task already pipelined to a busy worker is lost (the task runs, Ok) or kills the worker"]
 async fn aborting_the_next_queued_task_neither_runs_it_nor_kills_a_worker() {
     let pool = support::pool(1).await;
     let gate = TempPath::new("abort-next-gate");
@@ -267,7 +266,6 @@ async fn aborting_the_next_queued_task_neither_runs_it_nor_kills_a_worker() {
 }
 
 #[tokio::test]
-#[ignore = "bug: abort() of a queued task resolves its handle only once a worker frees up and pops it"]
 async fn aborting_a_queued_task_resolves_without_waiting_for_running_work() {
     let pool = support::pool(1).await;
     let gate = TempPath::new("abort-prompt-gate");
@@ -289,7 +287,6 @@ async fn aborting_a_queued_task_resolves_without_waiting_for_running_work() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a task waits behind a long task on a busy worker while another worker is idle"]
 async fn a_task_goes_to_the_idle_worker_not_behind_a_busy_one() {
     let pool = support::pool(2).await;
     let gate = TempPath::new("idle-gate");
@@ -384,7 +381,6 @@ async fn dropping_the_handle_of_a_task_deep_in_the_queue_removes_it() {
 }
 
 #[tokio::test]
-#[ignore = "bug: dropping the handle of a task already pipelined to a busy worker does not stop it from running"]
 async fn dropping_the_handle_of_the_next_queued_task_removes_it() {
     let pool = support::pool(1).await;
     let gate = TempPath::new("drop-next-gate");

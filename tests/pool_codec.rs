@@ -494,7 +494,6 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a result that fails to encode kills the worker (SIGABRT) instead of failing with Codec { Result }"]
 async fn a_result_that_cannot_be_encoded_fails_only_its_task() {
     let pool = support::pool(1).await;
     let pids = support::worker_pids(&pool);

@@ -230,7 +230,6 @@ async fn the_initializer_takes_a_sizeable_argument() {
 }
 
 #[tokio::test]
-#[ignore = "bug: an initializer argument over 1 MiB fails build() even though max_frame_len allows it"]
 async fn the_initializer_takes_an_argument_larger_than_one_mib() {
     let blob = vec![0x5au8; 2 << 20];
     let pool = bounded(

@@ -358,7 +358,6 @@ async fn dropping_a_running_map_removes_the_chunks_that_have_not_started() {
 }
 
 #[tokio::test]
-#[ignore = "bug: a chunk already pipelined to a busy worker still runs after its map is dropped"]
 async fn dropping_a_running_map_runs_no_chunk_that_had_not_started() {
     let pool = support::pool(1).await;
     let gate = TempPath::new("map-drop-strict-gate");
