@@ -1,15 +1,16 @@
 //! The main job: count the primes among 64-bit numbers near 10^12 on a process pool,
-//! with a progress line, then the same count in this one process for the speedup.
+//! with a progress bar fed by the pool's progress hook, then the same count in this one
+//! process for the speedup.
 //!
 //! ```text
 //! cargo run --release --example primes            # 12 million numbers
 //! cargo run --release --example primes -- 200000  # a quick run
 //! ```
 
-use std::io::Write;
 use std::time::Instant;
 
 use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
 use procpool::Pool;
 
 /// Deterministic Miller-Rabin for every `u64`.
@@ -62,8 +63,6 @@ fn count_primes((start, end): (u64, u64)) -> u64 {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    procpool::init();
-
     let span: u64 = match std::env::args().nth(1) {
         Some(arg) => arg.parse()?,
         None => 12_000_000,
@@ -84,24 +83,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.processes()
     );
 
+    let bar = ProgressBar::new(ranges.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} ranges, {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     let started = Instant::now();
+    let tick = bar.clone();
     let mut results = pool
         .imap_unordered(count_primes, ranges.clone())
-        .chunk_size(1);
-    let (mut total, mut done) = (0u64, 0usize);
+        .chunk_size(1)
+        .progress(move |p| tick.set_position(p.done as u64));
+    let mut total = 0u64;
     while let Some(count) = results.next().await {
         total += count?;
-        done += 1;
-        let filled = done * 30 / ranges.len();
-        eprint!(
-            "\r[{}{}] {done}/{} ranges, {total} primes so far",
-            "#".repeat(filled),
-            " ".repeat(30 - filled),
-            ranges.len()
-        );
-        std::io::stderr().flush()?;
+        bar.set_message(format!("{total} primes so far"));
     }
-    eprintln!();
+    bar.finish();
     let pooled = started.elapsed();
     pool.join().await;
 

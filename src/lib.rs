@@ -65,8 +65,10 @@
 //! - `tracing`: spans and events (target `procpool`) for worker start, exit, crash
 //!   and recycle, and for task submit and completion, with the worker pid and the
 //!   task id.
-//! - `indicatif`: `progress_bar` on [`Map`], [`Imap`] and [`ImapUnordered`], which
-//!   drives an `indicatif::ProgressBar`; without it, [`Map::progress`] takes any hook.
+//!
+//! Progress bars need no feature: [`Map::progress`], [`Imap::progress`] and
+//! [`ImapUnordered::progress`] take any hook, such as one that moves an `indicatif`
+//! bar (the `primes` example does).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
