@@ -6,7 +6,7 @@
 //! one task, not the service), **killability** (a task past its deadline is killed),
 //! **resource caps**, and **recycling** of leaky or non-thread-safe code.
 //!
-//! ```no_run
+//! ```
 //! use procpool::Pool;
 //!
 //! fn fib(n: u64) -> u64 {
@@ -15,7 +15,7 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let pool = Pool::builder().processes(4).build().await?;
+//!     let pool = Pool::builder().processes(2).build().await?;
 //!     let n: u64 = pool.apply(fib, 30).await?;
 //!     let v: Vec<u64> = pool.map(fib, 0..30).await?;
 //!     pool.join().await;

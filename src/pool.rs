@@ -177,10 +177,14 @@ impl Pool {
     /// `f` is a plain `fn` or a closure that captures nothing (a capturing closure is a
     /// compile error). Set a per-call timeout with [`Apply::timeout`].
     ///
-    /// ```no_run
-    /// # async fn demo(pool: procpool::Pool) -> Result<(), procpool::TaskError> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = procpool::Pool::builder().processes(1).build().await?;
     /// fn fib(n: u64) -> u64 { if n < 2 { n } else { fib(n - 1) + fib(n - 2) } }
     /// let n = pool.apply(fib, 30).await?;
+    /// assert_eq!(n, 832_040);
+    /// # pool.terminate().await;
     /// # Ok(()) }
     /// ```
     ///
@@ -244,10 +248,14 @@ impl Pool {
     ///
     /// Work goes to the workers in chunks; see [`Map::chunk_size`].
     ///
-    /// ```no_run
-    /// # async fn demo(pool: procpool::Pool) -> Result<(), procpool::TaskError> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = procpool::Pool::builder().processes(2).build().await?;
     /// fn square(x: u64) -> u64 { x * x }
     /// let squares: Vec<u64> = pool.map(square, 0..1000).await?;
+    /// assert_eq!(squares[999], 998_001);
+    /// # pool.terminate().await;
     /// # Ok(()) }
     /// ```
     ///
@@ -316,11 +324,14 @@ impl Pool {
     /// Like [`map`](Pool::map), for a function of several arguments: each item of
     /// `input` is a tuple, unpacked into the call.
     ///
-    /// ```no_run
-    /// # async fn demo(pool: procpool::Pool) -> Result<(), procpool::TaskError> {
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = procpool::Pool::builder().processes(2).build().await?;
     /// fn add(a: i32, b: i32) -> i32 { a + b }
     /// let sums = pool.starmap(add, vec![(1, 2), (3, 4)]).await?;
     /// assert_eq!(sums, [3, 7]);
+    /// # pool.terminate().await;
     /// # Ok(()) }
     /// ```
     ///

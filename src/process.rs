@@ -25,10 +25,11 @@ use crate::task_fn::{trampoline, FnRef};
 
 /// One function run once in a child process: Python's `multiprocessing.Process`.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// fn work(n: u64) -> u64 { n * 2 }
-/// let mut child = procpool::Process::builder().name("doubler").start(work, 21).await?;
+/// let child = procpool::Process::builder().name("doubler").start(work, 21).await?;
 /// println!("running as pid {}", child.pid());
 /// assert_eq!(child.join().await?, 42);
 /// # Ok(()) }

@@ -27,6 +27,7 @@ pub(crate) struct Config {
     pub(crate) pipeline: usize,
     pub(crate) child: ChildOptions,
     pub(crate) preload: Option<(FnRef, Bytes)>,
+    pub(crate) spin: Duration,
 }
 
 /// Counters behind [`PoolStats`].
