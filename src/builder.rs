@@ -81,7 +81,7 @@ impl PoolBuilder {
                 pipeline: 16,
                 child: ChildOptions::default(),
                 preload: None,
-                spin: Duration::from_micros(20),
+                spin: None,
             },
             initializer: Ok(()),
             preload: Ok(()),
@@ -228,14 +228,18 @@ impl PoolBuilder {
         self
     }
 
-    /// How long a caller's task may poll for the reply to a lone task on a worker whose
-    /// tasks take microseconds, rather than sleeping until the reactor wakes it: it
-    /// saves a wake-up that costs about as much as the rest of the round trip, at the
-    /// price of keeping one runtime thread busy that long. Workers poll likewise for
-    /// their next task for 50 µs after a reply. `Duration::ZERO` turns the pool's side
-    /// off. Default: 20 µs.
+    /// How long the pool may poll for the reply to a lone task on a worker whose tasks
+    /// take microseconds, rather than sleeping until the reactor wakes it; workers then
+    /// poll likewise for their next task, for up to 2.5 times as long. This saves two
+    /// wake-ups, which cost about as much as the rest of a round trip, at the price of
+    /// keeping a runtime thread and the worker busy that long (they yield the CPU to
+    /// anything else runnable while they poll).
+    ///
+    /// Polling pays only where the pool's processes do not take every CPU: the default
+    /// is 20 µs when `processes` is below the number of CPUs, and no polling otherwise.
+    /// `Duration::ZERO` turns it off.
     pub fn spin(mut self, spin: Duration) -> Self {
-        self.config.spin = spin;
+        self.config.spin = Some(spin);
         self
     }
 
@@ -287,7 +291,16 @@ impl PoolBuilder {
         }
         // Computed once per process; do it before the workers need it.
         let _ = build_id();
-        let shared = Arc::new(Shared::new(self.config));
+        let mut config = self.config;
+        if config.spin.is_none() {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            config.spin = Some(if config.processes < cpus {
+                Duration::from_micros(20)
+            } else {
+                Duration::ZERO
+            });
+        }
+        let shared = Arc::new(Shared::new(config));
         let pool = Pool::from_shared(shared.clone());
         if let Starter::ForkServer(server) = &shared.starter {
             if let Err(e) = server.ensure_started().await {

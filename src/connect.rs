@@ -23,6 +23,8 @@ pub(crate) struct Setup {
     pub(crate) max_frame_len: usize,
     pub(crate) initializer: Option<(FnRef, Bytes)>,
     pub(crate) startup_timeout: Duration,
+    /// How long the worker polls for its next job after a reply.
+    pub(crate) worker_spin: Duration,
 }
 
 /// Takes a freshly started worker through the handshake: its hello, our setup, its
@@ -69,6 +71,7 @@ pub(crate) async fn connect(
             name: setup.name.clone(),
             daemon: setup.daemon,
             max_frame_len: setup.max_frame_len,
+            spin_us: setup.worker_spin.as_micros().min(u32::MAX as u128) as u32,
             initializer,
         };
         let message = encode_frame(&message, |out| {

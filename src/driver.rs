@@ -147,13 +147,12 @@ struct Pace {
 
 impl Pace {
     /// How many jobs may be in flight. Until a job has finished nothing is known, so
-    /// one; and a head job that has run long already says the jobs are not short,
-    /// whatever the average said.
-    fn depth(&self, in_flight: usize) -> usize {
-        let long = || in_flight > 0 && self.head_started.elapsed() > LONG_JOB;
+    /// one. (The time the running job has taken so far is no guide: on a busy machine
+    /// a short job's reply can be late by milliseconds, and taking one job at a time
+    /// then makes the machine busier still.)
+    fn depth(&self) -> usize {
         match self.service_ns {
             None => 1,
-            Some(_) if long() => 1,
             Some(ns) if ns < 100_000 => self.max_depth,
             Some(ns) if ns < LONG_JOB.as_nanos() as u64 => 2,
             Some(_) => 1,
@@ -182,9 +181,7 @@ impl Driver<'_> {
         let mut waiting = false;
         loop {
             let event = std::future::poll_fn(|cx| {
-                // Evaluated at every poll: a head job that has run long by now stops
-                // this worker from taking more.
-                let may_take = self.inflight.len() < self.pace.depth(self.inflight.len())
+                let may_take = self.inflight.len() < self.pace.depth()
                     && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
                 if terminate.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Terminate);
@@ -251,7 +248,7 @@ impl Driver<'_> {
                             self.pace.head_started = Instant::now();
                             deadline = self.arm(sleep.as_mut());
                         }
-                        if self.inflight.len() < self.pace.depth(self.inflight.len())
+                        if self.inflight.len() < self.pace.depth()
                             && cfg.max_tasks_per_child.is_none_or(|max| taken < max)
                         {
                             let (job, skipped) = self.shared.queue.try_pop();
@@ -326,11 +323,12 @@ impl Driver<'_> {
             .pace
             .service_ns
             .is_some_and(|ns| ns < SPIN_JOB.as_nanos() as u64);
+        let spin = self.shared.config.spin.unwrap_or_default();
         // Only from a clean state: the reader's codec then waits for a header, and the
         // frame taken here is taken whole.
         if self.inflight.len() != 1
             || !tiny
-            || self.shared.config.spin.is_zero()
+            || spin.is_zero()
             || !w.reader.read_buffer().is_empty()
         {
             return None;
@@ -343,7 +341,7 @@ impl Driver<'_> {
             return None;
         }
         let fd = w.reader.get_ref().as_ref().as_raw_fd();
-        let until = Instant::now() + self.shared.config.spin;
+        let until = Instant::now() + spin;
         while Instant::now() < until {
             let buf = w.reader.read_buffer_mut();
             buf.reserve(4096);
@@ -377,7 +375,8 @@ impl Driver<'_> {
             if n == 0 {
                 return None;
             }
-            std::hint::spin_loop();
+            // Let the worker have this CPU if it is waiting for one.
+            std::thread::yield_now();
         }
         None
     }
@@ -449,7 +448,7 @@ impl Driver<'_> {
             ok = reply.is_ok(),
             "job completed"
         );
-        let _ = job.reply.send(reply);
+        job.reply.send(reply);
         Ok(())
     }
 

@@ -17,7 +17,7 @@ use crate::handle::TaskHandle;
 use crate::input::Input;
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::ToWorker;
-use crate::queue::{AbortSignal, Job, Reply};
+use crate::queue::{AbortSignal, Job, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
 use crate::stats::PoolStats;
 use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
@@ -138,21 +138,31 @@ impl Pool {
         self.shared().config.pipeline
     }
 
-    /// Queues a job; returns where its reply will come, and its id.
+    /// Queues a job whose reply goes to a oneshot; returns its receiver and the id.
     pub(crate) fn submit(
         &self,
         job: JobFrame,
         timeout: Option<Duration>,
         abort: Option<Arc<AbortSignal>>,
     ) -> (oneshot::Receiver<Reply>, u64) {
-        let shared = self.shared();
         let (tx, rx) = oneshot::channel();
+        let id = job.id;
+        self.submit_to(job, timeout, abort, ReplyTo::One(tx));
+        (rx, id)
+    }
+
+    /// Queues a job whose reply goes to `reply`.
+    pub(crate) fn submit_to(
+        &self,
+        job: JobFrame,
+        timeout: Option<Duration>,
+        abort: Option<Arc<AbortSignal>>,
+        reply: ReplyTo,
+    ) {
+        let shared = self.shared();
         let frame = match job.frame {
             Ok(frame) => frame,
-            Err(e) => {
-                let _ = tx.send(Err(e));
-                return (rx, job.id);
-            }
+            Err(e) => return reply.send(Err(e)),
         };
         let job = Job {
             id: job.id,
@@ -160,16 +170,14 @@ impl Pool {
             tasks: job.tasks,
             timeout,
             abort,
-            reply: tx,
+            reply,
         };
         let tasks = job.tasks;
-        let id = job.id;
-        event!(tracing::Level::TRACE, job = id, tasks, "job submitted");
+        event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
         match shared.queue.push(job) {
             Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
             Err(job) => job.fail(TaskError::Closed),
         }
-        (rx, id)
     }
 
     /// Runs `f(arg)` in a worker: await the returned [`Apply`] for the result.

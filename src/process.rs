@@ -140,6 +140,7 @@ impl ProcessBuilder {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             initializer: None,
             startup_timeout: self.startup_timeout,
+            worker_spin: Duration::ZERO,
         };
         let mut worker = connect(child, sock, setup).await.map_err(BuildError::new)?;
         if !self.daemon {

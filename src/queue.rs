@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::task::AtomicWaker;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::TaskError;
 
@@ -101,6 +101,67 @@ impl AbortSignal {
     }
 }
 
+/// Where a job's reply goes.
+#[derive(Debug)]
+pub(crate) enum ReplyTo {
+    /// A single task's handle.
+    One(oneshot::Sender<Reply>),
+    /// A `map`-family stream, which receives every chunk's reply on one channel,
+    /// tagged with the chunk's sequence number. (A channel per stream, not a oneshot
+    /// per chunk: a `map` of 200,000 tasks would otherwise poll 200,000 futures.)
+    Feed(FeedReply),
+}
+
+/// A chunk's reply slot in a `map`-family stream. If it is dropped unused (the pool's
+/// tasks were dropped with the runtime), the stream hears `Terminated`, so no stream
+/// waits forever for a chunk.
+#[derive(Debug)]
+pub(crate) struct FeedReply {
+    tx: mpsc::UnboundedSender<(u64, Reply)>,
+    seq: u64,
+    sent: bool,
+}
+
+impl FeedReply {
+    pub(crate) fn new(tx: mpsc::UnboundedSender<(u64, Reply)>, seq: u64) -> Self {
+        FeedReply {
+            tx,
+            seq,
+            sent: false,
+        }
+    }
+}
+
+impl Drop for FeedReply {
+    fn drop(&mut self) {
+        if !self.sent {
+            let _ = self.tx.send((self.seq, Err(TaskError::Terminated)));
+        }
+    }
+}
+
+impl ReplyTo {
+    pub(crate) fn send(self, reply: Reply) {
+        match self {
+            ReplyTo::One(tx) => {
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Feed(mut feed) => {
+                feed.sent = true;
+                let _ = feed.tx.send((feed.seq, reply));
+            }
+        }
+    }
+
+    /// Whether nobody listens any more.
+    pub(crate) fn is_closed(&self) -> bool {
+        match self {
+            ReplyTo::One(tx) => tx.is_closed(),
+            ReplyTo::Feed(feed) => feed.tx.is_closed(),
+        }
+    }
+}
+
 /// One unit of work for a worker: a chunk of one or more tasks.
 #[derive(Debug)]
 pub(crate) struct Job {
@@ -111,7 +172,7 @@ pub(crate) struct Job {
     pub(crate) tasks: usize,
     pub(crate) timeout: Option<Duration>,
     pub(crate) abort: Option<Arc<AbortSignal>>,
-    pub(crate) reply: oneshot::Sender<Reply>,
+    pub(crate) reply: ReplyTo,
 }
 
 impl Job {

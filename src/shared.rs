@@ -27,7 +27,8 @@ pub(crate) struct Config {
     pub(crate) pipeline: usize,
     pub(crate) child: ChildOptions,
     pub(crate) preload: Option<(FnRef, Bytes)>,
-    pub(crate) spin: Duration,
+    /// How long the pool polls for a tiny task's reply; `None`: decided at build.
+    pub(crate) spin: Option<Duration>,
 }
 
 /// Counters behind [`PoolStats`].

@@ -9,22 +9,20 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use futures::stream::{BoxStream, FuturesOrdered, FuturesUnordered, Stream, StreamExt};
+use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
 use crate::error::{Payload, TaskError};
 use crate::pool::{JobFrame, Pool};
 use crate::protocol::codec::decode_results;
-use crate::queue::Reply;
+use crate::queue::{FeedReply, Reply, ReplyTo};
 use crate::task_fn::FnRef;
 
 /// How far a `map`, `imap`, `imap_unordered` or `starmap` call has come: what a
@@ -62,68 +60,123 @@ impl fmt::Debug for FeedOptions {
     }
 }
 
-/// The results of one submitted chunk, when they come.
-struct ChunkFuture<R> {
-    rx: oneshot::Receiver<Reply>,
+/// Decodes one chunk's reply into one result per task.
+fn decode_chunk_reply<R: DeserializeOwned + 'static>(
+    reply: Reply,
     tasks: usize,
-    _result: PhantomData<fn() -> R>,
+) -> impl Iterator<Item = Result<R, TaskError>> {
+    let all = |e: TaskError| (0..tasks).map(move |_| Err(e.clone())).collect::<Vec<_>>();
+    let results: Vec<Result<R, TaskError>> = match reply {
+        Ok(bytes) => match decode_results::<R>(&bytes) {
+            Ok(results) if results.len() == tasks => results
+                .into_iter()
+                .map(|r| r.map_err(TaskError::Panicked))
+                .collect(),
+            Ok(results) => all(TaskError::Protocol(format!(
+                "{} results for a chunk of {tasks}",
+                results.len()
+            ))),
+            Err(message) => all(TaskError::Codec {
+                what: Payload::Result,
+                message,
+            }),
+        },
+        Err(e) => all(e),
+    };
+    results.into_iter()
 }
 
-impl<R: DeserializeOwned + 'static> Future for ChunkFuture<R> {
-    type Output = Vec<Result<R, TaskError>>;
+/// The chunks submitted and not yet yielded. Every chunk's reply comes on one channel,
+/// tagged with the chunk's sequence number; in order, replies that come early wait in a
+/// window until those before them have come.
+struct InFlight {
+    rx: mpsc::UnboundedReceiver<(u64, Reply)>,
+    tx: mpsc::UnboundedSender<(u64, Reply)>,
+    ordered: bool,
+    /// The sequence number of the oldest chunk not yet yielded.
+    first: u64,
+    /// From `first` on: each chunk's task count and, once come, its reply.
+    window: VecDeque<(usize, Option<Reply>)>,
+    /// Unordered: chunks submitted and not yet come.
+    waiting: usize,
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let reply = match Pin::new(&mut self.rx).poll(cx) {
-            Poll::Ready(Ok(reply)) => reply,
-            Poll::Ready(Err(_)) => Err(TaskError::Terminated),
-            Poll::Pending => return Poll::Pending,
-        };
-        let tasks = self.tasks;
-        let all = |e: TaskError| (0..tasks).map(|_| Err(e.clone())).collect();
-        Poll::Ready(match reply {
-            Ok(bytes) => match decode_results::<R>(&bytes) {
-                Ok(results) if results.len() == tasks => results
-                    .into_iter()
-                    .map(|r| r.map_err(TaskError::Panicked))
-                    .collect(),
-                Ok(results) => all(TaskError::Protocol(format!(
-                    "{} results for a chunk of {tasks}",
-                    results.len()
-                ))),
-                Err(message) => all(TaskError::Codec {
-                    what: Payload::Result,
-                    message,
-                }),
-            },
-            Err(e) => all(e),
-        })
+impl InFlight {
+    fn new(ordered: bool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        InFlight {
+            rx,
+            tx,
+            ordered,
+            first: 0,
+            window: VecDeque::new(),
+            waiting: 0,
+        }
     }
-}
 
-enum InFlight<R: DeserializeOwned + 'static> {
-    Ordered(FuturesOrdered<ChunkFuture<R>>),
-    Unordered(FuturesUnordered<ChunkFuture<R>>),
-}
-
-impl<R: DeserializeOwned + 'static> InFlight<R> {
     fn len(&self) -> usize {
-        match self {
-            InFlight::Ordered(f) => f.len(),
-            InFlight::Unordered(f) => f.len(),
+        if self.ordered {
+            self.window.len()
+        } else {
+            self.waiting
         }
     }
 
-    fn push(&mut self, chunk: ChunkFuture<R>) {
-        match self {
-            InFlight::Ordered(f) => f.push_back(chunk),
-            InFlight::Unordered(f) => f.push(chunk),
+    /// Registers a chunk of `tasks` tasks; returns where its reply goes.
+    fn push(&mut self, tasks: usize) -> ReplyTo {
+        let seq = self.first + self.window.len() as u64;
+        if self.ordered {
+            self.window.push_back((tasks, None));
+        } else {
+            // Unordered chunks are yielded as they come: only their task count is
+            // kept, in the window slot of their sequence number.
+            self.window.push_back((tasks, None));
+            self.waiting += 1;
         }
+        ReplyTo::Feed(FeedReply::new(self.tx.clone(), seq))
     }
 
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<Result<R, TaskError>>>> {
-        match self {
-            InFlight::Ordered(f) => f.poll_next_unpin(cx),
-            InFlight::Unordered(f) => f.poll_next_unpin(cx),
+    /// The next chunk's results that may be yielded: `None` when nothing is in flight.
+    fn poll_next<R: DeserializeOwned + 'static>(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Vec<Result<R, TaskError>>>> {
+        loop {
+            if self.ordered {
+                if let Some((tasks, Some(_))) = self.window.front() {
+                    let tasks = *tasks;
+                    let reply = self.window.pop_front().and_then(|(_, r)| r);
+                    self.first += 1;
+                    let reply = reply.unwrap_or(Err(TaskError::Terminated));
+                    return Poll::Ready(Some(decode_chunk_reply(reply, tasks).collect()));
+                }
+            }
+            if self.len() == 0 {
+                return Poll::Ready(None);
+            }
+            let Some((seq, reply)) = ready!(self.rx.poll_recv(cx)) else {
+                // We hold a sender: the channel cannot close.
+                return Poll::Ready(None);
+            };
+            let Some(slot) = seq
+                .checked_sub(self.first)
+                .and_then(|i| self.window.get_mut(i as usize))
+            else {
+                continue;
+            };
+            if self.ordered {
+                slot.1 = Some(reply);
+            } else {
+                let tasks = slot.0;
+                self.waiting -= 1;
+                // Slots of chunks come and gone are trimmed from the front.
+                slot.0 = 0;
+                while self.window.front().is_some_and(|(t, _)| *t == 0) {
+                    self.window.pop_front();
+                    self.first += 1;
+                }
+                return Poll::Ready(Some(decode_chunk_reply(reply, tasks).collect()));
+            }
         }
     }
 }
@@ -138,7 +191,7 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     chunk_size: usize,
     max_in_flight: usize,
     timeout: Option<Duration>,
-    in_flight: InFlight<R>,
+    in_flight: InFlight,
     ready: VecDeque<Result<R, TaskError>>,
     progress: Option<(ProgressHook, Progress)>,
 }
@@ -182,11 +235,7 @@ where
                 hook(start);
                 (hook, start)
             }),
-            in_flight: if ordered {
-                InFlight::Ordered(FuturesOrdered::new())
-            } else {
-                InFlight::Unordered(FuturesUnordered::new())
-            },
+            in_flight: InFlight::new(ordered),
             ready: VecDeque::new(),
         }
     }
@@ -195,12 +244,8 @@ where
         let items = std::mem::take(&mut self.chunk);
         let tasks = items.len();
         let job = JobFrame::encode(&self.pool, self.func.clone(), &items);
-        let (rx, _) = self.pool.submit(job, self.timeout, None);
-        self.in_flight.push(ChunkFuture {
-            rx,
-            tasks,
-            _result: PhantomData,
-        });
+        let reply = self.in_flight.push(tasks);
+        self.pool.submit_to(job, self.timeout, None, reply);
     }
 
     /// Pulls input and submits chunks while there is room in flight.

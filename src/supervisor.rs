@@ -126,6 +126,7 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         max_frame_len: cfg.max_frame_len,
         initializer: cfg.initializer.clone(),
         startup_timeout: cfg.startup_timeout,
+        worker_spin: cfg.spin.unwrap_or_default() * 5 / 2,
     };
     connect(child, sock, setup).await
 }

@@ -58,6 +58,8 @@ pub(crate) enum ToWorker {
         name: String,
         daemon: bool,
         max_frame_len: usize,
+        /// How long the worker polls for its next job after a reply, in µs.
+        spin_us: u32,
         initializer: Option<FnRef>,
     },
     /// Run `func` on the chunk of arguments that follows the header.

@@ -26,9 +26,6 @@ pub(crate) const REPLY_GAP: usize = 32;
 /// Replies to jobs shorter than this are batched when more jobs are waiting.
 const SHORT_JOB: Duration = Duration::from_micros(50);
 
-/// How long an idle worker polls for the next job before it sleeps.
-const SPIN: Duration = Duration::from_micros(50);
-
 /// Batched replies are written once they reach this size.
 const BATCH_BYTES: usize = 256 * 1024;
 
@@ -38,6 +35,8 @@ pub(crate) struct BlockingConn {
     max_frame_len: usize,
     read_buf: BytesMut,
     pending: Vec<u8>,
+    /// How long an idle worker polls for the next job before it sleeps.
+    spin: Duration,
 }
 
 impl BlockingConn {
@@ -48,7 +47,12 @@ impl BlockingConn {
             max_frame_len,
             read_buf: BytesMut::with_capacity(64 * 1024),
             pending: Vec::new(),
+            spin: Duration::ZERO,
         }
+    }
+
+    pub(crate) fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
     }
 
     pub(crate) fn set_max_frame_len(&mut self, max: usize) {
@@ -101,7 +105,8 @@ impl BlockingConn {
     fn read_into_spare(&mut self, spin: bool) -> io::Result<usize> {
         let fd = self.stream.as_raw_fd();
         let spare = self.read_buf.spare_capacity_mut();
-        let spin_until = spin.then(|| std::time::Instant::now() + SPIN);
+        let spin_until =
+            (spin && !self.spin.is_zero()).then(|| std::time::Instant::now() + self.spin);
         loop {
             let flags = if spin_until.is_some_and(|t| std::time::Instant::now() < t) {
                 libc::MSG_DONTWAIT
@@ -121,7 +126,8 @@ impl BlockingConn {
             let err = io::Error::last_os_error();
             match err.kind() {
                 io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+                // Polling must not keep the CPU from a process that would answer.
+                io::ErrorKind::WouldBlock => std::thread::yield_now(),
                 _ => return Err(err),
             }
         }

@@ -229,6 +229,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         name,
         daemon,
         max_frame_len,
+        spin_us,
         initializer,
     } = setup
     else {
@@ -241,6 +242,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         );
     }
     conn.set_max_frame_len(max_frame_len);
+    conn.set_spin(std::time::Duration::from_micros(u64::from(spin_us)));
     CURRENT.get_or_init(|| ProcessInfo {
         pid,
         name,
