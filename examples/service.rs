@@ -1,0 +1,594 @@
+//! An HTTP service on axum that offloads its CPU work to a procpool [`Pool`]: the
+//! runtime's threads only route requests, and a task that crashes its worker costs that
+//! one request a 500, not the service.
+//!
+//! - `GET /primes?from=A&to=B[&timeout_ms=T]` counts the primes in `[A, B)` on the pool;
+//!   past its timeout (default 10 s) the worker is killed and the request gets a 504.
+//! - `POST /hash` hashes the uploaded body (FNV-1a, 64 bits) on the pool.
+//! - `GET /crash` runs a task that aborts its worker: a 500 whose body is the
+//!   [`TaskError`]'s text ("worker 1234 died running the task (signal 6 (SIGABRT))").
+//! - `GET /health` answers at once, without the pool.
+//! - `GET /stats` shows the pool's counters, without the pool.
+//!
+//! The workers run at a lower priority ([`PoolBuilder::niceness`]), so on a busy machine
+//! the service's own threads still get the CPU when a request comes in.
+//!
+//! ```text
+//! cargo run --release --example service              # serve on 127.0.0.1:3000 until Ctrl-C
+//! curl '127.0.0.1:3000/primes?from=1000000000000&to=1000001000000'
+//! curl --data-binary @Cargo.toml 127.0.0.1:3000/hash
+//! curl -i 127.0.0.1:3000/crash
+//!
+//! cargo run --release --example service -- --selftest  # what CI runs
+//! ```
+//!
+//! The self-test serves on an ephemeral loopback port and is its own client: it measures
+//! `/health` while the service is idle, then while 8 clients keep `/primes` busy (and a
+//! ninth crashes workers in the middle of that load), then checks that every crash was a
+//! 500 naming the worker's death, that a request past its timeout was a 504, that every
+//! other request got the right answer, and that the pool replaced each dead worker. It
+//! exits 0 only if every check holds.
+//!
+//! [`PoolBuilder::niceness`]: procpool::PoolBuilder::niceness
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::Router;
+use procpool::{Pool, TaskError};
+use serde::Deserialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+// ---------------------------------------------------------------------------------------
+// The tasks: plain functions, run in the worker processes.
+// ---------------------------------------------------------------------------------------
+
+/// Deterministic Miller-Rabin for every `u64` (as in the `primes` example).
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    const WITNESSES: [u64; 12] = [2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37];
+    for p in WITNESSES {
+        if n % p == 0 {
+            return n == p;
+        }
+    }
+    let mul = |a: u64, b: u64| ((a as u128 * b as u128) % n as u128) as u64;
+    let pow = |mut base: u64, mut exp: u64| {
+        let mut acc = 1u64;
+        while exp > 0 {
+            if exp & 1 == 1 {
+                acc = mul(acc, base);
+            }
+            base = mul(base, base);
+            exp >>= 1;
+        }
+        acc
+    };
+    let (mut d, mut s) = (n - 1, 0);
+    while d % 2 == 0 {
+        d /= 2;
+        s += 1;
+    }
+    'witness: for a in WITNESSES {
+        let mut x = pow(a, d);
+        if x == 1 || x == n - 1 {
+            continue;
+        }
+        for _ in 1..s {
+            x = mul(x, x);
+            if x == n - 1 {
+                continue 'witness;
+            }
+        }
+        return false;
+    }
+    true
+}
+
+/// How many primes lie in `[from, to)`.
+fn count_primes((from, to): (u64, u64)) -> u64 {
+    (from..to).filter(|&n| is_prime(n)).count() as u64
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a(data: Vec<u8>) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Kills the worker that runs it, as a segfaulting C library or a failed allocation
+/// would.
+fn crash(_: ()) -> u64 {
+    std::process::abort()
+}
+
+// ---------------------------------------------------------------------------------------
+// The service.
+// ---------------------------------------------------------------------------------------
+
+/// How long a request's task may run unless the request asks for less (or more).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request may ask for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+struct AppState {
+    pool: Pool,
+    /// Requests answered, any status.
+    served: Arc<AtomicU64>,
+}
+
+type Reply = (StatusCode, String);
+
+/// A task's outcome as an HTTP reply: its value, a 504 past its timeout, a 503 when the
+/// pool is shutting down, and a 500 with the error's text for the rest (a dead worker,
+/// a panic).
+fn reply<T: ToString>(state: &AppState, result: Result<T, TaskError>) -> Reply {
+    state.served.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(value) => (StatusCode::OK, value.to_string()),
+        Err(e) if e.is_timeout() => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        Err(e @ (TaskError::Closed | TaskError::Terminated)) => {
+            (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct PrimesQuery {
+    from: u64,
+    to: u64,
+    timeout_ms: Option<u64>,
+}
+
+async fn primes(State(state): State<AppState>, Query(q): Query<PrimesQuery>) -> Reply {
+    if q.from > q.to {
+        state.served.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::BAD_REQUEST, "from must not exceed to".into());
+    }
+    let limit = q
+        .timeout_ms
+        .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
+        .min(MAX_TIMEOUT);
+    let result = state
+        .pool
+        .apply(count_primes, (q.from, q.to))
+        .timeout(limit)
+        .await;
+    reply(&state, result)
+}
+
+async fn hash(State(state): State<AppState>, body: Bytes) -> Reply {
+    let result = state
+        .pool
+        .apply(fnv1a, body.to_vec())
+        .timeout(DEFAULT_TIMEOUT)
+        .await;
+    reply(&state, result.map(|h| format!("{h:016x}")))
+}
+
+async fn crash_handler(State(state): State<AppState>) -> Reply {
+    let result = state.pool.apply(crash, ()).timeout(DEFAULT_TIMEOUT).await;
+    reply(&state, result)
+}
+
+async fn health(State(state): State<AppState>) -> Reply {
+    state.served.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::OK, "ok".into())
+}
+
+async fn stats(State(state): State<AppState>) -> Reply {
+    state.served.fetch_add(1, Ordering::Relaxed);
+    (StatusCode::OK, format!("{:#?}\n", state.pool.stats()))
+}
+
+fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/primes", get(primes))
+        .route("/hash", post(hash))
+        .route("/crash", get(crash_handler))
+        .route("/health", get(health))
+        .route("/stats", get(stats))
+        .with_state(state)
+}
+
+#[tokio::main]
+async fn main() {
+    let selftest = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("--selftest") => true,
+        Some(other) => {
+            eprintln!("usage: service [--selftest]  (unknown argument {other:?})");
+            std::process::exit(2);
+        }
+    };
+    let pool = match Pool::builder().niceness(10).build().await {
+        Ok(pool) => pool,
+        Err(e) => {
+            eprintln!("could not start the pool: {e}");
+            std::process::exit(1);
+        }
+    };
+    let state = AppState {
+        pool: pool.clone(),
+        served: Arc::new(AtomicU64::new(0)),
+    };
+    let outcome = if selftest {
+        self_test(state).await
+    } else {
+        serve(state).await
+    };
+    pool.close();
+    if timeout(Duration::from_secs(15), pool.join()).await.is_err() {
+        eprintln!("the pool did not finish its work in 15 s; terminating it");
+        pool.terminate().await;
+    }
+    if let Err(why) = outcome {
+        eprintln!("FAILED: {why}");
+        std::process::exit(1);
+    }
+}
+
+/// Serves on 127.0.0.1:3000 until Ctrl-C; requests in progress then finish.
+async fn serve(state: AppState) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:3000")
+        .await
+        .map_err(|e| format!("cannot listen on 127.0.0.1:3000: {e}"))?;
+    println!(
+        "serving on http://127.0.0.1:3000 with {} worker processes; Ctrl-C stops",
+        state.pool.processes()
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("\nCtrl-C: finishing the requests in progress");
+        })
+        .await
+        .map_err(|e| format!("server error: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The self-test: this process is also the client, over loopback.
+// ---------------------------------------------------------------------------------------
+
+/// The range every load request counts: about 60 ms of work for one core.
+const LOAD_FROM: u64 = 1_000_000_000_000;
+const LOAD_TO: u64 = LOAD_FROM + 250_000;
+/// Load: this many clients, each sending this many requests one after another.
+const CLIENTS: usize = 8;
+const REQUESTS_PER_CLIENT: usize = 10;
+/// Health probes, idle and under load, and the pause between two.
+const PROBES: usize = 50;
+const PROBE_GAP: Duration = Duration::from_millis(10);
+/// Crashes sent in the middle of the load, and after it.
+const CRASHES_UNDER_LOAD: usize = 2;
+const CRASHES_AFTER: usize = 3;
+/// The bound on any one request of the self-test, and on the whole of it.
+const REQUEST_LIMIT: Duration = Duration::from_secs(15);
+const SELFTEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// A response: its status code and body.
+struct Response {
+    status: u16,
+    body: String,
+}
+
+/// One HTTP/1.1 request on a fresh connection, with every wait bounded.
+async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Response, String> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        stream.write_all(&req).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = timeout(REQUEST_LIMIT, exchange)
+        .await
+        .map_err(|_| format!("{method} {path}: no response within {REQUEST_LIMIT:?}"))?
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let text =
+        String::from_utf8(raw).map_err(|_| format!("{method} {path}: response is not UTF-8"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("{method} {path}: malformed response {text:?}"))?;
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Err(format!("{method} {path}: unexpected chunked response"));
+    }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: bad status line in {head:?}"))?;
+    Ok(Response {
+        status,
+        body: body.to_string(),
+    })
+}
+
+/// Expects a status; returns the body.
+async fn expect(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    status: u16,
+) -> Result<String, String> {
+    let r = request(addr, method, path, body).await?;
+    if r.status != status {
+        return Err(format!(
+            "{method} {path}: expected {status}, got {} with body {:?}",
+            r.status, r.body
+        ));
+    }
+    Ok(r.body)
+}
+
+/// `PROBES` timed `/health` requests, `PROBE_GAP` apart; the latencies, sorted.
+async fn probe_health(addr: SocketAddr) -> Result<Vec<Duration>, String> {
+    let mut latencies = Vec::with_capacity(PROBES);
+    for _ in 0..PROBES {
+        let started = Instant::now();
+        let body = expect(addr, "GET", "/health", b"", 200).await?;
+        latencies.push(started.elapsed());
+        if body != "ok" {
+            return Err(format!("/health answered {body:?}"));
+        }
+        tokio::time::sleep(PROBE_GAP).await;
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// The median and the 99th percentile of sorted latencies.
+fn percentiles(sorted: &[Duration]) -> (Duration, Duration) {
+    let at =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    (at(0.5), at(0.99))
+}
+
+/// A crash request: a 500 whose body names the worker's death.
+async fn expect_crash(addr: SocketAddr) -> Result<(), String> {
+    let body = expect(addr, "GET", "/crash", b"", 500).await?;
+    if body.contains("died running the task") && body.contains("SIGABRT") {
+        Ok(())
+    } else {
+        Err(format!(
+            "/crash: the 500's body does not name the worker's death: {body:?}"
+        ))
+    }
+}
+
+async fn self_test(state: AppState) -> Result<(), String> {
+    let pool = state.pool.clone();
+    let served = state.served.clone();
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| format!("cannot bind 127.0.0.1:0: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    println!(
+        "self-test: serving on http://{addr} with {} worker processes",
+        pool.processes()
+    );
+
+    let started = Instant::now();
+    let outcome = timeout(SELFTEST_LIMIT, run_checks(addr, &pool)).await;
+    let _ = stop.send(());
+    match timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => return Err(format!("server error: {e}")),
+        Ok(Err(e)) => return Err(format!("server task failed: {e}")),
+        Err(_) => return Err("the server did not shut down within 5 s".into()),
+    }
+    let report =
+        outcome.map_err(|_| format!("the self-test took longer than {SELFTEST_LIMIT:?}"))??;
+    let stats = pool.stats();
+    print!("{report}");
+    println!(
+        "requests served: {}; workers started {}, crashed or killed and replaced {}; {:.1?} in all",
+        served.load(Ordering::Relaxed),
+        stats.workers_started,
+        stats.workers_crashed,
+        started.elapsed()
+    );
+    println!("self-test passed");
+    Ok(())
+}
+
+/// Every check of the self-test; a report of what it measured.
+async fn run_checks(addr: SocketAddr, pool: &Pool) -> Result<String, String> {
+    let mut report = String::new();
+    let expected_load = count_primes((LOAD_FROM, LOAD_TO)).to_string();
+    let load_path = format!("/primes?from={LOAD_FROM}&to={LOAD_TO}");
+
+    // The cheap endpoint, idle.
+    let idle = probe_health(addr).await?;
+
+    // Load: 8 clients keep /primes busy.
+    let load_started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let (path, expected) = (load_path.clone(), expected_load.clone());
+        clients.push(tokio::spawn(async move {
+            for _ in 0..REQUESTS_PER_CLIENT {
+                let body = expect(addr, "GET", &path, b"", 200).await?;
+                if body != expected {
+                    return Err(format!("GET {path}: counted {body}, expected {expected}"));
+                }
+            }
+            Ok::<_, String>(Instant::now())
+        }));
+    }
+    // Workers crash in the middle of the load: only the crashing requests may notice.
+    let crasher = tokio::spawn(async move {
+        for _ in 0..CRASHES_UNDER_LOAD {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            expect_crash(addr).await?;
+        }
+        Ok::<_, String>(())
+    });
+    // The cheap endpoint, under that load (once the load has reached the pool).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let busy = probe_health(addr).await?;
+    let probes_done = Instant::now();
+
+    let mut load_done = load_started;
+    for client in clients {
+        let finished = client
+            .await
+            .map_err(|e| format!("a load client failed: {e}"))??;
+        load_done = load_done.max(finished);
+    }
+    crasher
+        .await
+        .map_err(|e| format!("the crash client failed: {e}"))??;
+    if load_done < probes_done {
+        return Err(format!(
+            "the load ended before the health probes did ({:?} of load): the \
+             under-load latencies were not all measured under load",
+            load_done - load_started
+        ));
+    }
+    let load_time = load_done - load_started;
+    let load_requests = CLIENTS * REQUESTS_PER_CLIENT;
+
+    let (idle_p50, idle_p99) = percentiles(&idle);
+    let (busy_p50, busy_p99) = percentiles(&busy);
+    let _ = writeln!(
+        report,
+        "/health latency, {PROBES} probes each: idle median {idle_p50:.2?}, p99 {idle_p99:.2?}; \
+         under load median {busy_p50:.2?}, p99 {busy_p99:.2?}"
+    );
+    let _ = writeln!(
+        report,
+        "load: {load_requests} /primes requests ({CLIENTS} clients x {REQUESTS_PER_CLIENT}), \
+         each counting {} primes in {} numbers, all correct, in {load_time:.2?} \
+         ({:.1} requests/s); {CRASHES_UNDER_LOAD} crashes in the middle of it cost no other request",
+        expected_load,
+        LOAD_TO - LOAD_FROM,
+        load_requests as f64 / load_time.as_secs_f64()
+    );
+    // "Low" here: a health check stays far below one /primes request's own service
+    // time, though every core is busy with the pool's work.
+    if busy_p50 > Duration::from_millis(20) || busy_p99 > Duration::from_millis(200) {
+        return Err(format!(
+            "/health was slow under load: median {busy_p50:.2?} (limit 20 ms), \
+             p99 {busy_p99:.2?} (limit 200 ms)"
+        ));
+    }
+
+    // Crashes, one after another: each a 500 naming the death, and then the service
+    // still answers right.
+    for _ in 0..CRASHES_AFTER {
+        expect_crash(addr).await?;
+    }
+    let body = expect(addr, "GET", "/primes?from=0&to=1000000", b"", 200).await?;
+    if body != "78498" {
+        return Err(format!(
+            "after the crashes, /primes counted {body} primes below 10^6, not 78498"
+        ));
+    }
+
+    // A request past its timeout: its worker is killed, the request gets a 504.
+    let body = expect(
+        addr,
+        "GET",
+        &format!(
+            "/primes?from={LOAD_FROM}&to={}&timeout_ms=200",
+            LOAD_FROM + 10_000_000_000
+        ),
+        b"",
+        504,
+    )
+    .await?;
+    if !body.contains("timed out") {
+        return Err(format!(
+            "the 504's body does not say the task timed out: {body:?}"
+        ));
+    }
+
+    // The pool's other work still goes through: a hash of an uploaded body.
+    let upload: Vec<u8> = (0..256 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let expected_hash = format!("{:016x}", fnv1a(upload.clone()));
+    let body = expect(addr, "POST", "/hash", &upload, 200).await?;
+    if body != expected_hash {
+        return Err(format!("/hash answered {body}, expected {expected_hash}"));
+    }
+
+    // Every dead worker was replaced: the pool is back to full strength.
+    let crashes = (CRASHES_UNDER_LOAD + CRASHES_AFTER) as u64;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let stats = pool.stats();
+        if stats.workers.len() == pool.processes() || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if stats.workers.len() != pool.processes() {
+        return Err(format!(
+            "{} live workers of {} after the crashes: {stats:?}",
+            stats.workers.len(),
+            pool.processes()
+        ));
+    }
+    if stats.workers_crashed < crashes + 1 || stats.timed_out < 1 {
+        return Err(format!(
+            "the pool counted {} crashed workers and {} timeouts; expected at least {} and 1",
+            stats.workers_crashed,
+            stats.timed_out,
+            crashes + 1
+        ));
+    }
+    if stats.workers_started < pool.processes() as u64 + crashes + 1 {
+        return Err(format!(
+            "only {} workers started for {} slots, {crashes} crashes and a timeout",
+            stats.workers_started,
+            pool.processes()
+        ));
+    }
+    let _ = writeln!(
+        report,
+        "crashes survived: {crashes} (each a 500 naming the worker's death), 1 timeout (504); \
+         afterwards /primes and /hash answered right and all {} workers are alive",
+        pool.processes()
+    );
+    Ok(report)
+}
