@@ -101,7 +101,7 @@ impl PoolBuilder {
         self
     }
 
-    /// How workers are started. Default: [`StartMethod::Spawn`].
+    /// How workers are started. Default: [`StartMethod::ForkServer`].
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.config.start_method = method;
         self
