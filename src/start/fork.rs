@@ -21,7 +21,7 @@ use crate::start::{child_setup, ChildOptions};
 
 /// Starts a worker by forking this process (on the spawner thread).
 pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
-    let (ours, theirs) = UnixStream::pair()?;
+    let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
     crate::worker::install_panic_hook();
     let pid = on_spawner_thread(move || -> io::Result<u32> {

@@ -328,7 +328,7 @@ impl ForkServer {
         &self,
         opts: ChildOptions,
     ) -> io::Result<(ChildProc, UnixStream)> {
-        let (ours, theirs) = UnixStream::pair()?;
+        let (ours, theirs) = crate::start::channel_pair()?;
         let reply = {
             let mut guard = self.conn.lock().await;
             if guard.as_ref().is_none_or(Conn::is_dead) {

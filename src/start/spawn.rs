@@ -75,7 +75,7 @@ pub(crate) async fn spawn_self(
     role: &'static str,
     opts: ChildOptions,
 ) -> io::Result<(ChildProc, UnixStream)> {
-    let (ours, theirs) = UnixStream::pair()?;
+    let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
     let pid = on_spawner_thread(move || -> io::Result<u32> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {

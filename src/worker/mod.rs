@@ -287,6 +287,9 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         };
         out.clear();
         out.resize(conn::REPLY_GAP, 0);
+        // Results are often about as large as the arguments (an echo, a transform):
+        // reserve once rather than grow by doubling and copying.
+        out.reserve(payload.len());
         let started = std::time::Instant::now();
         let outcome = match func.resolve() {
             Err(e) => Outcome::Unresolvable(e),
