@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -19,6 +20,20 @@ use crate::task_fn::{build_id, trampoline, FnRef};
 
 /// The default [`PoolBuilder::max_frame_len`]: 256 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 256 << 20;
+
+/// A hook run once in a process (an initializer, a preload): its function and its
+/// encoded argument.
+fn encode_hook<F, A>(f: F, arg: A) -> Result<(FnRef, Bytes), String>
+where
+    F: Fn(A) + Copy + Send + Sync + 'static,
+    A: Serialize + DeserializeOwned + Send + 'static,
+{
+    let _ = f;
+    let func = FnRef::of(trampoline::<F, A, ()>())?;
+    let mut args = Vec::new();
+    encode_chunk(std::slice::from_ref(&arg), &mut args)?;
+    Ok((func, args.into()))
+}
 
 /// Configures and builds a [`Pool`]. Get one from [`Pool::builder`].
 ///
@@ -129,14 +144,9 @@ impl PoolBuilder {
         F: Fn(A) + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let _ = f;
-        let func = FnRef::of(trampoline::<F, A, ()>());
-        let mut args = Vec::new();
-        self.initializer = func.and_then(|func| {
-            encode_chunk(std::slice::from_ref(&arg), &mut args)?;
-            self.config.initializer = Some((func, args.into()));
-            Ok(())
-        });
+        let hook = encode_hook(f, arg);
+        self.initializer = hook.as_ref().map(drop).map_err(Clone::clone);
+        self.config.initializer = hook.ok();
         self
     }
 
@@ -148,14 +158,9 @@ impl PoolBuilder {
         F: Fn(A) + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
-        let _ = f;
-        let func = FnRef::of(trampoline::<F, A, ()>());
-        let mut args = Vec::new();
-        self.preload = func.and_then(|func| {
-            encode_chunk(std::slice::from_ref(&arg), &mut args)?;
-            self.config.preload = Some((func, args.into()));
-            Ok(())
-        });
+        let hook = encode_hook(f, arg);
+        self.preload = hook.as_ref().map(drop).map_err(Clone::clone);
+        self.config.preload = hook.ok();
         self
     }
 

@@ -225,6 +225,12 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
+    let f: F = conjure();
+    run_caught(payload, out, f)
+}
+
+/// The value of a zero-sized task type, in the worker.
+fn conjure<F: Copy + Send + 'static>() -> F {
     const { assert!(std::mem::size_of::<F>() == 0) };
     // SAFETY: `F` is zero-sized (asserted at compile time above), so a value of it has no
     // bytes to read and any aligned non-null pointer is a valid place to read one from.
@@ -232,9 +238,17 @@ where
     // `F: Copy + Send + 'static` means that value may be duplicated and moved to another
     // thread of execution with no lifetime attached; producing it here is that copy,
     // carried across the process boundary as zero bytes.
-    let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
+    unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() }
+}
+
+/// Runs `call` on each argument of the chunk, catching panics one by one.
+fn run_caught<A, R>(payload: &[u8], out: &mut Vec<u8>, call: impl Fn(A) -> R) -> Outcome
+where
+    A: DeserializeOwned + 'static,
+    R: Serialize + 'static,
+{
     codec::run_chunk::<A, R>(payload, out, |arg| {
-        catch_unwind(AssertUnwindSafe(|| f(arg))).map_err(crate::worker::panic_from_payload)
+        catch_unwind(AssertUnwindSafe(|| call(arg))).map_err(crate::worker::panic_from_payload)
     })
 }
 
@@ -289,14 +303,8 @@ where
     Args: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    const { assert!(std::mem::size_of::<F>() == 0) };
-    // SAFETY: as in `run_job`: `F` is zero-sized, and `F: Copy + Send + 'static`, so
-    // this is a copy of the value the parent held.
-    let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
-    codec::run_chunk::<Args, R>(payload, out, |args| {
-        catch_unwind(AssertUnwindSafe(|| f.call_star(args)))
-            .map_err(crate::worker::panic_from_payload)
-    })
+    let f: F = conjure();
+    run_caught(payload, out, |args| f.call_star(args))
 }
 
 #[cfg(test)]
