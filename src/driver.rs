@@ -326,10 +326,7 @@ impl Driver<'_> {
         let spin = self.shared.config.spin.unwrap_or_default();
         // Only from a clean state: the reader's codec then waits for a header, and the
         // frame taken here is taken whole.
-        if self.inflight.len() != 1
-            || !tiny
-            || spin.is_zero()
-            || !w.reader.read_buffer().is_empty()
+        if self.inflight.len() != 1 || !tiny || spin.is_zero() || !w.reader.read_buffer().is_empty()
         {
             return None;
         }
