@@ -183,7 +183,7 @@ impl Job {
     }
 
     pub(crate) fn fail(self, error: TaskError) {
-        let _ = self.reply.send(Err(error));
+        self.reply.send(Err(error));
     }
 }
 
