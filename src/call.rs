@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
+use futures::FutureExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::TaskError;
@@ -142,6 +142,17 @@ impl<R: Send + 'static> IntoFuture for Map<R> {
     fn into_future(mut self) -> Self::IntoFuture {
         // A join holds every result anyway: submit every chunk at once.
         self.inner.opts().max_in_flight = Some(usize::MAX);
-        self.inner.try_collect().boxed()
+        let mut inner = self.inner;
+        async move {
+            let mut results = Vec::new();
+            while let Some(chunk) = std::future::poll_fn(|cx| inner.poll_chunk(cx)).await {
+                results.reserve(chunk.len());
+                for result in chunk {
+                    results.push(result?);
+                }
+            }
+            Ok(results)
+        }
+        .boxed()
     }
 }

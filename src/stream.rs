@@ -192,7 +192,7 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     max_in_flight: usize,
     timeout: Option<Duration>,
     in_flight: InFlight,
-    ready: VecDeque<Result<R, TaskError>>,
+    _result: std::marker::PhantomData<fn() -> R>,
     progress: Option<(ProgressHook, Progress)>,
 }
 
@@ -236,7 +236,7 @@ where
                 (hook, start)
             }),
             in_flight: InFlight::new(ordered),
-            ready: VecDeque::new(),
+            _result: std::marker::PhantomData,
         }
     }
 
@@ -282,41 +282,41 @@ where
     A: Serialize + Send + 'static,
     R: DeserializeOwned + Send + 'static,
 {
-    type Item = Result<R, TaskError>;
+    /// One chunk's results at a time: a join extends its `Vec` by whole chunks.
+    type Item = Vec<Result<R, TaskError>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        loop {
-            if let Some(item) = this.ready.pop_front() {
-                return Poll::Ready(Some(item));
-            }
-            this.fill(cx);
-            match this.in_flight.poll_next(cx) {
-                Poll::Ready(Some(results)) => {
-                    if let Some((hook, progress)) = &mut this.progress {
-                        progress.done += results.len();
-                        progress.failed += results.iter().filter(|r| r.is_err()).count();
-                        hook(*progress);
-                    }
-                    this.ready.extend(results);
+        this.fill(cx);
+        match this.in_flight.poll_next(cx) {
+            Poll::Ready(Some(results)) => {
+                if let Some((hook, progress)) = &mut this.progress {
+                    progress.done += results.len();
+                    progress.failed += results.iter().filter(|r| r.is_err()).count();
+                    hook(*progress);
                 }
-                Poll::Ready(None) if this.input_done => return Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(results))
             }
+            Poll::Ready(None) if this.input_done => Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 }
 
 impl<A, R: DeserializeOwned + 'static> Unpin for Feed<A, R> {}
 
-type MakeStream<R> =
-    Box<dyn FnOnce(FeedOptions) -> BoxStream<'static, Result<R, TaskError>> + Send>;
+/// The chunks of results of a `map`-family call.
+pub(crate) type Chunks<R> = BoxStream<'static, Vec<Result<R, TaskError>>>;
 
-/// A stream built on first poll, so that its options can be set until then.
+type MakeStream<R> = Box<dyn FnOnce(FeedOptions) -> Chunks<R> + Send>;
+
+/// A stream built on first poll, so that its options can be set until then; it yields
+/// results one by one, or ([`poll_chunk`](Lazy::poll_chunk)) a chunk at a time.
 pub(crate) struct Lazy<R> {
     opts: FeedOptions,
     make: Option<MakeStream<R>>,
-    stream: Option<BoxStream<'static, Result<R, TaskError>>>,
+    stream: Option<Chunks<R>>,
+    ready: std::vec::IntoIter<Result<R, TaskError>>,
 }
 
 impl<R> Lazy<R> {
@@ -325,25 +325,48 @@ impl<R> Lazy<R> {
             opts: FeedOptions::default(),
             make: Some(make),
             stream: None,
+            ready: Vec::new().into_iter(),
         }
     }
 
     pub(crate) fn opts(&mut self) -> &mut FeedOptions {
         &mut self.opts
     }
+
+    /// The next chunk's results (after any left over from the last chunk).
+    pub(crate) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Vec<Result<R, TaskError>>>> {
+        if self.ready.len() > 0 {
+            return Poll::Ready(Some(std::mem::take(&mut self.ready).collect()));
+        }
+        if let Some(make) = self.make.take() {
+            self.stream = Some(make(std::mem::take(&mut self.opts)));
+        }
+        match &mut self.stream {
+            Some(stream) => stream.poll_next_unpin(cx),
+            None => Poll::Ready(None),
+        }
+    }
 }
+
+// Results are never pinned: they are moved out as they are yielded.
+impl<R> Unpin for Lazy<R> {}
 
 impl<R> Stream for Lazy<R> {
     type Item = Result<R, TaskError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(make) = this.make.take() {
-            this.stream = Some(make(std::mem::take(&mut this.opts)));
-        }
-        match &mut this.stream {
-            Some(stream) => stream.poll_next_unpin(cx),
-            None => Poll::Ready(None),
+        loop {
+            if let Some(item) = this.ready.next() {
+                return Poll::Ready(Some(item));
+            }
+            match ready!(this.poll_chunk(cx)) {
+                Some(chunk) => this.ready = chunk.into_iter(),
+                None => return Poll::Ready(None),
+            }
         }
     }
 }
