@@ -93,7 +93,7 @@ impl PoolBuilder {
                 task_timeout: None,
                 kill_grace: None,
                 startup_timeout: Duration::from_secs(30),
-                pipeline: 16,
+                pipeline: 128,
                 child: ChildOptions::default(),
                 preload: None,
                 spin: None,
@@ -221,7 +221,8 @@ impl PoolBuilder {
     /// 100 µs), so that it never waits a round trip for the next one. Workers whose
     /// jobs take longer get at most two, and one past 2 ms, so long jobs do not queue
     /// behind each other in one worker. A worker that crashes fails only the job it was
-    /// running; the jobs sent ahead go back to the queue. Default: 16.
+    /// running; the jobs sent ahead go back to the queue. A deep pipeline is refilled
+    /// when half empty, so that a worker wakes for a batch of jobs. Default: 128.
     ///
     /// # Panics
     ///

@@ -181,7 +181,10 @@ impl Driver<'_> {
         let mut waiting = false;
         loop {
             let event = std::future::poll_fn(|cx| {
-                let may_take = self.inflight.len() < self.pace.depth()
+                // A deep pipeline is refilled once it is half empty, not at every
+                // reply: the worker then wakes for a batch of jobs, not for each one.
+                let depth = self.pace.depth();
+                let may_take = self.inflight.len() <= depth / 2
                     && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
                 if terminate.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Terminate);

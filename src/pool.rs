@@ -134,10 +134,6 @@ impl Pool {
         self.shared().config.processes
     }
 
-    pub(crate) fn pipeline_depth(&self) -> usize {
-        self.shared().config.pipeline
-    }
-
     /// Queues a job whose reply goes to a oneshot; returns its receiver and the id.
     pub(crate) fn submit(
         &self,

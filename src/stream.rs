@@ -214,9 +214,7 @@ where
             Some(len) => len.div_ceil(4 * processes).max(1),
             None => 1,
         });
-        let max_in_flight = opts
-            .max_in_flight
-            .unwrap_or(processes * (pool.pipeline_depth() + 1));
+        let max_in_flight = opts.max_in_flight.unwrap_or(16 * processes);
         Feed {
             pool,
             func,
@@ -405,8 +403,7 @@ macro_rules! map_stream {
             }
 
             /// Sets how many chunks may be submitted and not yet yielded at once:
-            /// the backpressure bound. The default is `processes × (pipeline
-            /// depth + 1)`: enough to keep every worker's pipeline full.
+            /// the backpressure bound. The default is `16 × processes`.
             ///
             /// # Panics
             ///
