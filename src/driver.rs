@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
+use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -106,6 +107,7 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         shared,
         slot,
         pid: worker.pid,
+        idle: false,
         inflight: VecDeque::new(),
         pace: Pace {
             head_started: Instant::now(),
@@ -123,12 +125,22 @@ struct Driver<'a> {
     shared: &'a Shared,
     slot: usize,
     pid: u32,
+    /// Whether this driver counts itself in `shared.idle_workers`.
+    idle: bool,
     inflight: VecDeque<Job>,
     pace: Pace,
 }
 
 /// A lone job is waited for by polling only on workers whose jobs take less than this.
 const SPIN_JOB: Duration = Duration::from_micros(20);
+
+impl Drop for Driver<'_> {
+    fn drop(&mut self) {
+        if self.idle {
+            self.shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// Jobs longer than this are taken one at a time.
 const LONG_JOB: Duration = Duration::from_millis(2);
@@ -147,10 +159,15 @@ struct Pace {
 
 impl Pace {
     /// How many jobs may be in flight. Until a job has finished nothing is known, so
-    /// one. (The time the running job has taken so far is no guide: on a busy machine
-    /// a short job's reply can be late by milliseconds, and taking one job at a time
-    /// then makes the machine busier still.)
-    fn depth(&self) -> usize {
+    /// one. And while another worker is idle, a running job that has taken longer than
+    /// [`LONG_JOB`] stops this one taking more, whatever the average says: a job must
+    /// not wait behind it where the idle worker could run it at once. (Only then: on a
+    /// busy machine a short job's reply can be late by milliseconds, and taking one job
+    /// at a time would make the machine busier still.)
+    fn depth(&self, in_flight: usize, others_idle: bool) -> usize {
+        if others_idle && in_flight > 0 && self.head_started.elapsed() > LONG_JOB {
+            return 1;
+        }
         match self.service_ns {
             None => 1,
             Some(ns) if ns < 100_000 => self.max_depth,
@@ -180,10 +197,11 @@ impl Driver<'_> {
         // Whether this driver is registered with the queue for a wake-up.
         let mut waiting = false;
         loop {
+            self.track_idle();
             let event = std::future::poll_fn(|cx| {
                 // A deep pipeline is refilled once it is half empty, not at every
                 // reply: the worker then wakes for a batch of jobs, not for each one.
-                let depth = self.pace.depth();
+                let depth = self.depth();
                 let may_take = self.inflight.len() <= depth / 2
                     && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
                 if terminate.as_mut().poll(cx).is_ready() {
@@ -251,7 +269,7 @@ impl Driver<'_> {
                             self.pace.head_started = Instant::now();
                             deadline = self.arm(sleep.as_mut());
                         }
-                        if self.inflight.len() < self.pace.depth()
+                        if self.inflight.len() < self.depth()
                             && cfg.max_tasks_per_child.is_none_or(|max| taken < max)
                         {
                             let (job, skipped) = self.shared.queue.try_pop();
@@ -270,12 +288,14 @@ impl Driver<'_> {
                     Ok(()) => deadline = self.arm(sleep.as_mut()),
                     Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                 },
-                Event::Frame(Some(Err(e))) => {
+                Event::Frame(Some(Err(e))) if e.kind() == io::ErrorKind::InvalidData => {
                     let why = format!("unreadable frame: {e}");
                     return self.lose(w, TaskError::Protocol(why), true).await;
                 }
-                Event::Frame(None) | Event::WriteFailed => {
-                    // The worker closed its end; it is exiting or must be made to.
+                // A read error other than a bad frame is the channel failing: a worker
+                // that dies with unread jobs in its socket resets it. Either way the
+                // worker closed its end; it is exiting or must be made to.
+                Event::Frame(Some(Err(_))) | Event::Frame(None) | Event::WriteFailed => {
                     let exit = match tokio::time::timeout(REAP_BOUND, w.child.wait()).await {
                         Ok(exit) => exit,
                         Err(_) => w
@@ -381,6 +401,26 @@ impl Driver<'_> {
         None
     }
 
+    /// How many jobs may be in flight now; see [`Pace::depth`].
+    fn depth(&self) -> usize {
+        let me = usize::from(self.idle);
+        let others_idle = self.shared.idle_workers.load(Ordering::Relaxed) > me;
+        self.pace.depth(self.inflight.len(), others_idle)
+    }
+
+    /// Keeps the pool's count of idle workers (nothing in flight) up to date.
+    fn track_idle(&mut self) {
+        let idle = self.inflight.is_empty();
+        if idle != self.idle {
+            self.idle = idle;
+            if idle {
+                self.shared.idle_workers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn head_tasks(&self) -> u64 {
         self.inflight.front().map_or(0, |j| j.tasks as u64)
     }
@@ -412,10 +452,11 @@ impl Driver<'_> {
         let counters = &self.shared.counters;
         self.shared.count_worker_task(self.slot, 1);
         let reply = match outcome {
-            Outcome::Ok => {
-                // Panics inside the chunk are counted as completions here; the typed
-                // side turns them into `TaskError::Panicked`.
-                Counters::add(&counters.completed, job.tasks as u64);
+            Outcome::Ok { panicked } => {
+                // The typed side turns each panic into `TaskError::Panicked`.
+                let panicked = u64::from(panicked).min(job.tasks as u64);
+                Counters::add(&counters.completed, job.tasks as u64 - panicked);
+                Counters::add(&counters.failed, panicked);
                 let payload = frame.split_off(frame.len() - payload_len);
                 Ok(payload.freeze())
             }
@@ -436,7 +477,7 @@ impl Driver<'_> {
                         limit: self.shared.config.max_frame_len,
                     },
                     Outcome::Unresolvable(why) => TaskError::Unsupported(why),
-                    Outcome::Ok => unreachable!(),
+                    Outcome::Ok { .. } => unreachable!(),
                 })
             }
         };

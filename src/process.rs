@@ -195,7 +195,7 @@ async fn watch_process(
             frame = worker.reader.next(), if result.is_some() => {
                 let reply = match frame {
                     Some(Ok(mut frame)) => match decode_frame::<FromWorker>(&frame) {
-                        Ok((FromWorker::Done { outcome: Outcome::Ok, .. }, payload)) => {
+                        Ok((FromWorker::Done { outcome: Outcome::Ok { .. }, .. }, payload)) => {
                             let start = frame.len() - payload.len();
                             Some(Ok(frame.split_off(start).freeze()))
                         }

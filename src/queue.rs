@@ -344,11 +344,14 @@ impl Queue {
         self.lock().jobs.len()
     }
 
-    /// Fails every queued job with `error`.
-    pub(crate) fn fail_all(&self, error: &TaskError) {
+    /// Fails every queued job with `error`; returns how many tasks they held.
+    pub(crate) fn fail_all(&self, error: &TaskError) -> u64 {
         let jobs = std::mem::take(&mut self.lock().jobs);
+        let mut tasks = 0;
         for job in jobs {
+            tasks += job.tasks as u64;
             job.fail(error.clone());
         }
+        tasks
     }
 }

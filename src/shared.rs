@@ -1,6 +1,6 @@
 //! State shared by the pool's handles, its supervisor and the workers' drivers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) queue: Queue,
     pub(crate) counters: Counters,
     pub(crate) next_id: AtomicU64,
+    /// How many drivers have nothing in flight.
+    pub(crate) idle_workers: AtomicUsize,
     /// Cancelled by terminate (or the last handle's drop): every driver kills its
     /// worker and every slot stops.
     pub(crate) terminate: CancellationToken,
@@ -82,6 +84,7 @@ impl Shared {
             queue: Queue::default(),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
+            idle_workers: AtomicUsize::new(0),
             terminate: CancellationToken::new(),
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),
@@ -137,7 +140,8 @@ impl Shared {
     /// Stops everything now: refuse and fail queued work, tell drivers to kill.
     pub(crate) fn start_terminate(&self) {
         self.queue.close();
-        self.queue.fail_all(&crate::TaskError::Terminated);
+        let failed = self.queue.fail_all(&crate::TaskError::Terminated);
+        Counters::add(&self.counters.failed, failed);
         self.terminate.cancel();
         self.tracker.close();
     }

@@ -50,7 +50,8 @@ pub(crate) async fn run_slot(
                 }
                 failures += 1;
                 if shared.live_workers() == 0 {
-                    shared.queue.fail_all(&TaskError::WorkerStart(why.clone()));
+                    let failed = shared.queue.fail_all(&TaskError::WorkerStart(why.clone()));
+                    Counters::add(&shared.counters.failed, failed);
                 }
                 *shared.start_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 let backoff =

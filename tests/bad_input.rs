@@ -88,7 +88,6 @@ async fn pool_of_one() -> (procpool::Pool, u32) {
 /// cannot unwind out of the worker's entry point. (The worker's panic hook also
 /// swallows that panic's message: it records every main-thread panic.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a result whose Serialize fails aborts the worker (WorkerDied SIGABRT) instead of Codec { what: Result }"]
 async fn result_that_fails_to_serialize() {
     let (pool, pid) = pool_of_one().await;
     let err = within("bad result", pool.apply(returns_unserializable, ()))

@@ -164,7 +164,6 @@ async fn abort_requeues_the_job_pipelined_behind() {
 /// with a full pipeline does not pop: the handle stays pending until the worker is
 /// free (here: forever, were the test not to release it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: abort() on a queued task does not resolve its handle until a worker pops the queue"]
 async fn abort_of_a_queued_task_resolves_at_once() {
     let scratch = Scratch::new("abort-queued");
     let (pool, busy) = busy_pool(&scratch).await;
@@ -192,7 +191,6 @@ async fn abort_of_a_queued_task_resolves_at_once() {
 /// writes them to the worker at once; a job already taken is no longer in the queue,
 /// nothing checks `is_abandoned` again, and the worker runs it after the current task.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: dropping the handle of a task pipelined to a busy worker does not stop it; it runs later"]
 async fn dropping_a_pipelined_task_removes_it() {
     let scratch = Scratch::new("drop-pipelined");
     let (pool, busy) = busy_pool(&scratch).await;
@@ -222,7 +220,6 @@ async fn dropping_a_pipelined_task_removes_it() {
 /// becomes the head, and the driver kills the worker (which may already have started
 /// it) to cancel it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: abort() on a pipelined task waits for the running task, then kills the worker"]
 async fn abort_of_a_pipelined_task_resolves_at_once() {
     let scratch = Scratch::new("abort-pipelined");
     let (pool, busy) = busy_pool(&scratch).await;

@@ -132,7 +132,6 @@ async fn soak_mixed_failures() {
 /// reply, held back because the next task runs the same function, is lost when that
 /// task crashes and held forever when it hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: with one task function, replies batched in the worker are lost on a crash and held forever on a hang"]
 async fn soak_mixed_failures_one_function() {
     soak(Functions::One).await;
 }

@@ -260,7 +260,6 @@ async fn stats_list_every_live_worker() {
 /// completed (`driver.rs`, `complete`: "Panics inside the chunk are counted as
 /// completions here"); the panic is only found when the caller decodes the results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a panicking task is counted in stats().completed, not stats().failed"]
 async fn a_panic_counts_as_failed() {
     let pool = within("build", support::builder().processes(1).build())
         .await
@@ -281,7 +280,6 @@ async fn a_panic_counts_as_failed() {
 /// ones are failed by `Queue::fail_all` in `Shared::start_terminate`, which counts
 /// nothing, so `submitted` no longer adds up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: tasks still queued when the pool is terminated are not counted in stats().failed"]
 async fn terminated_tasks_count_as_failed() {
     let scratch = Scratch::new("stats-terminate");
     let pool = within("build", support::builder().processes(1).build())

@@ -316,7 +316,6 @@ async fn imap_timeout_fails_only_the_stuck_item() {
 /// timeout, it waits forever. Whether a given round hits it depends on wake-up order,
 /// so the test tries up to twenty fresh pools.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a job pipelined behind a long task waits for it while another worker idles"]
 async fn a_long_task_does_not_hold_up_work_while_a_worker_idles() {
     for round in 0..20 {
         let scratch = Scratch::new("head-of-line");
@@ -359,7 +358,6 @@ fn value_or_hang(k: u64) -> u64 {
 /// no deadline is armed and both callers wait forever. Whether a round hits it depends
 /// on how the frames arrive, so the test runs up to ten rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a reply batched in the worker is held while the next task hangs; the wrong task times out, or none does"]
 async fn a_hanging_task_does_not_hold_back_earlier_results() {
     use futures::StreamExt;
     let after = Duration::from_millis(500);

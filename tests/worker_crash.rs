@@ -14,14 +14,6 @@ use std::time::Duration;
 use procpool::{TaskError, WorkerExit};
 use supervisor_common::*;
 
-/// The error a crash is reported with when the race of the bug shown by
-/// `crash_with_a_pipelined_job_reports_worker_died` hits: the worker had a pipelined job
-/// it never read, so our read of its socket fails with ECONNRESET before its exit is
-/// seen. Tests that cannot avoid that race accept exactly this error, nothing else.
-fn is_reset_bug(err: &TaskError) -> bool {
-    matches!(err, TaskError::Protocol(why) if why.contains("Connection reset"))
-}
-
 /// Runs `crash` alone on a pool of two and checks what the issue promises about the
 /// error and the worker's replacement. Returns how the worker ended.
 async fn crash_alone<F>(crash: F, what: &str) -> WorkerExit
@@ -112,9 +104,6 @@ where
         TaskError::WorkerDied { pid, exit } => {
             assert!(before.contains(&pid), "{what}: {pid} not in {before:?}");
             assert_eq!(exit, expected, "{what}");
-        }
-        ref e if is_reset_bug(e) => {
-            eprintln!("{what}: hit the ECONNRESET misreport (see the ignored test)")
         }
         other => panic!("{what}: expected WorkerDied, got {other:?}"),
     }
@@ -231,7 +220,7 @@ async fn work_behind_a_crash_is_requeued() {
         err == TaskError::WorkerDied {
             pid: first,
             exit: WorkerExit::Signal(6)
-        } || is_reset_bug(&err),
+        },
         "expected WorkerDied for {first}, got {err:?}"
     );
     for (x, handle) in behind.into_iter().enumerate() {
@@ -316,7 +305,6 @@ async fn crash_in_imap_fails_only_its_item() {
         if x == 7 {
             match result {
                 Err(TaskError::WorkerDied { exit, .. }) => assert_eq!(exit, WorkerExit::Code(7)),
-                Err(e) if is_reset_bug(&e) => {}
                 other => panic!("item 7 should fail with WorkerDied, got {other:?}"),
             }
         } else {
@@ -344,7 +332,6 @@ fn mark_then_exit((started, code): (String, i32)) -> u32 {
 /// `TaskError::Protocol("unreadable frame: ...")`, killing a worker that is already
 /// dead; the pid and the exit status are lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a crash with a job pipelined to the worker is reported as Protocol(\"unreadable frame: Connection reset by peer\"), not WorkerDied"]
 async fn crash_with_a_pipelined_job_reports_worker_died() {
     let scratch = Scratch::new("reset");
     let pool = within("build", support::builder().processes(1).build())
@@ -395,7 +382,6 @@ fn value_or_exit(k: u64) -> u64 {
 /// held reply dies with it: the driver fails the finished job with `WorkerDied` and
 /// re-queues the crashing one, which crashes a second worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: replies batched in the worker are lost when the next task crashes it; the previous task fails with WorkerDied"]
 async fn a_crash_does_not_take_the_previous_result_with_it() {
     use futures::StreamExt;
     let pool = within("build", support::builder().processes(1).build())
@@ -417,7 +403,6 @@ async fn a_crash_does_not_take_the_previous_result_with_it() {
         }
         match &results[3] {
             Err(TaskError::WorkerDied { exit, .. }) => assert_eq!(*exit, WorkerExit::Code(9)),
-            Err(e) if is_reset_bug(e) => {}
             other => panic!("the crashing task: {other:?}"),
         }
     }

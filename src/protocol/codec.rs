@@ -133,10 +133,11 @@ where
     };
     let results: Vec<Result<Wire<R>, RemotePanic>> =
         args.into_iter().map(|arg| f(arg).map(Wire)).collect();
+    let panicked = results.iter().filter(|r| r.is_err()).count() as u32;
     // A `Serialize` impl is user code too: it may fail, or panic.
     let start = out.len();
     match catch_unwind(AssertUnwindSafe(|| extend(&results, out))) {
-        Ok(Ok(())) => Outcome::Ok,
+        Ok(Ok(())) => Outcome::Ok { panicked },
         Ok(Err(e)) => Outcome::BadResult(e),
         Err(panic) => {
             out.truncate(start);
@@ -183,7 +184,7 @@ mod tests {
                 Ok(n * 10)
             }
         });
-        assert!(matches!(outcome, Outcome::Ok));
+        assert!(matches!(outcome, Outcome::Ok { panicked: 1 }));
         let decoded = decode_results::<u64>(&results).unwrap();
         assert_eq!(decoded[0], Ok(10));
         assert_eq!(decoded[1].as_ref().unwrap_err().message(), "two");

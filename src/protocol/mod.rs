@@ -89,15 +89,14 @@ pub(crate) enum InitFailure {
 /// Whether a job produced a chunk of results.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
-    Ok,
+    /// The results follow; `panicked` of them are panics.
+    Ok { panicked: u32 },
     /// The arguments did not decode.
     BadArguments(String),
     /// The function reference could not be resolved.
     Unresolvable(String),
     /// The results encoded to more than the frame limit.
-    ResultTooLarge {
-        size: usize,
-    },
+    ResultTooLarge { size: usize },
     /// The results could not be encoded.
     BadResult(String),
 }

@@ -1,11 +1,8 @@
 //! The worker's blocking end of the channel: the same length-delimited codec as the
 //! pool's end, over a blocking socket.
 //!
-//! Replies are batched: when a job was short and the pool has already sent the next
-//! job, for the same function, the reply waits in `pending` and goes out with the next
-//! ones in one `write`. Whatever is pending is written before the worker blocks to
-//! read. A short job followed by a long one of another function is never held back;
-//! the same function can, rarely, be short on one input and long on the next.
+//! Reads take whatever has arrived (the pool pipelines short jobs), into a buffer
+//! that is never zeroed; each reply is written as soon as its job ends.
 
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -15,26 +12,18 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
-use crate::protocol::codec::{decode_frame, frame_codec};
-use crate::protocol::{FromWorker, Outcome, ToWorker};
-use crate::task_fn::FnRef;
+use crate::protocol::codec::frame_codec;
+use crate::protocol::{FromWorker, Outcome};
 
 /// Room left at the front of a reply buffer for the length prefix and the `Done`
 /// header, so that a reply needs no copy to be framed.
 pub(crate) const REPLY_GAP: usize = 32;
-
-/// Replies to jobs shorter than this are batched when more jobs are waiting.
-const SHORT_JOB: Duration = Duration::from_micros(50);
-
-/// Batched replies are written once they reach this size.
-const BATCH_BYTES: usize = 256 * 1024;
 
 pub(crate) struct BlockingConn {
     stream: UnixStream,
     codec: LengthDelimitedCodec,
     max_frame_len: usize,
     read_buf: BytesMut,
-    pending: Vec<u8>,
     /// How long an idle worker polls for the next job before it sleeps.
     spin: Duration,
 }
@@ -46,7 +35,6 @@ impl BlockingConn {
             codec: frame_codec(max_frame_len),
             max_frame_len,
             read_buf: BytesMut::with_capacity(64 * 1024),
-            pending: Vec::new(),
             spin: Duration::ZERO,
         }
     }
@@ -60,28 +48,12 @@ impl BlockingConn {
         self.codec.set_max_frame_length(max);
     }
 
-    /// Whether the next job is already buffered whole, and runs `func`.
-    fn next_job_runs(&self, func: FnRef) -> bool {
-        let buf = &self.read_buf[..];
-        if buf.len() < 4 {
-            return false;
-        }
-        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-        buf.len() - 4 >= len
-            && matches!(
-                decode_frame::<ToWorker>(&buf[4..4 + len]),
-                Ok((ToWorker::Job { func: next, .. }, _)) if next == func
-            )
-    }
-
-    /// The next frame, or `None` at end of stream. Writes pending replies before it
-    /// blocks.
+    /// The next frame, or `None` at end of stream.
     pub(crate) fn recv(&mut self) -> io::Result<Option<BytesMut>> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.read_buf)? {
                 return Ok(Some(frame));
             }
-            self.flush()?;
             if self.read_buf.capacity() - self.read_buf.len() < 4096 {
                 self.read_buf.reserve(64 * 1024);
             }
@@ -133,71 +105,51 @@ impl BlockingConn {
         }
     }
 
-    /// Writes the batched replies.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        if !self.pending.is_empty() {
-            self.stream.write_all(&self.pending)?;
-            self.pending.clear();
-        }
-        Ok(())
-    }
-
     /// Sends a message with no payload, at once.
     pub(crate) fn send_message(&mut self, msg: &FromWorker) -> io::Result<()> {
         let mut buf = vec![0u8; 4];
         buf = postcard::to_extend(msg, buf).map_err(io::Error::other)?;
         let len = (buf.len() - 4) as u32;
         buf[..4].copy_from_slice(&len.to_be_bytes());
-        self.flush()?;
         self.stream.write_all(&buf)
     }
 
-    /// Sends the reply to job `id`. `out` holds [`REPLY_GAP`] bytes of room, then the
-    /// encoded results (when `outcome` is `Ok`). The reply is batched if `took` was
-    /// short and the next job, already here, runs the same `func`.
+    /// Sends the reply to job `id` at once. `out` holds [`REPLY_GAP`] bytes of room,
+    /// then the encoded results (when `outcome` is `Ok`).
+    ///
+    /// Replies are never held back to be batched with later ones: if the next job
+    /// crashed the worker, a held reply would be lost and the crash blamed on the job
+    /// that had finished; if it hung, the pool would time the wrong job.
     pub(crate) fn send_reply(
         &mut self,
         id: u64,
-        func: FnRef,
         outcome: Outcome,
         out: &mut [u8],
-        took: Duration,
     ) -> io::Result<()> {
-        let mut results_len = out.len() - REPLY_GAP;
+        let mut results_len = out.len().saturating_sub(REPLY_GAP);
         let outcome = match outcome {
-            Outcome::Ok if results_len + REPLY_GAP > self.max_frame_len => {
+            Outcome::Ok { .. } if results_len + REPLY_GAP > self.max_frame_len => {
                 Outcome::ResultTooLarge { size: results_len }
             }
             other => other,
         };
-        if !matches!(outcome, Outcome::Ok) {
+        if !matches!(outcome, Outcome::Ok { .. }) {
             results_len = 0;
         }
         let msg = FromWorker::Done { id, outcome };
         let mut small = [0u8; REPLY_GAP - 4];
-        let batch = took < SHORT_JOB && self.next_job_runs(func);
         if let Ok(header) = postcard::to_slice(&msg, &mut small) {
             // The common case: the header fits in the gap before the results.
             let start = REPLY_GAP - header.len() - 4;
             let len = (header.len() + results_len) as u32;
             out[start..start + 4].copy_from_slice(&len.to_be_bytes());
             out[start + 4..REPLY_GAP].copy_from_slice(header);
-            let frame = &out[start..REPLY_GAP + results_len];
-            if !batch && self.pending.is_empty() {
-                return self.stream.write_all(frame);
-            }
-            self.pending.extend_from_slice(frame);
-        } else {
-            let header = postcard::to_allocvec(&msg).map_err(io::Error::other)?;
-            let len = (header.len() + results_len) as u32;
-            self.pending.extend_from_slice(&len.to_be_bytes());
-            self.pending.extend_from_slice(&header);
-            self.pending
-                .extend_from_slice(&out[REPLY_GAP..REPLY_GAP + results_len]);
+            return self.stream.write_all(&out[start..REPLY_GAP + results_len]);
         }
-        if !batch || self.pending.len() >= BATCH_BYTES {
-            self.flush()?;
-        }
-        Ok(())
+        let header = postcard::to_allocvec(&msg).map_err(io::Error::other)?;
+        let mut frame = ((header.len() + results_len) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(&out[REPLY_GAP..REPLY_GAP + results_len]);
+        self.stream.write_all(&frame)
     }
 }

@@ -266,7 +266,7 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure
     };
     let mut out = Vec::new();
     match trampoline(payload, &mut out) {
-        Outcome::Ok => {}
+        Outcome::Ok { .. } => {}
         other => return Some(InitFailure::Refused(format!("{other:?}"))),
     }
     match decode_results::<()>(&out) {
@@ -290,12 +290,11 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         // Results are often about as large as the arguments (an echo, a transform):
         // reserve once rather than grow by doubling and copying.
         out.reserve(payload.len());
-        let started = std::time::Instant::now();
         let outcome = match func.resolve() {
             Err(e) => Outcome::Unresolvable(e),
             Ok(trampoline) => trampoline(payload, &mut out),
         };
-        conn.send_reply(id, func, outcome, &mut out, started.elapsed())?;
+        conn.send_reply(id, outcome, &mut out)?;
     }
     Ok(())
 }
