@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
-use std::sync::atomic::Ordering;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -107,7 +106,6 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         shared,
         slot,
         pid: worker.pid,
-        idle: false,
         inflight: VecDeque::new(),
         pace: Pace {
             head_started: Instant::now(),
@@ -125,22 +123,12 @@ struct Driver<'a> {
     shared: &'a Shared,
     slot: usize,
     pid: u32,
-    /// Whether this driver counts itself in `shared.idle_workers`.
-    idle: bool,
     inflight: VecDeque<Job>,
     pace: Pace,
 }
 
 /// A lone job is waited for by polling only on workers whose jobs take less than this.
 const SPIN_JOB: Duration = Duration::from_micros(20);
-
-impl Drop for Driver<'_> {
-    fn drop(&mut self) {
-        if self.idle {
-            self.shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Jobs longer than this are taken one at a time.
 const LONG_JOB: Duration = Duration::from_millis(2);
@@ -159,13 +147,12 @@ struct Pace {
 
 impl Pace {
     /// How many jobs may be in flight. Until a job has finished nothing is known, so
-    /// one. And while another worker is idle, a running job that has taken longer than
-    /// [`LONG_JOB`] stops this one taking more, whatever the average says: a job must
-    /// not wait behind it where the idle worker could run it at once. (Only then: on a
-    /// busy machine a short job's reply can be late by milliseconds, and taking one job
-    /// at a time would make the machine busier still.)
-    fn depth(&self, in_flight: usize, others_idle: bool) -> usize {
-        if others_idle && in_flight > 0 && self.head_started.elapsed() > LONG_JOB {
+    /// one. And a running job that has taken longer than [`LONG_JOB`] stops this
+    /// worker taking more, whatever the average says: a job sent ahead would wait
+    /// behind it (where another worker might run it at once), and could no longer be
+    /// taken back if its caller gives up on it.
+    fn depth(&self, in_flight: usize) -> usize {
+        if in_flight > 0 && self.head_started.elapsed() > LONG_JOB {
             return 1;
         }
         match self.service_ns {
@@ -197,7 +184,6 @@ impl Driver<'_> {
         // Whether this driver is registered with the queue for a wake-up.
         let mut waiting = false;
         loop {
-            self.track_idle();
             let event = std::future::poll_fn(|cx| {
                 // A deep pipeline is refilled once it is half empty, not at every
                 // reply: the worker then wakes for a batch of jobs, not for each one.
@@ -403,22 +389,7 @@ impl Driver<'_> {
 
     /// How many jobs may be in flight now; see [`Pace::depth`].
     fn depth(&self) -> usize {
-        let me = usize::from(self.idle);
-        let others_idle = self.shared.idle_workers.load(Ordering::Relaxed) > me;
-        self.pace.depth(self.inflight.len(), others_idle)
-    }
-
-    /// Keeps the pool's count of idle workers (nothing in flight) up to date.
-    fn track_idle(&mut self) {
-        let idle = self.inflight.is_empty();
-        if idle != self.idle {
-            self.idle = idle;
-            if idle {
-                self.shared.idle_workers.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.shared.idle_workers.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        self.pace.depth(self.inflight.len())
     }
 
     fn head_tasks(&self) -> u64 {

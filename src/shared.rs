@@ -1,6 +1,6 @@
 //! State shared by the pool's handles, its supervisor and the workers' drivers.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -58,8 +58,6 @@ pub(crate) struct Shared {
     pub(crate) queue: Queue,
     pub(crate) counters: Counters,
     pub(crate) next_id: AtomicU64,
-    /// How many drivers have nothing in flight.
-    pub(crate) idle_workers: AtomicUsize,
     /// Cancelled by terminate (or the last handle's drop): every driver kills its
     /// worker and every slot stops.
     pub(crate) terminate: CancellationToken,
@@ -84,7 +82,6 @@ impl Shared {
             queue: Queue::default(),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
-            idle_workers: AtomicUsize::new(0),
             terminate: CancellationToken::new(),
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),

@@ -27,12 +27,13 @@ async fn busy_pool(scratch: &Scratch) -> (Pool, procpool::TaskHandle<u32>) {
 async fn dropping_a_queued_task_removes_it() {
     let scratch = Scratch::new("drop-queued");
     let (pool, busy) = busy_pool(&scratch).await;
-    // With a pipeline of two, `b` goes to the busy worker; `c` and `d` wait in the queue.
+    // No job is sent ahead to a worker whose running job is long (or of unknown
+    // length): `b`, `c` and `d` wait in the queue.
     let b = pool.apply_async(touch, scratch.path("b"));
     let c = pool.apply_async(touch, scratch.path("c"));
     let d = pool.apply_async(touch, scratch.path("d"));
     let p = pool.clone();
-    assert!(eventually(BOUND, move || p.stats().queued == 2).await);
+    assert!(eventually(BOUND, move || p.stats().queued == 3).await);
     drop(c);
     scratch.touch("go");
     within("busy", busy).await.expect("busy task ends");
@@ -184,20 +185,26 @@ async fn abort_of_a_queued_task_resolves_at_once() {
 }
 
 /// Dropping the handle of a task that has not started yet removes it: it never runs
-/// (TaskHandle's documented cancel safety). The task here is pipelined — written to the
-/// busy worker's channel behind the running task — which the caller cannot see.
-///
-/// What happens instead: the driver takes up to `pipeline` (2) jobs from the queue and
-/// writes them to the worker at once; a job already taken is no longer in the queue,
-/// nothing checks `is_abandoned` again, and the worker runs it after the current task.
+/// (TaskHandle's documented cancel safety), even when its worker had been running
+/// short tasks (which it takes ahead) before the long one: a worker whose running job
+/// has gone on for milliseconds takes no more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_pipelined_task_removes_it() {
+async fn dropping_a_task_behind_a_long_one_removes_it() {
     let scratch = Scratch::new("drop-pipelined");
-    let (pool, busy) = busy_pool(&scratch).await;
+    let pool = within("build", support::builder().processes(1).build())
+        .await
+        .expect("pool builds");
+    // Short tasks first: the worker is now known for short jobs.
+    for _ in 0..20 {
+        within("warm", pool.apply(whoami, ())).await.expect("warm");
+    }
+    let busy = pool.apply_async(block_until, (scratch.path("started"), scratch.path("go")));
+    scratch.wait_for("started").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let b = pool.apply_async(touch, scratch.path("b"));
     let p = pool.clone();
-    // `b` has left the queue: it was handed to the busy worker.
-    assert!(eventually(BOUND, move || p.stats().queued == 0).await);
+    // `b` waits in the queue, not behind the running task in the worker.
+    assert!(eventually(BOUND, move || p.stats().queued == 1).await);
     drop(b);
     scratch.touch("go");
     within("busy", busy).await.expect("busy task ends");
@@ -211,22 +218,25 @@ async fn dropping_a_pipelined_task_removes_it() {
     within("terminate", pool.terminate()).await;
 }
 
-/// `abort()` on a task pipelined behind a running one: it resolves to `Cancelled`
-/// without waiting for the running task, never runs, and does not cost the running
-/// task its worker.
-///
-/// What happens instead: the driver only watches the abort signal of the job at the
-/// head of its pipeline. The aborted job waits until the running one ends, then
-/// becomes the head, and the driver kills the worker (which may already have started
-/// it) to cancel it.
+/// `abort()` on a task waiting behind a long running one on a worker known for short
+/// tasks: it resolves to `Cancelled` without waiting for the running task, never runs,
+/// and does not cost the running task its worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn abort_of_a_pipelined_task_resolves_at_once() {
+async fn abort_of_a_task_behind_a_long_one_resolves_at_once() {
     let scratch = Scratch::new("abort-pipelined");
-    let (pool, busy) = busy_pool(&scratch).await;
+    let pool = within("build", support::builder().processes(1).build())
+        .await
+        .expect("pool builds");
+    for _ in 0..20 {
+        within("warm", pool.apply(whoami, ())).await.expect("warm");
+    }
+    let busy = pool.apply_async(block_until, (scratch.path("started"), scratch.path("go")));
+    scratch.wait_for("started").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     let worker = support::worker_pids(&pool)[0];
     let b = pool.apply_async(touch, scratch.path("b"));
     let p = pool.clone();
-    assert!(eventually(BOUND, move || p.stats().queued == 0).await);
+    assert!(eventually(BOUND, move || p.stats().queued == 1).await);
     b.abort();
     let resolved = tokio::time::timeout(Duration::from_secs(10), b).await;
     scratch.touch("go");
