@@ -67,6 +67,15 @@ impl AbortSignal {
             .is_ok()
     }
 
+    /// Puts a job that a driver took, but whose worker never started it, back in the
+    /// queued state (unless it was aborted meanwhile: then it stays aborted, and the
+    /// next driver to pop it skips it).
+    fn requeue(&self) {
+        let _ = self
+            .state
+            .compare_exchange(TAKEN, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
     /// For the handle: ready once the job was aborted before any driver took it.
     pub(crate) fn poll_cancelled_in_queue(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.state.load(Ordering::Acquire) == ABORTED_QUEUED {
@@ -263,6 +272,9 @@ impl Queue {
         let wakers = {
             let mut state = self.lock();
             for job in jobs.rev() {
+                if let Some(abort) = &job.abort {
+                    abort.requeue();
+                }
                 state.jobs.push_front(job);
             }
             std::mem::take(&mut state.waiters)
