@@ -120,7 +120,7 @@ impl ProcessBuilder {
             ..ChildOptions::default()
         };
         let started = match self.start_method {
-            StartMethod::ForkServer => shared_server().fork_worker(opts).await,
+            StartMethod::ForkServer => fork_from_shared_server(opts).await,
             method => {
                 Starter::new(method, None, self.startup_timeout)
                     .start(opts)
@@ -174,10 +174,47 @@ impl ProcessBuilder {
     }
 }
 
-/// The fork server shared by every `Process` started with `ForkServer`.
-fn shared_server() -> &'static ForkServer {
-    static SERVER: PerProcess<ForkServer> = PerProcess::new();
-    SERVER.get_or_init(|| ForkServer::new(None, Duration::from_secs(30)))
+/// Forks a `Process` from the fork server shared by every `Process` of this program.
+///
+/// The server's connection lives on a small runtime of its own, which lasts as long as
+/// the program: the caller's runtime may be one of several (each `#[tokio::test]` has
+/// its own) and may end while processes it did not start still report their exit
+/// through that connection.
+async fn fork_from_shared_server(
+    opts: ChildOptions,
+) -> std::io::Result<(
+    crate::start::child::ChildProc,
+    std::os::unix::net::UnixStream,
+)> {
+    struct Shared {
+        runtime: tokio::runtime::Handle,
+        server: std::sync::Arc<ForkServer>,
+    }
+    static SHARED: PerProcess<Result<Shared, String>> = PerProcess::new();
+    let shared = SHARED.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("procpool-process-server".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .map_err(|e| e.to_string())?;
+        Ok(Shared {
+            runtime: handle,
+            server: std::sync::Arc::new(ForkServer::new(None, Duration::from_secs(30))),
+        })
+    });
+    let shared = shared
+        .as_ref()
+        .map_err(|e| std::io::Error::other(e.clone()))?;
+    let server = shared.server.clone();
+    shared
+        .runtime
+        .spawn(async move { server.fork_worker(opts).await })
+        .await
+        .map_err(std::io::Error::other)?
 }
 
 /// Owns the child: reads its one reply, lets it go, records how it ended, and passes on
