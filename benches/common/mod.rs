@@ -1,0 +1,419 @@
+//! What the benches and `examples/compare.rs` share: the tasks, the raw two-process
+//! references (a forked child echoing over a pipe or a socketpair, forked children
+//! doing CPU work without IPC, fork + waitpid, exec of this binary), and small
+//! measurement helpers.
+//!
+//! Every forked child here runs only syscalls and arithmetic on memory allocated
+//! before the fork, then `_exit`s: the parent may run Tokio threads, and a child of a
+//! multi-threaded process must not take locks (no allocation, no stdio).
+#![allow(dead_code)]
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// Set in the environment of the exec'd copy of a bench binary: it exits at once.
+pub(crate) const EXIT_ENV: &str = "PROCPOOL_BENCH_EXIT";
+
+/// Whether this process is the exec'd copy that only measures the cost of exec.
+/// Check it first thing in `main` and return if true.
+pub(crate) fn is_exec_probe() -> bool {
+    std::env::var_os(EXIT_ENV).is_some()
+}
+
+// ---------------------------------------------------------------------------------
+// Tasks
+// ---------------------------------------------------------------------------------
+
+/// The trivial task.
+pub(crate) fn identity(x: u64) -> u64 {
+    x
+}
+
+/// Echo of a byte vector.
+pub(crate) fn echo_vec(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+/// Echo of a `Bytes`.
+pub(crate) fn echo_bytes(b: bytes::Bytes) -> bytes::Bytes {
+    b
+}
+
+/// Integer work: `iters` rounds of a xorshift generator folded into a sum. No memory
+/// traffic, nothing the compiler can shortcut.
+pub(crate) fn spin(iters: u64) -> u64 {
+    let mut x = iters | 1;
+    let mut acc = 0u64;
+    for i in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        acc = acc.wrapping_add(x.rotate_left((i & 63) as u32));
+    }
+    acc
+}
+
+/// The number of `spin` iterations that take about `target` on this machine (the
+/// fastest of a few trials, so a busy moment does not inflate it).
+pub(crate) fn calibrate_spin(target: Duration) -> u64 {
+    let probe = 2_000_000u64;
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::hint::black_box(spin(std::hint::black_box(probe)));
+        best = best.min(t.elapsed());
+    }
+    ((probe as f64) * target.as_secs_f64() / best.as_secs_f64()).max(1.0) as u64
+}
+
+// ---------------------------------------------------------------------------------
+// Raw two-process references
+// ---------------------------------------------------------------------------------
+
+/// The channel between the bench and its raw peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Channel {
+    /// Two default pipes, one each way (64 KiB buffer each).
+    Pipe,
+    /// One `AF_UNIX` `SOCK_STREAM` socketpair with default buffers (what procpool uses).
+    SocketPair,
+}
+
+/// A forked child that reads `req` bytes and answers `resp` bytes, forever, over a
+/// pipe or a socketpair: the raw limit of a two-process round trip. `resp == req` is
+/// an echo; `resp == 1` measures one-way bandwidth.
+#[derive(Debug)]
+pub(crate) struct RawPeer {
+    pid: libc::pid_t,
+    tx: RawFd,
+    rx: RawFd,
+    req: usize,
+    resp: usize,
+}
+
+fn check(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Closes every descriptor of this (child) process above 2 except `a` and `b`
+/// (allocates nothing).
+///
+/// # Safety
+///
+/// Only in a freshly forked child that owns nothing but `a` and `b`.
+unsafe fn close_all_but(a: RawFd, b: RawFd) {
+    let mut start: u32 = 3;
+    for k in [a.min(b) as u32, a.max(b) as u32] {
+        if k > start {
+            // SAFETY: close_range takes integers only.
+            unsafe { libc::syscall(libc::SYS_close_range, start, k - 1, 0) };
+        }
+        start = start.max(k + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, start, u32::MAX, 0) };
+}
+
+/// Reads exactly `len` bytes into `buf`; false on EOF or error.
+///
+/// # Safety
+///
+/// `buf` must be valid for `len` bytes of writes.
+unsafe fn read_full(fd: RawFd, buf: *mut u8, len: usize) -> bool {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: buf + done .. buf + len is inside the caller's buffer.
+        let n = unsafe { libc::read(fd, buf.add(done).cast(), len - done) };
+        if n > 0 {
+            done += n as usize;
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// Writes exactly `len` bytes from `buf`; false on error.
+///
+/// # Safety
+///
+/// `buf` must be valid for `len` bytes of reads.
+unsafe fn write_full(fd: RawFd, buf: *const u8, len: usize) -> bool {
+    let mut done = 0;
+    while done < len {
+        // SAFETY: buf + done .. buf + len is inside the caller's buffer.
+        let n = unsafe { libc::write(fd, buf.add(done).cast(), len - done) };
+        if n > 0 {
+            done += n as usize;
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// Dies with the parent, so that a killed bench leaves no child behind.
+///
+/// # Safety
+///
+/// Only in a freshly forked child.
+unsafe fn die_with_parent(parent: libc::pid_t) {
+    // SAFETY: prctl and getppid take integers only; _exit ends the process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+        if libc::getppid() != parent {
+            libc::_exit(0);
+        }
+    }
+}
+
+impl RawPeer {
+    /// Forks the peer.
+    pub(crate) fn start(channel: Channel, req: usize, resp: usize) -> io::Result<RawPeer> {
+        let mut fds = [0 as RawFd; 4];
+        // (ours to write, ours to read, theirs to read, theirs to write)
+        match channel {
+            Channel::SocketPair => {
+                let mut sv = [0 as RawFd; 2];
+                // SAFETY: sv is a valid array of two descriptors.
+                check(unsafe {
+                    libc::socketpair(
+                        libc::AF_UNIX,
+                        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                        0,
+                        sv.as_mut_ptr(),
+                    )
+                })?;
+                fds = [sv[0], sv[0], sv[1], sv[1]];
+            }
+            Channel::Pipe => {
+                let mut down = [0 as RawFd; 2];
+                let mut up = [0 as RawFd; 2];
+                // SAFETY: valid arrays of two descriptors.
+                check(unsafe { libc::pipe2(down.as_mut_ptr(), libc::O_CLOEXEC) })?;
+                // SAFETY: as above.
+                check(unsafe { libc::pipe2(up.as_mut_ptr(), libc::O_CLOEXEC) })?;
+                fds[0] = down[1];
+                fds[1] = up[0];
+                fds[2] = down[0];
+                fds[3] = up[1];
+            }
+        }
+        let mut buf = vec![0u8; req.max(resp).max(1)];
+        let ptr = buf.as_mut_ptr();
+        // SAFETY: getpid takes nothing.
+        let parent = unsafe { libc::getpid() };
+        // SAFETY: the child runs only syscalls on memory allocated above and `_exit`s.
+        let pid = check(unsafe { libc::fork() })?;
+        if pid == 0 {
+            // SAFETY: we are the freshly forked child; `buf` is ours (copy-on-write).
+            unsafe {
+                die_with_parent(parent);
+                close_all_but(fds[2], fds[3]);
+                loop {
+                    if !read_full(fds[2], ptr, req) || !write_full(fds[3], ptr, resp) {
+                        libc::_exit(0);
+                    }
+                }
+            }
+        }
+        drop(buf);
+        // Our copies of the child's ends.
+        // SAFETY: closing descriptors we created above and own.
+        unsafe {
+            libc::close(fds[2]);
+            if fds[3] != fds[2] {
+                libc::close(fds[3]);
+            }
+        }
+        Ok(RawPeer {
+            pid,
+            tx: fds[0],
+            rx: fds[1],
+            req,
+            resp,
+        })
+    }
+
+    /// The peer's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Sends `out` (`req` bytes) and reads the answer (`resp` bytes) into `back`.
+    pub(crate) fn round_trip(&mut self, out: &[u8], back: &mut [u8]) {
+        assert_eq!(out.len(), self.req);
+        assert_eq!(back.len(), self.resp);
+        // SAFETY: the slices are valid for their lengths.
+        let ok = unsafe {
+            write_full(self.tx, out.as_ptr(), out.len())
+                && read_full(self.rx, back.as_mut_ptr(), back.len())
+        };
+        assert!(ok, "the raw peer went away");
+    }
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        // SAFETY: closing our own descriptors; the child then sees EOF and exits,
+        // and waitpid reaps it.
+        unsafe {
+            libc::close(self.tx);
+            if self.rx != self.tx {
+                libc::close(self.rx);
+            }
+            let mut status = 0;
+            libc::waitpid(self.pid, &mut status, 0);
+        }
+    }
+}
+
+/// Forks one child per entry of `parts`; child `i` runs `spin(iters)` `parts[i]` times
+/// and exits, with no IPC at all. Returns the time from the first fork to the last
+/// reap: the ideal a process pool would reach for the same work.
+pub(crate) fn forked_spin(parts: &[u64], iters: u64) -> Duration {
+    // SAFETY: getpid takes nothing.
+    let parent = unsafe { libc::getpid() };
+    let start = Instant::now();
+    let mut pids = Vec::with_capacity(parts.len());
+    for &tasks in parts {
+        // SAFETY: the child runs arithmetic only, then `_exit`s.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        if pid == 0 {
+            // SAFETY: the freshly forked child.
+            unsafe {
+                die_with_parent(parent);
+                let mut acc = 0u64;
+                for _ in 0..tasks {
+                    acc = acc.wrapping_add(spin(std::hint::black_box(iters)));
+                }
+                std::hint::black_box(acc);
+                libc::_exit(0);
+            }
+        }
+        pids.push(pid);
+    }
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: reaping our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    start.elapsed()
+}
+
+/// One `fork()` of this process whose child `_exit`s at once, and its `waitpid`.
+pub(crate) fn fork_and_wait() {
+    // SAFETY: the child only `_exit`s.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: ends the child at once.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: reaping our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+/// Runs this very binary again with [`EXIT_ENV`] set (its `main` returns at once) and
+/// waits for it: the raw cost of exec'ing the binary that a spawned worker pays.
+pub(crate) fn exec_self() {
+    let exe = std::env::current_exe().expect("current_exe");
+    let status = std::process::Command::new(exe)
+        .env(EXIT_ENV, "1")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .expect("exec of this binary");
+    assert!(status.success(), "the exec'd copy failed: {status}");
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------
+
+/// A field in kB of `/proc/<pid>/<file>` (`VmRSS` of `status`, `Pss` of
+/// `smaps_rollup`), in MiB.
+pub(crate) fn proc_kib_field(pid: u32, file: &str, field: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))?;
+    let kib: f64 = line[field.len() + 1..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// `VmRSS` of a process, in MiB.
+pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
+    proc_kib_field(pid, "status", "VmRSS")
+}
+
+/// `Pss` of a process, in MiB.
+pub(crate) fn pss_mib(pid: u32) -> Option<f64> {
+    proc_kib_field(pid, "smaps_rollup", "Pss")
+}
+
+/// Pins every thread of process `pid` (as listed in `/proc/<pid>/task`) to `cpus`;
+/// threads it starts later inherit the mask of the thread that starts them. Returns
+/// false if any thread could not be pinned.
+pub(crate) fn pin_process(pid: u32, cpus: &[usize]) -> bool {
+    // SAFETY: a cpu_set_t is plain bits; CPU_ZERO and CPU_SET write inside it.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        set
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut ok = true;
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: `set` is a valid cpu_set_t of the size passed.
+        let r = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+        ok &= r == 0;
+    }
+    ok
+}
+
+/// Minor page faults of a process so far (`minflt` of `/proc/<pid>/stat`).
+pub(crate) fn minor_faults(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    // state ppid pgrp session tty_nr tpgid flags minflt
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
+/// The median of some durations.
+pub(crate) fn median(mut xs: Vec<Duration>) -> Duration {
+    assert!(!xs.is_empty());
+    xs.sort_unstable();
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2
+    }
+}

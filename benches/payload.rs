@@ -1,0 +1,101 @@
+//! Payloads: the sequential echo of a `Vec<u8>` and of a `bytes::Bytes` of 1 KiB,
+//! 64 KiB, 1 MiB and 16 MiB on a pool of one worker, beside the raw round trip of the
+//! same bytes over a socketpair to a forked child that echoes them. Throughput is the
+//! payload size per round trip (each round trip carries it both ways), as Python's
+//! `bench_pools.py` counts it.
+//!
+//! ```text
+//! cargo bench --bench payload
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use procpool::Pool;
+
+use common::{echo_bytes, echo_vec, Channel, RawPeer};
+
+const SIZES: [(&str, usize); 4] = [
+    ("1KiB", 1 << 10),
+    ("64KiB", 64 << 10),
+    ("1MiB", 1 << 20),
+    ("16MiB", 16 << 20),
+];
+
+fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut g = c.benchmark_group("payload");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+
+    // The raw references first, before any pool exists.
+    for (label, size) in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let mut peer = RawPeer::start(Channel::SocketPair, size, size).expect("fork the raw peer");
+        let out = vec![7u8; size];
+        let mut back = vec![0u8; size];
+        g.bench_function(BenchmarkId::new("raw_socketpair", label), |b| {
+            b.iter(|| {
+                peer.round_trip(black_box(&out), &mut back);
+                black_box(back[size - 1])
+            })
+        });
+    }
+
+    let pool = rt
+        .block_on(Pool::builder().processes(1).build())
+        .expect("build the pool");
+    for (label, size) in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let data = vec![7u8; size];
+        g.bench_function(BenchmarkId::new("echo_vec", label), |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..n {
+                        // The copy the caller hands over is not part of the round trip.
+                        let arg = data.clone();
+                        let start = Instant::now();
+                        let r = pool.apply(echo_vec, arg).await.expect("echo");
+                        total += start.elapsed();
+                        assert_eq!(r.len(), size);
+                        black_box(r);
+                    }
+                    total
+                })
+            })
+        });
+        let data = Bytes::from(vec![7u8; size]);
+        g.bench_function(BenchmarkId::new("echo_bytes", label), |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let r = pool.apply(echo_bytes, data.clone()).await.expect("echo");
+                        assert_eq!(r.len(), size);
+                        black_box(r);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    rt.block_on(pool.terminate());
+    g.finish();
+}
+
+fn main() {
+    if common::is_exec_probe() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    let mut c = Criterion::default().configure_from_args();
+    payload(&mut c, &rt);
+    c.final_summary();
+}

@@ -1,0 +1,103 @@
+//! Start-up: the time to a ready pool (`build().await`: every worker has answered its
+//! handshake) of 1, 2 and 4 workers per start method, and the time to replace a worker
+//! (a one-worker pool with `max_tasks_per_child(1)` running sequential trivial tasks:
+//! every task waits for a fresh worker, so its time is the replacement plus one round
+//! trip); beside them the raw cost of `fork()` + `waitpid` of this process and of
+//! exec'ing this same binary (which exits at once when it sees `PROCPOOL_BENCH_EXIT`).
+//!
+//! ```text
+//! cargo bench --bench startup
+//! ```
+
+#[path = "common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode};
+use procpool::{Pool, StartMethod};
+
+use common::identity;
+
+const METHODS: [(&str, StartMethod); 3] = [
+    ("forkserver", StartMethod::ForkServer),
+    ("spawn", StartMethod::Spawn),
+    ("fork", StartMethod::Fork),
+];
+
+fn startup(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let mut g = c.benchmark_group("startup");
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+
+    g.bench_function("raw_fork_waitpid", |b| b.iter(common::fork_and_wait));
+    g.bench_function("raw_exec_self", |b| b.iter(common::exec_self));
+
+    for (name, method) in METHODS {
+        for workers in [1usize, 2, 4] {
+            g.bench_function(
+                BenchmarkId::new(format!("ready_pool_{name}"), workers),
+                |b| {
+                    b.iter_custom(|n| {
+                        rt.block_on(async {
+                            let mut total = Duration::ZERO;
+                            for _ in 0..n {
+                                let start = Instant::now();
+                                let pool = Pool::builder()
+                                    .processes(workers)
+                                    .start_method(method)
+                                    .build()
+                                    .await
+                                    .expect("build the pool");
+                                total += start.elapsed();
+                                // Tearing down is not part of the start-up.
+                                pool.terminate().await;
+                            }
+                            total
+                        })
+                    })
+                },
+            );
+        }
+    }
+
+    for (name, method) in METHODS {
+        let pool = rt
+            .block_on(
+                Pool::builder()
+                    .processes(1)
+                    .start_method(method)
+                    .max_tasks_per_child(1)
+                    .build(),
+            )
+            .expect("build the pool");
+        g.bench_function(BenchmarkId::new("replace_worker", name), |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let r = pool.apply(identity, black_box(1u64)).await.expect("apply");
+                        black_box(r);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+        rt.block_on(pool.terminate());
+    }
+    g.finish();
+}
+
+fn main() {
+    // The exec'd copy of this binary (see `common::exec_self`): exit at once.
+    if common::is_exec_probe() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    let mut c = Criterion::default().configure_from_args();
+    startup(&mut c, &rt);
+    c.final_summary();
+}
