@@ -120,7 +120,14 @@ async fn the_pool_survives_the_death_of_its_fork_server() {
         .expect("bounded")
         .unwrap_err();
     assert!(matches!(err, TaskError::WorkerDied { .. }), "{err:?}");
-    // The pool starts a new server and serves again.
+    // The pool notices both workers' deaths and replaces them from a new server. (A task
+    // submitted before it noticed could be handed to the other dying worker.)
+    let p = pool.clone();
+    assert!(support::eventually(BOUND, move || {
+        let s = p.stats();
+        s.workers_crashed >= 2 && s.workers.len() == 2
+    }));
+    // It serves again.
     assert_eq!(
         tokio::time::timeout(BOUND, pool.apply(sleep_ms, 1))
             .await
