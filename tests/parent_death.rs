@@ -61,6 +61,8 @@ fn start_then_sleep_60(started: String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parent_sigkill_takes_the_workers_down() {
     let scratch = Scratch::new("parent-death");
+    // The helper's orphans come to us, and we reap them.
+    support::become_subreaper();
     let exe = std::env::current_exe().expect("test binary");
     let mut helper = tokio::process::Command::new(exe)
         .args([
@@ -124,9 +126,8 @@ async fn parent_sigkill_takes_the_workers_down() {
         .expect("wait for the helper");
     assert!(!ended.success());
 
-    // The workers die with their parent. Once dead they belong to init, which reaps
-    // them (or not: some containers' init does not); what this test checks is that
-    // none still runs.
+    // The workers die with their parent. Orphaned, they come to this process (a
+    // subreaper), which reaps them below.
     let watched = pool_procs.clone();
     let down = eventually(Duration::from_secs(2), move || {
         watched.iter().all(|&w| !support::is_running(w))
@@ -140,4 +141,10 @@ async fn parent_sigkill_takes_the_workers_down() {
             .map(|&w| (w, support::proc_state(w)))
             .collect::<Vec<_>>()
     );
+    for &p in &pool_procs {
+        assert!(
+            support::reap_orphan(p, Duration::from_secs(5)),
+            "{p} left behind"
+        );
+    }
 }

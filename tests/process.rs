@@ -217,6 +217,8 @@ async fn helper_process_parent() {
 
 #[test]
 fn a_daemon_dies_with_its_parent_and_a_non_daemon_does_not() {
+    // The helper's orphans come to us, and we reap them.
+    support::become_subreaper();
     let mut helper = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -241,6 +243,8 @@ fn a_daemon_dies_with_its_parent_and_a_non_daemon_does_not() {
         .map(|p| p.parse().unwrap())
         .collect();
     let (daemon, other) = (pids[0], pids[1]);
+    // The helper's fork server too: every descendant is reaped at the end.
+    let family = support::descendants(helper.id());
     assert!(support::is_running(daemon) && support::is_running(other));
     helper.kill().unwrap();
     helper.wait().unwrap();
@@ -252,9 +256,11 @@ fn a_daemon_dies_with_its_parent_and_a_non_daemon_does_not() {
         support::is_running(other),
         "the non-daemon outlives its parent"
     );
-    // Clean up the survivor, by its pid.
+    // Clean up the survivor, by its pid, and reap both.
     let _ = Command::new("kill")
         .args(["-9", &other.to_string()])
         .status();
-    assert!(support::eventually(BOUND, || !support::is_running(other)));
+    for pid in family {
+        assert!(support::reap_orphan(pid, BOUND), "{pid} left behind");
+    }
 }

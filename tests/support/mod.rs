@@ -84,3 +84,43 @@ pub fn zombie_children() -> Vec<u32> {
 pub fn worker_pids(pool: &Pool) -> Vec<u32> {
     pool.stats().workers.iter().map(|w| w.pid).collect()
 }
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`),
+/// so that the processes of a helper parent a test kills come to it, not to init, and
+/// the test can reap them: no zombie is left behind, whatever init does.
+pub fn become_subreaper() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes integers only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(rc, 0, "PR_SET_CHILD_SUBREAPER");
+}
+
+/// Reaps `pid`, an orphan that came to this process (see [`become_subreaper`]), once
+/// it has ended; waits at most `within`. Returns whether it is gone.
+pub fn reap_orphan(pid: u32, within: Duration) -> bool {
+    eventually(within, || {
+        if parent_of(pid) == Some(std::process::id()) {
+            // SAFETY: waitpid on a child of ours, with a null status pointer.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+        is_gone(pid)
+    })
+}
+
+/// Every descendant of `pid` (children, their children, ...), from /proc.
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let all: Vec<u32> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect();
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(all.iter().filter(|&&p| parent_of(p) == Some(parent)));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
