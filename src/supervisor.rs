@@ -18,7 +18,7 @@ use crate::driver::{drive, End, Worker};
 use crate::error::TaskError;
 use crate::shared::{Counters, Shared};
 use crate::start::child::REAP_BOUND;
-use crate::trace::event;
+use crate::trace::{event, in_worker_span};
 
 /// How long a worker that was let go may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -75,23 +75,42 @@ pub(crate) async fn run_slot(
         if let Some(first) = first.take() {
             let _ = first.send(Ok(()));
         }
-        let end = drive(&shared, slot, &mut worker).await;
+        let pid = worker.pid;
+        let end = in_worker_span!(pid, slot, drive(&shared, slot, &mut worker)).await;
         shared.set_worker(slot, None);
-        event!(tracing::Level::DEBUG, pid = worker.pid, index = slot, end = ?end, "worker leaves");
         match end {
             End::Retire => {
+                event!(tracing::Level::INFO, pid, index = slot, "worker recycled");
                 Counters::add(&shared.counters.workers_recycled, 1);
                 shared.tracker.spawn(let_go(worker));
             }
             End::Drained => {
+                event!(
+                    tracing::Level::INFO,
+                    pid,
+                    index = slot,
+                    "worker exits: pool drained"
+                );
                 let_go(worker).await;
                 return;
             }
             End::Terminated => {
+                event!(
+                    tracing::Level::INFO,
+                    pid,
+                    index = slot,
+                    "worker killed: pool terminated"
+                );
                 worker.child.kill_and_reap(REAP_BOUND).await;
                 return;
             }
             End::Lost => {
+                event!(
+                    tracing::Level::WARN,
+                    pid,
+                    index = slot,
+                    "worker crashed or was killed; replacing it"
+                );
                 shared.tracker.spawn(async move {
                     worker.child.kill_and_reap(REAP_BOUND).await;
                 });
