@@ -70,6 +70,9 @@ impl<R> TaskHandle<R> {
 /// Decodes a reply that holds exactly one result.
 pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<R, TaskError> {
     let bytes = reply?;
+    if let Some(result) = bytes_result::<R>(&bytes) {
+        return Ok(result);
+    }
     let mut results = decode_results::<R>(&bytes).map_err(|message| TaskError::Codec {
         what: Payload::Result,
         message,
@@ -78,6 +81,29 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
         (Some(result), true) => result.map_err(TaskError::Panicked),
         _ => Err(TaskError::Protocol("expected exactly one result".into())),
     }
+}
+
+/// A task's `bytes::Bytes` result, as a slice of the reply it came in rather than a
+/// copy: the zero-copy path that `Bytes` users expect of large payloads. `None` when `R`
+/// is not `Bytes` or the reply is not one successful result (the generic path then
+/// decodes it, errors included).
+fn bytes_result<R: 'static>(reply: &bytes::Bytes) -> Option<R> {
+    if std::any::TypeId::of::<R>() != std::any::TypeId::of::<bytes::Bytes>() {
+        return None;
+    }
+    // The reply is postcard's encoding of `Vec<Result<Bytes, RemotePanic>>` holding one
+    // `Ok`: a sequence length of 1, the variant index 0, then a byte string (a varint
+    // length, then the bytes).
+    let (count, rest) = postcard::take_from_bytes::<u64>(reply).ok()?;
+    let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    let (len, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    let len = usize::try_from(len).ok()?;
+    if count != 1 || variant != 0 || rest.len() != len {
+        return None;
+    }
+    let start = reply.len() - rest.len();
+    let value: Box<dyn std::any::Any> = Box::new(reply.slice(start..));
+    value.downcast::<R>().ok().map(|b| *b)
 }
 
 impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {
@@ -93,5 +119,44 @@ impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {
             Poll::Ready(Err(_)) => Poll::Ready(Err(TaskError::Terminated)),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::RemotePanic;
+    use crate::protocol::codec::run_chunk;
+
+    fn reply_of(result: Result<bytes::Bytes, RemotePanic>) -> bytes::Bytes {
+        let mut args = Vec::new();
+        crate::protocol::codec::encode_chunk(&[()], &mut args).unwrap();
+        let mut out = Vec::new();
+        let _ = run_chunk::<(), bytes::Bytes>(&args, &mut out, |()| result.clone());
+        out.into()
+    }
+
+    #[test]
+    fn a_bytes_result_is_a_slice_of_the_reply() {
+        let data = bytes::Bytes::from(vec![7u8; 300]);
+        let reply = reply_of(Ok(data.clone()));
+        let got: bytes::Bytes = bytes_result(&reply).expect("the fast path");
+        assert_eq!(got, data);
+        // The same memory as the reply: no copy was made.
+        assert_eq!(got.as_ptr(), reply[reply.len() - 300..].as_ptr());
+        assert_eq!(decode_one::<bytes::Bytes>(Ok(reply)), Ok(data));
+    }
+
+    #[test]
+    fn other_types_and_failures_take_the_generic_path() {
+        let reply = reply_of(Ok(bytes::Bytes::from_static(b"abc")));
+        assert!(bytes_result::<Vec<u8>>(&reply).is_none());
+        let panic = RemotePanic::new("no".into(), None);
+        let reply = reply_of(Err(panic.clone()));
+        assert!(bytes_result::<bytes::Bytes>(&reply).is_none());
+        assert_eq!(
+            decode_one::<bytes::Bytes>(Ok(reply)),
+            Err(TaskError::Panicked(panic))
+        );
     }
 }
