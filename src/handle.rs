@@ -27,6 +27,12 @@ use crate::queue::{AbortSignal, Reply};
 /// the queue: it never runs. Dropping it while the task runs detaches the task: it runs
 /// to completion and its result is discarded. To stop a running task, call
 /// [`abort`](TaskHandle::abort).
+///
+/// One exception: a worker whose tasks take microseconds is sent the next tasks ahead
+/// (see [`PoolBuilder::pipeline_depth`](crate::PoolBuilder::pipeline_depth)), never
+/// behind a task that has run for more than 2 ms; a task already sent ahead counts as
+/// started, so dropping its handle detaches it and `abort` kills the worker when it
+/// starts it.
 #[must_use = "dropping a TaskHandle cancels its task if it has not started yet"]
 pub struct TaskHandle<R> {
     id: u64,
