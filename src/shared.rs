@@ -126,6 +126,11 @@ impl Shared {
             workers_recycled: get(&c.workers_recycled),
             workers_crashed: get(&c.workers_crashed),
             start_failures: get(&c.start_failures),
+            start_error: self
+                .start_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             workers: self.workers().iter().flatten().cloned().collect(),
             forkserver_pid: match &self.starter {
                 Starter::ForkServer(server) => server.pid(),

@@ -26,6 +26,9 @@ pub struct PoolStats {
     pub workers_crashed: u64,
     /// Attempts to start a worker that failed.
     pub start_failures: u64,
+    /// Why the last attempt to start a worker failed, while the pool is still trying
+    /// (cleared once a worker starts).
+    pub start_error: Option<String>,
     /// Each live worker.
     pub workers: Vec<WorkerStats>,
     /// The pid of the pool's fork server, with [`StartMethod::ForkServer`](crate::StartMethod::ForkServer), while it runs.

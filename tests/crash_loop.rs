@@ -123,6 +123,11 @@ async fn failing_replacements_back_off_and_fail_callers() {
     // back-off, a worker that fails in a few milliseconds is retried hundreds of times.)
     let before = pool.stats().start_failures;
     assert!(before >= 1, "{:?}", pool.stats());
+    let why = pool
+        .stats()
+        .start_error
+        .expect("stats say why workers cannot start");
+    assert!(why.contains("poisoned start-up"), "{why}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = pool.stats().start_failures;
     assert!(
@@ -148,6 +153,11 @@ async fn failing_replacements_back_off_and_fail_callers() {
     })
     .await;
     assert_eq!(recovered, 42);
+    assert_eq!(
+        pool.stats().start_error,
+        None,
+        "cleared once a worker starts"
+    );
     let live = support::worker_pids(&pool);
     assert_eq!(live.len(), 1);
     assert_eq!(pool.stats().workers_started, 2);
