@@ -49,11 +49,12 @@ pub(crate) async fn run_slot(
                     return;
                 }
                 failures += 1;
+                // Recorded before the callers hear it, so that stats() agrees with them.
+                *shared.start_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why.clone());
                 if shared.live_workers() == 0 {
-                    let failed = shared.queue.fail_all(&TaskError::WorkerStart(why.clone()));
+                    let failed = shared.queue.fail_all(&TaskError::WorkerStart(why));
                     Counters::add(&shared.counters.failed, failed);
                 }
-                *shared.start_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
                 let backoff =
                     Duration::from_millis(50u64 << failures.min(8)).min(Duration::from_secs(10));
                 tokio::select! {
