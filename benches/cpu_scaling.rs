@@ -11,7 +11,7 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use procpool::Pool;
@@ -52,20 +52,7 @@ fn cpu_scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .block_on(Pool::builder().processes(workers).build())
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("pool_map_chunk_1", workers), |b| {
-            b.iter_custom(|n| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        let out = pool
-                            .map(spin, vec![iters; TASKS as usize])
-                            .chunk_size(1)
-                            .await
-                            .expect("map");
-                        black_box(out);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|n| common::time_spin_maps(rt, &pool, iters, TASKS as usize, n))
         });
         rt.block_on(pool.terminate());
     }
@@ -73,11 +60,5 @@ fn cpu_scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if common::is_exec_probe() {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let mut c = Criterion::default().configure_from_args();
-    cpu_scaling(&mut c, &rt);
-    c.final_summary();
+    common::run(&[cpu_scaling]);
 }

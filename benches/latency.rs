@@ -64,16 +64,7 @@ fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .block_on(Pool::builder().processes(1).start_method(method).build())
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("apply", name), |b| {
-            b.iter_custom(|iters| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        let r = pool.apply(identity, black_box(1u64)).await.expect("apply");
-                        black_box(r);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|iters| common::time_applies(rt, &pool, iters))
         });
         rt.block_on(pool.terminate());
     }
@@ -81,11 +72,5 @@ fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if common::is_exec_probe() {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let mut c = Criterion::default().configure_from_args();
-    latency(&mut c, &rt);
-    c.final_summary();
+    common::run(&[latency]);
 }

@@ -91,11 +91,5 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if common::is_exec_probe() {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let mut c = Criterion::default().configure_from_args();
-    payload(&mut c, &rt);
-    c.final_summary();
+    common::run(&[payload]);
 }

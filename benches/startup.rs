@@ -12,13 +12,10 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, SamplingMode};
 use procpool::{Pool, StartMethod};
-
-use common::identity;
 
 const METHODS: [(&str, StartMethod); 3] = [
     ("forkserver", StartMethod::ForkServer),
@@ -75,16 +72,7 @@ fn startup(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             )
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("replace_worker", name), |b| {
-            b.iter_custom(|n| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        let r = pool.apply(identity, black_box(1u64)).await.expect("apply");
-                        black_box(r);
-                    }
-                    start.elapsed()
-                })
-            })
+            b.iter_custom(|n| common::time_applies(rt, &pool, n))
         });
         rt.block_on(pool.terminate());
     }
@@ -92,12 +80,5 @@ fn startup(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    // The exec'd copy of this binary (see `common::exec_self`): exit at once.
-    if common::is_exec_probe() {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let mut c = Criterion::default().configure_from_args();
-    startup(&mut c, &rt);
-    c.final_summary();
+    common::run(&[startup]);
 }

@@ -19,7 +19,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use procpool::Pool;
 
-use common::{identity, spin};
+use common::identity;
 
 const TASKS: usize = 200_000;
 
@@ -139,20 +139,7 @@ fn scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             let iters = per_us * work_us;
             g.throughput(Throughput::Elements(tasks));
             g.bench_function(BenchmarkId::new(format!("{label}_chunk_1"), workers), |b| {
-                b.iter_custom(|n| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..n {
-                            let out = pool
-                                .map(spin, vec![iters; tasks as usize])
-                                .chunk_size(1)
-                                .await
-                                .expect("map");
-                            black_box(out);
-                        }
-                        start.elapsed()
-                    })
-                })
+                b.iter_custom(|n| common::time_spin_maps(rt, &pool, iters, tasks as usize, n))
             });
         }
         rt.block_on(pool.terminate());
@@ -161,12 +148,5 @@ fn scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    if common::is_exec_probe() {
-        return;
-    }
-    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
-    let mut c = Criterion::default().configure_from_args();
-    tiny_tasks(&mut c, &rt);
-    scaling(&mut c, &rt);
-    c.final_summary();
+    common::run(&[tiny_tasks, scaling]);
 }

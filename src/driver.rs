@@ -79,9 +79,15 @@ impl Outbox {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         while !self.bufs.is_empty() {
-            let slices: Vec<IoSlice<'_>> =
-                self.bufs.iter().take(64).map(|b| IoSlice::new(b)).collect();
-            let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices))?;
+            // No allocation on this path: it runs at every event of the driver.
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut count = 0;
+            for (slot, buf) in slices.iter_mut().zip(&self.bufs) {
+                *slot = IoSlice::new(buf);
+                count += 1;
+            }
+            let slices = &slices[..count];
+            let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, slices))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }

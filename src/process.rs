@@ -119,14 +119,16 @@ impl ProcessBuilder {
             outlive_parent: !self.daemon,
             ..ChildOptions::default()
         };
-        let started = match self.start_method {
-            StartMethod::ForkServer => fork_from_shared_server(opts).await,
-            method => {
-                Starter::new(method, None, self.startup_timeout)
-                    .start(opts)
-                    .await
+        let (method, timeout) = (self.start_method, self.startup_timeout);
+        let start = async move {
+            match method {
+                StartMethod::ForkServer => fork_from_shared_server(opts).await,
+                method => Starter::new(method, None, timeout).start(opts).await,
             }
         };
+        let started = tokio::time::timeout(self.startup_timeout, start)
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("no process started in time")));
         let (child, sock) =
             started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
         let pid = child.pid();

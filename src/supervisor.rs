@@ -135,10 +135,11 @@ async fn let_go(mut worker: Worker) {
 /// Starts a worker for `slot` and takes it through the handshake.
 async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
     let cfg = &shared.config;
-    let (child, sock) = shared
-        .starter
-        .start(cfg.child)
+    // Bounded like the handshake; a child forked after we gave up is killed and reaped
+    // by whoever holds it (`NewChild`, or the fork server when its channel closes).
+    let (child, sock) = tokio::time::timeout(cfg.startup_timeout, shared.starter.start(cfg.child))
         .await
+        .map_err(|_| format!("no worker process started within {:?}", cfg.startup_timeout))?
         .map_err(|e| format!("could not start a worker process: {e}"))?;
     let setup = Setup {
         index: Some(slot),

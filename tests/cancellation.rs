@@ -23,6 +23,21 @@ async fn busy_pool(scratch: &Scratch) -> (Pool, procpool::TaskHandle<u32>) {
     (pool, busy)
 }
 
+/// A pool of one whose worker has run short tasks (so it is known for short jobs, which
+/// it would take ahead) and now runs one that waits for `go` and has run for 20 ms.
+async fn warm_pool_busy_long(scratch: &Scratch) -> (Pool, procpool::TaskHandle<u32>) {
+    let pool = within("build", support::builder().processes(1).build())
+        .await
+        .expect("pool builds");
+    for _ in 0..20 {
+        within("warm", pool.apply(whoami, ())).await.expect("warm");
+    }
+    let busy = pool.apply_async(block_until, (scratch.path("started"), scratch.path("go")));
+    scratch.wait_for("started").await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    (pool, busy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_queued_task_removes_it() {
     let scratch = Scratch::new("drop-queued");
@@ -191,16 +206,7 @@ async fn abort_of_a_queued_task_resolves_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_a_task_behind_a_long_one_removes_it() {
     let scratch = Scratch::new("drop-pipelined");
-    let pool = within("build", support::builder().processes(1).build())
-        .await
-        .expect("pool builds");
-    // Short tasks first: the worker is now known for short jobs.
-    for _ in 0..20 {
-        within("warm", pool.apply(whoami, ())).await.expect("warm");
-    }
-    let busy = pool.apply_async(block_until, (scratch.path("started"), scratch.path("go")));
-    scratch.wait_for("started").await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (pool, busy) = warm_pool_busy_long(&scratch).await;
     let b = pool.apply_async(touch, scratch.path("b"));
     let p = pool.clone();
     // `b` waits in the queue, not behind the running task in the worker.
@@ -224,15 +230,7 @@ async fn dropping_a_task_behind_a_long_one_removes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_of_a_task_behind_a_long_one_resolves_at_once() {
     let scratch = Scratch::new("abort-pipelined");
-    let pool = within("build", support::builder().processes(1).build())
-        .await
-        .expect("pool builds");
-    for _ in 0..20 {
-        within("warm", pool.apply(whoami, ())).await.expect("warm");
-    }
-    let busy = pool.apply_async(block_until, (scratch.path("started"), scratch.path("go")));
-    scratch.wait_for("started").await;
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (pool, busy) = warm_pool_busy_long(&scratch).await;
     let worker = support::worker_pids(&pool)[0];
     let b = pool.apply_async(touch, scratch.path("b"));
     let p = pool.clone();

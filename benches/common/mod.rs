@@ -417,3 +417,58 @@ pub(crate) fn median(mut xs: Vec<Duration>) -> Duration {
         (xs[n / 2 - 1] + xs[n / 2]) / 2
     }
 }
+
+/// A bench binary's `main`: exits at once when it is the exec'd probe of
+/// [`is_exec_probe`], else runs `groups` with Criterion on one Tokio runtime.
+pub(crate) fn run(groups: &[fn(&mut criterion::Criterion, &tokio::runtime::Runtime)]) {
+    if is_exec_probe() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().expect("a Tokio runtime");
+    let mut c = criterion::Criterion::default().configure_from_args();
+    for group in groups {
+        group(&mut c, &rt);
+    }
+    c.final_summary();
+}
+
+/// The time of `n` sequential `apply(identity, 1)` round trips on `pool`.
+pub(crate) fn time_applies(
+    rt: &tokio::runtime::Runtime,
+    pool: &procpool::Pool,
+    n: u64,
+) -> std::time::Duration {
+    rt.block_on(async {
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let r = pool
+                .apply(identity, std::hint::black_box(1u64))
+                .await
+                .expect("apply");
+            std::hint::black_box(r);
+        }
+        start.elapsed()
+    })
+}
+
+/// The time of `n` runs of a `map` of `tasks` tasks of `spin(iters)`, chunk size 1.
+pub(crate) fn time_spin_maps(
+    rt: &tokio::runtime::Runtime,
+    pool: &procpool::Pool,
+    iters: u64,
+    tasks: usize,
+    n: u64,
+) -> std::time::Duration {
+    rt.block_on(async {
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            let out = pool
+                .map(spin, vec![iters; tasks])
+                .chunk_size(1)
+                .await
+                .expect("map");
+            std::hint::black_box(out);
+        }
+        start.elapsed()
+    })
+}

@@ -262,6 +262,33 @@ fn try_reap(pid: Pid) -> Option<WorkerExit> {
     }
 }
 
+/// A child just forked, not yet owned by a [`ChildProc`]: if it is dropped unclaimed
+/// (its requester gave up waiting), the child is killed and reaped, never leaked.
+#[derive(Debug)]
+pub(crate) struct NewChild(Option<u32>);
+
+impl NewChild {
+    pub(crate) fn new(pid: u32) -> Self {
+        NewChild(Some(pid))
+    }
+
+    /// Takes the pid, for a [`ChildProc`] to own.
+    pub(crate) fn claim(mut self) -> u32 {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for NewChild {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let pid = Pid::from_raw(pid as i32);
+            // The pid is an unreaped child of ours: it cannot have been reused.
+            let _ = kill(pid, Signal::SIGKILL);
+            reap_in_background(pid);
+        }
+    }
+}
+
 /// Hands a killed child to the reaper thread.
 pub(crate) fn reap_in_background(pid: Pid) {
     static REAPER: PerProcess<mpsc::Sender<Pid>> = PerProcess::new();

@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::start::child::ChildProc;
+use crate::start::child::{ChildProc, NewChild};
 use crate::start::spawn::{on_spawner_thread, WORKER_FD};
 use crate::start::{child_setup, ChildOptions};
 
@@ -24,7 +24,7 @@ pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, Un
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
     crate::worker::install_panic_hook();
-    let pid = on_spawner_thread(move || -> io::Result<u32> {
+    let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         // SAFETY: the child runs only `forked_worker`, which starts with
         // async-signal-safe calls, then runs the worker loop on this one thread without
         // touching the parent's runtime; see the module docs for what it may still
@@ -34,12 +34,12 @@ pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, Un
             ForkResult::Child => forked_worker(theirs.as_raw_fd(), parent, &opts),
             ForkResult::Parent { child } => {
                 drop(theirs);
-                Ok(child.as_raw() as u32)
+                Ok(NewChild::new(child.as_raw() as u32))
             }
         }
     })
     .await??;
-    Ok((ChildProc::new(pid)?, ours))
+    Ok((ChildProc::new(pid.claim())?, ours))
 }
 
 /// The life of a forked worker, from the fork to `_exit`: it never returns.

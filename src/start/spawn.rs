@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 
 use crate::per_process::PerProcess;
-use crate::start::child::ChildProc;
+use crate::start::child::{ChildProc, NewChild};
 use crate::start::ChildOptions;
 
 /// Set in a spawned process's environment; its value is its role.
@@ -77,7 +77,7 @@ pub(crate) async fn spawn_self(
 ) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
-    let pid = on_spawner_thread(move || -> io::Result<u32> {
+    let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
             std::path::PathBuf::from("/proc/self/exe")
         } else {
@@ -97,8 +97,8 @@ pub(crate) async fn spawn_self(
         }
         let child = cmd.spawn()?;
         drop(theirs);
-        Ok(child.id())
+        Ok(NewChild::new(child.id()))
     })
     .await??;
-    Ok((ChildProc::new(pid)?, ours))
+    Ok((ChildProc::new(pid.claim())?, ours))
 }
