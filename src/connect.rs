@@ -1,5 +1,6 @@
 //! The handshake that turns a started child into a [`Worker`].
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -7,10 +8,12 @@ use futures::{SinkExt, StreamExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::driver::Worker;
+use crate::fdpass::send_with_fd;
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
 use crate::protocol::{
     FromWorker, InitFailure, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
 };
+use crate::ring::PoolRing;
 use crate::start::child::{ChildProc, REAP_BOUND};
 use crate::task_fn::{build_id, FnRef};
 
@@ -25,6 +28,8 @@ pub(crate) struct Setup {
     pub(crate) startup_timeout: Duration,
     /// How long the worker polls for its next job after a reply.
     pub(crate) worker_spin: Duration,
+    /// Whether replies come through a reply ring ([`crate::ring`]).
+    pub(crate) ring: bool,
 }
 
 /// Takes a freshly started worker through the handshake: its hello, our setup, its
@@ -72,6 +77,7 @@ pub(crate) async fn connect(
             daemon: setup.daemon,
             max_frame_len: setup.max_frame_len,
             spin_us: setup.worker_spin.as_micros().min(u32::MAX as u128) as u32,
+            ring: setup.ring,
             initializer,
         };
         let message = encode_frame(&message, |out| {
@@ -85,10 +91,25 @@ pub(crate) async fn connect(
                 setup.max_frame_len
             ));
         }
-        writer
-            .send(bytes::Bytes::from(message))
-            .await
-            .map_err(|e| format!("could not send setup: {e}"))?;
+        let ring = match setup.ring {
+            true => {
+                let (ring, fd) = PoolRing::create()
+                    .map_err(|e| format!("could not make its reply ring: {e}"))?;
+                let mut wire = (message.len() as u32).to_be_bytes().to_vec();
+                wire.extend_from_slice(&message);
+                send_with_fd(writer.get_ref().as_ref(), &wire, fd.as_raw_fd())
+                    .await
+                    .map_err(|e| format!("could not send setup: {e}"))?;
+                Some(ring)
+            }
+            false => {
+                writer
+                    .send(bytes::Bytes::from(message))
+                    .await
+                    .map_err(|e| format!("could not send setup: {e}"))?;
+                None
+            }
+        };
         let frame = reader
             .next()
             .await
@@ -107,16 +128,17 @@ pub(crate) async fn connect(
         reader
             .decoder_mut()
             .set_max_frame_length(setup.max_frame_len);
-        Ok((reader, writer.into_inner()))
+        Ok((reader, writer.into_inner(), ring))
     };
     let result = tokio::time::timeout(setup.startup_timeout, handshake).await;
     let failure = match result {
-        Ok(Ok((reader, writer))) => {
+        Ok(Ok((reader, writer, ring))) => {
             return Ok(Worker {
                 pid,
                 child,
                 reader,
                 writer,
+                ring,
             })
         }
         Ok(Err(why)) => why,

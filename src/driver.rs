@@ -5,7 +5,8 @@
 //! worker's jobs take (see [`Pace`]); long jobs are taken one at a time, so that they
 //! are not queued behind each other in one worker while another is idle. It writes
 //! their frames, matches each reply to the oldest job in
-//! flight (a worker runs its jobs in order), and watches for the worker's death, the
+//! flight (a worker runs its jobs in order; replies come through the worker's reply
+//! ring, [`crate::ring`]), and watches for the worker's death, the
 //! running job's deadline and abort, and the pool's termination — all from one
 //! `poll_fn`, so that reading replies never waits behind a slow write of a large job.
 
@@ -18,7 +19,6 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
-use std::os::fd::AsRawFd;
 use tokio::io::AsyncWrite;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{sleep_until, Instant};
@@ -28,6 +28,7 @@ use crate::error::{Payload, TaskError, WorkerExit};
 use crate::protocol::codec::decode_frame;
 use crate::protocol::{FromWorker, Outcome};
 use crate::queue::{Job, Popped};
+use crate::ring::{PoolRing, Record};
 use crate::shared::{Counters, Shared};
 use crate::start::child::{ChildProc, REAP_BOUND};
 use crate::trace::event;
@@ -39,6 +40,8 @@ pub(crate) struct Worker {
     pub(crate) child: ChildProc,
     pub(crate) reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
     pub(crate) writer: OwnedWriteHalf,
+    /// Where replies come, if the worker has one; else on `reader`.
+    pub(crate) ring: Option<PoolRing>,
 }
 
 /// Why a driver stopped.
@@ -56,7 +59,11 @@ pub(crate) enum End {
 
 enum Event {
     Job(Job),
-    Frame(Option<io::Result<BytesMut>>),
+    Reply(BytesMut),
+    /// The channel ended (`None`) or failed.
+    Closed(Option<io::Error>),
+    /// The worker broke the protocol.
+    Broken(String),
     Exited(WorkerExit),
     WriteFailed,
     TimedOut(Duration),
@@ -113,6 +120,8 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         slot,
         pid: worker.pid,
         inflight: VecDeque::new(),
+        socket_frames: VecDeque::new(),
+        on_socket: 0,
         pace: Pace {
             head_started: Instant::now(),
             service_ns: None,
@@ -130,6 +139,10 @@ struct Driver<'a> {
     slot: usize,
     pid: u32,
     inflight: VecDeque<Job>,
+    /// Reply frames read from the channel, not yet delivered.
+    socket_frames: VecDeque<BytesMut>,
+    /// How many of the next replies the ring said come over the channel.
+    on_socket: usize,
     pace: Pace,
 }
 
@@ -202,8 +215,8 @@ impl Driver<'_> {
                 if let Poll::Ready(Err(_)) = outbox.poll_flush(&mut w.writer, cx) {
                     return Poll::Ready(Event::WriteFailed);
                 }
-                if let Poll::Ready(frame) = w.reader.poll_next_unpin(cx) {
-                    return Poll::Ready(Event::Frame(frame));
+                if let Poll::Ready(event) = self.poll_reply(w, cx) {
+                    return Poll::Ready(event);
                 }
                 if let Poll::Ready(exit) = w.child.poll_wait(cx) {
                     return Poll::Ready(Event::Exited(exit));
@@ -276,18 +289,19 @@ impl Driver<'_> {
                         }
                     }
                 }
-                Event::Frame(Some(Ok(frame))) => match self.complete(frame) {
+                Event::Reply(frame) => match self.complete(frame) {
                     Ok(()) => deadline = self.arm(sleep.as_mut()),
                     Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                 },
-                Event::Frame(Some(Err(e))) if e.kind() == io::ErrorKind::InvalidData => {
+                Event::Broken(why) => return self.lose(w, TaskError::Protocol(why), true).await,
+                Event::Closed(Some(e)) if e.kind() == io::ErrorKind::InvalidData => {
                     let why = format!("unreadable frame: {e}");
                     return self.lose(w, TaskError::Protocol(why), true).await;
                 }
                 // A read error other than a bad frame is the channel failing: a worker
                 // that dies with unread jobs in its socket resets it. Either way the
                 // worker closed its end; it is exiting or must be made to.
-                Event::Frame(Some(Err(_))) | Event::Frame(None) | Event::WriteFailed => {
+                Event::Closed(_) | Event::WriteFailed => {
                     let exit = match tokio::time::timeout(REAP_BOUND, w.child.wait()).await {
                         Ok(exit) => exit,
                         Err(_) => w
@@ -330,19 +344,16 @@ impl Driver<'_> {
     }
 
     /// For a lone job on a worker whose jobs take microseconds: write it now and poll
-    /// the socket for the reply for a few microseconds, instead of sleeping until the
-    /// reactor wakes this task, which costs about as much as the whole round trip.
-    /// Bounded by [`SPIN`]; returns the reply if it came in time.
+    /// the reply ring for a few microseconds, instead of sleeping until the worker
+    /// wakes this task, which costs about as much as the whole round trip. Bounded by
+    /// the pool's `spin`; returns the reply if it came in time.
     fn spin_for_reply(&mut self, w: &mut Worker, outbox: &mut Outbox) -> Option<BytesMut> {
         let tiny = self
             .pace
             .service_ns
             .is_some_and(|ns| ns < SPIN_JOB.as_nanos() as u64);
         let spin = self.shared.config.spin.unwrap_or_default();
-        // Only from a clean state: the reader's codec then waits for a header, and the
-        // frame taken here is taken whole.
-        if self.inflight.len() != 1 || !tiny || spin.is_zero() || !w.reader.read_buffer().is_empty()
-        {
+        if self.inflight.len() != 1 || !tiny || spin.is_zero() || w.ring.is_none() {
             return None;
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -352,45 +363,80 @@ impl Driver<'_> {
         ) {
             return None;
         }
-        let fd = w.reader.get_ref().as_ref().as_raw_fd();
         let until = Instant::now() + spin;
-        while Instant::now() < until {
-            let buf = w.reader.read_buffer_mut();
-            buf.reserve(4096);
-            let spare = buf.spare_capacity_mut();
-            // SAFETY: `spare` is writable memory owned by the read buffer, `spare.len()`
-            // bytes long; recv(2) writes at most that many bytes into it.
-            let n = unsafe {
-                libc::recv(
-                    fd,
-                    spare.as_mut_ptr().cast(),
-                    spare.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n > 0 {
-                // SAFETY: the kernel initialised `n` bytes after the buffer's length.
-                unsafe { buf.set_len(buf.len() + n as usize) };
-                if buf.len() < 4 {
-                    continue;
+        loop {
+            for _ in 0..64 {
+                match self.next_ready(w) {
+                    Ok(Some(frame)) => return Some(frame),
+                    Ok(None) => std::hint::spin_loop(),
+                    // Left for the event loop to find again.
+                    Err(_) => return None,
                 }
-                let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-                if buf.len() - 4 < len {
-                    continue;
-                }
-                // A whole frame: cut it as the reader's codec would, leaving any bytes
-                // after it in the buffer.
-                let mut frame = buf.split_to(4 + len);
-                frame.advance(4);
-                return Some(frame);
             }
-            if n == 0 {
+            if Instant::now() >= until {
                 return None;
             }
             // Let the worker have this CPU if it is waiting for one.
             std::thread::yield_now();
         }
-        None
+    }
+
+    /// The next reply that needs no reading from the channel: from the ring, or from
+    /// frames already read where the ring says the reply went over the channel.
+    fn next_ready(&mut self, w: &Worker) -> Result<Option<BytesMut>, String> {
+        let Some(ring) = &w.ring else {
+            return Ok(self.socket_frames.pop_front());
+        };
+        loop {
+            if self.on_socket > 0 {
+                let frame = self.socket_frames.pop_front();
+                if frame.is_some() {
+                    self.on_socket -= 1;
+                }
+                return Ok(frame);
+            }
+            match ring.pop()? {
+                Some(Record::Frame(frame)) => return Ok(Some(frame)),
+                Some(Record::OnSocket) => self.on_socket += 1,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next reply, or the end of the channel. While jobs are in flight and no reply
+    /// is waiting, it asks the worker for a wake-up before it sleeps.
+    fn poll_reply(&mut self, w: &mut Worker, cx: &mut Context<'_>) -> Poll<Event> {
+        loop {
+            match self.next_ready(w) {
+                Ok(Some(frame)) => return Poll::Ready(Event::Reply(frame)),
+                Ok(None) => {}
+                Err(why) => return Poll::Ready(Event::Broken(why)),
+            }
+            match w.reader.poll_next_unpin(cx) {
+                // With a ring, an empty frame only wakes this task.
+                Poll::Ready(Some(Ok(frame))) => {
+                    if w.ring.is_none() || !frame.is_empty() {
+                        self.socket_frames.push_back(frame);
+                    }
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Event::Closed(Some(e))),
+                Poll::Ready(None) => return Poll::Ready(Event::Closed(None)),
+                Poll::Pending => {}
+            }
+            let Some(ring) = &w.ring else {
+                return Poll::Pending;
+            };
+            if self.on_socket == 0 && !self.socket_frames.is_empty() {
+                // The worker marks a reply's place before sending it.
+                let why = "a reply frame came over the channel without its place in the ring";
+                return Poll::Ready(Event::Broken(why.into()));
+            }
+            if self.on_socket == 0 && !self.inflight.is_empty() && ring.want_wakeup() {
+                continue;
+            }
+            return Poll::Pending;
+        }
     }
 
     /// How many jobs may be in flight now; see [`Pace::depth`].
@@ -476,6 +522,12 @@ impl Driver<'_> {
         while let Ok(Some(Ok(frame))) =
             tokio::time::timeout(Duration::from_millis(50), w.reader.next()).await
         {
+            if w.ring.is_none() || !frame.is_empty() {
+                self.socket_frames.push_back(frame);
+            }
+        }
+        // The ring outlives the worker: every reply it wrote is there.
+        while let Ok(Some(frame)) = self.next_ready(w) {
             if self.complete(frame).is_err() {
                 break;
             }

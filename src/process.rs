@@ -143,6 +143,7 @@ impl ProcessBuilder {
             initializer: None,
             startup_timeout: self.startup_timeout,
             worker_spin: Duration::ZERO,
+            ring: false,
         };
         let mut worker = connect(child, sock, setup).await.map_err(BuildError::new)?;
         if !self.daemon {

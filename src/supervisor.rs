@@ -149,6 +149,7 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         initializer: cfg.initializer.clone(),
         startup_timeout: cfg.startup_timeout,
         worker_spin: cfg.spin.unwrap_or_default() * 5 / 2,
+        ring: true,
     };
     connect(child, sock, setup).await
 }

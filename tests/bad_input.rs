@@ -272,9 +272,70 @@ fn write_on_channel(bytes: Vec<u8>) -> u32 {
     std::process::id()
 }
 
+/// The start of this worker's reply ring, the shared mapping the pool reads replies
+/// from (see `src/ring.rs`: a page of indices, `write` at 0 and `read` at 64, then
+/// 128 KiB of records).
+fn ring_base() -> *mut u8 {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains("memfd:procpool-replies"))
+        .expect("the worker maps its reply ring");
+    let start = line.split('-').next().expect("an address range");
+    usize::from_str_radix(start, 16).expect("a hex address") as *mut u8
+}
+
+/// Appends `record` to the reply ring as a worker would and wakes the pool, then waits
+/// to be killed.
+fn write_into_ring(record: Vec<u8>) -> u32 {
+    const CAPACITY: u64 = 128 << 10;
+    let base = ring_base();
+    // SAFETY: the ring's mapping is 4 KiB + 128 KiB, readable and writable, and lives
+    // as long as the worker; the indices are aligned u64s at offsets 0 and 64. The pool
+    // reads only what `write` publishes, which is stored last.
+    unsafe {
+        let write = &*(base as *const std::sync::atomic::AtomicU64);
+        let at = write.load(std::sync::atomic::Ordering::SeqCst);
+        for (i, b) in record.iter().enumerate() {
+            *base.add(4096 + ((at + i as u64) % CAPACITY) as usize) = *b;
+        }
+        write.store(
+            at + record.len() as u64,
+            std::sync::atomic::Ordering::SeqCst,
+        );
+    }
+    wake_the_pool()
+}
+
+/// Writes the empty frame that wakes a pool waiting for the ring, then waits to be
+/// killed.
+fn wake_the_pool() -> u32 {
+    write_on_channel(vec![0, 0, 0, 0])
+}
+
+/// Sets the ring's `write` index far beyond anything written and wakes the pool, then
+/// waits to be killed.
+fn scramble_ring_index(_: Vec<u8>) -> u32 {
+    let base = ring_base();
+    // SAFETY: as in `write_into_ring`.
+    unsafe {
+        let write = &*(base as *const std::sync::atomic::AtomicU64);
+        write.fetch_add(1 << 40, std::sync::atomic::Ordering::SeqCst);
+    }
+    wake_the_pool()
+}
+
 async fn garbage_is_a_protocol_error(bytes: Vec<u8>, what: &str) -> String {
+    garbage_through(write_on_channel, bytes, what).await
+}
+
+async fn garbage_through(
+    f: impl Fn(Vec<u8>) -> u32 + Copy + Send + Sync + 'static,
+    bytes: Vec<u8>,
+    what: &str,
+) -> String {
     let (pool, pid) = pool_of_one().await;
-    let broken = pool.apply_async(write_on_channel, bytes);
+    let broken = pool.apply_async(f, bytes);
     let behind = pool.apply_async(double, 21);
     let err = within(what, broken)
         .await
@@ -303,6 +364,31 @@ async fn garbage_is_a_protocol_error(bytes: Vec<u8>, what: &str) -> String {
     assert_eq!(stats.failed, 1, "{what}: {stats:?}");
     within("terminate", pool.terminate()).await;
     why
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_reply_in_the_ring() {
+    // A well-formed record of five bytes whose header does not decode.
+    let why = garbage_through(
+        write_into_ring,
+        vec![0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff],
+        "corrupt record",
+    )
+    .await;
+    assert!(why.contains("frame header"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_record_in_the_ring() {
+    // A length prefix beyond what the ring may hold.
+    let why = garbage_through(write_into_ring, vec![0, 0x10, 0, 0, 1, 2], "big record").await;
+    assert!(why.contains("ring corrupt"), "{why}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrambled_ring_index() {
+    let why = garbage_through(scramble_ring_index, vec![], "scrambled index").await;
+    assert!(why.contains("ring corrupt"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

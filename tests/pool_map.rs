@@ -398,3 +398,41 @@ async fn a_map_future_can_be_spawned() {
     assert_eq!(got, (0..30).map(|x| x * x).collect::<Vec<_>>());
     pool.terminate().await;
 }
+
+/// A reply of `n` bytes, each `n % 251`.
+fn bytes_of(n: usize) -> Vec<u8> {
+    vec![(n % 251) as u8; n]
+}
+
+/// Short jobs are pipelined and their replies go through the worker's reply ring;
+/// replies too large for it go over the channel in their place. Mixed in one stream of
+/// jobs, every reply still arrives whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_and_large_replies_mixed_in_one_pipeline_arrive_in_order() {
+    let pool = support::pool(2).await;
+    // Small warm-up so the driver pipelines (it does for jobs under 100 µs).
+    let warm: Vec<u32> = (0..2000).collect();
+    let warmed = bounded("warm-up", pool.map(tiny, warm).chunk_size(1)).await;
+    assert_eq!(warmed.unwrap().len(), 2000);
+    let sizes: Vec<usize> = (0..3000)
+        .map(|i| match i % 7 {
+            0 => 16 * 1024 - 40 + i % 80, // around the ring's inline limit
+            3 => 200_000 + i,             // far over it
+            5 => 0,
+            _ => i % 300,
+        })
+        .collect();
+    let out = bounded("mixed", pool.map(bytes_of, sizes.clone()).chunk_size(1))
+        .await
+        .expect("map");
+    assert_eq!(out.len(), sizes.len());
+    for (n, got) in sizes.iter().zip(&out) {
+        assert!(
+            got.len() == *n && got.iter().all(|&b| b == (n % 251) as u8),
+            "reply for {n}"
+        );
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.workers_crashed, 0, "{stats:?}");
+    pool.terminate().await;
+}

@@ -11,10 +11,12 @@
 //!
 //! ```text
 //! worker → pool   Hello { magic, protocol, build_id, pid }
-//! pool → worker   Setup { protocol, build_id, index, name, initializer } + init argument
+//! pool → worker   Setup { protocol, build_id, index, name, ring, initializer } + init argument
+//!                   (+ the reply ring's memfd, passed with SCM_RIGHTS, when `ring`)
 //! worker → pool   Ready | InitFailed(panic)
 //! pool → worker   Job { id, func } + arguments          (any number, pipelined)
-//! worker → pool   Done { id, outcome } + results        (one per job, in order)
+//! worker → pool   Done { id, outcome } + results        (one per job, in order; through
+//!                   the reply ring, where an empty frame on the channel is a wake-up)
 //! pool → worker   end of stream: the worker exits
 //! ```
 //!
@@ -29,7 +31,7 @@ use crate::start::ChildOptions;
 use crate::task_fn::FnRef;
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 1;
+pub(crate) const PROTOCOL_VERSION: u32 = 2;
 
 /// The first bytes of every worker's first frame.
 pub(crate) const MAGIC: [u8; 8] = *b"procpool";
@@ -60,6 +62,9 @@ pub(crate) enum ToWorker {
         max_frame_len: usize,
         /// How long the worker polls for its next job after a reply, in µs.
         spin_us: u32,
+        /// Replies go through the reply ring whose memfd comes with this frame
+        /// (`SCM_RIGHTS`), see [`crate::ring`]; otherwise over the channel.
+        ring: bool,
         initializer: Option<FnRef>,
     },
     /// Run `func` on the chunk of arguments that follows the header.

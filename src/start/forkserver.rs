@@ -16,8 +16,8 @@
 //! next fork request starts a new server.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, IoSliceMut, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,15 +26,14 @@ use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult};
-use tokio::io::Interest;
 use tokio::sync::oneshot;
 use tokio_util::codec::Decoder;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::WorkerExit;
+use crate::fdpass::{recv_with_fds, send_with_fd};
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
 use crate::protocol::{
     FromServer, Hello, InitFailure, ToServer, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
@@ -230,27 +229,6 @@ impl Server {
             })?;
         }
     }
-}
-
-/// `recvmsg` that keeps any descriptors passed with `SCM_RIGHTS`.
-fn recv_with_fds(fd: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; 8]);
-    let msg = loop {
-        match recvmsg::<()>(fd, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other?,
-        }
-    };
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(received) = cmsg {
-            for raw in received {
-                // SAFETY: the kernel installed `raw` in this process for us alone.
-                fds.push_back(unsafe { OwnedFd::from_raw_fd(raw) });
-            }
-        }
-    }
-    Ok(msg.bytes)
 }
 
 // ---------------------------------------------------------------------------------
@@ -465,30 +443,7 @@ async fn request_fork(
         .map_err(|_| io::Error::other("poisoned"))?
         .forks
         .insert(req, tx);
-    let fds = [channel.as_raw_fd()];
-    let mut sent = 0;
-    while sent < wire.len() {
-        conn.stream.writable().await?;
-        let result = conn.stream.try_io(Interest::WRITABLE, || {
-            let iov = [IoSlice::new(&wire[sent..])];
-            // The descriptor travels with the first byte only.
-            let rights = [ControlMessage::ScmRights(&fds)];
-            let cmsgs: &[ControlMessage<'_>] = if sent == 0 { &rights } else { &[] };
-            sendmsg::<()>(
-                conn.stream.as_raw_fd(),
-                &iov,
-                cmsgs,
-                MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(io::Error::from)
-        });
-        match result {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    send_with_fd(&conn.stream, &wire, channel.as_raw_fd()).await?;
     Ok(rx)
 }
 

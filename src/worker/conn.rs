@@ -2,10 +2,12 @@
 //! pool's end, over a blocking socket.
 //!
 //! Reads take whatever has arrived (the pool pipelines short jobs), into a buffer
-//! that is never zeroed; each reply is written as soon as its job ends.
+//! that is never zeroed; each reply is written as soon as its job ends, into the reply
+//! ring ([`crate::ring`]) when the pool gave one, else onto the channel.
 
+use std::collections::VecDeque;
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use crate::protocol::codec::frame_codec;
 use crate::protocol::{FromWorker, Outcome};
+use crate::ring::{WorkerRing, INLINE_MAX, ON_SOCKET};
 
 /// Room left at the front of a reply buffer for the length prefix and the `Done`
 /// header, so that a reply needs no copy to be framed.
@@ -26,6 +29,8 @@ pub(crate) struct BlockingConn {
     read_buf: BytesMut,
     /// How long an idle worker polls for the next job before it sleeps.
     spin: Duration,
+    /// Where replies go, once the pool has sent one.
+    ring: Option<WorkerRing>,
 }
 
 impl BlockingConn {
@@ -36,6 +41,32 @@ impl BlockingConn {
             max_frame_len,
             read_buf: BytesMut::with_capacity(64 * 1024),
             spin: Duration::ZERO,
+            ring: None,
+        }
+    }
+
+    pub(crate) fn set_ring(&mut self, ring: WorkerRing) {
+        self.ring = Some(ring);
+    }
+
+    /// The next frame, with any descriptors that came with it: only the setup brings
+    /// one (the reply ring's), and it is the first thing the pool sends.
+    pub(crate) fn recv_with_fds(&mut self) -> io::Result<Option<(BytesMut, VecDeque<OwnedFd>)>> {
+        let mut fds = VecDeque::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.read_buf)? {
+                return Ok(Some((frame, fds)));
+            }
+            let n = crate::fdpass::recv_with_fds(self.stream.as_raw_fd(), &mut chunk, &mut fds)?;
+            if n == 0 {
+                return if self.read_buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+            self.read_buf.extend_from_slice(&chunk[..n]);
         }
     }
 
@@ -119,7 +150,8 @@ impl BlockingConn {
     ///
     /// Replies are never held back to be batched with later ones: if the next job
     /// crashed the worker, a held reply would be lost and the crash blamed on the job
-    /// that had finished; if it hung, the pool would time the wrong job.
+    /// that had finished; if it hung, the pool would time the wrong job. The ring makes
+    /// a reply the pool's as soon as it is written, without a system call.
     pub(crate) fn send_reply(
         &mut self,
         id: u64,
@@ -144,12 +176,43 @@ impl BlockingConn {
             let len = (header.len() + results_len) as u32;
             out[start..start + 4].copy_from_slice(&len.to_be_bytes());
             out[start + 4..REPLY_GAP].copy_from_slice(header);
-            return self.stream.write_all(&out[start..REPLY_GAP + results_len]);
+            return self.emit(&out[start..REPLY_GAP + results_len]);
         }
         let header = postcard::to_allocvec(&msg).map_err(io::Error::other)?;
         let mut frame = ((header.len() + results_len) as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&header);
         frame.extend_from_slice(&out[REPLY_GAP..REPLY_GAP + results_len]);
-        self.stream.write_all(&frame)
+        self.emit(&frame)
     }
+
+    /// Writes one reply frame (length prefix included): into the ring if there is
+    /// one and it fits, else onto the channel, with its place marked in the ring.
+    fn emit(&mut self, frame: &[u8]) -> io::Result<()> {
+        let Some(ring) = &self.ring else {
+            return self.stream.write_all(frame);
+        };
+        let fd = self.stream.as_fd();
+        let hung_up = || hung_up(fd);
+        if frame.len() <= INLINE_MAX {
+            if ring.push(frame, hung_up)? {
+                // The pool is going to sleep: an empty frame wakes it.
+                self.stream.write_all(&[0; 4])?;
+            }
+            return Ok(());
+        }
+        // The channel itself wakes the pool.
+        ring.push(&ON_SOCKET.to_be_bytes(), hung_up)?;
+        self.stream.write_all(frame)
+    }
+}
+
+/// Whether the pool has closed its end of the channel (a socketpair reports `POLLHUP`
+/// once its peer is closed).
+fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(fd, PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
 }

@@ -19,6 +19,7 @@ use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, WORKER_FD};
 use crate::task_fn::{build_id, FnRef};
 
 use self::conn::BlockingConn;
+use crate::ring::WorkerRing;
 
 /// Enters the worker loop if this process was started as a procpool worker (or fork
 /// server); returns at once otherwise.
@@ -228,7 +229,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         build_id: build_id().to_vec(),
         pid,
     }))?;
-    let Some(frame) = conn.recv()? else {
+    let Some((frame, mut fds)) = conn.recv_with_fds()? else {
         return Ok(false);
     };
     let refuse = |conn: &mut BlockingConn, why: String| {
@@ -247,6 +248,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         daemon,
         max_frame_len,
         spin_us,
+        ring,
         initializer,
     } = setup
     else {
@@ -258,6 +260,17 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
             "the pool runs another build or protocol version".into(),
         );
     }
+    if ring {
+        let attached = fds
+            .pop_front()
+            .ok_or_else(|| "no reply ring came with the setup".to_string())
+            .and_then(|fd| WorkerRing::attach(fd).map_err(|e| e.to_string()));
+        match attached {
+            Ok(ring) => conn.set_ring(ring),
+            Err(why) => return refuse(conn, format!("reply ring: {why}")),
+        }
+    }
+    drop(fds);
     conn.set_max_frame_len(max_frame_len);
     conn.set_spin(std::time::Duration::from_micros(u64::from(spin_us)));
     CURRENT.get_or_init(|| ProcessInfo {

@@ -1,0 +1,428 @@
+//! The reply ring: a worker's replies to the pool, through shared memory.
+//!
+//! Writing each reply of a microsecond job to the socket costs the worker a system
+//! call and the kernel a buffer per reply, and costs the pool a wake-up per reply:
+//! that, not the jobs, bounded a pool of tiny tasks. Holding replies back to write
+//! them in batches would lose the ones held if the next job crashed the worker, and
+//! would time the wrong job if it hung. The ring keeps both promises and drops the
+//! costs: the worker copies each reply into a ring of shared memory (a `memfd` that
+//! the pool creates and passes with the setup) the moment its job ends, so a reply is
+//! the pool's even if the worker dies the next instant, and it writes to the socket
+//! only to wake a pool that has said it is going to sleep. A pool that is busy reading
+//! replies is never woken; a sleeping one is woken once, and finds every reply written
+//! meanwhile.
+//!
+//! Records are the frames of the socket, a 4-byte big-endian length then the frame,
+//! written at a running byte count modulo the capacity (a record may wrap). A frame
+//! larger than [`INLINE_MAX`] goes over the socket, and a record of length
+//! [`ON_SOCKET`] marks its place, so replies keep their order. The pool reads the
+//! indices and lengths as untrusted: a worker's task can scribble on its own memory,
+//! and a ring that does not make sense fails that worker, never the pool.
+//!
+//! Waiting, both sides: the pool asks for a wake-up by setting `pool_waiting` and then
+//! looking at `write` once more; the worker publishes `write` and then takes
+//! `pool_waiting` (both sequentially consistent, so one of them sees the other). A
+//! worker that finds the ring full sleeps on a futex in the shared page, which the pool
+//! wakes when it frees space, with the same two-sided handshake.
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
+
+/// Bytes of records the ring holds.
+pub(crate) const CAPACITY: usize = 128 << 10;
+
+/// The largest record (length prefix included) written into the ring; larger replies
+/// go over the socket.
+pub(crate) const INLINE_MAX: usize = 16 << 10;
+
+/// The length that marks a reply sent over the socket instead.
+pub(crate) const ON_SOCKET: u32 = u32::MAX;
+
+/// The shared page in front of the records.
+const HEADER_LEN: usize = 4096;
+
+const MAP_LEN: usize = HEADER_LEN + CAPACITY;
+
+/// The indices and flags, each on its own cache line.
+#[repr(C, align(64))]
+struct Header {
+    /// Bytes of records written, ever (the worker's).
+    write: AtomicU64,
+    _pad0: [u8; 56],
+    /// Bytes of records consumed, ever (the pool's).
+    read: AtomicU64,
+    _pad1: [u8; 56],
+    /// The pool is going to sleep: wake it through the socket.
+    pool_waiting: AtomicU32,
+    _pad2: [u8; 60],
+    /// The worker sleeps on `space` for the pool to free room.
+    worker_waiting: AtomicU32,
+    /// The futex word: bumped by the pool each time it wakes the worker.
+    space: AtomicU32,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
+
+/// One mapping of a ring's memfd.
+struct Mapping {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the mapping is plain shared memory, valid until `Drop`; every access to it
+// goes through atomics (the header) or through copies whose exclusivity the ring's
+// protocol establishes with acquire/release on the indices.
+unsafe impl Send for Mapping {}
+// SAFETY: as for `Send`; `&Mapping` only offers the atomics and those copies.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(fd: impl AsFd) -> io::Result<Mapping> {
+        let len = NonZeroUsize::new(MAP_LEN).expect("non-zero");
+        // SAFETY: a fresh shared mapping of a memfd that is at least MAP_LEN long (the
+        // caller checked or set its size); no Rust object lives at the address chosen
+        // by the kernel.
+        let base = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                fd,
+                0,
+            )
+        }?;
+        Ok(Mapping { base: base.cast() })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is page-aligned, at least HEADER_LEN long and lives as
+        // long as `self`; `Header` is atomics and padding, valid for any bytes
+        // (the memfd starts zeroed).
+        unsafe { &*self.base.as_ptr().cast::<Header>() }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: HEADER_LEN is inside the mapping.
+        unsafe { self.base.as_ptr().add(HEADER_LEN) }
+    }
+
+    /// Copies `out.len()` bytes of records from running position `at`.
+    ///
+    /// # Safety
+    /// The protocol must give the caller those bytes: published by `write` and not yet
+    /// released by `read`.
+    unsafe fn copy_out(&self, at: u64, out: &mut [u8]) {
+        let pos = (at % CAPACITY as u64) as usize;
+        let first = out.len().min(CAPACITY - pos);
+        // SAFETY: both ranges lie inside the data area (pos + first <= CAPACITY and
+        // out.len() - first <= CAPACITY, as out.len() <= CAPACITY), and the caller owns
+        // them for now.
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.data().add(pos), out.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(
+                self.data(),
+                out.as_mut_ptr().add(first),
+                out.len() - first,
+            );
+        }
+    }
+
+    /// Copies `bytes` to running position `at`.
+    ///
+    /// # Safety
+    /// The protocol must give the caller that room: consumed by `read`, not yet
+    /// published by `write`.
+    unsafe fn copy_in(&self, at: u64, bytes: &[u8]) {
+        let pos = (at % CAPACITY as u64) as usize;
+        let first = bytes.len().min(CAPACITY - pos);
+        // SAFETY: as in `copy_out`, with the roles of the ranges swapped.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.data().add(pos), first);
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr().add(first),
+                self.data(),
+                bytes.len() - first,
+            );
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, with its length; nothing borrows it any
+        // more (borrows of the header or data do not outlive `&self`).
+        let _ = unsafe { munmap(self.base.cast(), MAP_LEN) };
+    }
+}
+
+/// The pool's end of a ring.
+pub(crate) struct PoolRing {
+    map: Mapping,
+}
+
+impl std::fmt::Debug for PoolRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let h = self.map.header();
+        f.debug_struct("PoolRing")
+            .field("write", &h.write.load(Relaxed))
+            .field("read", &h.read.load(Relaxed))
+            .finish()
+    }
+}
+
+/// What the pool found next in a ring.
+#[derive(Debug)]
+pub(crate) enum Record {
+    /// A reply frame (without its length prefix).
+    Frame(BytesMut),
+    /// The next reply comes over the socket.
+    OnSocket,
+}
+
+impl PoolRing {
+    /// A new ring, and the descriptor to send the worker.
+    pub(crate) fn create() -> io::Result<(PoolRing, OwnedFd)> {
+        let fd = memfd_create(c"procpool-replies", MFdFlags::MFD_CLOEXEC)?;
+        nix::unistd::ftruncate(&fd, MAP_LEN as i64)?;
+        let map = Mapping::new(&fd)?;
+        // A worker started with `StartMethod::Fork` is a fork of this process: it must
+        // not inherit (and be able to scribble on) the rings of its siblings.
+        // SAFETY: advice on the mapping just made, which changes no contents.
+        unsafe { madvise(map.base.cast(), MAP_LEN, MmapAdvise::MADV_DONTFORK) }?;
+        Ok((PoolRing { map }, fd))
+    }
+
+    /// The next record, if the worker has written one. An error means the ring no
+    /// longer makes sense (the worker overwrote it): give up on the worker.
+    pub(crate) fn pop(&self) -> Result<Option<Record>, String> {
+        let h = self.map.header();
+        let read = h.read.load(Relaxed);
+        let write = h.write.load(Acquire);
+        if write == read {
+            return Ok(None);
+        }
+        let avail = write.wrapping_sub(read);
+        if avail < 4 || avail > CAPACITY as u64 {
+            return Err(format!(
+                "reply ring corrupt: {avail} bytes said to be waiting"
+            ));
+        }
+        let mut prefix = [0u8; 4];
+        // SAFETY: [read, read + 4) is published (avail >= 4) and not yet released.
+        unsafe { self.map.copy_out(read, &mut prefix) };
+        let len = u32::from_be_bytes(prefix);
+        if len == ON_SOCKET {
+            self.release(read + 4);
+            return Ok(Some(Record::OnSocket));
+        }
+        let total = 4 + len as u64;
+        if total > INLINE_MAX as u64 || total > avail {
+            return Err(format!(
+                "reply ring corrupt: a record of {len} bytes with {avail} waiting"
+            ));
+        }
+        let mut frame = BytesMut::with_capacity(len as usize);
+        // SAFETY: the capacity is `len` bytes, initialised by the copy just below
+        // before anything reads them.
+        unsafe { frame.set_len(len as usize) };
+        // SAFETY: [read + 4, read + total) is published (total <= avail) and not yet
+        // released.
+        unsafe { self.map.copy_out(read + 4, &mut frame) };
+        self.release(read + total);
+        Ok(Some(Record::Frame(frame)))
+    }
+
+    /// Gives the worker back the room up to `to`, waking it if it waits for room.
+    fn release(&self, to: u64) {
+        let h = self.map.header();
+        h.read.store(to, SeqCst);
+        if h.worker_waiting.load(SeqCst) != 0 && h.worker_waiting.swap(0, SeqCst) != 0 {
+            h.space.fetch_add(1, SeqCst);
+            futex_wake(&h.space);
+        }
+    }
+
+    /// Asks the worker to wake the pool through the socket when it next writes a
+    /// record. Returns whether a record arrived meanwhile (then no wake-up will come
+    /// for it: read it now).
+    pub(crate) fn want_wakeup(&self) -> bool {
+        let h = self.map.header();
+        h.pool_waiting.store(1, SeqCst);
+        h.write.load(SeqCst) != h.read.load(Relaxed)
+    }
+}
+
+/// The worker's end of a ring.
+pub(crate) struct WorkerRing {
+    map: Mapping,
+}
+
+impl WorkerRing {
+    /// Maps the ring the pool sent.
+    pub(crate) fn attach(fd: OwnedFd) -> io::Result<WorkerRing> {
+        let size = nix::sys::stat::fstat(&fd)?.st_size;
+        if size != MAP_LEN as i64 {
+            return Err(io::Error::other(format!(
+                "the reply ring is {size} bytes, not {MAP_LEN}"
+            )));
+        }
+        Ok(WorkerRing {
+            map: Mapping::new(&fd)?,
+        })
+    }
+
+    /// Writes one record (a frame with its length prefix, at most [`INLINE_MAX`]
+    /// bytes), waiting for room if the ring is full; `hung_up` is asked while it waits,
+    /// and ends the wait with an error if the pool has gone. Returns whether the pool
+    /// asked to be woken.
+    pub(crate) fn push(&self, record: &[u8], hung_up: impl Fn() -> bool) -> io::Result<bool> {
+        debug_assert!(record.len() <= INLINE_MAX);
+        let h = self.map.header();
+        let write = h.write.load(Relaxed);
+        let fits = |read: u64| {
+            let used = write.wrapping_sub(read);
+            used <= CAPACITY as u64 && CAPACITY as u64 - used >= record.len() as u64
+        };
+        while !fits(h.read.load(Acquire)) {
+            let seen = h.space.load(SeqCst);
+            h.worker_waiting.store(1, SeqCst);
+            if fits(h.read.load(SeqCst)) {
+                h.worker_waiting.store(0, Relaxed);
+                break;
+            }
+            futex_wait(&h.space, seen, Duration::from_millis(20));
+            if hung_up() {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+        }
+        // SAFETY: [write, write + len) is free: the pool has released it (`fits`), and
+        // only this worker publishes.
+        unsafe { self.map.copy_in(write, record) };
+        h.write.store(write + record.len() as u64, SeqCst);
+        Ok(h.pool_waiting.load(SeqCst) != 0 && h.pool_waiting.swap(0, SeqCst) != 0)
+    }
+}
+
+/// Sleeps while `word` holds `expected`, for at most `timeout`.
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is an aligned u32 that outlives the call; the futex is shared
+    // (not FUTEX_PRIVATE) because the word lies in memory shared with another process.
+    // A spurious or early return only makes the caller look again.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+        );
+    }
+}
+
+/// Wakes a process sleeping in [`futex_wait`] on `word`.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: as in `futex_wait`; FUTEX_WAKE only reads the address.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (PoolRing, WorkerRing) {
+        let (pool, fd) = PoolRing::create().unwrap();
+        (pool, WorkerRing::attach(fd).unwrap())
+    }
+
+    fn record(payload: &[u8]) -> Vec<u8> {
+        let mut r = (payload.len() as u32).to_be_bytes().to_vec();
+        r.extend_from_slice(payload);
+        r
+    }
+
+    #[test]
+    fn records_come_out_in_order_across_the_wrap() {
+        let (pool, worker) = pair();
+        let mut expected = Vec::new();
+        // Enough traffic to wrap many times, with a record straddling the end.
+        for i in 0..20_000u32 {
+            let payload = vec![(i % 251) as u8; (i as usize * 7) % 3000];
+            assert!(!worker.push(&record(&payload), || false).unwrap());
+            expected.push(payload);
+            if i % 3 == 0 {
+                while let Some(Record::Frame(f)) = pool.pop().unwrap() {
+                    assert_eq!(&f[..], &expected.remove(0)[..]);
+                }
+            }
+        }
+        while let Some(Record::Frame(f)) = pool.pop().unwrap() {
+            assert_eq!(&f[..], &expected.remove(0)[..]);
+        }
+        assert!(expected.is_empty());
+    }
+
+    #[test]
+    fn the_mark_and_the_wakeup_request() {
+        let (pool, worker) = pair();
+        assert!(!pool.want_wakeup());
+        assert!(worker.push(&ON_SOCKET.to_be_bytes(), || false).unwrap());
+        // Asked once, woken once.
+        assert!(!worker.push(&record(b"x"), || false).unwrap());
+        assert!(matches!(pool.pop().unwrap(), Some(Record::OnSocket)));
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"x"));
+        assert!(pool.pop().unwrap().is_none());
+    }
+
+    #[test]
+    fn a_full_ring_waits_for_the_pool() {
+        let (pool, worker) = pair();
+        let big = record(&vec![1u8; INLINE_MAX - 4]);
+        let n = CAPACITY / big.len();
+        for _ in 0..n {
+            worker.push(&big, || false).unwrap();
+        }
+        // Full: the next push waits until the pool reads.
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut got = 0;
+            while got < n + 1 {
+                if let Some(Record::Frame(_)) = pool.pop().unwrap() {
+                    got += 1;
+                }
+            }
+        });
+        worker.push(&big, || false).unwrap();
+        reader.join().unwrap();
+        // And a pool that has gone ends the wait.
+        let (_pool, worker) = pair();
+        for _ in 0..n {
+            worker.push(&big, || false).unwrap();
+        }
+        assert!(worker.push(&big, || true).is_err());
+    }
+
+    #[test]
+    fn a_scribbled_ring_is_an_error() {
+        let (pool, worker) = pair();
+        worker.push(&record(b"ok"), || false).unwrap();
+        worker.map.header().write.store(u64::MAX / 2, SeqCst);
+        assert!(pool.pop().is_err());
+        let (pool, worker) = pair();
+        worker.push(&[0, 1, 0, 0], || false).unwrap();
+        assert!(pool.pop().is_err());
+    }
+}
