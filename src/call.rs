@@ -75,8 +75,14 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
     type Output = Result<R, TaskError>;
     type IntoFuture = TaskHandle<R>;
 
+    /// Submits the task; a worker that is idle and runs tiny tasks may run it at
+    /// once, in this call, for up to the pool's [`spin`](crate::PoolBuilder::spin).
     fn into_future(self) -> TaskHandle<R> {
-        self.spawn()
+        let abort = Arc::new(AbortSignal::default());
+        let (rx, id) = self
+            .pool
+            .submit_and_wait(self.job, self.timeout, Some(abort.clone()));
+        TaskHandle::new(id, rx, abort)
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use tokio_util::codec::{FramedRead, FramedWrite};
 
+use crate::chan;
 use crate::driver::Worker;
 use crate::fdpass::send_with_fd;
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
@@ -100,7 +101,7 @@ pub(crate) async fn connect(
                 send_with_fd(writer.get_ref().as_ref(), &wire, fd.as_raw_fd())
                     .await
                     .map_err(|e| format!("could not send setup: {e}"))?;
-                Some(ring)
+                Some(std::sync::Arc::new(ring))
             }
             false => {
                 writer
@@ -125,10 +126,18 @@ pub(crate) async fn connect(
             }
             _ => return Err("unexpected message during start-up".to_string()),
         }
-        reader
-            .decoder_mut()
-            .set_max_frame_length(setup.max_frame_len);
-        Ok((reader, writer.into_inner(), ring))
+        // From here on the channel is registered for reading only (see `chan`).
+        let parts = reader.into_parts();
+        let sock = parts
+            .io
+            .reunite(writer.into_inner())
+            .map_err(|e| e.to_string())?
+            .into_std()
+            .map_err(|e| e.to_string())?;
+        let (rd, wr) = chan::split(sock.into()).map_err(|e| e.to_string())?;
+        let mut reader = FramedRead::new(rd, frame_codec(setup.max_frame_len));
+        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+        Ok((reader, wr, ring))
     };
     let result = tokio::time::timeout(setup.startup_timeout, handshake).await;
     let failure = match result {

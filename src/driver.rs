@@ -14,16 +14,18 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWrite;
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 
+use crate::chan::{ChanRead, ChanWrite};
+use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
 use crate::protocol::codec::decode_frame;
 use crate::protocol::{FromWorker, Outcome};
@@ -38,10 +40,10 @@ use crate::trace::event;
 pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) child: ChildProc,
-    pub(crate) reader: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    pub(crate) writer: OwnedWriteHalf,
+    pub(crate) reader: FramedRead<ChanRead, LengthDelimitedCodec>,
+    pub(crate) writer: ChanWrite,
     /// Where replies come, if the worker has one; else on `reader`.
-    pub(crate) ring: Option<PoolRing>,
+    pub(crate) ring: Option<Arc<PoolRing>>,
 }
 
 /// Why a driver stopped.
@@ -59,6 +61,8 @@ pub(crate) enum End {
 
 enum Event {
     Job(Job),
+    /// A job a caller sent directly, to be seen through.
+    Handover(Handover),
     Reply(BytesMut),
     /// The channel ended (`None`) or failed.
     Closed(Option<io::Error>),
@@ -80,11 +84,7 @@ struct Outbox {
 }
 
 impl Outbox {
-    fn poll_flush(
-        &mut self,
-        writer: &mut OwnedWriteHalf,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_flush(&mut self, writer: &mut ChanWrite, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.bufs.is_empty() {
             // No allocation on this path: it runs at every event of the driver.
             let mut slices = [IoSlice::new(&[]); 64];
@@ -109,12 +109,26 @@ impl Outbox {
                 }
             }
         }
+        writer.idle();
         Poll::Ready(Ok(()))
     }
 }
 
 /// Drives `worker` until it must stop; see [`End`].
 pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> End {
+    // Offered to callers when idle (`crate::direct`), where a reply can be polled for
+    // and no count of jobs per worker must be kept.
+    let lease = match (&worker.ring, shared.config.spin) {
+        (Some(ring), Some(spin))
+            if !spin.is_zero() && shared.config.max_tasks_per_child.is_none() =>
+        {
+            let fd = worker.writer.raw_fd();
+            let lease = Arc::new(Lease::new(slot, worker.pid, fd, ring.clone()));
+            shared.set_lease(slot, Some(lease.clone()));
+            Some(lease)
+        }
+        _ => None,
+    };
     let end = Driver {
         shared,
         slot,
@@ -127,9 +141,14 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
             service_ns: None,
             max_depth: shared.config.pipeline,
         },
+        lease,
+        waker: std::task::Waker::noop().clone(),
     }
     .run(worker)
     .await;
+    // The driver holds its worker whenever it is not polling (see `Lease`), so no
+    // caller has it now, and none can take it after this.
+    shared.set_lease(slot, None);
     shared.queue.unregister(slot);
     end
 }
@@ -144,6 +163,9 @@ struct Driver<'a> {
     /// How many of the next replies the ring said come over the channel.
     on_socket: usize,
     pace: Pace,
+    lease: Option<Arc<Lease>>,
+    /// This task's waker, as of its last poll.
+    waker: std::task::Waker,
 }
 
 /// A lone job is waited for by polling only on workers whose jobs take less than this.
@@ -182,8 +204,11 @@ impl Pace {
         }
     }
 
-    fn finished_head(&mut self, now: Instant) {
-        let took = now.saturating_duration_since(self.head_started).as_nanos() as u64;
+    /// The head job finished (at `now`, as far as the pool knows) after running
+    /// `ran_ns` in the worker, which is what paces the worker: the pool's own clock
+    /// would add the time it took to wake up for the reply.
+    fn finished_head(&mut self, now: Instant, ran_ns: u64) {
+        let took = ran_ns;
         self.service_ns = Some(match self.service_ns {
             None => took,
             Some(avg) => (avg * 3 + took) / 4,
@@ -202,8 +227,41 @@ impl Driver<'_> {
         let mut terminate = pin!(self.shared.terminate.cancelled());
         // Whether this driver is registered with the queue for a wake-up.
         let mut waiting = false;
+        // A job taken from the queue while a caller had the worker.
+        let mut parked: Option<Job> = None;
         loop {
             let event = std::future::poll_fn(|cx| {
+                if let Some(lease) = &self.lease {
+                    self.waker.clone_from(cx.waker());
+                    // An offered worker stays offered until something needs it: the
+                    // pool's end, the worker's, or a job from the queue (kept aside
+                    // if a caller has the worker just now).
+                    if lease.is_out() && parked.is_none() {
+                        let ending = self.shared.terminate.is_cancelled()
+                            || w.child.poll_wait(cx).is_ready();
+                        if !ending {
+                            let _ = terminate.as_mut().poll(cx);
+                            let (popped, skipped) = self.shared.queue.poll_pop(self.slot, true, cx);
+                            Counters::add(&self.shared.counters.cancelled, skipped);
+                            waiting = popped.is_pending();
+                            match popped {
+                                Poll::Pending => return Poll::Pending,
+                                Poll::Ready(Popped::Job(job)) => parked = Some(job),
+                                Poll::Ready(Popped::Closed) => {}
+                            }
+                        }
+                    }
+                    // Then the worker back from any caller that has it, before anything
+                    // else touches it.
+                    match lease.poll_take_back(cx) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Some(handed)) => return Poll::Ready(Event::Handover(handed)),
+                        Poll::Ready(None) => {}
+                    }
+                    if let Some(job) = parked.take() {
+                        return Poll::Ready(Event::Job(job));
+                    }
+                }
                 // A deep pipeline is refilled once it is half empty, not at every
                 // reply: the worker then wakes for a batch of jobs, not for each one.
                 let depth = self.depth();
@@ -252,6 +310,9 @@ impl Driver<'_> {
                     self.shared.queue.unregister(self.slot);
                     waiting = false;
                 }
+                if waiting {
+                    self.offer();
+                }
                 Poll::Pending
             })
             .await;
@@ -283,6 +344,26 @@ impl Driver<'_> {
                         }
                     }
                     if let Some(frame) = self.spin_for_reply(w, &mut outbox) {
+                        match self.complete(frame) {
+                            Ok(()) => deadline = self.arm(sleep.as_mut()),
+                            Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
+                        }
+                    }
+                }
+                Event::Handover(Handover {
+                    job,
+                    sent_at,
+                    unsent,
+                    reply,
+                }) => {
+                    if !unsent.is_empty() {
+                        outbox.bufs.push_back(unsent);
+                    }
+                    self.inflight.push_back(job);
+                    taken += 1;
+                    self.pace.head_started = sent_at;
+                    deadline = self.arm(sleep.as_mut());
+                    if let Some(frame) = reply {
                         match self.complete(frame) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
@@ -439,6 +520,24 @@ impl Driver<'_> {
         }
     }
 
+    /// Offers the worker to callers if it is idle and its jobs take microseconds
+    /// (nothing in flight, so nothing unsent either; nothing half-read).
+    fn offer(&self) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let idle_and_quick = self.inflight.is_empty()
+            && self.socket_frames.is_empty()
+            && self.on_socket == 0
+            && self
+                .pace
+                .service_ns
+                .is_some_and(|ns| ns < SPIN_JOB.as_nanos() as u64);
+        if idle_and_quick {
+            lease.offer(&self.waker);
+        }
+    }
+
     /// How many jobs may be in flight now; see [`Pace::depth`].
     fn depth(&self) -> usize {
         self.pace.depth(self.inflight.len())
@@ -448,21 +547,26 @@ impl Driver<'_> {
         self.inflight.front().map_or(0, |j| j.tasks as u64)
     }
 
-    /// Starts the deadline of the job now at the head, which starts running now.
+    /// Starts the deadline of the job now at the head, from when it started running.
     fn arm(&self, sleep: Pin<&mut tokio::time::Sleep>) -> Option<Duration> {
         let head = self.inflight.front()?;
         let after = head.timeout.or(self.shared.config.task_timeout)?;
-        sleep.reset(Instant::now() + after);
+        sleep.reset(self.pace.head_started + after);
         Some(after)
     }
 
     /// Matches a reply to the head job and delivers it.
-    fn complete(&mut self, mut frame: BytesMut) -> Result<(), String> {
+    fn complete(&mut self, frame: BytesMut) -> Result<(), String> {
         let (header, payload_len) = match decode_frame::<FromWorker>(&frame) {
             Ok((header, payload)) => (header, payload.len()),
             Err(e) => return Err(e),
         };
-        let FromWorker::Done { id, outcome } = header else {
+        let FromWorker::Done {
+            id,
+            outcome,
+            ran_ns,
+        } = header
+        else {
             return Err("unexpected message in place of a reply".into());
         };
         if self.inflight.front().map(|j| j.id) != Some(id) {
@@ -471,48 +575,19 @@ impl Driver<'_> {
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };
-        self.pace.finished_head(Instant::now());
-        let counters = &self.shared.counters;
-        self.shared.count_worker_task(self.slot, 1);
-        let reply = match outcome {
-            Outcome::Ok { panicked } => {
-                // The typed side turns each panic into `TaskError::Panicked`.
-                let panicked = u64::from(panicked).min(job.tasks as u64);
-                Counters::add(&counters.completed, job.tasks as u64 - panicked);
-                Counters::add(&counters.failed, panicked);
-                let payload = frame.split_off(frame.len() - payload_len);
-                Ok(payload.freeze())
-            }
-            failure => {
-                Counters::add(&counters.failed, job.tasks as u64);
-                Err(match failure {
-                    Outcome::BadArguments(message) => TaskError::Codec {
-                        what: Payload::Argument,
-                        message,
-                    },
-                    Outcome::BadResult(message) => TaskError::Codec {
-                        what: Payload::Result,
-                        message,
-                    },
-                    Outcome::ResultTooLarge { size } => TaskError::TooLarge {
-                        what: Payload::Result,
-                        size,
-                        limit: self.shared.config.max_frame_len,
-                    },
-                    Outcome::Unresolvable(why) => TaskError::Unsupported(why),
-                    Outcome::Ok { .. } => unreachable!(),
-                })
-            }
-        };
-        event!(
-            tracing::Level::DEBUG,
-            pid = self.pid,
-            job = job.id,
-            tasks = job.tasks,
-            ok = reply.is_ok(),
-            "job completed"
+        self.pace.finished_head(Instant::now(), ran_ns);
+        // Offered before the caller hears, so that a caller who sends the next task at
+        // once finds the offer.
+        self.offer();
+        deliver(
+            self.shared,
+            self.slot,
+            self.pid,
+            job,
+            outcome,
+            frame,
+            payload_len,
         );
-        job.reply.send(reply);
         Ok(())
     }
 
@@ -558,4 +633,59 @@ impl Driver<'_> {
         self.shared.queue.requeue(self.inflight.drain(..));
         End::Lost
     }
+}
+
+/// Delivers a worker's reply to its job, and counts it: `frame` is the reply, whose
+/// last `payload_len` bytes are the chunk of results.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn deliver(
+    shared: &Shared,
+    slot: usize,
+    pid: u32,
+    job: Job,
+    outcome: Outcome,
+    mut frame: BytesMut,
+    payload_len: usize,
+) {
+    let counters = &shared.counters;
+    shared.count_worker_task(slot, 1);
+    let reply = match outcome {
+        Outcome::Ok { panicked } => {
+            // The typed side turns each panic into `TaskError::Panicked`.
+            let panicked = u64::from(panicked).min(job.tasks as u64);
+            Counters::add(&counters.completed, job.tasks as u64 - panicked);
+            Counters::add(&counters.failed, panicked);
+            let payload = frame.split_off(frame.len() - payload_len);
+            Ok(payload.freeze())
+        }
+        failure => {
+            Counters::add(&counters.failed, job.tasks as u64);
+            Err(match failure {
+                Outcome::BadArguments(message) => TaskError::Codec {
+                    what: Payload::Argument,
+                    message,
+                },
+                Outcome::BadResult(message) => TaskError::Codec {
+                    what: Payload::Result,
+                    message,
+                },
+                Outcome::ResultTooLarge { size } => TaskError::TooLarge {
+                    what: Payload::Result,
+                    size,
+                    limit: shared.config.max_frame_len,
+                },
+                Outcome::Unresolvable(why) => TaskError::Unsupported(why),
+                Outcome::Ok { .. } => unreachable!(),
+            })
+        }
+    };
+    event!(
+        tracing::Level::DEBUG,
+        pid,
+        job = job.id,
+        tasks = job.tasks,
+        ok = reply.is_ok(),
+        "job completed"
+    );
+    job.reply.send(reply);
 }

@@ -75,7 +75,9 @@
 
 mod builder;
 mod call;
+mod chan;
 mod connect;
+mod direct;
 mod driver;
 mod error;
 mod fdpass;

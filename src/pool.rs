@@ -143,7 +143,22 @@ impl Pool {
     ) -> (oneshot::Receiver<Reply>, u64) {
         let (tx, rx) = oneshot::channel();
         let id = job.id;
-        self.submit_to(job, timeout, abort, ReplyTo::One(tx));
+        self.submit_to(job, timeout, abort, ReplyTo::One(tx), false);
+        (rx, id)
+    }
+
+    /// Like [`submit`](Self::submit), for a caller that is about to wait for the
+    /// result: an idle worker of tiny tasks may run the job at once, in this call (see
+    /// [`crate::direct`]; bounded by the pool's `spin`).
+    pub(crate) fn submit_and_wait(
+        &self,
+        job: JobFrame,
+        timeout: Option<Duration>,
+        abort: Option<Arc<AbortSignal>>,
+    ) -> (oneshot::Receiver<Reply>, u64) {
+        let (tx, rx) = oneshot::channel();
+        let id = job.id;
+        self.submit_to(job, timeout, abort, ReplyTo::One(tx), true);
         (rx, id)
     }
 
@@ -154,6 +169,7 @@ impl Pool {
         timeout: Option<Duration>,
         abort: Option<Arc<AbortSignal>>,
         reply: ReplyTo,
+        direct: bool,
     ) {
         let shared = self.shared();
         let frame = match job.frame {
@@ -170,6 +186,22 @@ impl Pool {
         };
         let tasks = job.tasks;
         event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
+        let job = match direct {
+            true => {
+                // Counted first, so that stats never show a task done before it was
+                // submitted.
+                let submitted = &shared.counters.submitted;
+                Counters::add(submitted, tasks as u64);
+                match crate::direct::try_direct(shared, job) {
+                    Ok(()) => return,
+                    Err(job) => {
+                        submitted.fetch_sub(tasks as u64, std::sync::atomic::Ordering::Relaxed);
+                        job
+                    }
+                }
+            }
+            false => job,
+        };
         match shared.queue.push(job) {
             Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
             Err(job) => job.fail(TaskError::Closed),

@@ -187,7 +187,7 @@ pub(crate) struct Job {
 impl Job {
     /// Claims the job for a driver; false if nobody waits for it any more (its handle
     /// was dropped or aborted).
-    fn claim(&self) -> bool {
+    pub(crate) fn claim(&self) -> bool {
         !self.reply.is_closed() && self.abort.as_ref().is_none_or(|a| a.take())
     }
 
@@ -350,6 +350,12 @@ impl Queue {
     pub(crate) fn is_finished(&self) -> bool {
         let state = self.lock();
         state.closed && state.jobs.is_empty()
+    }
+
+    /// Whether the queue takes jobs and holds none now.
+    pub(crate) fn is_open_and_empty(&self) -> bool {
+        let state = self.lock();
+        !state.closed && state.jobs.is_empty()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -240,6 +240,28 @@ impl PoolRing {
         Ok(Some(Record::Frame(frame)))
     }
 
+    /// The next record if it is a reply frame; a mark for the socket, like a ring
+    /// that makes no sense, is left in place for [`pop`](Self::pop).
+    pub(crate) fn pop_frame(&self) -> Result<Option<BytesMut>, String> {
+        let h = self.map.header();
+        let read = h.read.load(Relaxed);
+        let write = h.write.load(Acquire);
+        let avail = write.wrapping_sub(read);
+        if !(4..=CAPACITY as u64).contains(&avail) {
+            return Ok(None);
+        }
+        let mut prefix = [0u8; 4];
+        // SAFETY: [read, read + 4) is published (avail >= 4) and not yet released.
+        unsafe { self.map.copy_out(read, &mut prefix) };
+        if u32::from_be_bytes(prefix) == ON_SOCKET {
+            return Ok(None);
+        }
+        match self.pop()? {
+            Some(Record::Frame(frame)) => Ok(Some(frame)),
+            _ => Ok(None),
+        }
+    }
+
     /// Gives the worker back the room up to `to`, waking it if it waits for room.
     fn release(&self, to: u64) {
         let h = self.map.header();

@@ -1,13 +1,14 @@
 //! State shared by the pool's handles, its supervisor and the workers' drivers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::direct::Lease;
 use crate::queue::Queue;
 use crate::start::{ChildOptions, StartMethod, Starter};
 use crate::stats::{PoolStats, WorkerStats};
@@ -67,6 +68,8 @@ pub(crate) struct Shared {
     workers: Mutex<Vec<Option<WorkerStats>>>,
     /// Why workers could not be started lately, if they could not.
     pub(crate) start_error: Mutex<Option<String>>,
+    /// The offers of idle workers to callers ([`crate::direct`]), by slot.
+    leases: Mutex<Vec<Option<Arc<Lease>>>>,
 }
 
 impl Shared {
@@ -86,7 +89,26 @@ impl Shared {
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),
             start_error: Mutex::new(None),
+            leases: Mutex::new(vec![None; slots]),
         }
+    }
+
+    fn leases(&self) -> MutexGuard<'_, Vec<Option<Arc<Lease>>>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes (or, with `None`, withdraws) the lease of a slot's worker.
+    pub(crate) fn set_lease(&self, slot: usize, lease: Option<Arc<Lease>>) {
+        self.leases()[slot] = lease;
+    }
+
+    /// An idle worker's lease, taken; see [`crate::direct`].
+    pub(crate) fn lend(&self) -> Option<Arc<Lease>> {
+        self.leases()
+            .iter()
+            .flatten()
+            .find(|l| l.try_lend())
+            .cloned()
     }
 
     fn workers(&self) -> MutexGuard<'_, Vec<Option<WorkerStats>>> {

@@ -243,7 +243,7 @@ where
         let tasks = items.len();
         let job = JobFrame::encode(&self.pool, self.func.clone(), &items);
         let reply = self.in_flight.push(tasks);
-        self.pool.submit_to(job, self.timeout, None, reply);
+        self.pool.submit_to(job, self.timeout, None, reply, false);
     }
 
     /// Pulls input and submits chunks while there is room in flight.

@@ -81,6 +81,9 @@ pub(crate) enum FromWorker {
     Done {
         id: u64,
         outcome: Outcome,
+        /// How long the job ran in the worker, in nanoseconds: the pool paces its
+        /// workers by it (its own clock would add its wake-up latency).
+        ran_ns: u64,
     },
 }
 

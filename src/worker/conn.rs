@@ -156,6 +156,7 @@ impl BlockingConn {
         &mut self,
         id: u64,
         outcome: Outcome,
+        ran: Duration,
         out: &mut [u8],
     ) -> io::Result<()> {
         let mut results_len = out.len().saturating_sub(REPLY_GAP);
@@ -168,7 +169,12 @@ impl BlockingConn {
         if !matches!(outcome, Outcome::Ok { .. }) {
             results_len = 0;
         }
-        let msg = FromWorker::Done { id, outcome };
+        let ran_ns = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
+        let msg = FromWorker::Done {
+            id,
+            outcome,
+            ran_ns,
+        };
         let mut small = [0u8; REPLY_GAP - 4];
         if let Ok(header) = postcard::to_slice(&msg, &mut small) {
             // The common case: the header fits in the gap before the results.

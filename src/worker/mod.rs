@@ -320,11 +320,12 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         // Results are often about as large as the arguments (an echo, a transform):
         // reserve once rather than grow by doubling and copying.
         out.reserve(payload.len());
+        let started = std::time::Instant::now();
         let outcome = match func.resolve() {
             Err(e) => Outcome::Unresolvable(e),
             Ok(trampoline) => trampoline(payload, &mut out),
         };
-        conn.send_reply(id, outcome, &mut out)?;
+        conn.send_reply(id, outcome, started.elapsed(), &mut out)?;
     }
     Ok(())
 }
