@@ -193,15 +193,17 @@ impl Pace {
     /// behind it (where another worker might run it at once), and could no longer be
     /// taken back if its caller gives up on it.
     fn depth(&self, in_flight: usize) -> usize {
-        if in_flight > 0 && self.head_started.elapsed() > LONG_JOB {
-            return 1;
-        }
-        match self.service_ns {
+        let depth = match self.service_ns {
             None => 1,
             Some(ns) if ns < 100_000 => self.max_depth,
             Some(ns) if ns < LONG_JOB.as_nanos() as u64 => 2,
             Some(_) => 1,
+        };
+        // (The clock is read only where it can change the answer.)
+        if depth > 1 && in_flight > 0 && self.head_started.elapsed() > LONG_JOB {
+            return 1;
         }
+        depth
     }
 
     /// The head job finished (at `now`, as far as the pool knows) after running
@@ -655,8 +657,9 @@ pub(crate) fn deliver(
             let panicked = u64::from(panicked).min(job.tasks as u64);
             Counters::add(&counters.completed, job.tasks as u64 - panicked);
             Counters::add(&counters.failed, panicked);
-            let payload = frame.split_off(frame.len() - payload_len);
-            Ok(payload.freeze())
+            // The header off the front: no copy, no allocation.
+            frame.advance(frame.len() - payload_len);
+            Ok(frame.freeze())
         }
         failure => {
             Counters::add(&counters.failed, job.tasks as u64);

@@ -66,6 +66,9 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     /// The live worker of each slot.
     workers: Mutex<Vec<Option<WorkerStats>>>,
+    /// How many jobs each slot's worker has run (counted at every reply, so not
+    /// under the lock of `workers`).
+    worker_tasks: Box<[AtomicU64]>,
     /// Why workers could not be started lately, if they could not.
     pub(crate) start_error: Mutex<Option<String>>,
     /// The offers of idle workers to callers ([`crate::direct`]), by slot.
@@ -88,6 +91,7 @@ impl Shared {
             terminate: CancellationToken::new(),
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),
+            worker_tasks: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             start_error: Mutex::new(None),
             leases: Mutex::new(vec![None; slots]),
         }
@@ -116,7 +120,9 @@ impl Shared {
     }
 
     pub(crate) fn set_worker(&self, slot: usize, pid: Option<u32>) {
-        self.workers()[slot] = pid.map(|pid| WorkerStats {
+        let mut workers = self.workers();
+        self.worker_tasks[slot].store(0, Ordering::Relaxed);
+        workers[slot] = pid.map(|pid| WorkerStats {
             index: slot,
             pid,
             tasks: 0,
@@ -124,9 +130,7 @@ impl Shared {
     }
 
     pub(crate) fn count_worker_task(&self, slot: usize, tasks: u64) {
-        if let Some(w) = self.workers()[slot].as_mut() {
-            w.tasks += tasks;
-        }
+        self.worker_tasks[slot].fetch_add(tasks, Ordering::Relaxed);
     }
 
     /// How many slots have a live worker.
@@ -153,7 +157,15 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
-            workers: self.workers().iter().flatten().cloned().collect(),
+            workers: self
+                .workers()
+                .iter()
+                .flatten()
+                .map(|w| WorkerStats {
+                    tasks: self.worker_tasks[w.index].load(Ordering::Relaxed),
+                    ..w.clone()
+                })
+                .collect(),
             forkserver_pid: match &self.starter {
                 Starter::ForkServer(server) => server.pid(),
                 _ => None,
