@@ -578,6 +578,7 @@ impl Driver<'_> {
             return Err("reply with no job in flight".into());
         };
         self.pace.finished_head(Instant::now(), ran_ns);
+        self.shared.set_depth(self.slot, self.pace.depth(0));
         // Offered before the caller hears, so that a caller who sends the next task at
         // once finds the offer.
         self.offer();

@@ -1,6 +1,6 @@
 //! State shared by the pool's handles, its supervisor and the workers' drivers.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -69,6 +69,8 @@ pub(crate) struct Shared {
     /// How many jobs each slot's worker has run (counted at every reply, so not
     /// under the lock of `workers`).
     worker_tasks: Box<[AtomicU64]>,
+    /// How many jobs each slot's driver keeps in flight now (its pipeline depth).
+    depths: Box<[AtomicUsize]>,
     /// Why workers could not be started lately, if they could not.
     pub(crate) start_error: Mutex<Option<String>>,
     /// The offers of idle workers to callers ([`crate::direct`]), by slot.
@@ -92,6 +94,7 @@ impl Shared {
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),
             worker_tasks: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            depths: (0..slots).map(|_| AtomicUsize::new(1)).collect(),
             start_error: Mutex::new(None),
             leases: Mutex::new(vec![None; slots]),
         }
@@ -127,6 +130,19 @@ impl Shared {
             pid,
             tasks: 0,
         });
+    }
+
+    /// Records how many jobs a slot's driver keeps in flight now.
+    pub(crate) fn set_depth(&self, slot: usize, depth: usize) {
+        // Called at every reply: write only on a change.
+        if self.depths[slot].load(Ordering::Relaxed) != depth {
+            self.depths[slot].store(depth, Ordering::Relaxed);
+        }
+    }
+
+    /// How many jobs all the drivers keep in flight now.
+    pub(crate) fn pipelines(&self) -> usize {
+        self.depths.iter().map(|d| d.load(Ordering::Relaxed)).sum()
     }
 
     pub(crate) fn count_worker_task(&self, slot: usize, tasks: u64) {

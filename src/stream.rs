@@ -189,7 +189,8 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     input_done: bool,
     chunk: Vec<A>,
     chunk_size: usize,
-    max_in_flight: usize,
+    /// `None`: see [`Feed::room`].
+    max_in_flight: Option<usize>,
     timeout: Option<Duration>,
     in_flight: InFlight,
     _result: std::marker::PhantomData<fn() -> R>,
@@ -214,7 +215,7 @@ where
             Some(len) => len.div_ceil(4 * processes).max(1),
             None => 1,
         });
-        let max_in_flight = opts.max_in_flight.unwrap_or(16 * processes);
+        let max_in_flight = opts.max_in_flight;
         Feed {
             pool,
             func,
@@ -246,9 +247,22 @@ where
         self.pool.submit_to(job, self.timeout, None, reply, false);
     }
 
+    /// How many chunks may be in flight: the caller's bound, or by default enough to
+    /// fill the pipelines the workers run now (deep for tiny tasks, see the driver's
+    /// `Pace`) and never fewer than 16 per worker. A fixed small window made a stream
+    /// of tiny tasks wait on its consumer every few results; a large one would read
+    /// far ahead of slow tasks.
+    fn room(&self) -> usize {
+        self.max_in_flight.unwrap_or_else(|| {
+            let shared = self.pool.shared();
+            (16 * shared.config.processes).max(shared.pipelines())
+        })
+    }
+
     /// Pulls input and submits chunks while there is room in flight.
     fn fill(&mut self, cx: &mut Context<'_>) {
-        while !self.input_done && self.in_flight.len() < self.max_in_flight {
+        let room = self.room();
+        while !self.input_done && self.in_flight.len() < room {
             let mut pending = false;
             while self.chunk.len() < self.chunk_size {
                 match self.input.poll_next_unpin(cx) {
@@ -403,7 +417,10 @@ macro_rules! map_stream {
             }
 
             /// Sets how many chunks may be submitted and not yet yielded at once:
-            /// the backpressure bound. The default is `16 × processes`.
+            /// the backpressure bound. By default it follows the tasks: `16 ×
+            /// processes`, or, while the workers run tasks of microseconds, as many as
+            /// fill their pipelines (up to `processes ×`
+            /// [`pipeline_depth`](crate::PoolBuilder::pipeline_depth)).
             ///
             /// # Panics
             ///
