@@ -235,11 +235,18 @@ impl PoolBuilder {
     }
 
     /// How long the pool may poll for the reply to a lone task on a worker whose tasks
-    /// take microseconds, rather than sleeping until the reactor wakes it; workers then
-    /// poll likewise for their next task, for up to 2.5 times as long. This saves two
+    /// take microseconds, rather than sleeping until it is woken; workers then poll
+    /// likewise for their next task, for up to 2.5 times as long. This saves two
     /// wake-ups, which cost about as much as the rest of a round trip, at the price of
-    /// keeping a runtime thread and the worker busy that long (they yield the CPU to
-    /// anything else runnable while they poll).
+    /// keeping a thread and the worker busy that long (they yield the CPU to anything
+    /// else runnable while they poll).
+    ///
+    /// It also enables the direct path: `pool.apply(f, x).await` on an idle worker of
+    /// tiny tasks, with nothing queued, writes the job and polls for its reply on the
+    /// caller's own thread, within the `.await`, for at most this long; a task that
+    /// takes longer is handed to the worker's driver as usual. No thread is woken on
+    /// the way, which makes such a round trip a few microseconds. Pools with
+    /// [`max_tasks_per_child`](Self::max_tasks_per_child) do not use it.
     ///
     /// Polling pays only where the pool's processes do not take every CPU: the default
     /// is 20 µs when `processes` is below the number of CPUs, and no polling otherwise.

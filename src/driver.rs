@@ -346,7 +346,7 @@ impl Driver<'_> {
                         }
                     }
                     if let Some(frame) = self.spin_for_reply(w, &mut outbox) {
-                        match self.complete(frame) {
+                        match self.complete(frame, true) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                         }
@@ -366,13 +366,13 @@ impl Driver<'_> {
                     self.pace.head_started = sent_at;
                     deadline = self.arm(sleep.as_mut());
                     if let Some(frame) = reply {
-                        match self.complete(frame) {
+                        match self.complete(frame, true) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                         }
                     }
                 }
-                Event::Reply(frame) => match self.complete(frame) {
+                Event::Reply(frame) => match self.complete(frame, true) {
                     Ok(()) => deadline = self.arm(sleep.as_mut()),
                     Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                 },
@@ -557,8 +557,10 @@ impl Driver<'_> {
         Some(after)
     }
 
-    /// Matches a reply to the head job and delivers it.
-    fn complete(&mut self, frame: BytesMut) -> Result<(), String> {
+    /// Matches a reply to the head job and delivers it. With `offer`, the worker is
+    /// offered to callers first if it is now idle (never while the driver is still
+    /// busy with it, as after its death).
+    fn complete(&mut self, frame: BytesMut, offer: bool) -> Result<(), String> {
         let (header, payload_len) = match decode_frame::<FromWorker>(&frame) {
             Ok((header, payload)) => (header, payload.len()),
             Err(e) => return Err(e),
@@ -581,7 +583,9 @@ impl Driver<'_> {
         self.shared.set_depth(self.slot, self.pace.depth(0));
         // Offered before the caller hears, so that a caller who sends the next task at
         // once finds the offer.
-        self.offer();
+        if offer {
+            self.offer();
+        }
         deliver(
             self.shared,
             self.slot,
@@ -606,7 +610,7 @@ impl Driver<'_> {
         }
         // The ring outlives the worker: every reply it wrote is there.
         while let Ok(Some(frame)) = self.next_ready(w) {
-            if self.complete(frame).is_err() {
+            if self.complete(frame, false).is_err() {
                 break;
             }
         }
