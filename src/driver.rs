@@ -141,13 +141,15 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
             service_ns: None,
             max_depth: shared.config.pipeline,
         },
-        lease,
+        lease: lease.clone(),
         waker: std::task::Waker::noop().clone(),
     }
     .run(worker)
     .await;
-    // The driver holds its worker whenever it is not polling (see `Lease`), so no
-    // caller has it now, and none can take it after this.
+    // The driver ends only while it holds its worker (it offers it last thing before
+    // it waits, see `Driver::offer`), so no caller has it now, and none can take it
+    // after this.
+    debug_assert!(lease.as_ref().is_none_or(|l| !l.is_out()));
     shared.set_lease(slot, None);
     shared.queue.unregister(slot);
     end
@@ -193,17 +195,34 @@ impl Pace {
     /// behind it (where another worker might run it at once), and could no longer be
     /// taken back if its caller gives up on it.
     fn depth(&self, in_flight: usize) -> usize {
-        let depth = match self.service_ns {
-            None => 1,
-            Some(ns) if ns < 100_000 => self.max_depth,
-            Some(ns) if ns < LONG_JOB.as_nanos() as u64 => 2,
-            Some(_) => 1,
-        };
+        let depth = self.nominal_depth();
         // (The clock is read only where it can change the answer.)
         if depth > 1 && in_flight > 0 && self.head_started.elapsed() > LONG_JOB {
             return 1;
         }
         depth
+    }
+
+    /// The depth the average service time asks for.
+    fn nominal_depth(&self) -> usize {
+        match self.service_ns {
+            None => 1,
+            Some(ns) if ns < 100_000 => self.max_depth,
+            Some(ns) if ns < LONG_JOB.as_nanos() as u64 => 2,
+            Some(_) => 1,
+        }
+    }
+
+    /// Whether to take more jobs with `in_flight` in flight: a deep pipeline is
+    /// refilled once it is half empty, not at every reply, so that the worker wakes for
+    /// a batch of jobs, not for each one.
+    fn may_take(&self, in_flight: usize) -> bool {
+        let nominal = self.nominal_depth();
+        if in_flight > nominal / 2 {
+            return false;
+        }
+        // Only now can the clock change the answer (see `depth`).
+        in_flight == 0 || self.depth(in_flight) > 1
     }
 
     /// The head job finished (at `now`, as far as the pool knows) after running
@@ -264,10 +283,7 @@ impl Driver<'_> {
                         return Poll::Ready(Event::Job(job));
                     }
                 }
-                // A deep pipeline is refilled once it is half empty, not at every
-                // reply: the worker then wakes for a batch of jobs, not for each one.
-                let depth = self.depth();
-                let may_take = self.inflight.len() <= depth / 2
+                let may_take = self.pace.may_take(self.inflight.len())
                     && cfg.max_tasks_per_child.is_none_or(|max| taken < max);
                 if terminate.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Terminate);
@@ -321,6 +337,7 @@ impl Driver<'_> {
             match event {
                 Event::Job(job) => {
                     // Take what else may go now, so that one write carries it all.
+                    let depth = self.depth();
                     let mut next = Some(job);
                     while let Some(job) = next.take() {
                         outbox.bufs.push_back(job.frame.clone());
@@ -337,7 +354,7 @@ impl Driver<'_> {
                             self.pace.head_started = Instant::now();
                             deadline = self.arm(sleep.as_mut());
                         }
-                        if self.inflight.len() < self.depth()
+                        if self.inflight.len() < depth
                             && cfg.max_tasks_per_child.is_none_or(|max| taken < max)
                         {
                             let (job, skipped) = self.shared.queue.try_pop();
@@ -346,10 +363,12 @@ impl Driver<'_> {
                         }
                     }
                     if let Some(frame) = self.spin_for_reply(w, &mut outbox) {
-                        match self.complete(frame, true) {
+                        match self.complete(frame, Instant::now()) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                         }
+                        // Last: from here on a caller may have the worker.
+                        self.offer();
                     }
                 }
                 Event::Handover(Handover {
@@ -366,16 +385,32 @@ impl Driver<'_> {
                     self.pace.head_started = sent_at;
                     deadline = self.arm(sleep.as_mut());
                     if let Some(frame) = reply {
-                        match self.complete(frame, true) {
+                        match self.complete(frame, Instant::now()) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                         }
+                        self.offer();
                     }
                 }
-                Event::Reply(frame) => match self.complete(frame, true) {
-                    Ok(()) => deadline = self.arm(sleep.as_mut()),
-                    Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
-                },
+                Event::Reply(frame) => {
+                    // Every reply that is already here, in one go: the event loop's
+                    // round of polls is worth skipping between them.
+                    let now = Instant::now();
+                    let mut next = Some(frame);
+                    while let Some(frame) = next.take() {
+                        if let Err(why) = self.complete(frame, now) {
+                            return self.lose(w, TaskError::Protocol(why), true).await;
+                        }
+                        // An error is left for the event loop to find again.
+                        next = self.next_ready(w).ok().flatten();
+                    }
+                    deadline = self.arm(sleep.as_mut());
+                    // Offered at once, rather than when the event loop next sleeps, so
+                    // that the caller just answered finds it for its next task. Last:
+                    // from here on a caller may have the worker, which the driver must
+                    // not touch before it takes it back.
+                    self.offer();
+                }
                 Event::Broken(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                 Event::Closed(Some(e)) if e.kind() == io::ErrorKind::InvalidData => {
                     let why = format!("unreadable frame: {e}");
@@ -523,7 +558,9 @@ impl Driver<'_> {
     }
 
     /// Offers the worker to callers if it is idle and its jobs take microseconds
-    /// (nothing in flight, so nothing unsent either; nothing half-read).
+    /// (nothing in flight, so nothing unsent either; nothing half-read). Only at the end
+    /// of handling an event, or when about to sleep: once offered, the worker is not
+    /// the driver's to touch until `Lease::poll_take_back`.
     fn offer(&self) {
         let Some(lease) = &self.lease else {
             return;
@@ -557,10 +594,9 @@ impl Driver<'_> {
         Some(after)
     }
 
-    /// Matches a reply to the head job and delivers it. With `offer`, the worker is
-    /// offered to callers first if it is now idle (never while the driver is still
-    /// busy with it, as after its death).
-    fn complete(&mut self, frame: BytesMut, offer: bool) -> Result<(), String> {
+    /// Matches a reply to the head job and delivers it. `now` is when the reply was
+    /// taken (one reading of the clock for a batch).
+    fn complete(&mut self, frame: BytesMut, now: Instant) -> Result<(), String> {
         let (header, payload_len) = match decode_frame::<FromWorker>(&frame) {
             Ok((header, payload)) => (header, payload.len()),
             Err(e) => return Err(e),
@@ -579,13 +615,8 @@ impl Driver<'_> {
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };
-        self.pace.finished_head(Instant::now(), ran_ns);
+        self.pace.finished_head(now, ran_ns);
         self.shared.set_depth(self.slot, self.pace.depth(0));
-        // Offered before the caller hears, so that a caller who sends the next task at
-        // once finds the offer.
-        if offer {
-            self.offer();
-        }
         deliver(
             self.shared,
             self.slot,
@@ -610,7 +641,7 @@ impl Driver<'_> {
         }
         // The ring outlives the worker: every reply it wrote is there.
         while let Ok(Some(frame)) = self.next_ready(w) {
-            if self.complete(frame, false).is_err() {
+            if self.complete(frame, Instant::now()).is_err() {
                 break;
             }
         }
