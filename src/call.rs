@@ -21,6 +21,12 @@ use crate::stream::Lazy;
 /// Await it for the result, or call [`spawn`](Apply::spawn) to submit it now and get a
 /// [`TaskHandle`]. Nothing is submitted before either.
 ///
+/// Awaiting it may take the direct path: when nothing is queued and a worker is idle
+/// whose tasks take microseconds, the awaiting thread writes the task to the worker and
+/// polls for its reply itself, for at most the pool's [`spin`](crate::PoolBuilder::spin)
+/// (20 µs by default where the pool leaves a CPU free), before the task goes the usual
+/// way. Such a round trip wakes no other thread.
+///
 /// # Cancel safety
 ///
 /// Dropping an `Apply` before awaiting it submits nothing. Once awaited, it is a

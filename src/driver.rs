@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, Instant};
@@ -77,34 +77,45 @@ enum Event {
     Retire,
 }
 
-/// Frames waiting to be written, each with its length prefix already in place.
-#[derive(Default)]
+/// What of the jobs in flight is still to be written: the last `unsent` of them, the
+/// first of those from byte `offset` on. (The frames stay in the jobs, which keep them
+/// to requeue: nothing is copied or reference-counted per write.)
+#[derive(Debug, Default)]
 struct Outbox {
-    bufs: VecDeque<Bytes>,
+    unsent: usize,
+    offset: usize,
 }
 
 impl Outbox {
-    fn poll_flush(&mut self, writer: &mut ChanWrite, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.bufs.is_empty() {
+    /// Writes what it can; `Ready(Ok)` once everything is written.
+    fn poll_flush(
+        &mut self,
+        writer: &mut ChanWrite,
+        inflight: &VecDeque<Job>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.unsent > 0 {
+            let first = inflight.len() - self.unsent;
             // No allocation on this path: it runs at every event of the driver.
             let mut slices = [IoSlice::new(&[]); 64];
             let mut count = 0;
-            for (slot, buf) in slices.iter_mut().zip(&self.bufs) {
-                *slot = IoSlice::new(buf);
+            for (slot, job) in slices.iter_mut().zip(inflight.range(first..)) {
+                let skip = if count == 0 { self.offset } else { 0 };
+                *slot = IoSlice::new(&job.frame[skip..]);
                 count += 1;
             }
-            let slices = &slices[..count];
-            let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, slices))?;
+            let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while n > 0 {
-                let front = &mut self.bufs[0];
-                if n >= front.len() {
-                    n -= front.len();
-                    self.bufs.pop_front();
+                let left = inflight[inflight.len() - self.unsent].frame.len() - self.offset;
+                if n >= left {
+                    n -= left;
+                    self.unsent -= 1;
+                    self.offset = 0;
                 } else {
-                    front.advance(n);
+                    self.offset += n;
                     n = 0;
                 }
             }
@@ -134,6 +145,7 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         slot,
         pid: worker.pid,
         inflight: VecDeque::new(),
+        outbox: Outbox::default(),
         socket_frames: VecDeque::new(),
         on_socket: 0,
         pace: Pace {
@@ -160,6 +172,8 @@ struct Driver<'a> {
     slot: usize,
     pid: u32,
     inflight: VecDeque<Job>,
+    /// What of `inflight` is still to be written.
+    outbox: Outbox,
     /// Reply frames read from the channel, not yet delivered.
     socket_frames: VecDeque<BytesMut>,
     /// How many of the next replies the ring said come over the channel.
@@ -241,7 +255,6 @@ impl Pace {
 impl Driver<'_> {
     async fn run(&mut self, w: &mut Worker) -> End {
         let cfg = &self.shared.config;
-        let mut outbox = Outbox::default();
         let mut taken = 0usize;
         let mut deadline: Option<Duration> = None;
         let mut sleep = pin!(sleep_until(Instant::now()));
@@ -288,7 +301,9 @@ impl Driver<'_> {
                 if terminate.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Event::Terminate);
                 }
-                if let Poll::Ready(Err(_)) = outbox.poll_flush(&mut w.writer, cx) {
+                if let Poll::Ready(Err(_)) =
+                    self.outbox.poll_flush(&mut w.writer, &self.inflight, cx)
+                {
                     return Poll::Ready(Event::WriteFailed);
                 }
                 if let Poll::Ready(event) = self.poll_reply(w, cx) {
@@ -340,7 +355,7 @@ impl Driver<'_> {
                     let depth = self.depth();
                     let mut next = Some(job);
                     while let Some(job) = next.take() {
-                        outbox.bufs.push_back(job.frame.clone());
+                        self.outbox.unsent += 1;
                         event!(
                             tracing::Level::TRACE,
                             pid = w.pid,
@@ -362,7 +377,7 @@ impl Driver<'_> {
                             next = job;
                         }
                     }
-                    if let Some(frame) = self.spin_for_reply(w, &mut outbox) {
+                    if let Some(frame) = self.spin_for_reply(w) {
                         match self.complete(frame, Instant::now()) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
@@ -378,7 +393,9 @@ impl Driver<'_> {
                     reply,
                 }) => {
                     if !unsent.is_empty() {
-                        outbox.bufs.push_back(unsent);
+                        // Nothing was in flight: the caller had the worker.
+                        self.outbox.unsent = 1;
+                        self.outbox.offset = job.frame.len() - unsent.len();
                     }
                     self.inflight.push_back(job);
                     taken += 1;
@@ -465,7 +482,7 @@ impl Driver<'_> {
     /// the reply ring for a few microseconds, instead of sleeping until the worker
     /// wakes this task, which costs about as much as the whole round trip. Bounded by
     /// the pool's `spin`; returns the reply if it came in time.
-    fn spin_for_reply(&mut self, w: &mut Worker, outbox: &mut Outbox) -> Option<BytesMut> {
+    fn spin_for_reply(&mut self, w: &mut Worker) -> Option<BytesMut> {
         let tiny = self
             .pace
             .service_ns
@@ -476,7 +493,8 @@ impl Driver<'_> {
         }
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if !matches!(
-            outbox.poll_flush(&mut w.writer, &mut cx),
+            self.outbox
+                .poll_flush(&mut w.writer, &self.inflight, &mut cx),
             Poll::Ready(Ok(()))
         ) {
             return None;
@@ -609,7 +627,9 @@ impl Driver<'_> {
         else {
             return Err("unexpected message in place of a reply".into());
         };
-        if self.inflight.front().map(|j| j.id) != Some(id) {
+        if self.inflight.front().map(|j| j.id) != Some(id)
+            || self.inflight.len() <= self.outbox.unsent
+        {
             return Err(format!("reply to job {id}, which is not the one running"));
         }
         let Some(job) = self.inflight.pop_front() else {

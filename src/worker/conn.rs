@@ -79,6 +79,11 @@ impl BlockingConn {
         self.codec.set_max_frame_length(max);
     }
 
+    /// The next frame if it has already been read in whole.
+    pub(crate) fn recv_buffered(&mut self) -> io::Result<Option<BytesMut>> {
+        self.codec.decode(&mut self.read_buf)
+    }
+
     /// The next frame, or `None` at end of stream.
     pub(crate) fn recv(&mut self) -> io::Result<Option<BytesMut>> {
         loop {

@@ -310,7 +310,18 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure
 
 fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
     let mut out = Vec::new();
-    while let Some(frame) = conn.recv()? {
+    // When the last job ended, if the next one was already waiting then: it starts
+    // then, and one reading of the clock serves both (the pool paces by these times).
+    let mut last_end: Option<std::time::Instant> = None;
+    loop {
+        let (frame, started) = match conn.recv_buffered()? {
+            Some(frame) => (frame, last_end),
+            None => match conn.recv()? {
+                Some(frame) => (frame, None),
+                None => return Ok(()),
+            },
+        };
+        let started = started.unwrap_or_else(std::time::Instant::now);
         let (id, func, payload) = match decode_frame::<ToWorker>(&frame) {
             Ok((ToWorker::Job { id, func }, payload)) => (id, func, payload),
             _ => return Err(std::io::Error::other("unexpected frame from the pool")),
@@ -320,14 +331,14 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         // Results are often about as large as the arguments (an echo, a transform):
         // reserve once rather than grow by doubling and copying.
         out.reserve(payload.len());
-        let started = std::time::Instant::now();
         let outcome = match func.resolve() {
             Err(e) => Outcome::Unresolvable(e),
             Ok(trampoline) => trampoline(payload, &mut out),
         };
-        conn.send_reply(id, outcome, started.elapsed(), &mut out)?;
+        let ended = std::time::Instant::now();
+        conn.send_reply(id, outcome, ended - started, &mut out)?;
+        last_end = Some(ended);
     }
-    Ok(())
 }
 
 /// Enters the worker loop (or the fork server's) before `main`, and so before any
