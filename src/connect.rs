@@ -10,7 +10,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use crate::chan;
 use crate::driver::Worker;
 use crate::fdpass::send_with_fd;
-use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
+use crate::protocol::codec::{decode_frame, encode_frame, frame_codec, ReplyCodec};
 use crate::protocol::{
     FromWorker, InitFailure, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
 };
@@ -135,7 +135,7 @@ pub(crate) async fn connect(
             .into_std()
             .map_err(|e| e.to_string())?;
         let (rd, wr) = chan::split(sock.into()).map_err(|e| e.to_string())?;
-        let mut reader = FramedRead::new(rd, frame_codec(setup.max_frame_len));
+        let mut reader = FramedRead::new(rd, ReplyCodec::new(setup.max_frame_len));
         reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
         Ok((reader, wr, ring))
     };

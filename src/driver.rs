@@ -22,12 +22,12 @@ use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, Instant};
-use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tokio_util::codec::FramedRead;
 
 use crate::chan::{ChanRead, ChanWrite};
 use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
-use crate::protocol::codec::decode_frame;
+use crate::protocol::codec::{decode_frame, ReplyCodec};
 use crate::protocol::{FromWorker, Outcome};
 use crate::queue::{Job, Popped};
 use crate::ring::{PoolRing, Record};
@@ -40,7 +40,7 @@ use crate::trace::event;
 pub(crate) struct Worker {
     pub(crate) pid: u32,
     pub(crate) child: ChildProc,
-    pub(crate) reader: FramedRead<ChanRead, LengthDelimitedCodec>,
+    pub(crate) reader: FramedRead<ChanRead, ReplyCodec>,
     pub(crate) writer: ChanWrite,
     /// Where replies come, if the worker has one; else on `reader`.
     pub(crate) ring: Option<Arc<PoolRing>>,

@@ -75,10 +75,10 @@ impl<R> TaskHandle<R> {
 
 /// Decodes a reply that holds exactly one result.
 pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<R, TaskError> {
-    let bytes = reply?;
-    if let Some(result) = bytes_result::<R>(&bytes) {
-        return Ok(result);
-    }
+    let bytes = match bytes_result::<R>(reply?) {
+        Ok(result) => return Ok(result),
+        Err(bytes) => bytes,
+    };
     let mut results = decode_results::<R>(&bytes).map_err(|message| TaskError::Codec {
         what: Payload::Result,
         message,
@@ -93,13 +93,38 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
 /// copy: the zero-copy path that `Bytes` users expect of large payloads. `None` when `R`
 /// is not `Bytes` or the reply is not one successful result (the generic path then
 /// decodes it, errors included).
-fn bytes_result<R: 'static>(reply: &bytes::Bytes) -> Option<R> {
-    if std::any::TypeId::of::<R>() != std::any::TypeId::of::<bytes::Bytes>() {
-        return None;
+/// A `Bytes` or `Vec<u8>` result taken from the reply without decoding: a slice of
+/// the reply, or, for a `Vec<u8>`, the reply's own buffer when it owns that alone (the
+/// bytes are moved to its front; a large reply owns its buffer, see `ReplyCodec`), else
+/// a copy. `Err` gives the reply back to the general decoder.
+fn bytes_result<R: 'static>(reply: bytes::Bytes) -> Result<R, bytes::Bytes> {
+    use std::any::{Any, TypeId};
+    let is_bytes = TypeId::of::<R>() == TypeId::of::<bytes::Bytes>();
+    let is_vec = TypeId::of::<R>() == TypeId::of::<Vec<u8>>();
+    if !is_bytes && !is_vec {
+        return Err(reply);
     }
-    // The reply is postcard's encoding of `Vec<Result<Bytes, RemotePanic>>` holding one
-    // `Ok`: a sequence length of 1, the variant index 0, then a byte string (a varint
-    // length, then the bytes).
+    let Some(start) = byte_string_start(&reply) else {
+        return Err(reply);
+    };
+    let mut payload = reply;
+    bytes::Buf::advance(&mut payload, start);
+    let value: Box<dyn Any> = if is_vec {
+        Box::new(Vec::<u8>::from(payload))
+    } else {
+        Box::new(payload)
+    };
+    match value.downcast::<R>() {
+        Ok(value) => Ok(*value),
+        Err(_) => unreachable!("R is the type checked above"),
+    }
+}
+
+/// Where the bytes of a reply's one byte-string result start: the reply is postcard's
+/// encoding of `Vec<Result<_, RemotePanic>>` holding one `Ok`: a sequence length of 1,
+/// the variant index 0, then a byte string (a varint length, then the bytes). A
+/// `Vec<u8>` travels as a byte string too (see `Wire`).
+fn byte_string_start(reply: &[u8]) -> Option<usize> {
     let (count, rest) = postcard::take_from_bytes::<u64>(reply).ok()?;
     let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
     let (len, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
@@ -107,9 +132,7 @@ fn bytes_result<R: 'static>(reply: &bytes::Bytes) -> Option<R> {
     if count != 1 || variant != 0 || rest.len() != len {
         return None;
     }
-    let start = reply.len() - rest.len();
-    let value: Box<dyn std::any::Any> = Box::new(reply.slice(start..));
-    value.downcast::<R>().ok().map(|b| *b)
+    Some(reply.len() - rest.len())
 }
 
 impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {
@@ -146,20 +169,42 @@ mod tests {
     fn a_bytes_result_is_a_slice_of_the_reply() {
         let data = bytes::Bytes::from(vec![7u8; 300]);
         let reply = reply_of(Ok(data.clone()));
-        let got: bytes::Bytes = bytes_result(&reply).expect("the fast path");
+        let start = reply.len() - 300;
+        let at = reply[start..].as_ptr();
+        let got: bytes::Bytes = bytes_result(reply.clone()).expect("the fast path");
         assert_eq!(got, data);
         // The same memory as the reply: no copy was made.
-        assert_eq!(got.as_ptr(), reply[reply.len() - 300..].as_ptr());
+        assert_eq!(got.as_ptr(), at);
         assert_eq!(decode_one::<bytes::Bytes>(Ok(reply)), Ok(data));
+    }
+
+    #[test]
+    fn a_vec_result_takes_over_a_reply_it_owns_alone() {
+        let reply = reply_of(Ok(bytes::Bytes::from(vec![9u8; 5000])));
+        // A reply that owns its buffer alone (as a large one from the socket does).
+        let owned = bytes::Bytes::from(reply.to_vec());
+        let buffer = owned.as_ptr();
+        let got: Vec<u8> = bytes_result(owned).expect("the fast path");
+        assert_eq!(got, vec![9u8; 5000]);
+        // Its bytes were moved to the front of the same buffer: no second buffer.
+        assert_eq!(got.as_ptr(), buffer);
+        // A shared reply is copied, and still right.
+        let again = reply.clone();
+        assert_eq!(decode_one::<Vec<u8>>(Ok(again)), Ok(vec![9u8; 5000]));
+        assert!(
+            reply.ends_with(&[9u8; 5000]),
+            "the shared reply is untouched"
+        );
     }
 
     #[test]
     fn other_types_and_failures_take_the_generic_path() {
         let reply = reply_of(Ok(bytes::Bytes::from_static(b"abc")));
-        assert!(bytes_result::<Vec<u8>>(&reply).is_none());
+        assert!(bytes_result::<String>(reply.clone()).is_err());
         let panic = RemotePanic::new("no".into(), None);
         let reply = reply_of(Err(panic.clone()));
-        assert!(bytes_result::<bytes::Bytes>(&reply).is_none());
+        assert!(bytes_result::<bytes::Bytes>(reply.clone()).is_err());
+        assert!(bytes_result::<Vec<u8>>(reply.clone()).is_err());
         assert_eq!(
             decode_one::<bytes::Bytes>(Ok(reply)),
             Err(TaskError::Panicked(panic))

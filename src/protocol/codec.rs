@@ -23,6 +23,59 @@ pub(crate) fn frame_codec(max_frame_len: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
+/// The pool's reader of a worker's frames: the same frames as [`frame_codec`]'s,
+/// except that a large frame that is all the read buffer holds is taken with the
+/// buffer, not cut from it. The frame then owns its memory alone, so a `Vec<u8>` or
+/// `Bytes` result made from it needs no second buffer of its size (a fresh one costs a
+/// page fault per 4 KiB).
+#[derive(Debug)]
+pub(crate) struct ReplyCodec {
+    max_frame_len: usize,
+}
+
+/// Frames at least this large are taken whole when they can be.
+const TAKE_WHOLE: usize = 64 << 10;
+
+impl ReplyCodec {
+    pub(crate) fn new(max_frame_len: usize) -> Self {
+        ReplyCodec { max_frame_len }
+    }
+}
+
+impl tokio_util::codec::Decoder for ReplyCodec {
+    type Item = bytes::BytesMut;
+    type Error = std::io::Error;
+
+    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+        use bytes::Buf;
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > self.max_frame_len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "frame of {len} bytes, over the limit of {} bytes",
+                    self.max_frame_len
+                ),
+            ));
+        }
+        if src.len() < 4 + len {
+            // Room for the rest of the frame in one go.
+            src.reserve(4 + len - src.len());
+            return Ok(None);
+        }
+        let mut frame = if len >= TAKE_WHOLE && src.len() == 4 + len {
+            std::mem::take(src)
+        } else {
+            src.split_to(4 + len)
+        };
+        frame.advance(4);
+        Ok(Some(frame))
+    }
+}
+
 /// Encodes a frame: `header`, then whatever `payload` appends.
 pub(crate) fn encode_frame<H: Serialize>(
     header: &H,
