@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Payload, TaskError};
 use crate::pool::{JobFrame, Pool};
-use crate::protocol::codec::decode_results;
+use crate::protocol::codec::decode_results_with;
 use crate::queue::{FeedReply, Reply, ReplyTo};
 use crate::task_fn::FnRef;
 
@@ -67,20 +67,19 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
 ) -> impl Iterator<Item = Result<R, TaskError>> {
     let all = |e: TaskError| (0..tasks).map(move |_| Err(e.clone())).collect::<Vec<_>>();
     let results: Vec<Result<R, TaskError>> = match reply {
-        Ok(bytes) => match decode_results::<R>(&bytes) {
-            Ok(results) if results.len() == tasks => results
-                .into_iter()
-                .map(|r| r.map_err(TaskError::Panicked))
-                .collect(),
-            Ok(results) => all(TaskError::Protocol(format!(
-                "{} results for a chunk of {tasks}",
-                results.len()
-            ))),
-            Err(message) => all(TaskError::Codec {
-                what: Payload::Result,
-                message,
-            }),
-        },
+        Ok(bytes) => {
+            match decode_results_with::<R, _>(&bytes, |r| r.map_err(TaskError::Panicked)) {
+                Ok(results) if results.len() == tasks => results,
+                Ok(results) => all(TaskError::Protocol(format!(
+                    "{} results for a chunk of {tasks}",
+                    results.len()
+                ))),
+                Err(message) => all(TaskError::Codec {
+                    what: Payload::Result,
+                    message,
+                }),
+            }
+        }
         Err(e) => all(e),
     };
     results.into_iter()

@@ -200,6 +200,64 @@ where
     }
 }
 
+/// Decodes a chunk of results straight into what the caller keeps of each: one
+/// allocation per chunk rather than two.
+pub(crate) fn decode_results_with<R, T>(
+    bytes: &[u8],
+    f: impl FnMut(Result<R, RemotePanic>) -> T,
+) -> Result<Vec<T>, String>
+where
+    R: DeserializeOwned + 'static,
+{
+    use serde::de::DeserializeSeed;
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    Mapped {
+        f,
+        _types: std::marker::PhantomData,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| e.to_string())
+}
+
+/// A sequence of results, each mapped by `f` as it is decoded.
+struct Mapped<R, F> {
+    f: F,
+    _types: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<'de, R, T, F> serde::de::DeserializeSeed<'de> for Mapped<R, F>
+where
+    R: DeserializeOwned + 'static,
+    F: FnMut(Result<R, RemotePanic>) -> T,
+{
+    type Value = Vec<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de, R, T, F> serde::de::Visitor<'de> for Mapped<R, F>
+where
+    R: DeserializeOwned + 'static,
+    F: FnMut(Result<R, RemotePanic>) -> T,
+{
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a chunk of results")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        // The length comes from the untrusted reply: do not let it size the buffer.
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element::<Result<Wire<R>, RemotePanic>>()? {
+            out.push((self.f)(item.map(|w| w.0)));
+        }
+        Ok(out)
+    }
+}
+
 /// Decodes a chunk of results.
 pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     bytes: &[u8],
