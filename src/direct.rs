@@ -143,9 +143,16 @@ impl Lease {
 /// Runs `job` through an offered worker if one is free and nothing is queued; gives the
 /// job back otherwise. On success the job's reply has been sent, or the job handed to
 /// the worker's driver.
+// The job is handed back (the usual outcome), not an error to pass around; boxing it
+// would cost an allocation per call.
+#[allow(clippy::result_large_err)]
 pub(crate) fn try_direct(shared: &Shared, job: Job) -> Result<(), Job> {
     let spin = shared.config.spin.unwrap_or_default();
-    if spin.is_zero() || job.frame.len() > MAX_DIRECT_FRAME || !shared.queue.is_open_and_empty() {
+    if spin.is_zero()
+        || job.wire_len() > MAX_DIRECT_FRAME
+        || !job.tail.is_empty()
+        || !shared.queue.is_open_and_empty()
+    {
         return Err(job);
     }
     let Some(lease) = shared.lend() else {

@@ -99,17 +99,27 @@ impl Outbox {
             // No allocation on this path: it runs at every event of the driver.
             let mut slices = [IoSlice::new(&[]); 64];
             let mut count = 0;
-            for (slot, job) in slices.iter_mut().zip(inflight.range(first..)) {
-                let skip = if count == 0 { self.offset } else { 0 };
-                *slot = IoSlice::new(&job.frame[skip..]);
-                count += 1;
+            let mut skip = self.offset;
+            'fill: for job in inflight.range(first..) {
+                for part in [&job.frame, &job.tail] {
+                    if skip >= part.len() {
+                        skip -= part.len();
+                        continue;
+                    }
+                    if count == slices.len() {
+                        break 'fill;
+                    }
+                    slices[count] = IoSlice::new(&part[skip..]);
+                    skip = 0;
+                    count += 1;
+                }
             }
             let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while n > 0 {
-                let left = inflight[inflight.len() - self.unsent].frame.len() - self.offset;
+                let left = inflight[inflight.len() - self.unsent].wire_len() - self.offset;
                 if n >= left {
                     n -= left;
                     self.unsent -= 1;
@@ -395,7 +405,7 @@ impl Driver<'_> {
                     if !unsent.is_empty() {
                         // Nothing was in flight: the caller had the worker.
                         self.outbox.unsent = 1;
-                        self.outbox.offset = job.frame.len() - unsent.len();
+                        self.outbox.offset = job.wire_len() - unsent.len();
                     }
                     self.inflight.push_back(job);
                     taken += 1;

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -76,7 +77,12 @@ pub(crate) struct JobFrame {
     id: u64,
     tasks: usize,
     frame: Result<Vec<u8>, TaskError>,
+    /// See [`Job::tail`](crate::queue::Job).
+    tail: Bytes,
 }
+
+/// Byte-string arguments from this size on travel without a copy (see [`JobFrame::one`]).
+const TAIL_MIN: usize = 64 << 10;
 
 impl JobFrame {
     pub(crate) fn encode<A: Serialize + 'static>(
@@ -109,7 +115,61 @@ impl JobFrame {
             id,
             tasks: items.len(),
             frame,
+            tail: Bytes::new(),
         }
+    }
+
+    /// The frame of a single task. A large `Vec<u8>` or `Bytes` argument is not copied
+    /// into the frame but written from where it is: the frame holds the header and the
+    /// byte string's length, and the argument follows it on the wire as it is (the
+    /// bytes are the same as `encode`'s).
+    pub(crate) fn one<A: Serialize + 'static>(
+        pool: &Pool,
+        func: Result<FnRef, String>,
+        arg: A,
+    ) -> Self {
+        let arg: Box<dyn std::any::Any> = Box::new(arg);
+        let bytes = match arg.downcast::<Vec<u8>>() {
+            Ok(vec) if vec.len() >= TAIL_MIN => Ok(Bytes::from(*vec)),
+            Ok(vec) => Err(vec as Box<dyn std::any::Any>),
+            Err(arg) => match arg.downcast::<Bytes>() {
+                Ok(bytes) if bytes.len() >= TAIL_MIN => Ok(*bytes),
+                Ok(bytes) => Err(bytes as Box<dyn std::any::Any>),
+                Err(arg) => Err(arg),
+            },
+        };
+        let tail = match bytes {
+            Ok(tail) => tail,
+            Err(arg) => {
+                let arg = arg.downcast::<A>().expect("the argument's own type");
+                return JobFrame::encode(pool, func, std::slice::from_ref(&*arg));
+            }
+        };
+        // A chunk of one byte string: a sequence length of 1, the string's length.
+        let mut job = JobFrame::encode::<()>(pool, func, &[]);
+        if let Ok(frame) = &mut job.frame {
+            frame.truncate(frame.len() - 1); // the empty chunk's length, 0
+            frame.push(1);
+            let mut varint = [0u8; 10];
+            let len = postcard::to_slice(&(tail.len() as u64), &mut varint)
+                .expect("a u64 fits in 10 bytes")
+                .len();
+            frame.extend_from_slice(&varint[..len]);
+            let total = frame.len() - 4 + tail.len();
+            let limit = pool.shared().config.max_frame_len;
+            if total > limit {
+                job.frame = Err(TaskError::TooLarge {
+                    what: Payload::Argument,
+                    size: total,
+                    limit,
+                });
+            } else {
+                frame[..4].copy_from_slice(&(total as u32).to_be_bytes());
+                job.tasks = 1;
+                job.tail = tail;
+            }
+        }
+        job
     }
 }
 
@@ -179,6 +239,7 @@ impl Pool {
         let job = Job {
             id: job.id,
             frame: frame.into(),
+            tail: job.tail,
             tasks: job.tasks,
             timeout,
             abort,
@@ -242,7 +303,7 @@ impl Pool {
     {
         let _ = f;
         let func = FnRef::of(trampoline::<F, A, R>());
-        let job = JobFrame::encode(self, func, std::slice::from_ref(&arg));
+        let job = JobFrame::one(self, func, arg);
         Apply::new(self.clone(), job)
     }
 

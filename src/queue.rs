@@ -175,8 +175,12 @@ impl ReplyTo {
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) id: u64,
-    /// The encoded `ToWorker::Job` frame: header and arguments.
+    /// The encoded `ToWorker::Job` frame: header and arguments (the length prefix
+    /// counts `tail` too).
     pub(crate) frame: Bytes,
+    /// The rest of the frame, when a large byte-string argument is sent as it is,
+    /// without a copy; usually empty.
+    pub(crate) tail: Bytes,
     /// How many tasks the chunk holds.
     pub(crate) tasks: usize,
     pub(crate) timeout: Option<Duration>,
@@ -187,6 +191,11 @@ pub(crate) struct Job {
 impl Job {
     /// Claims the job for a driver; false if nobody waits for it any more (its handle
     /// was dropped or aborted).
+    /// The frame's length on the wire.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.frame.len() + self.tail.len()
+    }
+
     pub(crate) fn claim(&self) -> bool {
         !self.reply.is_closed() && self.abort.as_ref().is_none_or(|a| a.take())
     }
@@ -251,6 +260,9 @@ impl Queue {
     }
 
     /// Adds a job at the back; gives it back if the queue is closed.
+    // The job is handed back, not an error to pass around; boxing it would cost an
+    // allocation per job.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn push(&self, job: Job) -> Result<(), Job> {
         let waker = {
             let mut state = self.lock();

@@ -341,6 +341,58 @@ async fn bytes_payloads_of_a_few_mib_round_trip_intact() {
     pool.terminate().await;
 }
 
+/// A large `Vec<u8>` or `Bytes` argument of `apply` is written from where it is, behind
+/// a frame that holds only the header (from 64 KiB on). Around that size, and with many
+/// such jobs in flight at once (so that writes stop part-way through them), every
+/// argument still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_byte_arguments_sent_in_place_arrive_whole() {
+    let pool = support::pool(2).await;
+    let sizes = [
+        (64 << 10) - 1,
+        64 << 10,
+        (64 << 10) + 1,
+        200_000,
+        1 << 20,
+        (3 << 20) + 5,
+        // Larger than the socket's buffer: written in several goes.
+        (9 << 20) + 3,
+    ];
+    // All submitted before any is awaited: the pool has many of them in flight.
+    let mut vecs = Vec::new();
+    let mut bytes = Vec::new();
+    for (i, &n) in sizes.iter().cycle().take(28).enumerate() {
+        let data = pattern(n, i as u8);
+        if i % 2 == 0 {
+            let mut want = data.clone();
+            want.reverse();
+            vecs.push((want, pool.apply_async(reverse, data)));
+        } else {
+            let want: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+            bytes.push((want, pool.apply_async(xor_bytes, Bytes::from(data))));
+        }
+    }
+    for (i, (want, handle)) in vecs.into_iter().enumerate() {
+        let got = bounded("Vec<u8> in place", handle).await.expect("task");
+        assert!(
+            got == want,
+            "Vec argument {i} ({} bytes) came back altered",
+            want.len()
+        );
+    }
+    for (i, (want, handle)) in bytes.into_iter().enumerate() {
+        let got = bounded("Bytes in place", handle).await.expect("task");
+        assert!(
+            got[..] == want[..],
+            "Bytes argument {i} ({} bytes) came back altered",
+            want.len()
+        );
+    }
+    let stats = pool.stats();
+    assert_eq!(stats.workers_crashed, 0, "{stats:?}");
+    pool.terminate().await;
+}
+
 #[tokio::test]
 async fn structured_values_round_trip_intact() {
     let pool = support::pool(1).await;
