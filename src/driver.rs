@@ -361,11 +361,22 @@ impl Driver<'_> {
             .await;
             match event {
                 Event::Job(job) => {
-                    // Take what else may go now, so that one write carries it all.
+                    // Take what else may go now (under one lock of the queue), so that
+                    // one write carries it all.
                     let depth = self.depth();
-                    let mut next = Some(job);
-                    while let Some(job) = next.take() {
-                        self.outbox.unsent += 1;
+                    let before = self.inflight.len();
+                    self.inflight.push_back(job);
+                    let room = depth.saturating_sub(self.inflight.len()).min(
+                        cfg.max_tasks_per_child
+                            .map_or(usize::MAX, |max| max.saturating_sub(taken + 1)),
+                    );
+                    let skipped = self.shared.queue.pop_into(room, &mut self.inflight);
+                    Counters::add(&self.shared.counters.cancelled, skipped);
+                    let new = self.inflight.len() - before;
+                    self.outbox.unsent += new;
+                    taken += new;
+                    #[cfg(feature = "tracing")]
+                    for job in self.inflight.range(before..) {
                         event!(
                             tracing::Level::TRACE,
                             pid = w.pid,
@@ -373,19 +384,10 @@ impl Driver<'_> {
                             tasks = job.tasks,
                             "job sent"
                         );
-                        self.inflight.push_back(job);
-                        taken += 1;
-                        if self.inflight.len() == 1 {
-                            self.pace.head_started = Instant::now();
-                            deadline = self.arm(sleep.as_mut());
-                        }
-                        if self.inflight.len() < depth
-                            && cfg.max_tasks_per_child.is_none_or(|max| taken < max)
-                        {
-                            let (job, skipped) = self.shared.queue.try_pop();
-                            Counters::add(&self.shared.counters.cancelled, skipped);
-                            next = job;
-                        }
+                    }
+                    if before == 0 {
+                        self.pace.head_started = Instant::now();
+                        deadline = self.arm(sleep.as_mut());
                     }
                     if let Some(frame) = self.spin_for_reply(w) {
                         match self.complete(frame, Instant::now()) {

@@ -231,20 +231,55 @@ impl Pool {
         reply: ReplyTo,
         direct: bool,
     ) {
+        if let Some(mut job) = self.prepare(job, timeout, reply) {
+            job.abort = abort;
+            self.submit_job(job, direct);
+        }
+    }
+
+    /// Makes a job of `job` for the queue, or fails it at once (`None`) if it could not
+    /// be encoded.
+    pub(crate) fn prepare(
+        &self,
+        job: JobFrame,
+        timeout: Option<Duration>,
+        reply: ReplyTo,
+    ) -> Option<Job> {
+        match job.frame {
+            Ok(frame) => Some(Job {
+                id: job.id,
+                frame: frame.into(),
+                tail: job.tail,
+                tasks: job.tasks,
+                timeout,
+                abort: None,
+                reply,
+            }),
+            Err(e) => {
+                reply.send(Err(e));
+                None
+            }
+        }
+    }
+
+    /// Queues prepared jobs under one lock of the queue; `jobs` is left empty.
+    pub(crate) fn submit_all(&self, jobs: &mut Vec<Job>) {
+        #[cfg(feature = "tracing")]
+        for job in jobs.iter() {
+            event!(
+                tracing::Level::TRACE,
+                job = job.id,
+                tasks = job.tasks,
+                "job submitted"
+            );
+        }
         let shared = self.shared();
-        let frame = match job.frame {
-            Ok(frame) => frame,
-            Err(e) => return reply.send(Err(e)),
-        };
-        let job = Job {
-            id: job.id,
-            frame: frame.into(),
-            tail: job.tail,
-            tasks: job.tasks,
-            timeout,
-            abort,
-            reply,
-        };
+        let tasks = shared.queue.push_all(jobs);
+        Counters::add(&shared.counters.submitted, tasks);
+    }
+
+    fn submit_job(&self, job: Job, direct: bool) {
+        let shared = self.shared();
         let tasks = job.tasks;
         event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
         let job = match direct {

@@ -278,6 +278,32 @@ impl Queue {
         Ok(())
     }
 
+    /// Adds jobs at the back under one lock, waking as many waiting drivers as there
+    /// are jobs; a closed queue fails them with [`TaskError::Closed`]. Returns how many
+    /// tasks were queued.
+    pub(crate) fn push_all(&self, jobs: &mut Vec<Job>) -> u64 {
+        let mut wakers = Vec::new();
+        let mut refused = Vec::new();
+        let mut tasks = 0;
+        {
+            let mut state = self.lock();
+            if state.closed {
+                refused = std::mem::take(jobs);
+            } else {
+                for _ in 0..jobs.len().min(state.waiters.len()) {
+                    wakers.extend(state.next_waiter());
+                }
+                tasks = jobs.iter().map(|j| j.tasks as u64).sum();
+                state.jobs.extend(jobs.drain(..));
+            }
+        }
+        wakers.into_iter().for_each(Waker::wake);
+        refused
+            .into_iter()
+            .for_each(|job| job.fail(TaskError::Closed));
+        tasks
+    }
+
     /// Puts jobs that were taken but never started back at the front, in order; even
     /// a closed queue takes them, since they were accepted before it closed.
     pub(crate) fn requeue(&self, jobs: impl DoubleEndedIterator<Item = Job>) {
@@ -321,10 +347,20 @@ impl Queue {
         (Poll::Pending, skipped)
     }
 
-    /// Takes the next job that someone still waits for, if there is one now; returns
-    /// how many abandoned jobs were dropped alongside.
-    pub(crate) fn try_pop(&self) -> (Option<Job>, u64) {
-        self.lock().pop_live()
+    /// Moves up to `max` jobs that someone still waits for to `out`, under one lock;
+    /// returns how many abandoned jobs were dropped alongside.
+    pub(crate) fn pop_into(&self, max: usize, out: &mut VecDeque<Job>) -> u64 {
+        let mut state = self.lock();
+        let mut skipped = 0;
+        for _ in 0..max {
+            let (job, s) = state.pop_live();
+            skipped += s;
+            match job {
+                Some(job) => out.push_back(job),
+                None => break,
+            }
+        }
+        skipped
     }
 
     /// Forgets a driver that stops taking jobs, and passes its wake-up on so that no

@@ -22,7 +22,10 @@ use tokio::sync::mpsc;
 use crate::error::{Payload, TaskError};
 use crate::pool::{JobFrame, Pool};
 use crate::protocol::codec::decode_results_with;
-use crate::queue::{FeedReply, Reply, ReplyTo};
+use crate::queue::{FeedReply, Job, Reply, ReplyTo};
+
+/// Chunks queued at once (see `Feed::batch`).
+const BATCH: usize = 64;
 use crate::task_fn::FnRef;
 
 /// How far a `map`, `imap`, `imap_unordered` or `starmap` call has come: what a
@@ -192,6 +195,8 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     max_in_flight: Option<usize>,
     timeout: Option<Duration>,
     in_flight: InFlight,
+    /// Chunks encoded and not yet queued: they are queued in batches, under one lock.
+    batch: Vec<Job>,
     _result: std::marker::PhantomData<fn() -> R>,
     progress: Option<(ProgressHook, Progress)>,
 }
@@ -234,16 +239,23 @@ where
                 (hook, start)
             }),
             in_flight: InFlight::new(ordered),
+            batch: Vec::new(),
             _result: std::marker::PhantomData,
         }
     }
 
+    /// Encodes the chunk gathered so far; it is queued with the next batch.
     fn submit_chunk(&mut self) {
         let items = std::mem::take(&mut self.chunk);
         let tasks = items.len();
         let job = JobFrame::encode(&self.pool, self.func.clone(), &items);
         let reply = self.in_flight.push(tasks);
-        self.pool.submit_to(job, self.timeout, None, reply, false);
+        if let Some(job) = self.pool.prepare(job, self.timeout, reply) {
+            self.batch.push(job);
+            if self.batch.len() >= BATCH {
+                self.pool.submit_all(&mut self.batch);
+            }
+        }
     }
 
     /// How many chunks may be in flight: the caller's bound, or by default enough to
@@ -284,6 +296,9 @@ where
             if pending {
                 break;
             }
+        }
+        if !self.batch.is_empty() {
+            self.pool.submit_all(&mut self.batch);
         }
     }
 }
