@@ -92,7 +92,10 @@ impl JobFrame {
     ) -> Self {
         let id = pool.shared().next_id.fetch_add(1, Ordering::Relaxed);
         let frame = func.map_err(TaskError::Unsupported).and_then(|func| {
-            let mut frame = vec![0u8; 4];
+            // Room for the length, the header and small arguments, so that a tiny job
+            // costs one allocation rather than one and a few regrowths.
+            let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
+            frame.extend_from_slice(&[0; 4]);
             frame = postcard::to_extend(&ToWorker::Job { id, func }, frame)
                 .map_err(|e| TaskError::Protocol(e.to_string()))?;
             encode_chunk(items, &mut frame).map_err(|message| TaskError::Codec {
