@@ -69,10 +69,14 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
 
     /// Submits the task now.
     pub fn spawn(self) -> TaskHandle<R> {
+        self.submit(false)
+    }
+
+    fn submit(self, direct: bool) -> TaskHandle<R> {
         let abort = Arc::new(AbortSignal::default());
         let (rx, id) = self
             .pool
-            .submit(self.job, self.timeout, Some(abort.clone()));
+            .submit(self.job, self.timeout, Some(abort.clone()), direct);
         TaskHandle::new(id, rx, abort)
     }
 }
@@ -84,11 +88,7 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
     /// Submits the task; a worker that is idle and runs tiny tasks may run it at
     /// once, in this call, for up to the pool's [`spin`](crate::PoolBuilder::spin).
     fn into_future(self) -> TaskHandle<R> {
-        let abort = Arc::new(AbortSignal::default());
-        let (rx, id) = self
-            .pool
-            .submit_and_wait(self.job, self.timeout, Some(abort.clone()));
-        TaskHandle::new(id, rx, abort)
+        self.submit(true)
     }
 }
 

@@ -198,30 +198,19 @@ impl Pool {
     }
 
     /// Queues a job whose reply goes to a oneshot; returns its receiver and the id.
+    /// With `direct`, for a caller that is about to wait for the result, an idle worker
+    /// of tiny tasks may run the job at once, in this call (see [`crate::direct`];
+    /// bounded by the pool's `spin`).
     pub(crate) fn submit(
         &self,
         job: JobFrame,
         timeout: Option<Duration>,
         abort: Option<Arc<AbortSignal>>,
+        direct: bool,
     ) -> (oneshot::Receiver<Reply>, u64) {
         let (tx, rx) = oneshot::channel();
         let id = job.id;
-        self.submit_to(job, timeout, abort, ReplyTo::One(tx), false);
-        (rx, id)
-    }
-
-    /// Like [`submit`](Self::submit), for a caller that is about to wait for the
-    /// result: an idle worker of tiny tasks may run the job at once, in this call (see
-    /// [`crate::direct`]; bounded by the pool's `spin`).
-    pub(crate) fn submit_and_wait(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        abort: Option<Arc<AbortSignal>>,
-    ) -> (oneshot::Receiver<Reply>, u64) {
-        let (tx, rx) = oneshot::channel();
-        let id = job.id;
-        self.submit_to(job, timeout, abort, ReplyTo::One(tx), true);
+        self.submit_to(job, timeout, abort, ReplyTo::One(tx), direct);
         (rx, id)
     }
 

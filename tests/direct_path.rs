@@ -107,6 +107,21 @@ async fn warm_up(pool: &Pool, min: u64) -> (u32, u64) {
     );
 }
 
+/// Stats after `n` tasks that all succeeded, one job each, on the one worker `pid`.
+fn assert_all_done_on_one_worker(stats: &procpool::PoolStats, n: u64, pid: u32) {
+    assert_eq!(stats.submitted, n, "{stats:?}");
+    assert_eq!(stats.completed, n, "{stats:?}");
+    assert_eq!(stats.failed, 0, "{stats:?}");
+    assert_eq!(stats.timed_out, 0, "{stats:?}");
+    assert_eq!(stats.cancelled, 0, "{stats:?}");
+    assert_eq!(stats.queued, 0, "{stats:?}");
+    assert_eq!(stats.workers_crashed, 0, "{stats:?}");
+    assert_eq!(stats.workers_started, 1, "{stats:?}");
+    assert_eq!(stats.workers.len(), 1, "{stats:?}");
+    assert_eq!(stats.workers[0].pid, pid, "{stats:?}");
+    assert_eq!(stats.workers[0].tasks, n, "one job per task: {stats:?}");
+}
+
 /// Terminates the pool and checks that every worker it had (and `seen`) is gone.
 async fn finish(pool: Pool, seen: impl IntoIterator<Item = u32>) {
     let mut pids: BTreeSet<u32> = seen.into_iter().collect();
@@ -140,17 +155,7 @@ async fn many_sequential_applies(spin: Option<Duration>) {
         direct += u64::from(was_direct);
     }
     let stats = pool.stats();
-    assert_eq!(stats.submitted, CALLS, "{stats:?}");
-    assert_eq!(stats.completed, CALLS, "{stats:?}");
-    assert_eq!(stats.failed, 0, "{stats:?}");
-    assert_eq!(stats.timed_out, 0, "{stats:?}");
-    assert_eq!(stats.cancelled, 0, "{stats:?}");
-    assert_eq!(stats.queued, 0, "{stats:?}");
-    assert_eq!(stats.workers_crashed, 0, "{stats:?}");
-    assert_eq!(stats.workers_started, 1, "{stats:?}");
-    assert_eq!(stats.workers.len(), 1, "{stats:?}");
-    assert_eq!(stats.workers[0].pid, pid, "{stats:?}");
-    assert_eq!(stats.workers[0].tasks, CALLS, "{stats:?}");
+    assert_all_done_on_one_worker(&stats, CALLS, pid);
     if spin == Some(SPIN) {
         // With a spin of 200 µs, tiny tasks must be run directly most of the time.
         assert!(
@@ -493,17 +498,7 @@ async fn concurrent_callers_and_a_map() {
     );
 
     let total = warm + CALLERS * CALLS + MAPPED;
-    let stats = pool.stats();
-    assert_eq!(stats.submitted, total, "{stats:?}");
-    assert_eq!(stats.completed, total, "{stats:?}");
-    assert_eq!(stats.failed, 0, "{stats:?}");
-    assert_eq!(stats.cancelled, 0, "{stats:?}");
-    assert_eq!(stats.queued, 0, "{stats:?}");
-    assert_eq!(stats.workers_crashed, 0, "{stats:?}");
-    assert_eq!(stats.workers_started, 1, "{stats:?}");
-    assert_eq!(stats.workers.len(), 1, "{stats:?}");
-    assert_eq!(stats.workers[0].pid, pid, "{stats:?}");
-    assert_eq!(stats.workers[0].tasks, total, "one job per task: {stats:?}");
+    assert_all_done_on_one_worker(&pool.stats(), total, pid);
     // And it still works afterwards.
     let (y, p) = within("after", pool.apply(double_with_pid, 21))
         .await
