@@ -246,9 +246,10 @@ where
 
     /// Encodes the chunk gathered so far; it is queued with the next batch.
     fn submit_chunk(&mut self) {
-        let items = std::mem::take(&mut self.chunk);
-        let tasks = items.len();
-        let job = JobFrame::encode(&self.pool, self.func.clone(), &items);
+        let tasks = self.chunk.len();
+        let job = JobFrame::encode(&self.pool, self.func.clone(), &self.chunk);
+        // The buffer is kept for the next chunk (its items are dropped here).
+        self.chunk.clear();
         let reply = self.in_flight.push(tasks);
         if let Some(job) = self.pool.prepare(job, self.timeout, reply) {
             self.batch.push(job);
