@@ -1125,12 +1125,9 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
     }
 }
 
-fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&Python>) {
-    let rss = common::rss_mib(std::process::id()).unwrap_or(0.0);
-    t.section(&format!(
-        "start-up: time to a ready pool (every worker has answered), this process at {rss:.0} MiB RSS, median"
-    ));
-    say("exec of this binary, fork + waitpid");
+/// Measures exec'ing this binary and forking this process, adds the reference row
+/// (two execs) and the rows beside it; returns the reference in ms.
+fn exec_reference(s: &Sizes, t: &mut Table, with_one_exec: bool) -> f64 {
     let exec1 = ms(median_of(2, s.startup_reps * 2, common::exec_self));
     let fork = ms(median_of(2, s.startup_reps * 2, common::fork_and_wait));
     let exec2 = 2.0 * exec1;
@@ -1139,30 +1136,48 @@ fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
         exec2,
         Unit::Millis,
     );
-    t.info(
-        "exec of this binary, once",
-        Some(exec1),
-        Unit::Millis,
-        Some((exec1 / exec2, "exec x2")),
-    );
+    if with_one_exec {
+        t.info(
+            "exec of this binary, once",
+            Some(exec1),
+            Unit::Millis,
+            Some((exec1 / exec2, "exec x2")),
+        );
+    }
     t.info(
         "fork() + waitpid of this process",
         Some(fork),
         Unit::Millis,
         Some((fork / exec2, "exec x2")),
     );
+    exec2
+}
+
+/// The median time, in ms, to a ready pool of 2 with `method`.
+fn ready_pool_ms(rt: &tokio::runtime::Runtime, s: &Sizes, method: StartMethod) -> f64 {
+    ms(rt.block_on(async {
+        let mut xs = Vec::new();
+        for _ in 0..s.startup_reps {
+            let start = Instant::now();
+            let pool = pool_of(2, method).await;
+            xs.push(start.elapsed());
+            pool.terminate().await;
+        }
+        median(xs)
+    }))
+}
+
+fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&Python>) {
+    let rss = common::rss_mib(std::process::id()).unwrap_or(0.0);
+    t.section(&format!(
+        "start-up: time to a ready pool (every worker has answered), this process at {rss:.0} MiB RSS, median"
+    ));
+    say("exec of this binary, fork + waitpid");
+    let exec2 = exec_reference(s, t, true);
+    let exec1 = exec2 / 2.0;
     for (name, method) in METHODS {
         say(&format!("ready pool of 2 ({name})"));
-        let d = ms(rt.block_on(async {
-            let mut xs = Vec::new();
-            for _ in 0..s.startup_reps {
-                let start = Instant::now();
-                let pool = pool_of(2, method).await;
-                xs.push(start.elapsed());
-                pool.terminate().await;
-            }
-            median(xs)
-        }));
+        let d = ready_pool_ms(rt, s, method);
         let figure = format!("procpool ready pool of 2, {name}");
         if method == StartMethod::Spawn {
             t.judged(
@@ -1263,31 +1278,9 @@ fn grown(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
         "start-up again at the end of the run, this process now at {rss:.0} MiB RSS, median"
     ));
     say("start-up again with a grown parent");
-    let exec1 = ms(median_of(2, s.startup_reps * 2, common::exec_self));
-    let fork = ms(median_of(2, s.startup_reps * 2, common::fork_and_wait));
-    let exec2 = 2.0 * exec1;
-    t.reference(
-        "exec of this binary, twice (2 x median)",
-        exec2,
-        Unit::Millis,
-    );
-    t.info(
-        "fork() + waitpid of this process",
-        Some(fork),
-        Unit::Millis,
-        Some((fork / exec2, "exec x2")),
-    );
+    let exec2 = exec_reference(s, t, false);
     for (name, method) in METHODS {
-        let d = ms(rt.block_on(async {
-            let mut xs = Vec::new();
-            for _ in 0..s.startup_reps {
-                let start = Instant::now();
-                let pool = pool_of(2, method).await;
-                xs.push(start.elapsed());
-                pool.terminate().await;
-            }
-            median(xs)
-        }));
+        let d = ready_pool_ms(rt, s, method);
         t.info(
             &format!("procpool ready pool of 2, {name}"),
             Some(d),

@@ -199,44 +199,35 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
             reply: None,
         });
     }
-    let until = sent_at + spin;
-    loop {
-        for _ in 0..64 {
-            if let Ok(Some(frame)) = lease.ring.pop_frame() {
-                return match decode_frame::<FromWorker>(&frame) {
-                    Ok((FromWorker::Done { id, outcome, .. }, payload)) if id == job.id => {
-                        let payload_len = payload.len();
-                        deliver(
-                            shared,
-                            lease.slot,
-                            lease.pid,
-                            job,
-                            outcome,
-                            frame,
-                            payload_len,
-                        );
-                        None
-                    }
-                    // Not what a worker should say: the driver's to judge.
-                    _ => Some(Handover {
-                        job,
-                        sent_at,
-                        unsent: Bytes::new(),
-                        reply: Some(frame),
-                    }),
-                };
+    let until = sent_at.into_std() + spin;
+    let reply = crate::ring::spin_until(until, || lease.ring.pop_frame().ok().flatten());
+    // Settled here if it is this job's reply; anything else is the driver's to judge.
+    let settled = reply
+        .as_ref()
+        .and_then(|frame| match decode_frame::<FromWorker>(frame) {
+            Ok((FromWorker::Done { id, outcome, .. }, payload)) if id == job.id => {
+                Some((outcome, payload.len()))
             }
-            std::hint::spin_loop();
-        }
-        if Instant::now() >= until {
-            return Some(Handover {
+            _ => None,
+        });
+    match (settled, reply) {
+        (Some((outcome, payload_len)), Some(frame)) => {
+            deliver(
+                shared,
+                lease.slot,
+                lease.pid,
                 job,
-                sent_at,
-                unsent: Bytes::new(),
-                reply: None,
-            });
+                outcome,
+                frame,
+                payload_len,
+            );
+            None
         }
-        // Let the worker have this CPU if it is waiting for one.
-        std::thread::yield_now();
+        (_, reply) => Some(Handover {
+            job,
+            sent_at,
+            unsent: Bytes::new(),
+            reply,
+        }),
     }
 }

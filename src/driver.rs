@@ -253,10 +253,9 @@ impl Pace {
     /// `ran_ns` in the worker, which is what paces the worker: the pool's own clock
     /// would add the time it took to wake up for the reply.
     fn finished_head(&mut self, now: Instant, ran_ns: u64) {
-        let took = ran_ns;
         self.service_ns = Some(match self.service_ns {
-            None => took,
-            Some(avg) => (avg * 3 + took) / 4,
+            None => ran_ns,
+            Some(avg) => (avg * 3 + ran_ns) / 4,
         });
         self.head_started = now;
     }
@@ -511,22 +510,13 @@ impl Driver<'_> {
         ) {
             return None;
         }
-        let until = Instant::now() + spin;
-        loop {
-            for _ in 0..64 {
-                match self.next_ready(w) {
-                    Ok(Some(frame)) => return Some(frame),
-                    Ok(None) => std::hint::spin_loop(),
-                    // Left for the event loop to find again.
-                    Err(_) => return None,
-                }
-            }
-            if Instant::now() >= until {
-                return None;
-            }
-            // Let the worker have this CPU if it is waiting for one.
-            std::thread::yield_now();
-        }
+        let until = std::time::Instant::now() + spin;
+        // An error ends the polling; it is left for the event loop to find again.
+        crate::ring::spin_until(until, || match self.next_ready(w) {
+            Ok(None) => None,
+            found => Some(found.ok().flatten()),
+        })
+        .flatten()
     }
 
     /// The next reply that needs no reading from the channel: from the ring, or from

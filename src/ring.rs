@@ -333,6 +333,27 @@ impl WorkerRing {
     }
 }
 
+/// Polls `poll` until it gives something or `until` passes: a short burst of tries,
+/// then a yield of the CPU (to the worker, if it waits for one), and again. For the
+/// few microseconds a reply of a tiny task takes to appear in a ring.
+pub(crate) fn spin_until<T>(
+    until: std::time::Instant,
+    mut poll: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    loop {
+        for _ in 0..64 {
+            if let Some(found) = poll() {
+                return Some(found);
+            }
+            std::hint::spin_loop();
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// Sleeps while `word` holds `expected`, for at most `timeout`.
 fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
@@ -417,17 +438,26 @@ mod tests {
         for _ in 0..n {
             worker.push(&big, || false).unwrap();
         }
-        // Full: the next push waits until the pool reads.
+        // Full: the next push waits until the pool reads. (Both waits are bounded: a
+        // broken ring fails the test rather than hanging it.)
+        let bound = std::time::Instant::now() + Duration::from_secs(10);
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             let mut got = 0;
             while got < n + 1 {
+                assert!(
+                    std::time::Instant::now() < bound,
+                    "{got} of {} records",
+                    n + 1
+                );
                 if let Some(Record::Frame(_)) = pool.pop().unwrap() {
                     got += 1;
                 }
             }
         });
-        worker.push(&big, || false).unwrap();
+        worker
+            .push(&big, || std::time::Instant::now() > bound)
+            .expect("room within the bound");
         reader.join().unwrap();
         // And a pool that has gone ends the wait.
         let (_pool, worker) = pair();

@@ -8,7 +8,7 @@
 //! multi-threaded process must not take locks (no allocation, no stdio).
 #![allow(dead_code)]
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
@@ -119,46 +119,15 @@ unsafe fn close_all_but(a: RawFd, b: RawFd) {
     unsafe { libc::syscall(libc::SYS_close_range, start, u32::MAX, 0) };
 }
 
-/// Reads exactly `len` bytes into `buf`; false on EOF or error.
+/// The descriptor `fd` as a `File` that does not close it when dropped.
 ///
 /// # Safety
 ///
-/// `buf` must be valid for `len` bytes of writes.
-unsafe fn read_full(fd: RawFd, buf: *mut u8, len: usize) -> bool {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: buf + done .. buf + len is inside the caller's buffer.
-        let n = unsafe { libc::read(fd, buf.add(done).cast(), len - done) };
-        if n > 0 {
-            done += n as usize;
-        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        } else {
-            return false;
-        }
-    }
-    true
-}
-
-/// Writes exactly `len` bytes from `buf`; false on error.
-///
-/// # Safety
-///
-/// `buf` must be valid for `len` bytes of reads.
-unsafe fn write_full(fd: RawFd, buf: *const u8, len: usize) -> bool {
-    let mut done = 0;
-    while done < len {
-        // SAFETY: buf + done .. buf + len is inside the caller's buffer.
-        let n = unsafe { libc::write(fd, buf.add(done).cast(), len - done) };
-        if n > 0 {
-            done += n as usize;
-        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        } else {
-            return false;
-        }
-    }
-    true
+/// `fd` must stay open while the `File` is used.
+unsafe fn borrowed_file(fd: RawFd) -> std::mem::ManuallyDrop<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller keeps `fd` open; `ManuallyDrop` never closes it.
+    std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 /// Dies with the parent, so that a killed bench leaves no child behind.
@@ -219,8 +188,12 @@ impl RawPeer {
             unsafe {
                 die_with_parent(parent);
                 close_all_but(fds[2], fds[3]);
+                let (mut input, mut output) = (borrowed_file(fds[2]), borrowed_file(fds[3]));
+                let buf = std::slice::from_raw_parts_mut(ptr, req.max(resp).max(1));
                 loop {
-                    if !read_full(fds[2], ptr, req) || !write_full(fds[3], ptr, resp) {
+                    if input.read_exact(&mut buf[..req]).is_err()
+                        || output.write_all(&buf[..resp]).is_err()
+                    {
                         libc::_exit(0);
                     }
                 }
@@ -253,10 +226,10 @@ impl RawPeer {
     pub(crate) fn round_trip(&mut self, out: &[u8], back: &mut [u8]) {
         assert_eq!(out.len(), self.req);
         assert_eq!(back.len(), self.resp);
-        // SAFETY: the slices are valid for their lengths.
+        // SAFETY: both descriptors are this peer's, open until it is dropped.
         let ok = unsafe {
-            write_full(self.tx, out.as_ptr(), out.len())
-                && read_full(self.rx, back.as_mut_ptr(), back.len())
+            borrowed_file(self.tx).write_all(out).is_ok()
+                && borrowed_file(self.rx).read_exact(back).is_ok()
         };
         assert!(ok, "the raw peer went away");
     }

@@ -262,9 +262,7 @@ where
 pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     bytes: &[u8],
 ) -> Result<Vec<Result<R, RemotePanic>>, String> {
-    let items: Vec<Result<Wire<R>, RemotePanic>> =
-        postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-    Ok(items.into_iter().map(|r| r.map(|w| w.0)).collect())
+    decode_results_with(bytes, |r| r)
 }
 
 #[cfg(test)]
