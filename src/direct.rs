@@ -218,7 +218,7 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
                 lease.pid,
                 job,
                 outcome,
-                frame,
+                frame.into(),
                 payload_len,
             );
             None

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
 use futures::StreamExt;
 use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, Instant};
@@ -27,7 +26,7 @@ use tokio_util::codec::FramedRead;
 use crate::chan::{ChanRead, ChanWrite};
 use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
-use crate::protocol::codec::{decode_frame, ReplyCodec};
+use crate::protocol::codec::{decode_frame, ReplyCodec, ReplyFrame};
 use crate::protocol::{FromWorker, Outcome};
 use crate::queue::{Job, Popped};
 use crate::ring::{PoolRing, Record};
@@ -63,7 +62,7 @@ enum Event {
     Job(Job),
     /// A job a caller sent directly, to be seen through.
     Handover(Handover),
-    Reply(BytesMut),
+    Reply(ReplyFrame),
     /// The channel ended (`None`) or failed.
     Closed(Option<io::Error>),
     /// The worker broke the protocol.
@@ -185,7 +184,7 @@ struct Driver<'a> {
     /// What of `inflight` is still to be written.
     outbox: Outbox,
     /// Reply frames read from the channel, not yet delivered.
-    socket_frames: VecDeque<BytesMut>,
+    socket_frames: VecDeque<ReplyFrame>,
     /// How many of the next replies the ring said come over the channel.
     on_socket: usize,
     pace: Pace,
@@ -413,7 +412,7 @@ impl Driver<'_> {
                     self.pace.head_started = sent_at;
                     deadline = self.arm(sleep.as_mut());
                     if let Some(frame) = reply {
-                        match self.complete(frame, Instant::now()) {
+                        match self.complete(frame.into(), Instant::now()) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
                             Err(why) => return self.lose(w, TaskError::Protocol(why), true).await,
                         }
@@ -493,7 +492,7 @@ impl Driver<'_> {
     /// the reply ring for a few microseconds, instead of sleeping until the worker
     /// wakes this task, which costs about as much as the whole round trip. Bounded by
     /// the pool's `spin`; returns the reply if it came in time.
-    fn spin_for_reply(&mut self, w: &mut Worker) -> Option<BytesMut> {
+    fn spin_for_reply(&mut self, w: &mut Worker) -> Option<ReplyFrame> {
         let tiny = self
             .pace
             .service_ns
@@ -521,7 +520,7 @@ impl Driver<'_> {
 
     /// The next reply that needs no reading from the channel: from the ring, or from
     /// frames already read where the ring says the reply went over the channel.
-    fn next_ready(&mut self, w: &Worker) -> Result<Option<BytesMut>, String> {
+    fn next_ready(&mut self, w: &Worker) -> Result<Option<ReplyFrame>, String> {
         let Some(ring) = &w.ring else {
             return Ok(self.socket_frames.pop_front());
         };
@@ -534,7 +533,7 @@ impl Driver<'_> {
                 return Ok(frame);
             }
             match ring.pop()? {
-                Some(Record::Frame(frame)) => return Ok(Some(frame)),
+                Some(Record::Frame(frame)) => return Ok(Some(frame.into())),
                 Some(Record::OnSocket) => self.on_socket += 1,
                 None => return Ok(None),
             }
@@ -550,10 +549,11 @@ impl Driver<'_> {
                 Ok(None) => {}
                 Err(why) => return Poll::Ready(Event::Broken(why)),
             }
+            self.lend_spare(w);
             match w.reader.poll_next_unpin(cx) {
                 // With a ring, an empty frame only wakes this task.
                 Poll::Ready(Some(Ok(frame))) => {
-                    if w.ring.is_none() || !frame.is_empty() {
+                    if w.ring.is_none() || !is_wake_up(&frame) {
                         self.socket_frames.push_back(frame);
                     }
                     continue;
@@ -574,6 +574,32 @@ impl Driver<'_> {
                 continue;
             }
             return Poll::Pending;
+        }
+    }
+
+    /// Leaves the codec, as a buffer a large byte-string result may be read into,
+    /// the large argument of the job at the head once its frame is written: the head
+    /// is never sent again (a lost worker fails it), and its result is the next to
+    /// come. Drops a spare left from a job that is done.
+    fn lend_spare(&mut self, w: &mut Worker) {
+        let codec = w.reader.decoder_mut();
+        let written = self.inflight.len() > self.outbox.unsent;
+        let head = self.inflight.front_mut();
+        if codec
+            .spare
+            .as_ref()
+            .is_some_and(|(id, _)| Some(*id) != head.as_ref().map(|j| j.id))
+        {
+            codec.spare = None;
+        }
+        let Some(head) = head else {
+            return;
+        };
+        if codec.spare.is_none() && !head.tail.is_empty() && written {
+            // Only an argument nobody else holds (a `Vec<u8>` the caller gave up).
+            if let Ok(spare) = std::mem::take(&mut head.tail).try_into_mut() {
+                codec.spare = Some((head.id, spare));
+            }
         }
     }
 
@@ -616,8 +642,8 @@ impl Driver<'_> {
 
     /// Matches a reply to the head job and delivers it. `now` is when the reply was
     /// taken (one reading of the clock for a batch).
-    fn complete(&mut self, frame: BytesMut, now: Instant) -> Result<(), String> {
-        let (header, payload_len) = match decode_frame::<FromWorker>(&frame) {
+    fn complete(&mut self, frame: ReplyFrame, now: Instant) -> Result<(), String> {
+        let (header, payload_len) = match decode_frame::<FromWorker>(&frame.frame) {
             Ok((header, payload)) => (header, payload.len()),
             Err(e) => return Err(e),
         };
@@ -657,7 +683,7 @@ impl Driver<'_> {
         while let Ok(Some(Ok(frame))) =
             tokio::time::timeout(Duration::from_millis(50), w.reader.next()).await
         {
-            if w.ring.is_none() || !frame.is_empty() {
+            if w.ring.is_none() || !is_wake_up(&frame) {
                 self.socket_frames.push_back(frame);
             }
         }
@@ -695,8 +721,13 @@ impl Driver<'_> {
     }
 }
 
+/// Whether `frame` is a worker's wake-up call (see [`crate::ring`]): an empty frame.
+fn is_wake_up(frame: &ReplyFrame) -> bool {
+    frame.frame.is_empty() && frame.body.is_none()
+}
+
 /// Delivers a worker's reply to its job, and counts it: `frame` is the reply, whose
-/// last `payload_len` bytes are the chunk of results.
+/// frame's last `payload_len` bytes are its payload (see [`ReplyFrame::into_results`]).
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn deliver(
     shared: &Shared,
@@ -704,20 +735,18 @@ pub(crate) fn deliver(
     pid: u32,
     job: Job,
     outcome: Outcome,
-    mut frame: BytesMut,
+    frame: ReplyFrame,
     payload_len: usize,
 ) {
     let counters = &shared.counters;
     shared.count_worker_task(slot, 1);
     let reply = match outcome {
-        Outcome::Ok { panicked } => {
+        Outcome::Ok { panicked, .. } => {
             // The typed side turns each panic into `TaskError::Panicked`.
             let panicked = u64::from(panicked).min(job.tasks as u64);
             Counters::add(&counters.completed, job.tasks as u64 - panicked);
             Counters::add(&counters.failed, panicked);
-            // The header off the front: no copy, no allocation.
-            frame.advance(frame.len() - payload_len);
-            Ok(frame.freeze())
+            Ok(frame.into_results(payload_len))
         }
         failure => {
             Counters::add(&counters.failed, job.tasks as u64);

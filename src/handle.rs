@@ -1,5 +1,6 @@
 //! [`TaskHandle`]: the future of one submitted task.
 
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -7,12 +8,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::{Payload, TaskError};
 use crate::protocol::codec::decode_results;
-use crate::queue::{AbortSignal, Reply};
+use crate::queue::{AbortSignal, Reply, Results};
 
 /// A task submitted to the pool; a future of its result.
 ///
@@ -75,11 +77,17 @@ impl<R> TaskHandle<R> {
 
 /// Decodes a reply that holds exactly one result.
 pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<R, TaskError> {
-    let bytes = match bytes_result::<R>(reply?) {
-        Ok(result) => return Ok(result),
-        Err(bytes) => bytes,
+    let chunk = match reply? {
+        Results::ByteString(bytes) => match byte_string_as::<R, _>(bytes) {
+            Ok(result) => return Ok(result),
+            Err(bytes) => Results::ByteString(bytes).into_chunk(),
+        },
+        Results::Chunk(chunk) => match chunk_byte_string::<R>(chunk) {
+            Ok(result) => return Ok(result),
+            Err(chunk) => chunk,
+        },
     };
-    let mut results = decode_results::<R>(&bytes).map_err(|message| TaskError::Codec {
+    let mut results = decode_results::<R>(&chunk).map_err(|message| TaskError::Codec {
         what: Payload::Result,
         message,
     })?;
@@ -89,30 +97,37 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
     }
 }
 
-/// A task's `bytes::Bytes` result, as a slice of the reply it came in rather than a
-/// copy: the zero-copy path that `Bytes` users expect of large payloads. `None` when `R`
-/// is not `Bytes` or the reply is not one successful result (the generic path then
-/// decodes it, errors included).
-/// A `Bytes` or `Vec<u8>` result taken from the reply without decoding: a slice of
-/// the reply, or, for a `Vec<u8>`, the reply's own buffer when it owns that alone (the
-/// bytes are moved to its front; a large reply owns its buffer, see `ReplyCodec`), else
-/// a copy. `Err` gives the reply back to the general decoder.
-fn bytes_result<R: 'static>(reply: bytes::Bytes) -> Result<R, bytes::Bytes> {
-    use std::any::{Any, TypeId};
-    let is_bytes = TypeId::of::<R>() == TypeId::of::<bytes::Bytes>();
-    let is_vec = TypeId::of::<R>() == TypeId::of::<Vec<u8>>();
-    if !is_bytes && !is_vec {
-        return Err(reply);
+/// A `Bytes` or `Vec<u8>` result taken from a chunk of one without decoding: for
+/// `Bytes`, a slice of the chunk (the zero-copy path `Bytes` users expect of large
+/// payloads); for a `Vec<u8>`, the chunk's own buffer when it owns that alone (the
+/// bytes are moved to its front), else a copy. `Err` gives the chunk back to the
+/// general decoder: `R` is another type, or the chunk is not one successful result.
+fn chunk_byte_string<R: 'static>(chunk: Bytes) -> Result<R, Bytes> {
+    if !is_byte_string::<R>() {
+        return Err(chunk);
     }
-    let Some(start) = byte_string_start(&reply) else {
-        return Err(reply);
+    let Some(start) = byte_string_start(&chunk) else {
+        return Err(chunk);
     };
-    let mut payload = reply;
-    bytes::Buf::advance(&mut payload, start);
-    let value: Box<dyn Any> = if is_vec {
-        Box::new(Vec::<u8>::from(payload))
+    let mut bytes = chunk;
+    bytes::Buf::advance(&mut bytes, start);
+    byte_string_as(bytes)
+}
+
+/// Whether `R` is a type that [`byte_string_as`] makes.
+fn is_byte_string<R: 'static>() -> bool {
+    TypeId::of::<R>() == TypeId::of::<Bytes>() || TypeId::of::<R>() == TypeId::of::<Vec<u8>>()
+}
+
+/// A byte string's `bytes` as `R` when `R` is `Bytes` or `Vec<u8>` (with no copy where
+/// `bytes` owns its buffer alone and starts it); `Err` gives them back otherwise.
+fn byte_string_as<R: 'static, B: Into<Bytes> + Into<Vec<u8>>>(bytes: B) -> Result<R, B> {
+    let value: Box<dyn Any> = if TypeId::of::<R>() == TypeId::of::<Bytes>() {
+        Box::new(Into::<Bytes>::into(bytes))
+    } else if TypeId::of::<R>() == TypeId::of::<Vec<u8>>() {
+        Box::new(Into::<Vec<u8>>::into(bytes))
     } else {
-        Box::new(payload)
+        return Err(bytes);
     };
     match value.downcast::<R>() {
         Ok(value) => Ok(*value),
@@ -166,16 +181,19 @@ mod tests {
     }
 
     #[test]
-    fn a_bytes_result_is_a_slice_of_the_reply() {
+    fn a_chunk_byte_string_is_a_slice_of_the_reply() {
         let data = bytes::Bytes::from(vec![7u8; 300]);
         let reply = reply_of(Ok(data.clone()));
         let start = reply.len() - 300;
         let at = reply[start..].as_ptr();
-        let got: bytes::Bytes = bytes_result(reply.clone()).expect("the fast path");
+        let got: bytes::Bytes = chunk_byte_string(reply.clone()).expect("the fast path");
         assert_eq!(got, data);
         // The same memory as the reply: no copy was made.
         assert_eq!(got.as_ptr(), at);
-        assert_eq!(decode_one::<bytes::Bytes>(Ok(reply)), Ok(data));
+        assert_eq!(
+            decode_one::<bytes::Bytes>(Ok(Results::Chunk(reply))),
+            Ok(data)
+        );
     }
 
     #[test]
@@ -184,13 +202,16 @@ mod tests {
         // A reply that owns its buffer alone (as a large one from the socket does).
         let owned = bytes::Bytes::from(reply.to_vec());
         let buffer = owned.as_ptr();
-        let got: Vec<u8> = bytes_result(owned).expect("the fast path");
+        let got: Vec<u8> = chunk_byte_string(owned).expect("the fast path");
         assert_eq!(got, vec![9u8; 5000]);
         // Its bytes were moved to the front of the same buffer: no second buffer.
         assert_eq!(got.as_ptr(), buffer);
         // A shared reply is copied, and still right.
         let again = reply.clone();
-        assert_eq!(decode_one::<Vec<u8>>(Ok(again)), Ok(vec![9u8; 5000]));
+        assert_eq!(
+            decode_one::<Vec<u8>>(Ok(Results::Chunk(again))),
+            Ok(vec![9u8; 5000])
+        );
         assert!(
             reply.ends_with(&[9u8; 5000]),
             "the shared reply is untouched"
@@ -200,14 +221,36 @@ mod tests {
     #[test]
     fn other_types_and_failures_take_the_generic_path() {
         let reply = reply_of(Ok(bytes::Bytes::from_static(b"abc")));
-        assert!(bytes_result::<String>(reply.clone()).is_err());
+        assert!(chunk_byte_string::<String>(reply.clone()).is_err());
         let panic = RemotePanic::new("no".into(), None);
         let reply = reply_of(Err(panic.clone()));
-        assert!(bytes_result::<bytes::Bytes>(reply.clone()).is_err());
-        assert!(bytes_result::<Vec<u8>>(reply.clone()).is_err());
+        assert!(chunk_byte_string::<bytes::Bytes>(reply.clone()).is_err());
+        assert!(chunk_byte_string::<Vec<u8>>(reply.clone()).is_err());
         assert_eq!(
-            decode_one::<bytes::Bytes>(Ok(reply)),
+            decode_one::<bytes::Bytes>(Ok(Results::Chunk(reply))),
             Err(TaskError::Panicked(panic))
         );
+    }
+
+    #[test]
+    fn a_byte_string_in_its_own_buffer_becomes_the_result_as_it_is() {
+        let buffer = bytes::BytesMut::from(&[5u8; 4000][..]);
+        let at = buffer.as_ptr();
+        let got: Vec<u8> = decode_one(Ok(Results::ByteString(buffer))).unwrap();
+        assert_eq!((got.as_ptr(), got.len()), (at, 4000));
+        assert!(got.iter().all(|&b| b == 5));
+        let buffer = bytes::BytesMut::from(&[6u8; 4000][..]);
+        let at = buffer.as_ptr();
+        let got: bytes::Bytes = decode_one(Ok(Results::ByteString(buffer))).unwrap();
+        assert_eq!((got.as_ptr(), got.len()), (at, 4000));
+        // Another type whose encoding is a byte string decodes from a copy.
+        let text = bytes::BytesMut::from("a string".as_bytes());
+        let got: String = decode_one(Ok(Results::ByteString(text))).unwrap();
+        assert_eq!(got, "a string");
+        let bad = bytes::BytesMut::from(&[0xff, 0xfe][..]);
+        assert!(matches!(
+            decode_one::<String>(Ok(Results::ByteString(bad))),
+            Err(TaskError::Codec { .. })
+        ));
     }
 }

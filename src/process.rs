@@ -234,10 +234,10 @@ async fn watch_process(
         tokio::select! {
             frame = worker.reader.next(), if result.is_some() => {
                 let reply = match frame {
-                    Some(Ok(mut frame)) => match decode_frame::<FromWorker>(&frame) {
+                    Some(Ok(reply)) => match decode_frame::<FromWorker>(&reply.frame) {
                         Ok((FromWorker::Done { outcome: Outcome::Ok { .. }, .. }, payload)) => {
-                            let start = frame.len() - payload.len();
-                            Some(Ok(frame.split_off(start).freeze()))
+                            let payload_len = payload.len();
+                            Some(Ok(reply.into_results(payload_len)))
                         }
                         Ok((FromWorker::Done { outcome: Outcome::ResultTooLarge { size }, .. }, _)) => {
                             Some(Err(TaskError::TooLarge { what: Payload::Result, size, limit: DEFAULT_MAX_FRAME_LEN }))

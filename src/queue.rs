@@ -11,14 +11,44 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::TaskError;
 
-/// What a job's caller receives: the chunk of encoded results, or why there is none.
-pub(crate) type Reply = Result<Bytes, TaskError>;
+/// What a job's caller receives: its results, or why there are none.
+pub(crate) type Reply = Result<Results, TaskError>;
+
+/// A job's results as they came.
+#[derive(Debug)]
+pub(crate) enum Results {
+    /// The chunk of encoded results (see `codec::decode_results`).
+    Chunk(Bytes),
+    /// The job's one result, a byte string (a `Vec<u8>` or `Bytes`): its bytes, in a
+    /// buffer of their own (see `codec::ReplyCodec`).
+    ByteString(BytesMut),
+}
+
+impl Results {
+    /// The chunk of encoded results: for a byte string, a copy encoded as the chunk
+    /// it came in (for a caller that did not expect one; never on the usual paths).
+    pub(crate) fn into_chunk(self) -> Bytes {
+        match self {
+            Results::Chunk(chunk) => chunk,
+            Results::ByteString(bytes) => {
+                // A sequence of one, variant `Ok`, then the string.
+                let mut chunk = vec![1, 0];
+                let mut varint = [0u8; 10];
+                let len = postcard::to_slice(&(bytes.len() as u64), &mut varint)
+                    .expect("a u64 fits in 10 bytes");
+                chunk.extend_from_slice(len);
+                chunk.extend_from_slice(&bytes);
+                chunk.into()
+            }
+        }
+    }
+}
 
 /// Where a job with a handle stands, and its handle's `abort()`.
 ///

@@ -20,9 +20,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::error::{Payload, TaskError};
+use crate::handle::decode_one;
 use crate::pool::{JobFrame, Pool};
 use crate::protocol::codec::decode_results_with;
-use crate::queue::{FeedReply, Job, Reply, ReplyTo};
+use crate::queue::{FeedReply, Job, Reply, ReplyTo, Results};
 
 /// Chunks queued at once (see `Feed::batch`).
 const BATCH: usize = 64;
@@ -70,7 +71,12 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
 ) -> impl Iterator<Item = Result<R, TaskError>> {
     let all = |e: TaskError| (0..tasks).map(move |_| Err(e.clone())).collect::<Vec<_>>();
     let results: Vec<Result<R, TaskError>> = match reply {
-        Ok(bytes) => {
+        // A lone result in a buffer of its own, as a single task's reply.
+        Ok(Results::ByteString(bytes)) if tasks == 1 => {
+            vec![decode_one(Ok(Results::ByteString(bytes)))]
+        }
+        Ok(results) => {
+            let bytes = results.into_chunk();
             match decode_results_with::<R, _>(&bytes, |r| r.map_err(TaskError::Panicked)) {
                 Ok(results) if results.len() == tasks => results,
                 Ok(results) => all(TaskError::Protocol(format!(

@@ -13,7 +13,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::error::RemotePanic;
-use crate::protocol::Outcome;
+use crate::protocol::{FromWorker, Outcome};
+use bytes::BytesMut;
 
 /// The frame codec both ends use, with the given maximum frame length.
 pub(crate) fn frame_codec(max_frame_len: usize) -> LengthDelimitedCodec {
@@ -23,31 +24,151 @@ pub(crate) fn frame_codec(max_frame_len: usize) -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// The pool's reader of a worker's frames: the same frames as [`frame_codec`]'s,
-/// except that a large frame that is all the read buffer holds is taken with the
-/// buffer, not cut from it. The frame then owns its memory alone, so a `Vec<u8>` or
-/// `Bytes` result made from it needs no second buffer of its size (a fresh one costs a
-/// page fault per 4 KiB).
+/// A reply frame from a worker, as the pool reads it.
+#[derive(Debug)]
+pub(crate) struct ReplyFrame {
+    /// The frame, without its length prefix; when `body` is set, all of it but the body.
+    pub(crate) frame: BytesMut,
+    /// The bytes of a large reply's one byte-string result, read into a buffer of their
+    /// own (see [`ReplyCodec`]): the frame ends with the byte string's length.
+    pub(crate) body: Option<BytesMut>,
+}
+
+impl ReplyFrame {
+    /// The results of a successful reply whose last `payload_len` bytes (of `frame`)
+    /// are its payload: no copy, no allocation.
+    pub(crate) fn into_results(self, payload_len: usize) -> crate::queue::Results {
+        use crate::queue::Results;
+        match self.body {
+            Some(body) => Results::ByteString(body),
+            None => {
+                let mut frame = self.frame;
+                let header = frame.len() - payload_len;
+                bytes::Buf::advance(&mut frame, header);
+                Results::Chunk(frame.freeze())
+            }
+        }
+    }
+}
+
+impl From<BytesMut> for ReplyFrame {
+    fn from(frame: BytesMut) -> Self {
+        ReplyFrame { frame, body: None }
+    }
+}
+
+/// The pool's reader of a worker's frames: the same frames as [`frame_codec`]'s, read
+/// so that a large result needs no second buffer of its size (a fresh one costs a page
+/// fault per 4 KiB, and copying into it as much again):
+///
+/// - A large reply whose one result is a byte string (the worker says so, see
+///   [`Outcome::Ok`]) has those bytes read into a buffer of their own, which becomes
+///   the `Vec<u8>` or `Bytes` result as it is. The buffer is the [`spare`] the driver
+///   left, when it is large enough (the argument of a job whose frame has been
+///   written: an echo or a transform gets its result in its argument's memory), or a
+///   new one of exactly their size.
+/// - Another large frame that is all the read buffer holds is taken with the buffer,
+///   not cut from it, so that it owns its memory alone.
+///
+/// [`spare`]: ReplyCodec::spare
 #[derive(Debug)]
 pub(crate) struct ReplyCodec {
     max_frame_len: usize,
+    /// A buffer the next large byte-string result may be read into, and the id of the
+    /// job it came from (the driver drops it once that job is done).
+    pub(crate) spare: Option<(u64, BytesMut)>,
+    /// A reply whose body is being read into a buffer of its own (which is the read
+    /// buffer meanwhile).
+    split: Option<Split>,
 }
 
-/// Frames at least this large are taken whole when they can be.
+/// See [`ReplyCodec`].
+#[derive(Debug)]
+struct Split {
+    /// The frame up to the body.
+    head: BytesMut,
+    /// The body's length.
+    len: usize,
+    /// The read buffer, put aside while the body is read.
+    aside: BytesMut,
+}
+
+/// Frames at least this large are read so that they own their memory.
 const TAKE_WHOLE: usize = 64 << 10;
+
+/// Enough of a frame to hold a `Done` header with `Outcome::Ok` and a byte string's
+/// length: a worker's large frame is judged on its first bytes.
+const HEAD_MAX: usize = 64;
 
 impl ReplyCodec {
     pub(crate) fn new(max_frame_len: usize) -> Self {
-        ReplyCodec { max_frame_len }
+        ReplyCodec {
+            max_frame_len,
+            spare: None,
+            split: None,
+        }
+    }
+
+    /// For a frame of `len` bytes whose start is `start`: how long the part before
+    /// the body is, and the body, if it is a reply whose one result is a byte string
+    /// that ends the frame.
+    fn split_at(start: &[u8], len: usize) -> Option<(usize, usize)> {
+        let (header, rest) = decode_frame::<FromWorker>(start).ok()?;
+        let FromWorker::Done {
+            outcome:
+                Outcome::Ok {
+                    panicked: 0,
+                    byte_string: true,
+                },
+            ..
+        } = header
+        else {
+            return None;
+        };
+        // One `Ok` result (a sequence of 1, variant 0), then the string's length.
+        let (count, after) = postcard::take_from_bytes::<u64>(rest).ok()?;
+        let (variant, after) = postcard::take_from_bytes::<u32>(after).ok()?;
+        let (body, after) = postcard::take_from_bytes::<u64>(after).ok()?;
+        let head = start.len() - after.len();
+        let body = usize::try_from(body).ok()?;
+        (count == 1 && variant == 0 && head.checked_add(body) == Some(len)).then_some((head, body))
+    }
+
+    /// A buffer for a body of `len` bytes: the spare if it fits (and is not much
+    /// larger: it becomes the result), else a new one.
+    fn body_buffer(&mut self, len: usize) -> BytesMut {
+        match self.spare.take() {
+            Some((_, mut spare)) if spare.capacity() >= len && spare.capacity() / 2 <= len => {
+                spare.clear();
+                spare
+            }
+            _ => BytesMut::with_capacity(len),
+        }
     }
 }
 
 impl tokio_util::codec::Decoder for ReplyCodec {
-    type Item = bytes::BytesMut;
+    type Item = ReplyFrame;
     type Error = std::io::Error;
 
-    fn decode(&mut self, src: &mut bytes::BytesMut) -> Result<Option<Self::Item>, Self::Error> {
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<ReplyFrame>, Self::Error> {
         use bytes::Buf;
+        if let Some(split) = &self.split {
+            // `src` is the body's buffer.
+            if src.len() < split.len {
+                return Ok(None);
+            }
+            let Split { head, len, aside } = self.split.take().expect("checked above");
+            let mut body = std::mem::replace(src, aside);
+            // Whatever was read past the body (the buffer may be larger) is the next
+            // frames': back to the read buffer.
+            src.extend_from_slice(&body[len..]);
+            body.truncate(len);
+            return Ok(Some(ReplyFrame {
+                frame: head,
+                body: Some(body),
+            }));
+        }
         if src.len() < 4 {
             return Ok(None);
         }
@@ -61,6 +182,27 @@ impl tokio_util::codec::Decoder for ReplyCodec {
                 ),
             ));
         }
+        if len >= TAKE_WHOLE {
+            if src.len() < 4 + HEAD_MAX {
+                // Not enough to judge the frame by.
+                return Ok(None);
+            }
+            if let Some((head, body)) = Self::split_at(&src[4..4 + HEAD_MAX], len) {
+                let mut head = src.split_to(4 + head);
+                head.advance(4);
+                let mut buffer = self.body_buffer(body);
+                let here = body.min(src.len());
+                buffer.extend_from_slice(&src[..here]);
+                src.advance(here);
+                self.split = Some(Split {
+                    head,
+                    len: body,
+                    aside: std::mem::replace(src, buffer),
+                });
+                // The body may be here in whole.
+                return self.decode(src);
+            }
+        }
         if src.len() < 4 + len {
             // Room for the rest of the frame in one go.
             src.reserve(4 + len - src.len());
@@ -72,7 +214,15 @@ impl tokio_util::codec::Decoder for ReplyCodec {
             src.split_to(4 + len)
         };
         frame.advance(4);
-        Ok(Some(frame))
+        Ok(Some(frame.into()))
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<ReplyFrame>, Self::Error> {
+        match self.decode(src)? {
+            Some(frame) => Ok(Some(frame)),
+            None if src.is_empty() && self.split.is_none() => Ok(None),
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
     }
 }
 
@@ -190,7 +340,14 @@ where
     // A `Serialize` impl is user code too: it may fail, or panic.
     let start = out.len();
     match catch_unwind(AssertUnwindSafe(|| extend(&results, out))) {
-        Ok(Ok(())) => Outcome::Ok { panicked },
+        Ok(Ok(())) => Outcome::Ok {
+            panicked,
+            // `Wire` sends both as a byte string.
+            byte_string: results.len() == 1
+                && panicked == 0
+                && (TypeId::of::<R>() == TypeId::of::<Vec<u8>>()
+                    || TypeId::of::<R>() == TypeId::of::<bytes::Bytes>()),
+        },
         Ok(Err(e)) => Outcome::BadResult(e),
         Err(panic) => {
             out.truncate(start);
@@ -293,7 +450,13 @@ mod tests {
                 Ok(n * 10)
             }
         });
-        assert!(matches!(outcome, Outcome::Ok { panicked: 1 }));
+        assert!(matches!(
+            outcome,
+            Outcome::Ok {
+                panicked: 1,
+                byte_string: false
+            }
+        ));
         let decoded = decode_results::<u64>(&results).unwrap();
         assert_eq!(decoded[0], Ok(10));
         assert_eq!(decoded[1].as_ref().unwrap_err().message(), "two");

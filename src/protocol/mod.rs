@@ -31,7 +31,7 @@ use crate::start::ChildOptions;
 use crate::task_fn::FnRef;
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 2;
+pub(crate) const PROTOCOL_VERSION: u32 = 3;
 
 /// The first bytes of every worker's first frame.
 pub(crate) const MAGIC: [u8; 8] = *b"procpool";
@@ -97,8 +97,12 @@ pub(crate) enum InitFailure {
 /// Whether a job produced a chunk of results.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Outcome {
-    /// The results follow; `panicked` of them are panics.
-    Ok { panicked: u32 },
+    /// The results follow; `panicked` of them are panics. With `byte_string`, they
+    /// are one result whose encoding is a byte string (a varint length, then the
+    /// bytes, which end the frame): the pool may read those bytes into a buffer of
+    /// their own, which becomes the `Vec<u8>` or `Bytes` result without a copy (see
+    /// [`codec::ReplyCodec`]).
+    Ok { panicked: u32, byte_string: bool },
     /// The arguments did not decode.
     BadArguments(String),
     /// The function reference could not be resolved.
