@@ -426,6 +426,175 @@ pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
 mod tests {
     use super::*;
 
+    /// A reply frame, length prefix and all, as a worker writes it.
+    fn reply<R: Serialize + 'static>(id: u64, result: R) -> Vec<u8> {
+        let mut args = Vec::new();
+        encode_chunk(&[()], &mut args).unwrap();
+        let mut results = Vec::new();
+        let mut result = Some(result);
+        let outcome = run_chunk::<(), R>(&args, &mut results, |()| Ok(result.take().unwrap()));
+        let header = FromWorker::Done {
+            id,
+            outcome,
+            ran_ns: 1,
+        };
+        let mut frame = postcard::to_allocvec(&header).unwrap();
+        frame.extend_from_slice(&results);
+        let mut out = (frame.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&frame);
+        out
+    }
+
+    /// Reads `input` through `codec` as `FramedRead` does (into the read buffer's
+    /// spare room, at most `chunk` bytes a read), to the end.
+    fn read_all(
+        codec: &mut ReplyCodec,
+        input: &[u8],
+        chunk: usize,
+    ) -> std::io::Result<Vec<ReplyFrame>> {
+        use tokio_util::codec::Decoder;
+        let mut buf = BytesMut::new();
+        let mut frames = Vec::new();
+        let mut input = input;
+        loop {
+            while let Some(frame) = codec.decode(&mut buf)? {
+                frames.push(frame);
+            }
+            if input.is_empty() {
+                if let Some(frame) = codec.decode_eof(&mut buf)? {
+                    frames.push(frame);
+                }
+                return Ok(frames);
+            }
+            buf.reserve(1);
+            let n = (buf.capacity() - buf.len()).min(chunk).min(input.len());
+            buf.extend_from_slice(&input[..n]);
+            input = &input[n..];
+        }
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+    }
+
+    #[test]
+    fn a_large_byte_string_result_is_read_into_its_own_buffer() {
+        let big = pattern(300 << 10, 1);
+        let mut stream = reply(1, 7u64);
+        stream.extend(reply(2, big.clone()));
+        stream.extend(reply(3, bytes::Bytes::from(pattern(100 << 10, 2))));
+        stream.extend(reply(4, "small".to_string()));
+        stream.extend(reply(5, pattern(70 << 10, 3)));
+        for chunk in [1, 7, 4096, 65536, 1 << 20, usize::MAX] {
+            let frames = read_all(&mut ReplyCodec::new(1 << 30), &stream, chunk).unwrap();
+            let shapes: Vec<_> = frames
+                .iter()
+                .map(|f| f.body.as_ref().map(|b| b.len()))
+                .collect();
+            assert_eq!(
+                shapes,
+                [None, Some(300 << 10), Some(100 << 10), None, Some(70 << 10)],
+                "reads of {chunk}"
+            );
+            assert_eq!(&frames[1].body.as_ref().unwrap()[..], &big[..]);
+            assert_eq!(
+                &frames[4].body.as_ref().unwrap()[..],
+                &pattern(70 << 10, 3)[..]
+            );
+            // The frame ends where the body starts: its results decode, as a chunk of
+            // one byte string, to the same.
+            let (_, payload) = decode_frame::<FromWorker>(&frames[1].frame).unwrap();
+            let mut chunk_bytes = payload.to_vec();
+            chunk_bytes.extend_from_slice(frames[1].body.as_ref().unwrap());
+            assert_eq!(
+                decode_results::<Vec<u8>>(&chunk_bytes).unwrap(),
+                [Ok(big.clone())]
+            );
+            // The body owns its buffer alone, from its start.
+            let body = frames[1].body.clone().unwrap();
+            assert_eq!(body.capacity(), 300 << 10);
+        }
+    }
+
+    #[test]
+    fn the_spare_is_the_body_buffer_when_it_fits() {
+        let stream = reply(1, pattern(200 << 10, 4));
+        for (capacity, used) in [
+            (200 << 10, true),
+            (399 << 10, true),
+            ((200 << 10) - 1, false),
+            (401 << 10, false),
+        ] {
+            let mut codec = ReplyCodec::new(1 << 30);
+            let spare = BytesMut::with_capacity(capacity);
+            let at = spare.as_ptr();
+            codec.spare = Some((1, spare));
+            let frames = read_all(&mut codec, &stream, 1 << 16).unwrap();
+            let body = frames[0].body.as_ref().unwrap();
+            assert_eq!(&body[..], &pattern(200 << 10, 4)[..]);
+            assert_eq!(body.as_ptr() == at, used, "spare of {capacity}");
+            // Taken either way: a spare serves one reply.
+            assert!(codec.spare.is_none());
+        }
+        // A spare larger than the body: what is read past the body is the next frame's.
+        let mut stream = reply(1, pattern(100 << 10, 5));
+        stream.extend(reply(2, 9u32));
+        stream.extend(reply(3, pattern(90 << 10, 6)));
+        let mut codec = ReplyCodec::new(1 << 30);
+        codec.spare = Some((1, BytesMut::with_capacity(150 << 10)));
+        let frames = read_all(&mut codec, &stream, usize::MAX).unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(
+            &frames[0].body.as_ref().unwrap()[..],
+            &pattern(100 << 10, 5)[..]
+        );
+        assert!(frames[1].body.is_none());
+        assert_eq!(
+            &frames[2].body.as_ref().unwrap()[..],
+            &pattern(90 << 10, 6)[..]
+        );
+    }
+
+    #[test]
+    fn other_large_frames_are_read_whole() {
+        // Not a byte string: a large string, and a sequence of numbers.
+        let text = "x".repeat(100 << 10);
+        let mut stream = reply(1, text.clone());
+        stream.extend(reply(2, vec![300u16; 50 << 10]));
+        let frames = read_all(&mut ReplyCodec::new(1 << 30), &stream, 1 << 16).unwrap();
+        assert!(frames.iter().all(|f| f.body.is_none()));
+        let (_, payload) = decode_frame::<FromWorker>(&frames[0].frame).unwrap();
+        assert_eq!(decode_results::<String>(payload).unwrap(), [Ok(text)]);
+        // A worker that says "byte string" of a frame whose length disagrees is not
+        // believed: the frame is read whole, for the decoder to judge.
+        let mut lying = reply(1, pattern(100 << 10, 7));
+        lying.extend_from_slice(&[0; 10]);
+        let len = (lying.len() - 4) as u32;
+        lying[..4].copy_from_slice(&len.to_be_bytes());
+        let frames = read_all(&mut ReplyCodec::new(1 << 30), &lying, 1 << 16).unwrap();
+        assert!(frames[0].body.is_none());
+        assert_eq!(frames[0].frame.len(), len as usize);
+    }
+
+    #[test]
+    fn a_reply_cut_short_or_over_the_limit_is_an_error() {
+        let stream = reply(1, pattern(100 << 10, 8));
+        // Cut where the body starts, too.
+        let body_start = stream.len() - (100 << 10);
+        for cut in [10, 100, body_start, 50 << 10, stream.len() - 1] {
+            let err = read_all(&mut ReplyCodec::new(1 << 30), &stream[..cut], 4096)
+                .err()
+                .unwrap_or_else(|| panic!("cut at {cut}: no error"));
+            assert_eq!(
+                err.kind(),
+                std::io::ErrorKind::UnexpectedEof,
+                "cut at {cut}"
+            );
+        }
+        let err = read_all(&mut ReplyCodec::new(64 << 10), &stream, 4096).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+
     #[test]
     fn vec_u8_is_sent_as_one_byte_string() {
         let data = vec![vec![7u8; 1000]];
