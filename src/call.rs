@@ -156,7 +156,7 @@ impl<R: Send + 'static> IntoFuture for Map<R> {
         self.inner.opts().max_in_flight = Some(usize::MAX);
         let mut inner = self.inner;
         async move {
-            let mut results = Vec::new();
+            let mut results = Vec::with_capacity(inner.len().unwrap_or(0));
             while let Some(chunk) = std::future::poll_fn(|cx| inner.poll_chunk(cx)).await {
                 results.reserve(chunk.len());
                 for result in chunk {

@@ -27,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::time::Instant;
 
-use crate::driver::deliver;
+use crate::driver::{deliver, Done};
 use crate::protocol::codec::decode_frame;
 use crate::protocol::FromWorker;
 use crate::queue::Job;
@@ -217,9 +217,13 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
                 lease.slot,
                 lease.pid,
                 job,
-                outcome,
-                frame.into(),
-                payload_len,
+                Done {
+                    outcome,
+                    frame: frame.into(),
+                    payload_len,
+                },
+                // (The job is a single task's: no stream's reply to hand over.)
+                &mut Default::default(),
             );
             None
         }

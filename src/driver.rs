@@ -28,7 +28,7 @@ use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
 use crate::protocol::codec::{decode_frame, ReplyCodec, ReplyFrame};
 use crate::protocol::{FromWorker, Outcome};
-use crate::queue::{Job, Popped};
+use crate::queue::{Deliveries, Job, Popped};
 use crate::ring::{PoolRing, Record};
 use crate::shared::{Counters, Shared};
 use crate::start::child::{ChildProc, REAP_BOUND};
@@ -157,6 +157,8 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         outbox: Outbox::default(),
         socket_frames: VecDeque::new(),
         on_socket: 0,
+        arena: bytes::BytesMut::new(),
+        deliveries: Deliveries::default(),
         pace: Pace {
             head_started: Instant::now(),
             service_ns: None,
@@ -187,6 +189,10 @@ struct Driver<'a> {
     socket_frames: VecDeque<ReplyFrame>,
     /// How many of the next replies the ring said come over the channel.
     on_socket: usize,
+    /// Where replies are copied out of the ring (see [`PoolRing::pop_into`]).
+    arena: bytes::BytesMut,
+    /// Replies for streams, handed over before the driver next waits.
+    deliveries: Deliveries,
     pace: Pace,
     lease: Option<Arc<Lease>>,
     /// This task's waker, as of its last poll.
@@ -272,6 +278,7 @@ impl Driver<'_> {
         // A job taken from the queue while a caller had the worker.
         let mut parked: Option<Job> = None;
         loop {
+            self.deliveries.flush();
             let event = std::future::poll_fn(|cx| {
                 if let Some(lease) = &self.lease {
                     self.waker.clone_from(cx.waker());
@@ -532,7 +539,7 @@ impl Driver<'_> {
                 }
                 return Ok(frame);
             }
-            match ring.pop()? {
+            match ring.pop_into(&mut self.arena)? {
                 Some(Record::Frame(frame)) => return Ok(Some(frame.into())),
                 Some(Record::OnSocket) => self.on_socket += 1,
                 None => return Ok(None),
@@ -670,9 +677,12 @@ impl Driver<'_> {
             self.slot,
             self.pid,
             job,
-            outcome,
-            frame,
-            payload_len,
+            Done {
+                outcome,
+                frame,
+                payload_len,
+            },
+            &mut self.deliveries,
         );
         Ok(())
     }
@@ -726,18 +736,31 @@ fn is_wake_up(frame: &ReplyFrame) -> bool {
     frame.frame.is_empty() && frame.body.is_none()
 }
 
-/// Delivers a worker's reply to its job, and counts it: `frame` is the reply, whose
-/// frame's last `payload_len` bytes are its payload (see [`ReplyFrame::into_results`]).
+/// A worker's reply to a job, its header read.
+pub(crate) struct Done {
+    pub(crate) outcome: Outcome,
+    /// The reply, whose frame's last `payload_len` bytes are its payload (see
+    /// [`ReplyFrame::into_results`]).
+    pub(crate) frame: ReplyFrame,
+    pub(crate) payload_len: usize,
+}
+
+/// Delivers a worker's reply to its job, and counts it; a stream's reply goes with
+/// `deliveries`.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn deliver(
     shared: &Shared,
     slot: usize,
     pid: u32,
     job: Job,
-    outcome: Outcome,
-    frame: ReplyFrame,
-    payload_len: usize,
+    done: Done,
+    deliveries: &mut Deliveries,
 ) {
+    let Done {
+        outcome,
+        frame,
+        payload_len,
+    } = done;
     let counters = &shared.counters;
     shared.count_worker_task(slot, 1);
     let reply = match outcome {
@@ -777,5 +800,5 @@ pub(crate) fn deliver(
         ok = reply.is_ok(),
         "job completed"
     );
-    job.reply.send(reply);
+    job.reply.send_with(reply, deliveries);
 }

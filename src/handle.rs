@@ -111,8 +111,16 @@ fn chunk_byte_string<R: 'static>(chunk: Bytes) -> Result<R, Bytes> {
     };
     let mut bytes = chunk;
     bytes::Buf::advance(&mut bytes, start);
+    if bytes.len() < OWN_BUFFER {
+        // A small reply may share its buffer with other replies (see
+        // `PoolRing::pop_into`): a `Bytes` result kept from it would keep them all.
+        bytes = Bytes::copy_from_slice(&bytes);
+    }
     byte_string_as(bytes)
 }
+
+/// Replies at least this large have a buffer of their own (see `ReplyCodec`).
+const OWN_BUFFER: usize = 64 << 10;
 
 /// Whether `R` is a type that [`byte_string_as`] makes.
 fn is_byte_string<R: 'static>() -> bool {
@@ -181,39 +189,41 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_byte_string_is_a_slice_of_the_reply() {
-        let data = bytes::Bytes::from(vec![7u8; 300]);
-        let reply = reply_of(Ok(data.clone()));
-        let start = reply.len() - 300;
-        let at = reply[start..].as_ptr();
-        let got: bytes::Bytes = chunk_byte_string(reply.clone()).expect("the fast path");
-        assert_eq!(got, data);
-        // The same memory as the reply: no copy was made.
-        assert_eq!(got.as_ptr(), at);
-        assert_eq!(
-            decode_one::<bytes::Bytes>(Ok(Results::Chunk(reply))),
-            Ok(data)
-        );
+    fn a_large_bytes_result_is_a_slice_of_the_reply_and_a_small_one_a_copy() {
+        for (size, sliced) in [(OWN_BUFFER, true), (300, false)] {
+            let data = bytes::Bytes::from(vec![7u8; size]);
+            let reply = reply_of(Ok(data.clone()));
+            let start = reply.len() - size;
+            let at = reply[start..].as_ptr();
+            let got: bytes::Bytes = chunk_byte_string(reply.clone()).expect("the fast path");
+            assert_eq!(got, data);
+            // The same memory as the reply, or a copy that keeps no other reply alive.
+            assert_eq!(got.as_ptr() == at, sliced, "{size} bytes");
+            assert_eq!(
+                decode_one::<bytes::Bytes>(Ok(Results::Chunk(reply))),
+                Ok(data)
+            );
+        }
     }
 
     #[test]
     fn a_vec_result_takes_over_a_reply_it_owns_alone() {
-        let reply = reply_of(Ok(bytes::Bytes::from(vec![9u8; 5000])));
+        let reply = reply_of(Ok(bytes::Bytes::from(vec![9u8; OWN_BUFFER])));
         // A reply that owns its buffer alone (as a large one from the socket does).
         let owned = bytes::Bytes::from(reply.to_vec());
         let buffer = owned.as_ptr();
         let got: Vec<u8> = chunk_byte_string(owned).expect("the fast path");
-        assert_eq!(got, vec![9u8; 5000]);
+        assert_eq!(got, vec![9u8; OWN_BUFFER]);
         // Its bytes were moved to the front of the same buffer: no second buffer.
         assert_eq!(got.as_ptr(), buffer);
         // A shared reply is copied, and still right.
         let again = reply.clone();
         assert_eq!(
             decode_one::<Vec<u8>>(Ok(Results::Chunk(again))),
-            Ok(vec![9u8; 5000])
+            Ok(vec![9u8; OWN_BUFFER])
         );
         assert!(
-            reply.ends_with(&[9u8; 5000]),
+            reply.ends_with(&[9u8; OWN_BUFFER]),
             "the shared reply is untouched"
         );
     }

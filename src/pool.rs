@@ -16,7 +16,7 @@ use crate::call::{Apply, Map};
 use crate::error::{Payload, TaskError};
 use crate::handle::TaskHandle;
 use crate::input::Input;
-use crate::protocol::codec::encode_chunk;
+use crate::protocol::codec::{encode_chunk, encode_header};
 use crate::protocol::ToWorker;
 use crate::queue::{AbortSignal, Job, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
@@ -81,6 +81,41 @@ pub(crate) struct JobFrame {
     tail: Bytes,
 }
 
+/// Appends job `id`'s frame to `out`: a 4-byte length, the header, the chunk of
+/// arguments. On error `out` is left as it was.
+pub(crate) fn encode_frame<A: Serialize + 'static>(
+    pool: &Pool,
+    id: u64,
+    func: Result<FnRef, String>,
+    items: &[A],
+    out: &mut Vec<u8>,
+) -> Result<(), TaskError> {
+    let start = out.len();
+    let encoded = func.map_err(TaskError::Unsupported).and_then(|func| {
+        out.extend_from_slice(&[0; 4]);
+        encode_header(&ToWorker::Job { id, func }, out).map_err(TaskError::Protocol)?;
+        encode_chunk(items, out).map_err(|message| TaskError::Codec {
+            what: Payload::Argument,
+            message,
+        })?;
+        let len = out.len() - start - 4;
+        let limit = pool.shared().config.max_frame_len;
+        if len > limit {
+            return Err(TaskError::TooLarge {
+                what: Payload::Argument,
+                size: len,
+                limit,
+            });
+        }
+        out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    });
+    if encoded.is_err() {
+        out.truncate(start);
+    }
+    encoded
+}
+
 /// Byte-string arguments from this size on travel without a copy (see [`JobFrame::one`]).
 const TAIL_MIN: usize = 64 << 10;
 
@@ -90,30 +125,11 @@ impl JobFrame {
         func: Result<FnRef, String>,
         items: &[A],
     ) -> Self {
-        let id = pool.shared().next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = func.map_err(TaskError::Unsupported).and_then(|func| {
-            // Room for the length, the header and small arguments, so that a tiny job
-            // costs one allocation rather than one and a few regrowths.
-            let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
-            frame.extend_from_slice(&[0; 4]);
-            frame = postcard::to_extend(&ToWorker::Job { id, func }, frame)
-                .map_err(|e| TaskError::Protocol(e.to_string()))?;
-            encode_chunk(items, &mut frame).map_err(|message| TaskError::Codec {
-                what: Payload::Argument,
-                message,
-            })?;
-            let len = frame.len() - 4;
-            let limit = pool.shared().config.max_frame_len;
-            if len > limit {
-                return Err(TaskError::TooLarge {
-                    what: Payload::Argument,
-                    size: len,
-                    limit,
-                });
-            }
-            frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
-            Ok(frame)
-        });
+        let id = pool.next_id();
+        // Room for the length, the header and small arguments, so that a tiny job
+        // costs one allocation rather than one and a few regrowths.
+        let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
+        let frame = encode_frame(pool, id, func, items, &mut frame).map(|()| frame);
         JobFrame {
             id,
             tasks: items.len(),
@@ -190,6 +206,11 @@ impl Pool {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// A new job id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.shared().next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The number of worker processes.
@@ -362,9 +383,12 @@ impl Pool {
         I: Input<A, M>,
     {
         let pool = self.clone();
-        Lazy::new(Box::new(move |opts| {
-            Feed::new(pool, func, input.into_parts(), opts, ordered).boxed()
-        }))
+        let parts = input.into_parts();
+        let len = parts.0;
+        Lazy::new(
+            len,
+            Box::new(move |opts| Feed::new(pool, func, parts, opts, ordered).boxed()),
+        )
     }
 
     /// Runs `f` on every item of `input` (an iterator or a stream) and collects the

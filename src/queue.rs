@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::TaskError;
 
@@ -151,20 +151,72 @@ pub(crate) enum ReplyTo {
     Feed(FeedReply),
 }
 
+/// Where a `map`-family stream's chunks reply: one per stream. Replies are tagged
+/// with their chunk's sequence number, and a driver hands over all it has for one
+/// stream under one lock, with one wake-up (see [`Deliveries`]).
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    replies: Mutex<Vec<(u64, Reply)>>,
+    waker: AtomicWaker,
+    /// The stream is gone: nobody listens.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Inbox {
+    fn put(&self, replies: impl IntoIterator<Item = (u64, Reply)>) {
+        if !self.is_closed() {
+            self.replies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(replies);
+            self.waker.wake();
+        }
+    }
+
+    /// For the stream: moves every reply come so far into `out` (which it expects
+    /// empty); `Pending` if none has.
+    pub(crate) fn poll_take(&self, out: &mut Vec<(u64, Reply)>, cx: &mut Context<'_>) -> Poll<()> {
+        for attempt in 0..2 {
+            {
+                let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+                if !replies.is_empty() {
+                    std::mem::swap(&mut *replies, out);
+                    return Poll::Ready(());
+                }
+            }
+            if attempt == 0 {
+                // Then look again: a reply put in meanwhile woke nobody.
+                self.waker.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+
+    /// For the stream, when it goes: replies are dropped from now on.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.replies.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
 /// A chunk's reply slot in a `map`-family stream. If it is dropped unused (the pool's
 /// tasks were dropped with the runtime), the stream hears `Terminated`, so no stream
 /// waits forever for a chunk.
 #[derive(Debug)]
 pub(crate) struct FeedReply {
-    tx: mpsc::UnboundedSender<(u64, Reply)>,
+    inbox: Arc<Inbox>,
     seq: u64,
     sent: bool,
 }
 
 impl FeedReply {
-    pub(crate) fn new(tx: mpsc::UnboundedSender<(u64, Reply)>, seq: u64) -> Self {
+    pub(crate) fn new(inbox: Arc<Inbox>, seq: u64) -> Self {
         FeedReply {
-            tx,
+            inbox,
             seq,
             sent: false,
         }
@@ -174,21 +226,61 @@ impl FeedReply {
 impl Drop for FeedReply {
     fn drop(&mut self) {
         if !self.sent {
-            let _ = self.tx.send((self.seq, Err(TaskError::Terminated)));
+            self.inbox.put([(self.seq, Err(TaskError::Terminated))]);
         }
+    }
+}
+
+/// Replies a driver has for `map`-family streams, handed over together: those for one
+/// stream that come one after another go under one lock, with one wake-up. Whatever
+/// it holds is handed over when it is flushed or dropped.
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
+    inbox: Option<Arc<Inbox>>,
+    replies: Vec<(u64, Reply)>,
+}
+
+impl Deliveries {
+    /// Hands over what it holds.
+    pub(crate) fn flush(&mut self) {
+        if let Some(inbox) = self.inbox.take() {
+            inbox.put(self.replies.drain(..));
+        }
+    }
+
+    fn add(&mut self, mut feed: FeedReply, reply: Reply) {
+        feed.sent = true;
+        if !self
+            .inbox
+            .as_ref()
+            .is_some_and(|inbox| Arc::ptr_eq(inbox, &feed.inbox))
+        {
+            self.flush();
+            self.inbox = Some(feed.inbox.clone());
+        }
+        self.replies.push((feed.seq, reply));
+    }
+}
+
+impl Drop for Deliveries {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
 impl ReplyTo {
     pub(crate) fn send(self, reply: Reply) {
+        self.send_with(reply, &mut Deliveries::default());
+    }
+
+    /// Sends `reply`; a stream's goes with `deliveries`, to be handed over with the
+    /// others there (see [`Deliveries`]).
+    pub(crate) fn send_with(self, reply: Reply, deliveries: &mut Deliveries) {
         match self {
             ReplyTo::One(tx) => {
                 let _ = tx.send(reply);
             }
-            ReplyTo::Feed(mut feed) => {
-                feed.sent = true;
-                let _ = feed.tx.send((feed.seq, reply));
-            }
+            ReplyTo::Feed(feed) => deliveries.add(feed, reply),
         }
     }
 
@@ -196,7 +288,7 @@ impl ReplyTo {
     pub(crate) fn is_closed(&self) -> bool {
         match self {
             ReplyTo::One(tx) => tx.is_closed(),
-            ReplyTo::Feed(feed) => feed.tx.is_closed(),
+            ReplyTo::Feed(feed) => feed.inbox.is_closed(),
         }
     }
 }

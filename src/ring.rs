@@ -178,6 +178,9 @@ impl std::fmt::Debug for PoolRing {
     }
 }
 
+/// The size of the buffers that [`PoolRing::pop_into`] copies frames into.
+const ARENA: usize = 32 << 10;
+
 /// What the pool found next in a ring.
 #[derive(Debug)]
 pub(crate) enum Record {
@@ -203,6 +206,14 @@ impl PoolRing {
     /// The next record, if the worker has written one. An error means the ring no
     /// longer makes sense (the worker overwrote it): give up on the worker.
     pub(crate) fn pop(&self) -> Result<Option<Record>, String> {
+        self.pop_into(&mut BytesMut::new())
+    }
+
+    /// [`pop`](Self::pop), with the frame copied into the room left in `arena` (which
+    /// is renewed when it has too little): frames taken one after another share an
+    /// allocation rather than cost one each.
+    pub(crate) fn pop_into(&self, arena: &mut BytesMut) -> Result<Option<Record>, String> {
+        arena.clear();
         let h = self.map.header();
         let read = h.read.load(Relaxed);
         let write = h.write.load(Acquire);
@@ -229,15 +240,19 @@ impl PoolRing {
                 "reply ring corrupt: a record of {len} bytes with {avail} waiting"
             ));
         }
-        let mut frame = BytesMut::with_capacity(len as usize);
-        // SAFETY: the capacity is `len` bytes, initialised by the copy just below
-        // before anything reads them.
-        unsafe { frame.set_len(len as usize) };
+        let len = len as usize;
+        // (Empty: every frame is split off whole.)
+        if arena.capacity() < len {
+            *arena = BytesMut::with_capacity(ARENA.max(len));
+        }
+        // SAFETY: the room is at least `len` bytes (made so just above), initialised by
+        // the copy just below before anything reads them.
+        unsafe { arena.set_len(len) };
         // SAFETY: [read + 4, read + total) is published (total <= avail) and not yet
         // released.
-        unsafe { self.map.copy_out(read + 4, &mut frame) };
+        unsafe { self.map.copy_out(read + 4, arena) };
         self.release(read + total);
-        Ok(Some(Record::Frame(frame)))
+        Ok(Some(Record::Frame(arena.split())))
     }
 
     /// The next record if it is a reply frame; a mark for the socket, like a ring

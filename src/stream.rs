@@ -17,16 +17,19 @@ use std::time::Duration;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use crate::error::{Payload, TaskError};
 use crate::handle::decode_one;
-use crate::pool::{JobFrame, Pool};
+use crate::pool::{encode_frame, Pool};
 use crate::protocol::codec::decode_results_with;
-use crate::queue::{FeedReply, Job, Reply, ReplyTo, Results};
+use crate::queue::{FeedReply, Inbox, Job, Reply, ReplyTo, Results};
 
 /// Chunks queued at once (see `Feed::batch`).
 const BATCH: usize = 64;
+
+/// A batch is queued once its frames are this large: the buffer they share is freed
+/// only when the last of them is done.
+const BATCH_BYTES: usize = 1 << 20;
 use crate::task_fn::FnRef;
 
 /// How far a `map`, `imap`, `imap_unordered` or `starmap` call has come: what a
@@ -94,12 +97,15 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
     results.into_iter()
 }
 
-/// The chunks submitted and not yet yielded. Every chunk's reply comes on one channel,
+/// The chunks submitted and not yet yielded. Every chunk's reply comes to one inbox,
 /// tagged with the chunk's sequence number; in order, replies that come early wait in a
 /// window until those before them have come.
 struct InFlight {
-    rx: mpsc::UnboundedReceiver<(u64, Reply)>,
-    tx: mpsc::UnboundedSender<(u64, Reply)>,
+    inbox: Arc<Inbox>,
+    /// Replies taken from the inbox, not yet placed or yielded.
+    arrived: VecDeque<(u64, Reply)>,
+    /// The buffer the inbox's replies are taken into: reused.
+    taken: Vec<(u64, Reply)>,
     ordered: bool,
     /// The sequence number of the oldest chunk not yet yielded.
     first: u64,
@@ -111,10 +117,10 @@ struct InFlight {
 
 impl InFlight {
     fn new(ordered: bool) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         InFlight {
-            rx,
-            tx,
+            inbox: Arc::default(),
+            arrived: VecDeque::new(),
+            taken: Vec::new(),
             ordered,
             first: 0,
             window: VecDeque::new(),
@@ -141,7 +147,7 @@ impl InFlight {
             self.window.push_back((tasks, None));
             self.waiting += 1;
         }
-        ReplyTo::Feed(FeedReply::new(self.tx.clone(), seq))
+        ReplyTo::Feed(FeedReply::new(self.inbox.clone(), seq))
     }
 
     /// The next chunk's results that may be yielded: `None` when nothing is in flight.
@@ -162,9 +168,10 @@ impl InFlight {
             if self.len() == 0 {
                 return Poll::Ready(None);
             }
-            let Some((seq, reply)) = ready!(self.rx.poll_recv(cx)) else {
-                // We hold a sender: the channel cannot close.
-                return Poll::Ready(None);
+            let Some((seq, reply)) = self.arrived.pop_front() else {
+                ready!(self.inbox.poll_take(&mut self.taken, cx));
+                self.arrived.extend(self.taken.drain(..));
+                continue;
             };
             let Some(slot) = seq
                 .checked_sub(self.first)
@@ -189,6 +196,20 @@ impl InFlight {
     }
 }
 
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
+}
+
+/// A chunk encoded into [`Feed`]'s buffer of frames, to be queued.
+struct Pending {
+    id: u64,
+    tasks: usize,
+    frame: std::ops::Range<usize>,
+    reply: ReplyTo,
+}
+
 /// See the module docs.
 pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     pool: Pool,
@@ -201,8 +222,14 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     max_in_flight: Option<usize>,
     timeout: Option<Duration>,
     in_flight: InFlight,
-    /// Chunks encoded and not yet queued: they are queued in batches, under one lock.
-    batch: Vec<Job>,
+    /// Chunks encoded and not yet queued: they are queued in batches, under one lock,
+    /// and their frames encoded one after another into `frames`, one buffer per batch
+    /// (each job's frame is a slice of it): an allocation per batch, not per chunk,
+    /// and frames that a driver writes from one place in memory.
+    batch: Vec<Pending>,
+    frames: Vec<u8>,
+    /// Where `batch` goes: reused.
+    jobs: Vec<Job>,
     _result: std::marker::PhantomData<fn() -> R>,
     progress: Option<(ProgressHook, Progress)>,
 }
@@ -246,6 +273,8 @@ where
             }),
             in_flight: InFlight::new(ordered),
             batch: Vec::new(),
+            frames: Vec::new(),
+            jobs: Vec::new(),
             _result: std::marker::PhantomData,
         }
     }
@@ -253,16 +282,52 @@ where
     /// Encodes the chunk gathered so far; it is queued with the next batch.
     fn submit_chunk(&mut self) {
         let tasks = self.chunk.len();
-        let job = JobFrame::encode(&self.pool, self.func.clone(), &self.chunk);
+        let id = self.pool.next_id();
+        let start = self.frames.len();
+        let encoded = encode_frame(
+            &self.pool,
+            id,
+            self.func.clone(),
+            &self.chunk,
+            &mut self.frames,
+        );
         // The buffer is kept for the next chunk (its items are dropped here).
         self.chunk.clear();
         let reply = self.in_flight.push(tasks);
-        if let Some(job) = self.pool.prepare(job, self.timeout, reply) {
-            self.batch.push(job);
-            if self.batch.len() >= BATCH {
-                self.pool.submit_all(&mut self.batch);
+        match encoded {
+            Ok(()) => {
+                self.batch.push(Pending {
+                    id,
+                    tasks,
+                    frame: start..self.frames.len(),
+                    reply,
+                });
+                if self.batch.len() >= BATCH || self.frames.len() >= BATCH_BYTES {
+                    self.submit_batch();
+                }
             }
+            Err(e) => reply.send(Err(e)),
         }
+    }
+
+    /// Queues the batch.
+    fn submit_batch(&mut self) {
+        let size = self.frames.len();
+        let frames = bytes::Bytes::from(std::mem::replace(
+            &mut self.frames,
+            Vec::with_capacity(size),
+        ));
+        let timeout = self.timeout;
+        self.jobs.extend(self.batch.drain(..).map(|p| Job {
+            id: p.id,
+            frame: frames.slice(p.frame),
+            tail: bytes::Bytes::new(),
+            tasks: p.tasks,
+            timeout,
+            abort: None,
+            reply: p.reply,
+        }));
+        self.pool.submit_all(&mut self.jobs);
     }
 
     /// How many chunks may be in flight: the caller's bound, or by default enough to
@@ -305,7 +370,7 @@ where
             }
         }
         if !self.batch.is_empty() {
-            self.pool.submit_all(&mut self.batch);
+            self.submit_batch();
         }
     }
 }
@@ -346,6 +411,8 @@ type MakeStream<R> = Box<dyn FnOnce(FeedOptions) -> Chunks<R> + Send>;
 /// A stream built on first poll, so that its options can be set until then; it yields
 /// results one by one, or ([`poll_chunk`](Lazy::poll_chunk)) a chunk at a time.
 pub(crate) struct Lazy<R> {
+    /// How many items the input holds, when known.
+    len: Option<usize>,
     opts: FeedOptions,
     make: Option<MakeStream<R>>,
     stream: Option<Chunks<R>>,
@@ -353,13 +420,19 @@ pub(crate) struct Lazy<R> {
 }
 
 impl<R> Lazy<R> {
-    pub(crate) fn new(make: MakeStream<R>) -> Self {
+    pub(crate) fn new(len: Option<usize>, make: MakeStream<R>) -> Self {
         Lazy {
+            len,
             opts: FeedOptions::default(),
             make: Some(make),
             stream: None,
             ready: Vec::new().into_iter(),
         }
+    }
+
+    /// How many items the input holds, when known.
+    pub(crate) fn len(&self) -> Option<usize> {
+        self.len
     }
 
     pub(crate) fn opts(&mut self) -> &mut FeedOptions {

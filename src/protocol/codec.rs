@@ -306,6 +306,11 @@ fn extend<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Str
         })
 }
 
+/// Appends a message header to a frame.
+pub(crate) fn encode_header<H: Serialize>(header: &H, out: &mut Vec<u8>) -> Result<(), String> {
+    extend(header, out)
+}
+
 /// Appends a chunk of arguments to a frame.
 pub(crate) fn encode_chunk<A: Serialize + 'static>(
     items: &[A],
