@@ -434,6 +434,38 @@ mod tests {
     }
 
     #[test]
+    fn frames_popped_into_one_arena_stay_intact_while_it_is_renewed() {
+        let (pool, worker) = pair();
+        let mut arena = BytesMut::new();
+        let mut kept = Vec::new();
+        // Frames of all sizes up to the inline limit, many arenas' worth, all kept.
+        for i in 0..2_000usize {
+            let payload = vec![(i % 251) as u8; (i * 37) % (INLINE_MAX - 4) + 1];
+            assert!(!worker.push(&record(&payload), || false).unwrap());
+            let Some(Record::Frame(f)) = pool.pop_into(&mut arena).unwrap() else {
+                panic!("frame {i} missing");
+            };
+            assert!(arena.is_empty());
+            kept.push((payload, f));
+        }
+        for (i, (payload, frame)) in kept.iter().enumerate() {
+            assert_eq!(&frame[..], &payload[..], "frame {i}");
+        }
+        // Small frames share an arena's allocation.
+        let firsts: Vec<_> = (0..3u8)
+            .map(|b| {
+                assert!(!worker.push(&record(&[b; 10]), || false).unwrap());
+                match pool.pop_into(&mut arena).unwrap() {
+                    Some(Record::Frame(f)) => f,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect();
+        assert_eq!(firsts[1].as_ptr(), firsts[0].as_ptr().wrapping_add(10));
+        assert_eq!(firsts[2].as_ptr(), firsts[1].as_ptr().wrapping_add(10));
+    }
+
+    #[test]
     fn the_mark_and_the_wakeup_request() {
         let (pool, worker) = pair();
         assert!(!pool.want_wakeup());
