@@ -332,3 +332,49 @@ async fn dropping_an_imap_of_slow_tasks_empties_the_queue() {
     assert!(stats.submitted < 40, "{stats:?}");
     pool.terminate().await;
 }
+
+/// Streams that share workers: one driver's batch of replies holds replies for several
+/// streams, each handed to its own stream, and a stream dropped midway takes nothing
+/// from the others.
+#[tokio::test]
+async fn concurrent_streams_on_one_worker_each_get_their_own_replies() {
+    let pool = support::pool(1).await;
+    let streams = (0..4u64).map(|k| {
+        let pool = pool.clone();
+        async move {
+            let input: Vec<u64> = (0..5_000).map(|i| i * 4 + k).collect();
+            let ordered: Vec<u64> = pool
+                .imap(identity, input.clone())
+                .chunk_size(1)
+                .map(|r| r.expect("task result"))
+                .collect()
+                .await;
+            assert_eq!(ordered, input, "stream {k}, ordered");
+            let mut unordered: Vec<u64> = pool
+                .imap_unordered(identity, input.clone())
+                .chunk_size(1)
+                .map(|r| r.expect("task result"))
+                .collect()
+                .await;
+            unordered.sort_unstable();
+            assert_eq!(unordered, input, "stream {k}, unordered");
+        }
+    });
+    let dropped = async {
+        let mut s = pool.imap(identity, 0..1_000_000u64).chunk_size(1);
+        for i in 0..100 {
+            assert_eq!(next(&mut s).await, Ok(i));
+        }
+    };
+    bounded(
+        "four streams and a dropped one",
+        futures::future::join(futures::future::join_all(streams), dropped),
+    )
+    .await;
+    assert!(
+        wait_until(Duration::from_secs(10), || settled(&pool)).await,
+        "every task settled: {:?}",
+        pool.stats()
+    );
+    pool.terminate().await;
+}
