@@ -195,7 +195,10 @@ impl Inbox {
     /// For the stream, when it goes: replies are dropped from now on.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-        self.replies.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     fn is_closed(&self) -> bool {

@@ -138,7 +138,9 @@ impl ReplyCodec {
     /// larger: it becomes the result), else a new one.
     fn body_buffer(&mut self, len: usize) -> BytesMut {
         match self.spare.take() {
-            Some((_, mut spare)) if spare.capacity() >= len && spare.capacity() / 2 <= len => {
+            Some((_, mut spare))
+                if spare.capacity() >= len && spare.capacity() <= len.saturating_mul(2) =>
+            {
                 spare.clear();
                 spare
             }
