@@ -151,9 +151,9 @@ impl<R: Send + 'static> IntoFuture for Map<R> {
     type Output = Result<Vec<R>, TaskError>;
     type IntoFuture = BoxFuture<'static, Result<Vec<R>, TaskError>>;
 
-    fn into_future(mut self) -> Self::IntoFuture {
-        // A join holds every result anyway: submit every chunk at once.
-        self.inner.opts().max_in_flight = Some(usize::MAX);
+    fn into_future(self) -> Self::IntoFuture {
+        // The same window as the streams': it keeps the workers fed, and the chunks
+        // not yet submitted cost no memory.
         let mut inner = self.inner;
         async move {
             let mut results = Vec::with_capacity(inner.len().unwrap_or(0));

@@ -330,21 +330,28 @@ where
         self.pool.submit_all(&mut self.jobs);
     }
 
-    /// How many chunks may be in flight: the caller's bound, or by default enough to
-    /// fill the pipelines the workers run now (deep for tiny tasks, see the driver's
-    /// `Pace`) and never fewer than 16 per worker. A fixed small window made a stream
-    /// of tiny tasks wait on its consumer every few results; a large one would read
-    /// far ahead of slow tasks.
+    /// How many chunks may be in flight: the caller's bound, or by default four times
+    /// what the workers' pipelines hold now (deep for tiny tasks, see the driver's
+    /// `Pace`) and never fewer than 16 per worker: the queue keeps a reserve, so that a
+    /// driver refilling its pipeline finds jobs there rather than waits for this
+    /// stream's consumer. A fixed small window made a stream of tiny tasks wait on its
+    /// consumer every few results; a large one would read far ahead of slow tasks.
     fn room(&self) -> usize {
         self.max_in_flight.unwrap_or_else(|| {
             let shared = self.pool.shared();
-            (16 * shared.config.processes).max(shared.pipelines())
+            (16 * shared.config.processes).max(4 * shared.pipelines())
         })
     }
 
     /// Pulls input and submits chunks while there is room in flight.
     fn fill(&mut self, cx: &mut Context<'_>) {
         let room = self.room();
+        // The default window is refilled once half of it is free: chunks go out in
+        // batches, and a driver is woken for a batch, not for each chunk that comes
+        // back. (A bound the caller set is kept full: it may be the number of workers.)
+        if self.max_in_flight.is_none() && self.in_flight.len() > room / 2 {
+            return;
+        }
         while !self.input_done && self.in_flight.len() < room {
             let mut pending = false;
             while self.chunk.len() < self.chunk_size {
@@ -511,10 +518,11 @@ macro_rules! map_stream {
             }
 
             /// Sets how many chunks may be submitted and not yet yielded at once:
-            /// the backpressure bound. By default it follows the tasks: `16 ×
-            /// processes`, or, while the workers run tasks of microseconds, as many as
-            /// fill their pipelines (up to `processes ×`
-            /// [`pipeline_depth`](crate::PoolBuilder::pipeline_depth)).
+            /// the backpressure bound, kept full. By default it follows the tasks:
+            /// `16 × processes`, or, while the workers run tasks of microseconds, four
+            /// times what fills their pipelines (up to `4 × processes ×`
+            /// [`pipeline_depth`](crate::PoolBuilder::pipeline_depth)), refilled
+            /// whenever half of it is free.
             ///
             /// # Panics
             ///
