@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use crate::driver::{deliver, Done};
 use crate::protocol::codec::decode_frame;
 use crate::protocol::FromWorker;
+use crate::queue::Deliveries;
 use crate::queue::Job;
 use crate::ring::PoolRing;
 use crate::shared::Shared;
@@ -222,8 +223,7 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
                     frame: frame.into(),
                     payload_len,
                 },
-                // (The job is a single task's: no stream's reply to hand over.)
-                &mut Default::default(),
+                &mut Deliveries::new(shared, lease.slot),
             );
             None
         }

@@ -28,7 +28,7 @@ use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
 use crate::protocol::codec::{decode_frame, ReplyCodec, ReplyFrame};
 use crate::protocol::{FromWorker, Outcome};
-use crate::queue::{Deliveries, Job, Popped};
+use crate::queue::{Deliveries, Job, Popped, Tally};
 use crate::ring::{PoolRing, Record};
 use crate::shared::{Counters, Shared};
 use crate::start::child::{ChildProc, REAP_BOUND};
@@ -158,7 +158,7 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         socket_frames: VecDeque::new(),
         on_socket: 0,
         arena: bytes::BytesMut::new(),
-        deliveries: Deliveries::default(),
+        deliveries: Deliveries::new(shared, slot),
         pace: Pace {
             head_started: Instant::now(),
             service_ns: None,
@@ -192,7 +192,7 @@ struct Driver<'a> {
     /// Where replies are copied out of the ring (see [`PoolRing::pop_into`]).
     arena: bytes::BytesMut,
     /// Replies for streams, handed over before the driver next waits.
-    deliveries: Deliveries,
+    deliveries: Deliveries<'a>,
     pace: Pace,
     lease: Option<Arc<Lease>>,
     /// This task's waker, as of its last poll.
@@ -754,25 +754,27 @@ pub(crate) fn deliver(
     pid: u32,
     job: Job,
     done: Done,
-    deliveries: &mut Deliveries,
+    deliveries: &mut Deliveries<'_>,
 ) {
     let Done {
         outcome,
         frame,
         payload_len,
     } = done;
-    let counters = &shared.counters;
-    shared.count_worker_task(slot, 1);
+    let mut tally = Tally {
+        jobs: 1,
+        ..Tally::default()
+    };
     let reply = match outcome {
         Outcome::Ok { panicked, .. } => {
             // The typed side turns each panic into `TaskError::Panicked`.
             let panicked = u64::from(panicked).min(job.tasks as u64);
-            Counters::add(&counters.completed, job.tasks as u64 - panicked);
-            Counters::add(&counters.failed, panicked);
+            tally.completed = job.tasks as u64 - panicked;
+            tally.failed = panicked;
             Ok(frame.into_results(payload_len))
         }
         failure => {
-            Counters::add(&counters.failed, job.tasks as u64);
+            tally.failed = job.tasks as u64;
             Err(match failure {
                 Outcome::BadArguments(message) => TaskError::Codec {
                     what: Payload::Argument,
@@ -800,5 +802,5 @@ pub(crate) fn deliver(
         ok = reply.is_ok(),
         "job completed"
     );
-    job.reply.send_with(reply, deliveries);
+    deliveries.send(job.reply, reply, tally);
 }

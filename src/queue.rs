@@ -16,6 +16,7 @@ use futures::task::AtomicWaker;
 use tokio::sync::oneshot;
 
 use crate::error::TaskError;
+use crate::shared::{Counters, Shared};
 
 /// What a job's caller receives: its results, or why there are none.
 pub(crate) type Reply = Result<Results, TaskError>;
@@ -156,7 +157,7 @@ pub(crate) enum ReplyTo {
 /// stream under one lock, with one wake-up (see [`Deliveries`]).
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    replies: Mutex<Vec<(u64, Reply)>>,
+    replies: Mutex<VecDeque<(u64, Reply)>>,
     waker: AtomicWaker,
     /// The stream is gone: nobody listens.
     closed: std::sync::atomic::AtomicBool,
@@ -175,7 +176,11 @@ impl Inbox {
 
     /// For the stream: moves every reply come so far into `out` (which it expects
     /// empty); `Pending` if none has.
-    pub(crate) fn poll_take(&self, out: &mut Vec<(u64, Reply)>, cx: &mut Context<'_>) -> Poll<()> {
+    pub(crate) fn poll_take(
+        &self,
+        out: &mut VecDeque<(u64, Reply)>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
         for attempt in 0..2 {
             {
                 let mut replies = self.replies.lock().unwrap_or_else(|e| e.into_inner());
@@ -235,37 +240,94 @@ impl Drop for FeedReply {
 }
 
 /// Replies a driver has for `map`-family streams, handed over together: those for one
-/// stream that come one after another go under one lock, with one wake-up. Whatever
-/// it holds is handed over when it is flushed or dropped.
-#[derive(Debug, Default)]
-pub(crate) struct Deliveries {
+/// stream that come one after another go under one lock, with one wake-up; the tasks
+/// they answer are counted in the pool's stats just before (one update of each shared
+/// counter per batch, not per reply). Whatever it holds is handed over when it is
+/// flushed or dropped.
+#[derive(Debug)]
+pub(crate) struct Deliveries<'a> {
+    shared: &'a Shared,
+    slot: usize,
     inbox: Option<Arc<Inbox>>,
     replies: Vec<(u64, Reply)>,
+    tally: Tally,
 }
 
-impl Deliveries {
-    /// Hands over what it holds.
+/// Tasks answered and not yet counted in the stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    /// Jobs, for the worker's count.
+    pub(crate) jobs: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+}
+
+impl Tally {
+    /// Adds the counts to the pool's stats, as slot `slot`'s worker's.
+    pub(crate) fn count(self, shared: &Shared, slot: usize) {
+        if self.jobs > 0 {
+            shared.count_worker_task(slot, self.jobs);
+        }
+        for (counter, n) in [
+            (&shared.counters.completed, self.completed),
+            (&shared.counters.failed, self.failed),
+        ] {
+            if n > 0 {
+                Counters::add(counter, n);
+            }
+        }
+    }
+}
+
+impl<'a> Deliveries<'a> {
+    /// For slot `slot`'s driver.
+    pub(crate) fn new(shared: &'a Shared, slot: usize) -> Self {
+        Deliveries {
+            shared,
+            slot,
+            inbox: None,
+            replies: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Counts and hands over what it holds.
     pub(crate) fn flush(&mut self) {
+        std::mem::take(&mut self.tally).count(self.shared, self.slot);
         if let Some(inbox) = self.inbox.take() {
             inbox.put(self.replies.drain(..));
         }
     }
 
-    fn add(&mut self, mut feed: FeedReply, reply: Reply) {
-        feed.sent = true;
-        if !self
-            .inbox
-            .as_ref()
-            .is_some_and(|inbox| Arc::ptr_eq(inbox, &feed.inbox))
-        {
-            self.flush();
-            self.inbox = Some(feed.inbox.clone());
+    /// Sends a job's `reply`, whose tasks `tally` counts: a single task's at once
+    /// (its caller may read the stats as soon as it has its result), a stream's with
+    /// the others here.
+    pub(crate) fn send(&mut self, to: ReplyTo, reply: Reply, tally: Tally) {
+        match to {
+            ReplyTo::One(tx) => {
+                tally.count(self.shared, self.slot);
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Feed(mut feed) => {
+                feed.sent = true;
+                if !self
+                    .inbox
+                    .as_ref()
+                    .is_some_and(|inbox| Arc::ptr_eq(inbox, &feed.inbox))
+                {
+                    self.flush();
+                    self.inbox = Some(feed.inbox.clone());
+                }
+                self.tally.jobs += tally.jobs;
+                self.tally.completed += tally.completed;
+                self.tally.failed += tally.failed;
+                self.replies.push((feed.seq, reply));
+            }
         }
-        self.replies.push((feed.seq, reply));
     }
 }
 
-impl Drop for Deliveries {
+impl Drop for Deliveries<'_> {
     fn drop(&mut self) {
         self.flush();
     }
@@ -273,17 +335,14 @@ impl Drop for Deliveries {
 
 impl ReplyTo {
     pub(crate) fn send(self, reply: Reply) {
-        self.send_with(reply, &mut Deliveries::default());
-    }
-
-    /// Sends `reply`; a stream's goes with `deliveries`, to be handed over with the
-    /// others there (see [`Deliveries`]).
-    pub(crate) fn send_with(self, reply: Reply, deliveries: &mut Deliveries) {
         match self {
             ReplyTo::One(tx) => {
                 let _ = tx.send(reply);
             }
-            ReplyTo::Feed(feed) => deliveries.add(feed, reply),
+            ReplyTo::Feed(mut feed) => {
+                feed.sent = true;
+                feed.inbox.put([(feed.seq, reply)]);
+            }
         }
     }
 

@@ -104,8 +104,6 @@ struct InFlight {
     inbox: Arc<Inbox>,
     /// Replies taken from the inbox, not yet placed or yielded.
     arrived: VecDeque<(u64, Reply)>,
-    /// The buffer the inbox's replies are taken into: reused.
-    taken: Vec<(u64, Reply)>,
     ordered: bool,
     /// The sequence number of the oldest chunk not yet yielded.
     first: u64,
@@ -120,7 +118,6 @@ impl InFlight {
         InFlight {
             inbox: Arc::default(),
             arrived: VecDeque::new(),
-            taken: Vec::new(),
             ordered,
             first: 0,
             window: VecDeque::new(),
@@ -169,8 +166,7 @@ impl InFlight {
                 return Poll::Ready(None);
             }
             let Some((seq, reply)) = self.arrived.pop_front() else {
-                ready!(self.inbox.poll_take(&mut self.taken, cx));
-                self.arrived.extend(self.taken.drain(..));
+                ready!(self.inbox.poll_take(&mut self.arrived, cx));
                 continue;
             };
             let Some(slot) = seq
