@@ -215,7 +215,6 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
         (Some((outcome, payload_len)), Some(frame)) => {
             deliver(
                 shared,
-                lease.slot,
                 lease.pid,
                 job,
                 Done {

@@ -674,7 +674,6 @@ impl Driver<'_> {
         self.shared.set_depth(self.slot, self.pace.depth(0));
         deliver(
             self.shared,
-            self.slot,
             self.pid,
             job,
             Done {
@@ -745,12 +744,11 @@ pub(crate) struct Done {
     pub(crate) payload_len: usize,
 }
 
-/// Delivers a worker's reply to its job, and counts it; a stream's reply goes with
-/// `deliveries`.
+/// Delivers a worker's reply to its job, and counts it (as the worker of
+/// `deliveries`' slot); a stream's reply goes with `deliveries`.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn deliver(
     shared: &Shared,
-    slot: usize,
     pid: u32,
     job: Job,
     done: Done,
