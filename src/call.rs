@@ -140,7 +140,8 @@ impl<R: Send + 'static> Map<R> {
     }
 
     /// Calls `hook` with the [`Progress`](crate::Progress) so far: once at the start,
-    /// then each time a chunk's results arrive. A progress bar plugs in here.
+    /// then each time results arrive (those of all the chunks that came meanwhile, at
+    /// once). A progress bar plugs in here.
     pub fn progress(mut self, hook: impl Fn(crate::Progress) + Send + Sync + 'static) -> Self {
         self.inner.opts().progress = Some(Arc::new(hook));
         self

@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::error::{Payload, TaskError};
 use crate::handle::decode_one;
 use crate::pool::{encode_frame, Pool};
-use crate::protocol::codec::decode_results_with;
+use crate::protocol::codec::decode_results_into;
 use crate::queue::{FeedReply, Inbox, Job, Reply, ReplyTo, Results};
 
 /// Chunks queued at once (see `Feed::batch`).
@@ -67,34 +67,41 @@ impl fmt::Debug for FeedOptions {
     }
 }
 
-/// Decodes one chunk's reply into one result per task.
+/// Decodes one chunk's reply into one result per task, appended to `out`.
 fn decode_chunk_reply<R: DeserializeOwned + 'static>(
     reply: Reply,
     tasks: usize,
-) -> impl Iterator<Item = Result<R, TaskError>> {
-    let all = |e: TaskError| (0..tasks).map(move |_| Err(e.clone())).collect::<Vec<_>>();
-    let results: Vec<Result<R, TaskError>> = match reply {
+    out: &mut Vec<Result<R, TaskError>>,
+) {
+    let all = |e: TaskError, out: &mut Vec<_>| out.extend((0..tasks).map(|_| Err(e.clone())));
+    match reply {
         // A lone result in a buffer of its own, as a single task's reply.
         Ok(Results::ByteString(bytes)) if tasks == 1 => {
-            vec![decode_one(Ok(Results::ByteString(bytes)))]
+            out.push(decode_one(Ok(Results::ByteString(bytes))));
         }
         Ok(results) => {
             let bytes = results.into_chunk();
-            match decode_results_with::<R, _>(&bytes, |r| r.map_err(TaskError::Panicked)) {
-                Ok(results) if results.len() == tasks => results,
-                Ok(results) => all(TaskError::Protocol(format!(
-                    "{} results for a chunk of {tasks}",
-                    results.len()
-                ))),
-                Err(message) => all(TaskError::Codec {
-                    what: Payload::Result,
-                    message,
-                }),
+            let start = out.len();
+            match decode_results_into::<R, _>(&bytes, out, |r| r.map_err(TaskError::Panicked)) {
+                Ok(n) if n == tasks => {}
+                Ok(n) => {
+                    out.truncate(start);
+                    all(
+                        TaskError::Protocol(format!("{n} results for a chunk of {tasks}")),
+                        out,
+                    );
+                }
+                Err(message) => all(
+                    TaskError::Codec {
+                        what: Payload::Result,
+                        message,
+                    },
+                    out,
+                ),
             }
         }
-        Err(e) => all(e),
-    };
-    results.into_iter()
+        Err(e) => all(e, out),
+    }
 }
 
 /// The chunks submitted and not yet yielded. Every chunk's reply comes to one inbox,
@@ -147,47 +154,50 @@ impl InFlight {
         ReplyTo::Feed(FeedReply::new(self.inbox.clone(), seq))
     }
 
-    /// The next chunk's results that may be yielded: `None` when nothing is in flight.
+    /// The results of every chunk that may be yielded now (all that have come, or in
+    /// order, all that have come up to the first still running), in one go: `None`
+    /// when nothing is in flight.
     fn poll_next<R: DeserializeOwned + 'static>(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Vec<Result<R, TaskError>>>> {
+        let mut out = Vec::new();
         loop {
-            if self.ordered {
-                if let Some((tasks, Some(_))) = self.window.front() {
-                    let tasks = *tasks;
-                    let reply = self.window.pop_front().and_then(|(_, r)| r);
-                    self.first += 1;
-                    let reply = reply.unwrap_or(Err(TaskError::Terminated));
-                    return Poll::Ready(Some(decode_chunk_reply(reply, tasks).collect()));
+            while let Some((seq, reply)) = self.arrived.pop_front() {
+                let Some(slot) = seq
+                    .checked_sub(self.first)
+                    .and_then(|i| self.window.get_mut(i as usize))
+                else {
+                    continue;
+                };
+                if self.ordered {
+                    slot.1 = Some(reply);
+                } else {
+                    let tasks = slot.0;
+                    self.waiting -= 1;
+                    // Slots of chunks come and gone are trimmed from the front.
+                    slot.0 = 0;
+                    while self.window.front().is_some_and(|(t, _)| *t == 0) {
+                        self.window.pop_front();
+                        self.first += 1;
+                    }
+                    decode_chunk_reply(reply, tasks, &mut out);
                 }
+            }
+            while let Some((tasks, Some(_))) = self.window.front() {
+                let tasks = *tasks;
+                let reply = self.window.pop_front().and_then(|(_, r)| r);
+                self.first += 1;
+                let reply = reply.unwrap_or(Err(TaskError::Terminated));
+                decode_chunk_reply(reply, tasks, &mut out);
+            }
+            if !out.is_empty() {
+                return Poll::Ready(Some(out));
             }
             if self.len() == 0 {
                 return Poll::Ready(None);
             }
-            let Some((seq, reply)) = self.arrived.pop_front() else {
-                ready!(self.inbox.poll_take(&mut self.arrived, cx));
-                continue;
-            };
-            let Some(slot) = seq
-                .checked_sub(self.first)
-                .and_then(|i| self.window.get_mut(i as usize))
-            else {
-                continue;
-            };
-            if self.ordered {
-                slot.1 = Some(reply);
-            } else {
-                let tasks = slot.0;
-                self.waiting -= 1;
-                // Slots of chunks come and gone are trimmed from the front.
-                slot.0 = 0;
-                while self.window.front().is_some_and(|(t, _)| *t == 0) {
-                    self.window.pop_front();
-                    self.first += 1;
-                }
-                return Poll::Ready(Some(decode_chunk_reply(reply, tasks).collect()));
-            }
+            ready!(self.inbox.poll_take(&mut self.arrived, cx));
         }
     }
 }
@@ -383,7 +393,8 @@ where
     A: Serialize + Send + 'static,
     R: DeserializeOwned + Send + 'static,
 {
-    /// One chunk's results at a time: a join extends its `Vec` by whole chunks.
+    /// The results of every chunk that came meanwhile, at once: a join extends its
+    /// `Vec` by whole chunks.
     type Item = Vec<Result<R, TaskError>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -412,7 +423,7 @@ pub(crate) type Chunks<R> = BoxStream<'static, Vec<Result<R, TaskError>>>;
 type MakeStream<R> = Box<dyn FnOnce(FeedOptions) -> Chunks<R> + Send>;
 
 /// A stream built on first poll, so that its options can be set until then; it yields
-/// results one by one, or ([`poll_chunk`](Lazy::poll_chunk)) a chunk at a time.
+/// results one by one, or ([`poll_chunk`](Lazy::poll_chunk)) whole chunks at a time.
 pub(crate) struct Lazy<R> {
     /// How many items the input holds, when known.
     len: Option<usize>,
@@ -442,7 +453,7 @@ impl<R> Lazy<R> {
         &mut self.opts
     }
 
-    /// The next chunk's results (after any left over from the last chunk).
+    /// The next chunks' results (after any left over from the last ones).
     pub(crate) fn poll_chunk(
         &mut self,
         cx: &mut Context<'_>,
@@ -537,8 +548,9 @@ macro_rules! map_stream {
             }
 
             /// Calls `hook` with the [`Progress`] so far: once when the stream is
-            /// first polled, then each time a chunk's results arrive. A progress
-            /// bar plugs in here (see the `primes` example).
+            /// first polled, then each time results arrive (those of all the chunks
+            /// that came meanwhile, at once). A progress bar plugs in here (see the
+            /// `primes` example).
             pub fn progress(mut self, hook: impl Fn(Progress) + Send + Sync + 'static) -> Self {
                 self.inner.opts().progress = Some(Arc::new(hook));
                 self

@@ -364,8 +364,33 @@ where
     }
 }
 
-/// Decodes a chunk of results straight into what the caller keeps of each: one
-/// allocation per chunk rather than two.
+/// Decodes a chunk of results straight into what the caller keeps of each, appended
+/// to `out`; returns how many there were. On error `out` is left as it was.
+pub(crate) fn decode_results_into<R, T>(
+    bytes: &[u8],
+    out: &mut Vec<T>,
+    f: impl FnMut(Result<R, RemotePanic>) -> T,
+) -> Result<usize, String>
+where
+    R: DeserializeOwned + 'static,
+{
+    use serde::de::DeserializeSeed;
+    let start = out.len();
+    let mut de = postcard::Deserializer::from_bytes(bytes);
+    Mapped {
+        f,
+        out: &mut *out,
+        _types: std::marker::PhantomData,
+    }
+    .deserialize(&mut de)
+    .map(|()| out.len() - start)
+    .map_err(|e| {
+        out.truncate(start);
+        e.to_string()
+    })
+}
+
+/// [`decode_results_into`] a new `Vec`.
 pub(crate) fn decode_results_with<R, T>(
     bytes: &[u8],
     f: impl FnMut(Result<R, RemotePanic>) -> T,
@@ -373,52 +398,47 @@ pub(crate) fn decode_results_with<R, T>(
 where
     R: DeserializeOwned + 'static,
 {
-    use serde::de::DeserializeSeed;
-    let mut de = postcard::Deserializer::from_bytes(bytes);
-    Mapped {
-        f,
-        _types: std::marker::PhantomData,
-    }
-    .deserialize(&mut de)
-    .map_err(|e| e.to_string())
+    let mut out = Vec::new();
+    decode_results_into(bytes, &mut out, f).map(|_| out)
 }
 
-/// A sequence of results, each mapped by `f` as it is decoded.
-struct Mapped<R, F> {
+/// A sequence of results, each mapped by `f` as it is decoded and appended to `out`.
+struct Mapped<'a, R, T, F> {
     f: F,
+    out: &'a mut Vec<T>,
     _types: std::marker::PhantomData<fn() -> R>,
 }
 
-impl<'de, R, T, F> serde::de::DeserializeSeed<'de> for Mapped<R, F>
+impl<'de, R, T, F> serde::de::DeserializeSeed<'de> for Mapped<'_, R, T, F>
 where
     R: DeserializeOwned + 'static,
     F: FnMut(Result<R, RemotePanic>) -> T,
 {
-    type Value = Vec<T>;
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<T>, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
-impl<'de, R, T, F> serde::de::Visitor<'de> for Mapped<R, F>
+impl<'de, R, T, F> serde::de::Visitor<'de> for Mapped<'_, R, T, F>
 where
     R: DeserializeOwned + 'static,
     F: FnMut(Result<R, RemotePanic>) -> T,
 {
-    type Value = Vec<T>;
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a chunk of results")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<Vec<T>, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
         // The length comes from the untrusted reply: do not let it size the buffer.
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        self.out.reserve(seq.size_hint().unwrap_or(0).min(4096));
         while let Some(item) = seq.next_element::<Result<Wire<R>, RemotePanic>>()? {
-            out.push((self.f)(item.map(|w| w.0)));
+            self.out.push((self.f)(item.map(|w| w.0)));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
