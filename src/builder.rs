@@ -93,7 +93,7 @@ impl PoolBuilder {
                 task_timeout: None,
                 kill_grace: None,
                 startup_timeout: Duration::from_secs(30),
-                pipeline: 128,
+                pipeline: 512,
                 child: ChildOptions::default(),
                 preload: None,
                 spin: None,
@@ -218,11 +218,12 @@ impl PoolBuilder {
     }
 
     /// How many jobs a worker may be sent ahead while its jobs are short (under about
-    /// 100 µs), so that it never waits a round trip for the next one. Workers whose
-    /// jobs take longer get at most two, and one past 2 ms, so long jobs do not queue
-    /// behind each other in one worker. A worker that crashes fails only the job it was
-    /// running; the jobs sent ahead go back to the queue. A deep pipeline is refilled
-    /// when half empty, so that a worker wakes for a batch of jobs. Default: 128.
+    /// 100 µs), so that it never waits a round trip for the next one: as many as make
+    /// about 2 ms of its work, up to this bound. Workers whose jobs take longer get at
+    /// most two, and one past 2 ms, so long jobs do not queue behind each other in one
+    /// worker. A worker that crashes fails only the job it was running; the jobs sent
+    /// ahead go back to the queue. A deep pipeline is refilled when half empty, so
+    /// that a worker wakes for a batch of jobs. Default: 512.
     ///
     /// # Panics
     ///

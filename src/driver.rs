@@ -202,6 +202,12 @@ struct Driver<'a> {
 /// A lone job is waited for by polling only on workers whose jobs take less than this.
 const SPIN_JOB: Duration = Duration::from_micros(20);
 
+/// Jobs shorter than this are pipelined deeply (see [`Pace::nominal_depth`]).
+const SHORT_JOB: Duration = Duration::from_micros(100);
+
+/// How much work a deep pipeline holds, by the worker's clock.
+const PIPELINE_WORK: Duration = Duration::from_millis(2);
+
 /// Jobs longer than this are taken one at a time.
 const LONG_JOB: Duration = Duration::from_millis(2);
 
@@ -232,11 +238,21 @@ impl Pace {
         depth
     }
 
-    /// The depth the average service time asks for.
+    /// The depth the average service time asks for: for short jobs, as many as make
+    /// [`PIPELINE_WORK`] of work (up to the pool's `pipeline_depth`, and at least two),
+    /// so that tiny jobs go in large batches (a wake-up of the worker, and of this
+    /// driver, per batch) while what one worker has been sent ahead stays a short time
+    /// of work, which another worker could not take over.
     fn nominal_depth(&self) -> usize {
         match self.service_ns {
             None => 1,
-            Some(ns) if ns < 100_000 => self.max_depth,
+            Some(ns) if ns < SHORT_JOB.as_nanos() as u64 => {
+                let fill = PIPELINE_WORK.as_nanos() as u64 / ns.max(1);
+                usize::try_from(fill)
+                    .unwrap_or(usize::MAX)
+                    .max(2)
+                    .min(self.max_depth)
+            }
             Some(ns) if ns < LONG_JOB.as_nanos() as u64 => 2,
             Some(_) => 1,
         }

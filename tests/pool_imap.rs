@@ -213,7 +213,14 @@ async fn an_imap_submits_nothing_until_it_is_polled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_over_an_endless_stream_pulls_a_bounded_number_of_items() {
-    let pool = support::pool(2).await;
+    // Shallow pipelines, so that the default window is small beside what is consumed.
+    const DEPTH: u64 = 64;
+    let pool = support::builder()
+        .processes(2)
+        .pipeline_depth(DEPTH as usize)
+        .build()
+        .await
+        .expect("pool builds");
     let pulled = Arc::new(AtomicU64::new(0));
     let counter = pulled.clone();
     let input = futures::stream::iter(0u64..).map(move |i| {
@@ -240,9 +247,8 @@ async fn imap_over_an_endless_stream_pulls_a_bounded_number_of_items() {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     // The lead is bounded by a constant, not by how much was consumed: by default, four
-    // times what fills both workers' pipelines of tiny tasks (2 x the default depth of
-    // 128), and a chunk.
-    const LEAD: u64 = 4 * 2 * 128 + 16;
+    // times what fills both workers' pipelines of tiny tasks (2 x DEPTH), and a chunk.
+    const LEAD: u64 = 4 * 2 * DEPTH + 16;
     assert!(
         lead_first_half <= LEAD,
         "lead {lead_first_half} in the first half"
