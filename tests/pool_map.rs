@@ -436,3 +436,41 @@ async fn small_and_large_replies_mixed_in_one_pipeline_arrive_in_order() {
     assert_eq!(stats.workers_crashed, 0, "{stats:?}");
     pool.terminate().await;
 }
+
+/// A `map` of many small chunks keeps a bounded number of them queued (the stream's
+/// window), not every chunk at once: a map of millions of tasks holds no million jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_map_queues_a_bounded_number_of_chunks() {
+    let pool = support::builder()
+        .processes(2)
+        .pipeline_depth(64)
+        .build()
+        .await
+        .expect("pool builds");
+    let n = 100_000u32;
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let pool = pool.clone();
+        let watching = watching.clone();
+        tokio::spawn(async move {
+            let mut most = 0;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(pool.stats().queued);
+                tokio::task::yield_now().await;
+            }
+            most
+        })
+    };
+    let out = bounded("map", pool.map(tiny, 0..n).chunk_size(1))
+        .await
+        .expect("map");
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(out.len(), n as usize);
+    assert!(out.iter().enumerate().all(|(i, &x)| x == tiny(i as u32)));
+    let most = bounded("sampler", sampler).await.expect("sampler");
+    // The window: four times both workers' pipelines (2 x 64), so 512 chunks of one
+    // task in flight, queued or sent.
+    assert!(most > 0, "the sampler saw the queue");
+    assert!(most <= 4 * 2 * 64, "{most} tasks queued at once");
+    pool.terminate().await;
+}
