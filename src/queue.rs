@@ -165,13 +165,15 @@ pub(crate) struct Inbox {
 
 impl Inbox {
     fn put(&self, replies: impl IntoIterator<Item = (u64, Reply)>) {
-        if !self.is_closed() {
-            self.replies
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(replies);
-            self.waker.wake();
+        {
+            // Under the lock that `close` takes: nothing is put in after it cleared.
+            let mut inbox = self.replies.lock().unwrap_or_else(|e| e.into_inner());
+            if self.is_closed() {
+                return;
+            }
+            inbox.extend(replies);
         }
+        self.waker.wake();
     }
 
     /// For the stream: moves every reply come so far into `out` (which it expects
@@ -199,11 +201,9 @@ impl Inbox {
 
     /// For the stream, when it goes: replies are dropped from now on.
     pub(crate) fn close(&self) {
+        let mut inbox = self.replies.lock().unwrap_or_else(|e| e.into_inner());
         self.closed.store(true, Ordering::Relaxed);
-        self.replies
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        inbox.clear();
     }
 
     fn is_closed(&self) -> bool {
