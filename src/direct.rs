@@ -27,14 +27,11 @@ use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::time::Instant;
 
-use crate::driver::{deliver, Done};
-use crate::protocol::codec::decode_frame;
-use crate::protocol::FromWorker;
+use crate::driver::{deliver, trace_sent, Done};
 use crate::queue::Deliveries;
 use crate::queue::Job;
 use crate::ring::PoolRing;
 use crate::shared::Shared;
-use crate::trace::event;
 
 /// The driver has its worker.
 const HELD: u8 = 0;
@@ -183,13 +180,7 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
     };
     let sent_at = Instant::now();
     let sent = usize::try_from(n).unwrap_or(0);
-    event!(
-        tracing::Level::TRACE,
-        pid = lease.pid,
-        job = job.id,
-        tasks = job.tasks,
-        "job sent"
-    );
+    trace_sent(lease.pid, &job);
     if sent < job.frame.len() {
         // A full socket, or a failing one: the driver writes the rest or finds out.
         let unsent = job.frame.slice(sent..);
@@ -203,25 +194,18 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
     let until = sent_at.into_std() + spin;
     let reply = crate::ring::spin_until(until, || lease.ring.pop_frame().ok().flatten());
     // Settled here if it is this job's reply; anything else is the driver's to judge.
-    let settled = reply
-        .as_ref()
-        .and_then(|frame| match decode_frame::<FromWorker>(frame) {
-            Ok((FromWorker::Done { id, outcome, .. }, payload)) if id == job.id => {
-                Some((outcome, payload.len()))
-            }
-            _ => None,
-        });
-    match (settled, reply) {
-        (Some((outcome, payload_len)), Some(frame)) => {
+    let done = reply
+        .as_deref()
+        .and_then(|frame| Done::read(frame).ok())
+        .filter(|done| done.id == job.id);
+    match (done, reply) {
+        (Some(done), Some(frame)) => {
             deliver(
                 shared,
                 lease.pid,
                 job,
-                Done {
-                    outcome,
-                    frame: frame.into(),
-                    payload_len,
-                },
+                done,
+                frame.into(),
                 &mut Deliveries::new(shared, lease.slot),
             );
             None

@@ -398,13 +398,7 @@ impl Driver<'_> {
                     taken += new;
                     #[cfg(feature = "tracing")]
                     for job in self.inflight.range(before..) {
-                        event!(
-                            tracing::Level::TRACE,
-                            pid = w.pid,
-                            job = job.id,
-                            tasks = job.tasks,
-                            "job sent"
-                        );
+                        trace_sent(w.pid, job);
                     }
                     if before == 0 {
                         self.pace.head_started = Instant::now();
@@ -666,18 +660,8 @@ impl Driver<'_> {
     /// Matches a reply to the head job and delivers it. `now` is when the reply was
     /// taken (one reading of the clock for a batch).
     fn complete(&mut self, frame: ReplyFrame, now: Instant) -> Result<(), String> {
-        let (header, payload_len) = match decode_frame::<FromWorker>(&frame.frame) {
-            Ok((header, payload)) => (header, payload.len()),
-            Err(e) => return Err(e),
-        };
-        let FromWorker::Done {
-            id,
-            outcome,
-            ran_ns,
-        } = header
-        else {
-            return Err("unexpected message in place of a reply".into());
-        };
+        let done = Done::read(&frame.frame)?;
+        let id = done.id;
         if self.inflight.front().map(|j| j.id) != Some(id)
             || self.inflight.len() <= self.outbox.unsent
         {
@@ -686,17 +670,14 @@ impl Driver<'_> {
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };
-        self.pace.finished_head(now, ran_ns);
+        self.pace.finished_head(now, done.ran_ns);
         self.shared.set_depth(self.slot, self.pace.depth(0));
         deliver(
             self.shared,
             self.pid,
             job,
-            Done {
-                outcome,
-                frame,
-                payload_len,
-            },
+            done,
+            frame,
             &mut self.deliveries,
         );
         Ok(())
@@ -746,6 +727,18 @@ impl Driver<'_> {
     }
 }
 
+/// The `job sent` trace event, for the job sent to worker `pid`.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn trace_sent(pid: u32, job: &Job) {
+    event!(
+        tracing::Level::TRACE,
+        pid,
+        job = job.id,
+        tasks = job.tasks,
+        "job sent"
+    );
+}
+
 /// Whether `frame` is a worker's wake-up call (see [`crate::ring`]): an empty frame.
 fn is_wake_up(frame: &ReplyFrame) -> bool {
     frame.frame.is_empty() && frame.body.is_none()
@@ -753,27 +746,53 @@ fn is_wake_up(frame: &ReplyFrame) -> bool {
 
 /// A worker's reply to a job, its header read.
 pub(crate) struct Done {
+    /// The job it answers.
+    pub(crate) id: u64,
     pub(crate) outcome: Outcome,
-    /// The reply, whose frame's last `payload_len` bytes are its payload (see
+    /// How long the job ran in the worker.
+    pub(crate) ran_ns: u64,
+    /// How many of the frame's last bytes are the payload (see
     /// [`ReplyFrame::into_results`]).
-    pub(crate) frame: ReplyFrame,
     pub(crate) payload_len: usize,
 }
 
-/// Delivers a worker's reply to its job, and counts it (as the worker of
-/// `deliveries`' slot); a stream's reply goes with `deliveries`.
+impl Done {
+    /// Reads a reply frame's header: an error if the frame is not a `Done`.
+    pub(crate) fn read(frame: &[u8]) -> Result<Done, String> {
+        match decode_frame::<FromWorker>(frame)? {
+            (
+                FromWorker::Done {
+                    id,
+                    outcome,
+                    ran_ns,
+                },
+                payload,
+            ) => Ok(Done {
+                id,
+                outcome,
+                ran_ns,
+                payload_len: payload.len(),
+            }),
+            _ => Err("unexpected message in place of a reply".into()),
+        }
+    }
+}
+
+/// Delivers a worker's reply (`frame`, whose header is `done`) to its job, and counts
+/// it (as the worker of `deliveries`' slot); a stream's reply goes with `deliveries`.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
 pub(crate) fn deliver(
     shared: &Shared,
     pid: u32,
     job: Job,
     done: Done,
+    frame: ReplyFrame,
     deliveries: &mut Deliveries<'_>,
 ) {
     let Done {
         outcome,
-        frame,
         payload_len,
+        ..
     } = done;
     let mut tally = Tally {
         jobs: 1,

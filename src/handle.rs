@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::{Payload, TaskError};
-use crate::protocol::codec::decode_results;
+use crate::protocol::codec::{byte_string_result, decode_results};
 use crate::queue::{AbortSignal, Reply, Results};
 
 /// A task submitted to the pool; a future of its result.
@@ -106,9 +106,12 @@ fn chunk_byte_string<R: 'static>(chunk: Bytes) -> Result<R, Bytes> {
     if !is_byte_string::<R>() {
         return Err(chunk);
     }
-    let Some(start) = byte_string_start(&chunk) else {
+    let Some((start, len)) = byte_string_result(&chunk) else {
         return Err(chunk);
     };
+    if start.checked_add(len) != Some(chunk.len()) {
+        return Err(chunk);
+    }
     let mut bytes = chunk;
     bytes::Buf::advance(&mut bytes, start);
     if bytes.len() < OWN_BUFFER {
@@ -141,21 +144,6 @@ fn byte_string_as<R: 'static, B: Into<Bytes> + Into<Vec<u8>>>(bytes: B) -> Resul
         Ok(value) => Ok(*value),
         Err(_) => unreachable!("R is the type checked above"),
     }
-}
-
-/// Where the bytes of a reply's one byte-string result start: the reply is postcard's
-/// encoding of `Vec<Result<_, RemotePanic>>` holding one `Ok`: a sequence length of 1,
-/// the variant index 0, then a byte string (a varint length, then the bytes). A
-/// `Vec<u8>` travels as a byte string too (see `Wire`).
-fn byte_string_start(reply: &[u8]) -> Option<usize> {
-    let (count, rest) = postcard::take_from_bytes::<u64>(reply).ok()?;
-    let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
-    let (len, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
-    let len = usize::try_from(len).ok()?;
-    if count != 1 || variant != 0 || rest.len() != len {
-        return None;
-    }
-    Some(reply.len() - rest.len())
 }
 
 impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {

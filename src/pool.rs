@@ -16,7 +16,7 @@ use crate::call::{Apply, Map};
 use crate::error::{Payload, TaskError};
 use crate::handle::TaskHandle;
 use crate::input::Input;
-use crate::protocol::codec::{encode_chunk, encode_header};
+use crate::protocol::codec::{encode_chunk, encode_header, push_varint};
 use crate::protocol::ToWorker;
 use crate::queue::{AbortSignal, Job, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
@@ -90,15 +90,31 @@ pub(crate) fn encode_frame<A: Serialize + 'static>(
     items: &[A],
     out: &mut Vec<u8>,
 ) -> Result<(), TaskError> {
+    encode_frame_with(pool, id, func, out, 0, |out| {
+        encode_chunk(items, out).map_err(|message| TaskError::Codec {
+            what: Payload::Argument,
+            message,
+        })
+    })
+}
+
+/// Appends job `id`'s frame to `out`, its arguments written by `chunk`, except for the
+/// last `tail` bytes of the frame, which the caller writes from elsewhere (the length
+/// prefix and the frame limit count them). On error `out` is left as it was.
+fn encode_frame_with(
+    pool: &Pool,
+    id: u64,
+    func: Result<FnRef, String>,
+    out: &mut Vec<u8>,
+    tail: usize,
+    chunk: impl FnOnce(&mut Vec<u8>) -> Result<(), TaskError>,
+) -> Result<(), TaskError> {
     let start = out.len();
     let encoded = func.map_err(TaskError::Unsupported).and_then(|func| {
         out.extend_from_slice(&[0; 4]);
         encode_header(&ToWorker::Job { id, func }, out).map_err(TaskError::Protocol)?;
-        encode_chunk(items, out).map_err(|message| TaskError::Codec {
-            what: Payload::Argument,
-            message,
-        })?;
-        let len = out.len() - start - 4;
+        chunk(out)?;
+        let len = out.len() - start - 4 + tail;
         let limit = pool.shared().config.max_frame_len;
         if len > limit {
             return Err(TaskError::TooLarge {
@@ -164,31 +180,22 @@ impl JobFrame {
                 return JobFrame::encode(pool, func, std::slice::from_ref(&*arg));
             }
         };
-        // A chunk of one byte string: a sequence length of 1, the string's length.
-        let mut job = JobFrame::encode::<()>(pool, func, &[]);
-        if let Ok(frame) = &mut job.frame {
-            frame.truncate(frame.len() - 1); // the empty chunk's length, 0
-            frame.push(1);
-            let mut varint = [0u8; 10];
-            let len = postcard::to_slice(&(tail.len() as u64), &mut varint)
-                .expect("a u64 fits in 10 bytes")
-                .len();
-            frame.extend_from_slice(&varint[..len]);
-            let total = frame.len() - 4 + tail.len();
-            let limit = pool.shared().config.max_frame_len;
-            if total > limit {
-                job.frame = Err(TaskError::TooLarge {
-                    what: Payload::Argument,
-                    size: total,
-                    limit,
-                });
-            } else {
-                frame[..4].copy_from_slice(&(total as u32).to_be_bytes());
-                job.tasks = 1;
-                job.tail = tail;
-            }
+        // A chunk of one byte string: a sequence length of 1, the string's length;
+        // the string itself follows on the wire.
+        let id = pool.next_id();
+        let mut frame = Vec::with_capacity(64);
+        let frame = encode_frame_with(pool, id, func, &mut frame, tail.len(), |out| {
+            out.push(1);
+            push_varint(tail.len() as u64, out);
+            Ok(())
+        })
+        .map(|()| frame);
+        JobFrame {
+            id,
+            tasks: 1,
+            frame,
+            tail,
         }
-        job
     }
 }
 

@@ -38,12 +38,11 @@ impl Results {
         match self {
             Results::Chunk(chunk) => chunk,
             Results::ByteString(bytes) => {
-                // A sequence of one, variant `Ok`, then the string.
-                let mut chunk = vec![1, 0];
-                let mut varint = [0u8; 10];
-                let len = postcard::to_slice(&(bytes.len() as u64), &mut varint)
-                    .expect("a u64 fits in 10 bytes");
-                chunk.extend_from_slice(len);
+                // A sequence of one, variant `Ok`, then the string (see
+                // `codec::byte_string_result`).
+                let mut chunk = Vec::with_capacity(12 + bytes.len());
+                chunk.extend_from_slice(&[1, 0]);
+                crate::protocol::codec::push_varint(bytes.len() as u64, &mut chunk);
                 chunk.extend_from_slice(&bytes);
                 chunk.into()
             }

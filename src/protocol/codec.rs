@@ -125,13 +125,9 @@ impl ReplyCodec {
         else {
             return None;
         };
-        // One `Ok` result (a sequence of 1, variant 0), then the string's length.
-        let (count, after) = postcard::take_from_bytes::<u64>(rest).ok()?;
-        let (variant, after) = postcard::take_from_bytes::<u32>(after).ok()?;
-        let (body, after) = postcard::take_from_bytes::<u64>(after).ok()?;
-        let head = start.len() - after.len();
-        let body = usize::try_from(body).ok()?;
-        (count == 1 && variant == 0 && head.checked_add(body) == Some(len)).then_some((head, body))
+        let (prefix, body) = byte_string_result(rest)?;
+        let head = start.len() - rest.len() + prefix;
+        (head.checked_add(body) == Some(len)).then_some((head, body))
     }
 
     /// A buffer for a body of `len` bytes: the spare if it fits (and is not much
@@ -226,6 +222,27 @@ impl tokio_util::codec::Decoder for ReplyCodec {
             None => Err(std::io::ErrorKind::UnexpectedEof.into()),
         }
     }
+}
+
+/// How a chunk of results that is one successful byte string begins (a sequence of 1,
+/// the variant `Ok`, then the string's varint length): the length of that beginning and
+/// the string's, if `chunk` starts so. (A `Vec<u8>` travels as a byte string, see
+/// [`Wire`].)
+pub(crate) fn byte_string_result(chunk: &[u8]) -> Option<(usize, usize)> {
+    let (count, rest) = postcard::take_from_bytes::<u64>(chunk).ok()?;
+    let (variant, rest) = postcard::take_from_bytes::<u32>(rest).ok()?;
+    let (len, rest) = postcard::take_from_bytes::<u64>(rest).ok()?;
+    let len = usize::try_from(len).ok()?;
+    (count == 1 && variant == 0).then_some((chunk.len() - rest.len(), len))
+}
+
+/// Appends `n` as a postcard varint (a sequence's or a byte string's length).
+pub(crate) fn push_varint(n: u64, out: &mut Vec<u8>) {
+    let mut varint = [0u8; 10];
+    let len = postcard::to_slice(&n, &mut varint)
+        .expect("a u64 fits in 10 bytes")
+        .len();
+    out.extend_from_slice(&varint[..len]);
 }
 
 /// Encodes a frame: `header`, then whatever `payload` appends.
