@@ -123,6 +123,33 @@ impl ChanWrite {
     }
 }
 
+impl ChanWrite {
+    /// Writes what it can of the memory `iov` describes, in order, like
+    /// `poll_write_vectored`; for a caller that joins neighbouring buffers into one
+    /// `iovec` (each job's frame is a slice of a batch's buffer: one segment instead of
+    /// one per job, which the kernel copies one by one).
+    ///
+    /// # Safety
+    ///
+    /// Each `iovec` must describe memory that is readable and stays so for the call.
+    pub(crate) unsafe fn poll_write_iovecs(
+        &mut self,
+        cx: &mut Context<'_>,
+        iov: &[libc::iovec],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_with(cx, |fd| {
+            // SAFETY: an all-zero msghdr is valid; it is pointed at `iov`, which the
+            // caller vouches for, and sendmsg(2) only reads it and what it describes.
+            unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_ptr().cast_mut();
+                msg.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+            }
+        })
+    }
+}
+
 impl AsyncWrite for ChanWrite {
     fn poll_write(
         self: Pin<&mut Self>,

@@ -12,22 +12,21 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::io::AsyncWrite;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::codec::FramedRead;
 
 use crate::chan::{ChanRead, ChanWrite};
 use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
-use crate::protocol::codec::{decode_frame, ReplyCodec, ReplyFrame};
-use crate::protocol::{FromWorker, Outcome};
+use crate::protocol::codec::{ReplyCodec, ReplyFrame};
+use crate::protocol::Outcome;
 use crate::queue::{Deliveries, Job, Popped, Tally};
 use crate::ring::{PoolRing, Record};
 use crate::shared::{Counters, Shared};
@@ -96,8 +95,11 @@ impl Outbox {
         while self.unsent > 0 {
             let first = inflight.len() - self.unsent;
             // No allocation on this path: it runs at every event of the driver.
-            let mut slices = [IoSlice::new(&[]); 64];
-            let mut count = 0;
+            let mut iov = [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 64];
+            let mut count: usize = 0;
             let mut skip = self.offset;
             'fill: for job in inflight.range(first..) {
                 for part in [&job.frame, &job.tail] {
@@ -105,15 +107,36 @@ impl Outbox {
                         skip -= part.len();
                         continue;
                     }
-                    if count == slices.len() {
+                    let part = &part[skip..];
+                    skip = 0;
+                    // Frames encoded one after another into one buffer (a batch of
+                    // a stream's chunks) go as one segment.
+                    if let Some(last) = count.checked_sub(1).map(|i| &mut iov[i]) {
+                        if last
+                            .iov_base
+                            .cast_const()
+                            .wrapping_byte_add(last.iov_len)
+                            .cast()
+                            == part.as_ptr()
+                        {
+                            last.iov_len += part.len();
+                            continue;
+                        }
+                    }
+                    if count == iov.len() {
                         break 'fill;
                     }
-                    slices[count] = IoSlice::new(&part[skip..]);
-                    skip = 0;
+                    iov[count] = libc::iovec {
+                        iov_base: part.as_ptr().cast_mut().cast(),
+                        iov_len: part.len(),
+                    };
                     count += 1;
                 }
             }
-            let mut n = ready!(Pin::new(&mut *writer).poll_write_vectored(cx, &slices[..count]))?;
+            // SAFETY: each `iovec` describes one part of a job's frame or the parts of
+            // neighbouring frames, one after another in memory: all of it is memory
+            // of `Bytes` that `inflight` holds, which is borrowed for this call.
+            let mut n = ready!(unsafe { writer.poll_write_iovecs(cx, &iov[..count]) })?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -759,22 +782,13 @@ pub(crate) struct Done {
 impl Done {
     /// Reads a reply frame's header: an error if the frame is not a `Done`.
     pub(crate) fn read(frame: &[u8]) -> Result<Done, String> {
-        match decode_frame::<FromWorker>(frame)? {
-            (
-                FromWorker::Done {
-                    id,
-                    outcome,
-                    ran_ns,
-                },
-                payload,
-            ) => Ok(Done {
-                id,
-                outcome,
-                ran_ns,
-                payload_len: payload.len(),
-            }),
-            _ => Err("unexpected message in place of a reply".into()),
-        }
+        let (header, payload) = crate::protocol::Done::read(frame)?;
+        Ok(Done {
+            id: header.id,
+            outcome: header.outcome,
+            ran_ns: header.ran_ns,
+            payload_len: payload.len(),
+        })
     }
 }
 
@@ -836,4 +850,106 @@ pub(crate) fn deliver(
         "job completed"
     );
     deliveries.send(job.reply, reply, tally);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+
+    use bytes::Bytes;
+    use nix::sys::socket::{setsockopt, sockopt};
+
+    use crate::queue::ReplyTo;
+
+    fn job(id: u64, frame: Bytes, tail: Bytes) -> Job {
+        Job {
+            id,
+            frame,
+            tail,
+            tasks: 1,
+            timeout: None,
+            abort: None,
+            reply: ReplyTo::One(tokio::sync::oneshot::channel().0),
+        }
+    }
+
+    /// Bytes that differ from job to job and within a job.
+    fn pattern(seed: usize, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seed * 31 + i * 7) as u8).collect()
+    }
+
+    /// Frames that lie one after another in one buffer (a batch of a stream's chunks,
+    /// which go as one segment), frames of their own, and frames with a tail, written
+    /// through a socket with a small buffer read slowly, so that writes stop anywhere:
+    /// every byte arrives once, in order, starting from a job partly written before.
+    #[tokio::test]
+    async fn outbox_writes_frames_whole_and_in_order() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        setsockopt(&ours, sockopt::SndBuf, &4096).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (_read, mut writer) = crate::chan::split(ours.into()).unwrap();
+
+        let mut inflight = VecDeque::new();
+        let mut id = 0;
+        let mut push = |inflight: &mut VecDeque<Job>, frame: Bytes, tail: Bytes| {
+            id += 1;
+            inflight.push_back(job(id, frame, tail));
+        };
+        for round in 0..5 {
+            let lens: Vec<usize> = (0..150).map(|i| 10 + (i * 13 + round) % 200).collect();
+            let batch = Bytes::from(pattern(round, lens.iter().sum()));
+            let mut at = 0;
+            for len in lens {
+                push(&mut inflight, batch.slice(at..at + len), Bytes::new());
+                at += len;
+            }
+            for k in 0..80 {
+                let own = Bytes::from(pattern(round * 100 + k, 1 + k * 5));
+                let tail = if k % 3 == 0 {
+                    Bytes::from(pattern(k, 10_000 + k))
+                } else {
+                    Bytes::new()
+                };
+                push(&mut inflight, own, tail);
+            }
+        }
+        // The first job's first 7 bytes went before.
+        let offset = 7;
+        let expected: Vec<u8> = inflight
+            .iter()
+            .flat_map(|j| j.frame.iter().chain(j.tail.iter()).copied())
+            .skip(offset)
+            .collect();
+
+        let reader = std::thread::spawn(move || {
+            let mut theirs = theirs;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 3000];
+            loop {
+                std::thread::sleep(Duration::from_micros(200));
+                match theirs.read(&mut buf).unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let mut outbox = Outbox {
+            unsent: inflight.len(),
+            offset,
+        };
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            std::future::poll_fn(|cx| outbox.poll_flush(&mut writer, &inflight, cx)),
+        )
+        .await
+        .expect("the reader keeps reading")
+        .unwrap();
+        assert_eq!(outbox.unsent, 0);
+        drop((writer, _read));
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes arrived out of order");
+    }
 }

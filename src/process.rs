@@ -16,8 +16,8 @@ use crate::connect::{connect, Setup};
 use crate::error::{BuildError, Payload, TaskError, WorkerExit};
 use crate::handle::decode_one;
 use crate::per_process::PerProcess;
-use crate::protocol::codec::{decode_frame, encode_chunk};
-use crate::protocol::{FromWorker, Outcome, ToWorker};
+use crate::protocol::codec::encode_chunk;
+use crate::protocol::{Done, Outcome, ToWorker};
 use crate::queue::Reply;
 use crate::start::forkserver::ForkServer;
 use crate::start::{ChildOptions, StartMethod, Starter};
@@ -234,15 +234,15 @@ async fn watch_process(
         tokio::select! {
             frame = worker.reader.next(), if result.is_some() => {
                 let reply = match frame {
-                    Some(Ok(reply)) => match decode_frame::<FromWorker>(&reply.frame) {
-                        Ok((FromWorker::Done { outcome: Outcome::Ok { .. }, .. }, payload)) => {
+                    Some(Ok(reply)) => match Done::read(&reply.frame) {
+                        Ok((Done { outcome: Outcome::Ok { .. }, .. }, payload)) => {
                             let payload_len = payload.len();
                             Some(Ok(reply.into_results(payload_len)))
                         }
-                        Ok((FromWorker::Done { outcome: Outcome::ResultTooLarge { size }, .. }, _)) => {
+                        Ok((Done { outcome: Outcome::ResultTooLarge { size }, .. }, _)) => {
                             Some(Err(TaskError::TooLarge { what: Payload::Result, size, limit: DEFAULT_MAX_FRAME_LEN }))
                         }
-                        Ok((FromWorker::Done { outcome, .. }, _)) => {
+                        Ok((Done { outcome, .. }, _)) => {
                             Some(Err(TaskError::Codec { what: Payload::Result, message: format!("{outcome:?}") }))
                         }
                         _ => Some(Err(TaskError::Protocol("unexpected message".into()))),

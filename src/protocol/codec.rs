@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::error::RemotePanic;
-use crate::protocol::{FromWorker, Outcome};
+use crate::protocol::{Done, Outcome};
 use bytes::BytesMut;
 
 /// The frame codec both ends use, with the given maximum frame length.
@@ -113,8 +113,8 @@ impl ReplyCodec {
     /// the body is, and the body, if it is a reply whose one result is a byte string
     /// that ends the frame.
     fn split_at(start: &[u8], len: usize) -> Option<(usize, usize)> {
-        let (header, rest) = decode_frame::<FromWorker>(start).ok()?;
-        let FromWorker::Done {
+        let (header, rest) = Done::read(start).ok()?;
+        let Done {
             outcome:
                 Outcome::Ok {
                     panicked: 0,
@@ -469,6 +469,7 @@ pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::FromWorker;
 
     /// A reply frame, length prefix and all, as a worker writes it.
     fn reply<R: Serialize + 'static>(id: u64, result: R) -> Vec<u8> {
@@ -477,11 +478,11 @@ mod tests {
         let mut results = Vec::new();
         let mut result = Some(result);
         let outcome = run_chunk::<(), R>(&args, &mut results, |()| Ok(result.take().unwrap()));
-        let header = FromWorker::Done {
+        let header = FromWorker::Done(Done {
             id,
             outcome,
             ran_ns: 1,
-        };
+        });
         let mut frame = postcard::to_allocvec(&header).unwrap();
         frame.extend_from_slice(&results);
         let mut out = (frame.len() as u32).to_be_bytes().to_vec();

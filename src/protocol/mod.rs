@@ -78,13 +78,36 @@ pub(crate) enum FromWorker {
     Ready,
     InitFailed(InitFailure),
     /// The job's outcome; on `Outcome::Ok` the chunk of results follows the header.
-    Done {
-        id: u64,
-        outcome: Outcome,
-        /// How long the job ran in the worker, in nanoseconds: the pool paces its
-        /// workers by it (its own clock would add its wake-up latency).
-        ran_ns: u64,
-    },
+    Done(Done),
+}
+
+/// A worker's reply to a job: [`FromWorker::Done`]'s header.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Done {
+    /// The job it answers.
+    pub(crate) id: u64,
+    pub(crate) outcome: Outcome,
+    /// How long the job ran in the worker, in nanoseconds: the pool paces its
+    /// workers by it (its own clock would add its wake-up latency).
+    pub(crate) ran_ns: u64,
+}
+
+/// The first byte of a [`FromWorker::Done`] frame: its variant's index.
+const DONE_TAG: u8 = 3;
+
+impl Done {
+    /// Reads a reply frame's header, and returns it with the payload behind it; an
+    /// error if the frame is not a `Done`. (Read without the rest of [`FromWorker`],
+    /// whose other variants are large: a reply's header is read once per job.)
+    pub(crate) fn read(frame: &[u8]) -> Result<(Done, &[u8]), String> {
+        match frame.split_first() {
+            Some((&DONE_TAG, body)) => codec::decode_frame(body),
+            Some((tag, _)) => Err(format!(
+                "bad frame header: message {tag} in place of a reply"
+            )),
+            None => Err("bad frame header: an empty frame in place of a reply".into()),
+        }
+    }
 }
 
 /// Why a worker's initializer did not complete.
@@ -145,4 +168,38 @@ pub(crate) enum FromServer {
         pid: u32,
         exit: WorkerExit,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn done_is_read_from_a_from_worker_frame() {
+        let done = FromWorker::Done(Done {
+            id: 300,
+            outcome: Outcome::Ok {
+                panicked: 2,
+                byte_string: false,
+            },
+            ran_ns: 1 << 40,
+        });
+        let mut frame = postcard::to_allocvec(&done).unwrap();
+        assert_eq!(frame[0], DONE_TAG);
+        frame.extend_from_slice(b"payload");
+        let (read, payload) = Done::read(&frame).unwrap();
+        assert_eq!((read.id, read.ran_ns), (300, 1 << 40));
+        assert!(matches!(
+            read.outcome,
+            Outcome::Ok {
+                panicked: 2,
+                byte_string: false
+            }
+        ));
+        assert_eq!(payload, b"payload");
+        let ready = postcard::to_allocvec(&FromWorker::Ready).unwrap();
+        assert!(Done::read(&ready).is_err());
+        assert!(Done::read(&[]).is_err());
+        assert!(Done::read(&frame[..3]).is_err());
+    }
 }

@@ -15,7 +15,7 @@ use bytes::BytesMut;
 use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use crate::protocol::codec::frame_codec;
-use crate::protocol::{FromWorker, Outcome};
+use crate::protocol::{Done, FromWorker, Outcome};
 use crate::ring::{WorkerRing, INLINE_MAX, ON_SOCKET};
 
 /// Room left at the front of a reply buffer for the length prefix and the `Done`
@@ -175,11 +175,11 @@ impl BlockingConn {
             results_len = 0;
         }
         let ran_ns = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
-        let msg = FromWorker::Done {
+        let msg = FromWorker::Done(Done {
             id,
             outcome,
             ran_ns,
-        };
+        });
         let mut small = [0u8; REPLY_GAP - 4];
         if let Ok(header) = postcard::to_slice(&msg, &mut small) {
             // The common case: the header fits in the gap before the results.
