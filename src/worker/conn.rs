@@ -1,8 +1,11 @@
-//! The worker's blocking end of the channel: the same length-delimited codec as the
-//! pool's end, over a blocking socket.
+//! The worker's blocking end of the channel: the same length-delimited frames as the
+//! pool's end (a 4-byte big-endian length, then the frame), over a blocking socket.
 //!
 //! Reads take whatever has arrived (the pool pipelines short jobs), into a buffer
-//! that is never zeroed; each reply is written as soon as its job ends, into the reply
+//! that is never zeroed, and a job is run on its frame where it lies in that buffer:
+//! tokio-util's decoder would split each frame off into a `BytesMut` of its own (a
+//! reference count taken and dropped per job), which this loop has no use for. Each
+//! reply is written as soon as its job ends, into the reply
 //! ring ([`crate::ring`]) when the pool gave one, else onto the channel.
 
 use std::collections::VecDeque;
@@ -11,10 +14,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+use bytes::{Buf, BytesMut};
 
-use crate::protocol::codec::frame_codec;
 use crate::protocol::{Done, FromWorker, Outcome};
 use crate::ring::{WorkerRing, INLINE_MAX, ON_SOCKET};
 
@@ -24,7 +25,6 @@ pub(crate) const REPLY_GAP: usize = 32;
 
 pub(crate) struct BlockingConn {
     stream: UnixStream,
-    codec: LengthDelimitedCodec,
     max_frame_len: usize,
     read_buf: BytesMut,
     /// How long an idle worker polls for the next job before it sleeps.
@@ -37,7 +37,6 @@ impl BlockingConn {
     pub(crate) fn new(stream: UnixStream, max_frame_len: usize) -> Self {
         BlockingConn {
             stream,
-            codec: frame_codec(max_frame_len),
             max_frame_len,
             read_buf: BytesMut::with_capacity(64 * 1024),
             spin: Duration::ZERO,
@@ -55,7 +54,9 @@ impl BlockingConn {
         let mut fds = VecDeque::new();
         let mut chunk = vec![0u8; 64 * 1024];
         loop {
-            if let Some(frame) = self.codec.decode(&mut self.read_buf)? {
+            if let Some(len) = self.buffered()? {
+                let mut frame = self.read_buf.split_to(4 + len);
+                frame.advance(4);
                 return Ok(Some((frame, fds)));
             }
             let n = crate::fdpass::recv_with_fds(self.stream.as_raw_fd(), &mut chunk, &mut fds)?;
@@ -76,19 +77,39 @@ impl BlockingConn {
 
     pub(crate) fn set_max_frame_len(&mut self, max: usize) {
         self.max_frame_len = max;
-        self.codec.set_max_frame_length(max);
     }
 
-    /// The next frame if it has already been read in whole.
-    pub(crate) fn recv_buffered(&mut self) -> io::Result<Option<BytesMut>> {
-        self.codec.decode(&mut self.read_buf)
+    /// The length of the frame at the front of the buffer (its prefix not counted),
+    /// if all of it has been read; an error if it is longer than the limit. While it
+    /// is still coming, room is made for all of it, so that a large frame is read in
+    /// place rather than moved at every growth of the buffer.
+    pub(crate) fn buffered(&mut self) -> io::Result<Option<usize>> {
+        let Some(prefix) = self.read_buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*prefix) as usize;
+        if len > self.max_frame_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "a frame of {len} bytes, over the limit of {}",
+                    self.max_frame_len
+                ),
+            ));
+        }
+        if self.read_buf.len() >= 4 + len {
+            return Ok(Some(len));
+        }
+        self.read_buf.reserve(4 + len - self.read_buf.len());
+        Ok(None)
     }
 
-    /// The next frame, or `None` at end of stream.
-    pub(crate) fn recv(&mut self) -> io::Result<Option<BytesMut>> {
+    /// Reads until a whole frame is in the buffer and returns its length (see
+    /// [`frame`](Self::frame)), or `None` at end of stream.
+    pub(crate) fn recv(&mut self) -> io::Result<Option<usize>> {
         loop {
-            if let Some(frame) = self.codec.decode(&mut self.read_buf)? {
-                return Ok(Some(frame));
+            if let Some(len) = self.buffered()? {
+                return Ok(Some(len));
             }
             if self.read_buf.capacity() - self.read_buf.len() < 4096 {
                 self.read_buf.reserve(64 * 1024);
@@ -101,6 +122,20 @@ impl BlockingConn {
                 };
             }
         }
+    }
+
+    /// The frame of `len` bytes at the front of the buffer, as [`buffered`] or
+    /// [`recv`] found it.
+    ///
+    /// [`buffered`]: Self::buffered
+    /// [`recv`]: Self::recv
+    pub(crate) fn frame(&self, len: usize) -> &[u8] {
+        &self.read_buf[4..4 + len]
+    }
+
+    /// Drops the frame of `len` bytes at the front of the buffer: it has been handled.
+    pub(crate) fn consume(&mut self, len: usize) {
+        self.read_buf.advance(4 + len);
     }
 
     /// One `read` into the buffer's spare capacity, which is not zeroed first: a
@@ -226,4 +261,73 @@ fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
         && fds[0]
             .revents()
             .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    /// Frames written in pieces that cut them anywhere (a large one among them) are
+    /// read whole, in order; then the end of the stream.
+    #[test]
+    fn frames_come_whole_and_in_order_however_they_are_cut() {
+        let (mut pool, worker) = UnixStream::pair().unwrap();
+        let bodies: Vec<Vec<u8>> = (0..50usize)
+            .map(|i| {
+                let len = if i == 20 { 3 << 20 } else { i * 37 % 300 };
+                (0..len).map(|b| (b * 7 + i) as u8).collect()
+            })
+            .collect();
+        let wire: Vec<u8> = bodies.iter().flat_map(|b| framed(b)).collect();
+        let writer = std::thread::spawn(move || {
+            for piece in wire.chunks(1000 + 1) {
+                pool.write_all(piece).unwrap();
+            }
+        });
+        let mut conn = BlockingConn::new(worker, 4 << 20);
+        for body in &bodies {
+            let len = match conn.buffered().unwrap() {
+                Some(len) => len,
+                None => conn.recv().unwrap().expect("a frame"),
+            };
+            assert!(
+                conn.frame(len) == &body[..],
+                "frame of {} bytes",
+                body.len()
+            );
+            conn.consume(len);
+        }
+        writer.join().unwrap();
+        assert_eq!(conn.recv().unwrap(), None);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused() {
+        let (mut pool, worker) = UnixStream::pair().unwrap();
+        let mut conn = BlockingConn::new(worker, 100);
+        pool.write_all(&framed(&[1; 100])).unwrap();
+        pool.write_all(&framed(&[2; 101])).unwrap();
+        let len = conn.recv().unwrap().unwrap();
+        assert_eq!(conn.frame(len), &[1; 100]);
+        conn.consume(len);
+        let err = conn.recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("101 bytes"), "{err}");
+    }
+
+    #[test]
+    fn a_stream_that_ends_inside_a_frame_is_an_error() {
+        let (mut pool, worker) = UnixStream::pair().unwrap();
+        let mut conn = BlockingConn::new(worker, 1 << 20);
+        pool.write_all(&framed(&[7; 10])[..8]).unwrap();
+        drop(pool);
+        let err = conn.recv().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
 }

@@ -314,15 +314,15 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
     // then, and one reading of the clock serves both (the pool paces by these times).
     let mut last_end: Option<std::time::Instant> = None;
     loop {
-        let (frame, started) = match conn.recv_buffered()? {
-            Some(frame) => (frame, last_end),
+        let (len, started) = match conn.buffered()? {
+            Some(len) => (len, last_end),
             None => match conn.recv()? {
-                Some(frame) => (frame, None),
+                Some(len) => (len, None),
                 None => return Ok(()),
             },
         };
         let started = started.unwrap_or_else(std::time::Instant::now);
-        let (id, func, payload) = match decode_frame::<ToWorker>(&frame) {
+        let (id, func, payload) = match decode_frame::<ToWorker>(conn.frame(len)) {
             Ok((ToWorker::Job { id, func }, payload)) => (id, func, payload),
             _ => return Err(std::io::Error::other("unexpected frame from the pool")),
         };
@@ -336,6 +336,7 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
             Ok(trampoline) => trampoline(payload, &mut out),
         };
         let ended = std::time::Instant::now();
+        conn.consume(len);
         conn.send_reply(id, outcome, ended - started, &mut out)?;
         last_end = Some(ended);
     }
