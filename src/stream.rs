@@ -25,7 +25,7 @@ use crate::protocol::codec::decode_results_into;
 use crate::queue::{FeedReply, Inbox, Job, Reply, ReplyTo, Results};
 
 /// Chunks queued at once (see `Feed::batch`).
-const BATCH: usize = 64;
+const BATCH: usize = 256;
 
 /// A batch is queued once its frames are this large: the buffer they share is freed
 /// only when the last of them is done.
