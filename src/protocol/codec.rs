@@ -338,13 +338,19 @@ pub(crate) fn encode_chunk<A: Serialize + 'static>(
     extend(&Chunk(items), out)
 }
 
-/// Decodes a chunk of arguments.
+/// Decodes a chunk of arguments (as the worker does, for tests of the encoding).
+#[cfg(test)]
 pub(crate) fn decode_chunk<A: DeserializeOwned + 'static>(bytes: &[u8]) -> Result<Vec<A>, String> {
     let items: Vec<Wire<A>> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
     Ok(items.into_iter().map(|w| w.0).collect())
 }
 
-/// Decodes a chunk of arguments, runs `f` on each, and appends the chunk of results.
+/// Decodes a chunk of arguments, runs `f` on each, and appends the chunk of results to
+/// `out`. Each task runs as soon as its argument is decoded, and its result is encoded
+/// at once: a chunk costs no `Vec` of arguments and none of results. If an argument
+/// does not decode, the tasks before it have run and the chunk fails as a whole
+/// (`BadArguments`), as it does if a result does not encode (`BadResult`; every task
+/// still runs).
 pub(crate) fn run_chunk<A, R>(
     payload: &[u8],
     out: &mut Vec<u8>,
@@ -354,30 +360,58 @@ where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let args = match decode_chunk::<A>(payload) {
-        Ok(args) => args,
-        Err(e) => return Outcome::BadArguments(e),
-    };
-    let results: Vec<Result<Wire<R>, RemotePanic>> =
-        args.into_iter().map(|arg| f(arg).map(Wire)).collect();
-    let panicked = results.iter().filter(|r| r.is_err()).count() as u32;
-    // A `Serialize` impl is user code too: it may fail, or panic.
     let start = out.len();
-    match catch_unwind(AssertUnwindSafe(|| extend(&results, out))) {
-        Ok(Ok(())) => Outcome::Ok {
-            panicked,
-            // `Wire` sends both as a byte string.
-            byte_string: results.len() == 1
-                && panicked == 0
-                && (TypeId::of::<R>() == TypeId::of::<Vec<u8>>()
-                    || TypeId::of::<R>() == TypeId::of::<bytes::Bytes>()),
-        },
-        Ok(Err(e)) => Outcome::BadResult(e),
-        Err(panic) => {
-            out.truncate(start);
-            let panic = crate::worker::panic_from_payload(panic);
-            Outcome::BadResult(format!("encoding the result panicked: {}", panic.message()))
+    let mut panicked = 0;
+    let mut failure = None;
+    // A sequence: its length, then each argument. (The pool is trusted with the
+    // length, as with the frame.)
+    let (tasks, mut rest) = match postcard::take_from_bytes::<u64>(payload) {
+        Ok(read) => read,
+        Err(e) => return Outcome::BadArguments(e.to_string()),
+    };
+    push_varint(tasks, out);
+    for _ in 0..tasks {
+        let arg = match postcard::take_from_bytes::<Wire<A>>(rest) {
+            Ok((Wire(arg), after)) => {
+                rest = after;
+                arg
+            }
+            Err(e) => {
+                failure = Some(Outcome::BadArguments(e.to_string()));
+                break;
+            }
+        };
+        let result = f(arg).map(Wire);
+        if result.is_err() {
+            panicked += 1;
         }
+        if failure.is_some() {
+            continue;
+        }
+        // A `Serialize` impl is user code too: it may fail, or panic.
+        match catch_unwind(AssertUnwindSafe(|| extend(&result, out))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failure = Some(Outcome::BadResult(e)),
+            Err(panic) => {
+                let panic = crate::worker::panic_from_payload(panic);
+                failure = Some(Outcome::BadResult(format!(
+                    "encoding the result panicked: {}",
+                    panic.message()
+                )));
+            }
+        }
+    }
+    if let Some(failure) = failure {
+        out.truncate(start);
+        return failure;
+    }
+    Outcome::Ok {
+        panicked,
+        // `Wire` sends both as a byte string.
+        byte_string: tasks == 1
+            && panicked == 0
+            && (TypeId::of::<R>() == TypeId::of::<Vec<u8>>()
+                || TypeId::of::<R>() == TypeId::of::<bytes::Bytes>()),
     }
 }
 
@@ -674,6 +708,95 @@ mod tests {
         let decoded = decode_results::<u64>(&results).unwrap();
         assert_eq!(decoded[0], Ok(10));
         assert_eq!(decoded[1].as_ref().unwrap_err().message(), "two");
+    }
+
+    /// A result that fails to encode (on `Fail`) or panics while encoding (`Panic`).
+    enum Touchy {
+        Fine(u8),
+        Fail,
+        Panic,
+    }
+
+    impl Serialize for Touchy {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self {
+                Touchy::Fine(n) => serializer.serialize_u8(*n),
+                Touchy::Fail => Err(serde::ser::Error::custom("refused")),
+                Touchy::Panic => panic!("encoding went wrong"),
+            }
+        }
+    }
+
+    /// Runs a chunk of `args` into a buffer that already holds a byte; returns the
+    /// outcome, the buffer, and the arguments the task saw.
+    fn run_touchy(args: &[u8], make: fn(u64) -> Touchy) -> (Outcome, Vec<u8>, Vec<u64>) {
+        let mut out = vec![42];
+        let mut seen = Vec::new();
+        let outcome = run_chunk::<u64, Touchy>(args, &mut out, |n| {
+            seen.push(n);
+            Ok(make(n))
+        });
+        (outcome, out, seen)
+    }
+
+    #[test]
+    fn a_result_that_does_not_encode_fails_the_chunk_after_every_task_ran() {
+        let mut args = Vec::new();
+        encode_chunk(&[1u64, 2, 3], &mut args).unwrap();
+        let fine = |n: u64| Touchy::Fine(n as u8);
+        let (outcome, out, seen) = run_touchy(&args, fine);
+        assert!(matches!(outcome, Outcome::Ok { panicked: 0, .. }));
+        assert_eq!(out, [42, 3, 0, 1, 0, 2, 0, 3]);
+        assert_eq!(seen, [1, 2, 3]);
+
+        let fail = |n: u64| {
+            if n == 2 {
+                Touchy::Fail
+            } else {
+                Touchy::Fine(1)
+            }
+        };
+        let (outcome, out, seen) = run_touchy(&args, fail);
+        assert!(matches!(&outcome, Outcome::BadResult(_)), "{outcome:?}");
+        assert_eq!(out, [42], "the buffer is left as it was");
+        assert_eq!(seen, [1, 2, 3]);
+
+        crate::worker::capture_panics();
+        let panics = |n: u64| {
+            if n == 1 {
+                Touchy::Panic
+            } else {
+                Touchy::Fine(1)
+            }
+        };
+        let (outcome, out, seen) = run_touchy(&args, panics);
+        assert!(
+            matches!(&outcome, Outcome::BadResult(e) if e.contains("encoding went wrong")),
+            "{outcome:?}"
+        );
+        assert_eq!(out, [42]);
+        assert_eq!(seen, [1, 2, 3]);
+    }
+
+    #[test]
+    fn an_argument_that_does_not_decode_fails_the_chunk() {
+        let fine = |n: u64| Touchy::Fine(n as u8);
+        // Three arguments said, two there.
+        let mut args = Vec::new();
+        encode_chunk(&[1u64, 2], &mut args).unwrap();
+        args[0] = 3;
+        let (outcome, out, _) = run_touchy(&args, fine);
+        assert!(matches!(outcome, Outcome::BadArguments(_)), "{outcome:?}");
+        assert_eq!(out, [42]);
+        // The second is a varint that never ends.
+        let (outcome, out, seen) = run_touchy(&[3, 1, 0xff, 0xff], fine);
+        assert!(matches!(outcome, Outcome::BadArguments(_)), "{outcome:?}");
+        assert_eq!(out, [42]);
+        assert_eq!(seen, [1], "the tasks before it ran");
+        // Not a sequence at all.
+        let (outcome, _, seen) = run_touchy(&[], fine);
+        assert!(matches!(outcome, Outcome::BadArguments(_)), "{outcome:?}");
+        assert!(seen.is_empty());
     }
 
     #[test]
