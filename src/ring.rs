@@ -164,9 +164,22 @@ impl Drop for Mapping {
 }
 
 /// The pool's end of a ring.
+///
+/// Both indices are on cache lines the other side writes, so each reading of one,
+/// and each writing, can cost a transfer of the line between CPUs: the pool keeps
+/// the worker's `write` as last read, reading it again only once it has read up to
+/// it, and gives room back (`read`) a quarter of the ring at a time, and whenever
+/// it is about to sleep.
 pub(crate) struct PoolRing {
     map: Mapping,
+    /// Bytes of records the pool has consumed; `read` in the header lags behind.
+    cursor: AtomicU64,
+    /// The worker's `write` as the pool last read it.
+    seen_write: AtomicU64,
 }
+
+/// The pool gives room back to the worker once it has consumed this much.
+const RELEASE_EVERY: u64 = CAPACITY as u64 / 4;
 
 impl std::fmt::Debug for PoolRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -174,6 +187,7 @@ impl std::fmt::Debug for PoolRing {
         f.debug_struct("PoolRing")
             .field("write", &h.write.load(Relaxed))
             .field("read", &h.read.load(Relaxed))
+            .field("cursor", &self.cursor.load(Relaxed))
             .finish()
     }
 }
@@ -200,7 +214,12 @@ impl PoolRing {
         // not inherit (and be able to scribble on) the rings of its siblings.
         // SAFETY: advice on the mapping just made, which changes no contents.
         unsafe { madvise(map.base.cast(), MAP_LEN, MmapAdvise::MADV_DONTFORK) }?;
-        Ok((PoolRing { map }, fd))
+        let ring = PoolRing {
+            map,
+            cursor: AtomicU64::new(0),
+            seen_write: AtomicU64::new(0),
+        };
+        Ok((ring, fd))
     }
 
     /// The next record, if the worker has written one. An error means the ring no
@@ -214,24 +233,15 @@ impl PoolRing {
     /// allocation rather than cost one each.
     pub(crate) fn pop_into(&self, arena: &mut BytesMut) -> Result<Option<Record>, String> {
         arena.clear();
-        let h = self.map.header();
-        let read = h.read.load(Relaxed);
-        let write = h.write.load(Acquire);
-        if write == read {
+        let Some((read, avail)) = self.waiting()? else {
             return Ok(None);
-        }
-        let avail = write.wrapping_sub(read);
-        if avail < 4 || avail > CAPACITY as u64 {
-            return Err(format!(
-                "reply ring corrupt: {avail} bytes said to be waiting"
-            ));
-        }
+        };
         let mut prefix = [0u8; 4];
         // SAFETY: [read, read + 4) is published (avail >= 4) and not yet released.
         unsafe { self.map.copy_out(read, &mut prefix) };
         let len = u32::from_be_bytes(prefix);
         if len == ON_SOCKET {
-            self.release(read + 4);
+            self.consume(read + 4);
             return Ok(Some(Record::OnSocket));
         }
         let total = 4 + len as u64;
@@ -251,20 +261,38 @@ impl PoolRing {
         // SAFETY: [read + 4, read + total) is published (total <= avail) and not yet
         // released.
         unsafe { self.map.copy_out(read + 4, arena) };
-        self.release(read + total);
+        self.consume(read + total);
         Ok(Some(Record::Frame(arena.split())))
+    }
+
+    /// Where the next record starts and how many bytes are published from there, if
+    /// any are; an error if the worker's index makes no sense.
+    fn waiting(&self) -> Result<Option<(u64, u64)>, String> {
+        let read = self.cursor.load(Relaxed);
+        let mut write = self.seen_write.load(Relaxed);
+        if write == read {
+            // Acquire: the records up to `write` are visible from here on.
+            write = self.map.header().write.load(Acquire);
+            self.seen_write.store(write, Relaxed);
+            if write == read {
+                return Ok(None);
+            }
+        }
+        let avail = write.wrapping_sub(read);
+        if avail < 4 || avail > CAPACITY as u64 {
+            return Err(format!(
+                "reply ring corrupt: {avail} bytes said to be waiting"
+            ));
+        }
+        Ok(Some((read, avail)))
     }
 
     /// The next record if it is a reply frame; a mark for the socket, like a ring
     /// that makes no sense, is left in place for [`pop`](Self::pop).
     pub(crate) fn pop_frame(&self) -> Result<Option<BytesMut>, String> {
-        let h = self.map.header();
-        let read = h.read.load(Relaxed);
-        let write = h.write.load(Acquire);
-        let avail = write.wrapping_sub(read);
-        if !(4..=CAPACITY as u64).contains(&avail) {
+        let Ok(Some((read, _))) = self.waiting() else {
             return Ok(None);
-        }
+        };
         let mut prefix = [0u8; 4];
         // SAFETY: [read, read + 4) is published (avail >= 4) and not yet released.
         unsafe { self.map.copy_out(read, &mut prefix) };
@@ -277,10 +305,21 @@ impl PoolRing {
         }
     }
 
-    /// Gives the worker back the room up to `to`, waking it if it waits for room.
-    fn release(&self, to: u64) {
+    /// Marks the records up to `to` consumed, giving their room back to the worker
+    /// once a quarter of the ring is to be given.
+    fn consume(&self, to: u64) {
+        self.cursor.store(to, Relaxed);
+        let released = self.map.header().read.load(Relaxed);
+        if to.wrapping_sub(released) >= RELEASE_EVERY {
+            self.release();
+        }
+    }
+
+    /// Gives the worker back the room of every record consumed, waking it if it
+    /// waits for room.
+    fn release(&self) {
         let h = self.map.header();
-        h.read.store(to, SeqCst);
+        h.read.store(self.cursor.load(Relaxed), SeqCst);
         if h.worker_waiting.load(SeqCst) != 0 && h.worker_waiting.swap(0, SeqCst) != 0 {
             h.space.fetch_add(1, SeqCst);
             futex_wake(&h.space);
@@ -291,15 +330,19 @@ impl PoolRing {
     /// record. Returns whether a record arrived meanwhile (then no wake-up will come
     /// for it: read it now).
     pub(crate) fn want_wakeup(&self) -> bool {
+        self.release();
         let h = self.map.header();
         h.pool_waiting.store(1, SeqCst);
-        h.write.load(SeqCst) != h.read.load(Relaxed)
+        h.write.load(SeqCst) != self.cursor.load(Relaxed)
     }
 }
 
 /// The worker's end of a ring.
 pub(crate) struct WorkerRing {
     map: Mapping,
+    /// The pool's `read` as the worker last read it: it is read again only when the
+    /// room it leaves is too little (it is on a line the pool writes).
+    seen_read: std::cell::Cell<u64>,
 }
 
 impl WorkerRing {
@@ -313,6 +356,7 @@ impl WorkerRing {
         }
         Ok(WorkerRing {
             map: Mapping::new(&fd)?,
+            seen_read: std::cell::Cell::new(0),
         })
     }
 
@@ -328,10 +372,16 @@ impl WorkerRing {
             let used = write.wrapping_sub(read);
             used <= CAPACITY as u64 && CAPACITY as u64 - used >= record.len() as u64
         };
-        while !fits(h.read.load(Acquire)) {
+        // The room the pool gave back as last seen, else as it is now.
+        let mut read = self.seen_read.get();
+        if !fits(read) {
+            read = h.read.load(Acquire);
+        }
+        while !fits(read) {
             let seen = h.space.load(SeqCst);
             h.worker_waiting.store(1, SeqCst);
-            if fits(h.read.load(SeqCst)) {
+            read = h.read.load(SeqCst);
+            if fits(read) {
                 h.worker_waiting.store(0, Relaxed);
                 break;
             }
@@ -339,7 +389,9 @@ impl WorkerRing {
             if hung_up() {
                 return Err(io::ErrorKind::BrokenPipe.into());
             }
+            read = h.read.load(Acquire);
         }
+        self.seen_read.set(read);
         // SAFETY: [write, write + len) is free: the pool has released it (`fits`), and
         // only this worker publishes.
         unsafe { self.map.copy_in(write, record) };
@@ -410,6 +462,45 @@ mod tests {
         let mut r = (payload.len() as u32).to_be_bytes().to_vec();
         r.extend_from_slice(payload);
         r
+    }
+
+    /// The pool gives room back a quarter of the ring at a time, and never asks for a
+    /// wake-up here: a worker that writes many times the ring's size, faster than the
+    /// pool reads, still gets all of it through, in order.
+    #[test]
+    fn room_comes_back_without_a_wakeup_request() {
+        let (pool, worker) = pair();
+        let count = 20 * CAPACITY / 100;
+        let bound = std::time::Instant::now() + Duration::from_secs(20);
+        let writer = std::thread::spawn(move || {
+            for i in 0..count {
+                let payload = [(i % 251) as u8; 96];
+                worker
+                    .push(&record(&payload), || std::time::Instant::now() > bound)
+                    .expect("room within the bound");
+            }
+        });
+        let mut got = 0;
+        let mut arena = BytesMut::new();
+        while got < count {
+            assert!(
+                std::time::Instant::now() < bound,
+                "{got} of {count} records"
+            );
+            match pool.pop_into(&mut arena).unwrap() {
+                Some(Record::Frame(frame)) => {
+                    assert_eq!(&frame[..], &[(got % 251) as u8; 96][..], "record {got}");
+                    got += 1;
+                }
+                Some(Record::OnSocket) => panic!("no mark was written"),
+                // Slower than the writer now and then.
+                None => std::thread::yield_now(),
+            }
+            if got % 1000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        writer.join().unwrap();
     }
 
     #[test]
