@@ -293,14 +293,18 @@ impl Pace {
         in_flight == 0 || self.depth(in_flight) > 1
     }
 
-    /// The head job finished (at `now`, as far as the pool knows) after running
-    /// `ran_ns` in the worker, which is what paces the worker: the pool's own clock
-    /// would add the time it took to wake up for the reply.
-    fn finished_head(&mut self, now: Instant, ran_ns: u64) {
-        self.service_ns = Some(match self.service_ns {
-            None => ran_ns,
-            Some(avg) => (avg * 3 + ran_ns) / 4,
-        });
+    /// The head job finished (at `now`, as far as the pool knows); the worker says
+    /// the last `ran_jobs` of its jobs ran `ran_ns` (none: it did not time this one),
+    /// which is what paces the worker: the pool's own clock would add the time it
+    /// took to wake up for the reply.
+    fn finished_head(&mut self, now: Instant, ran_ns: u64, ran_jobs: u32) {
+        if ran_jobs > 0 {
+            let ran_ns = ran_ns / u64::from(ran_jobs);
+            self.service_ns = Some(match self.service_ns {
+                None => ran_ns,
+                Some(avg) => (avg * 3 + ran_ns) / 4,
+            });
+        }
         self.head_started = now;
     }
 }
@@ -693,7 +697,7 @@ impl Driver<'_> {
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };
-        self.pace.finished_head(now, done.ran_ns);
+        self.pace.finished_head(now, done.ran_ns, done.ran_jobs);
         self.shared.set_depth(self.slot, self.pace.depth(0));
         deliver(
             self.shared,
@@ -772,8 +776,10 @@ pub(crate) struct Done {
     /// The job it answers.
     pub(crate) id: u64,
     pub(crate) outcome: Outcome,
-    /// How long the job ran in the worker.
+    /// How long the last `ran_jobs` jobs ran in the worker (see
+    /// [`protocol::Done`](crate::protocol::Done)).
     pub(crate) ran_ns: u64,
+    pub(crate) ran_jobs: u32,
     /// How many of the frame's last bytes are the payload (see
     /// [`ReplyFrame::into_results`]).
     pub(crate) payload_len: usize,
@@ -787,6 +793,7 @@ impl Done {
             id: header.id,
             outcome: header.outcome,
             ran_ns: header.ran_ns,
+            ran_jobs: header.ran_jobs,
             payload_len: payload.len(),
         })
     }

@@ -516,6 +516,7 @@ mod tests {
             id,
             outcome,
             ran_ns: 1,
+            ran_jobs: 1,
         });
         let mut frame = postcard::to_allocvec(&header).unwrap();
         frame.extend_from_slice(&results);

@@ -31,7 +31,7 @@ use crate::start::ChildOptions;
 use crate::task_fn::FnRef;
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 3;
+pub(crate) const PROTOCOL_VERSION: u32 = 4;
 
 /// The first bytes of every worker's first frame.
 pub(crate) const MAGIC: [u8; 8] = *b"procpool";
@@ -87,10 +87,21 @@ pub(crate) struct Done {
     /// The job it answers.
     pub(crate) id: u64,
     pub(crate) outcome: Outcome,
-    /// How long the job ran in the worker, in nanoseconds: the pool paces its
-    /// workers by it (its own clock would add its wake-up latency).
+    /// How long the last `ran_jobs` jobs ran in the worker (this one and the untimed
+    /// ones just before it), in nanoseconds: the pool paces its workers by it (its own
+    /// clock would add its wake-up latency). A worker of jobs that take under
+    /// [`TINY_JOB_NS`] and come back to back reads its clock once per run of up to
+    /// [`TIMED_RUN`] of them: a reading costs about as much as such a job.
     pub(crate) ran_ns: u64,
+    /// How many jobs `ran_ns` covers; 0: this job was not timed.
+    pub(crate) ran_jobs: u32,
 }
+
+/// Jobs shorter than this, in nanoseconds, are timed by the run (see [`Done::ran_ns`]).
+pub(crate) const TINY_JOB_NS: u64 = 2_000;
+
+/// The most jobs a worker runs between two readings of its clock.
+pub(crate) const TIMED_RUN: u32 = 16;
 
 /// The first byte of a [`FromWorker::Done`] frame: its variant's index.
 const DONE_TAG: u8 = 3;
@@ -183,12 +194,13 @@ mod tests {
                 byte_string: false,
             },
             ran_ns: 1 << 40,
+            ran_jobs: 7,
         });
         let mut frame = postcard::to_allocvec(&done).unwrap();
         assert_eq!(frame[0], DONE_TAG);
         frame.extend_from_slice(b"payload");
         let (read, payload) = Done::read(&frame).unwrap();
-        assert_eq!((read.id, read.ran_ns), (300, 1 << 40));
+        assert_eq!((read.id, read.ran_ns, read.ran_jobs), (300, 1 << 40, 7));
         assert!(matches!(
             read.outcome,
             Outcome::Ok {

@@ -196,7 +196,7 @@ impl BlockingConn {
         &mut self,
         id: u64,
         outcome: Outcome,
-        ran: Duration,
+        (ran_ns, ran_jobs): (u64, u32),
         out: &mut [u8],
     ) -> io::Result<()> {
         let mut results_len = out.len().saturating_sub(REPLY_GAP);
@@ -209,11 +209,11 @@ impl BlockingConn {
         if !matches!(outcome, Outcome::Ok { .. }) {
             results_len = 0;
         }
-        let ran_ns = u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX);
         let msg = FromWorker::Done(Done {
             id,
             outcome,
             ran_ns,
+            ran_jobs,
         });
         let mut small = [0u8; REPLY_GAP - 4];
         if let Ok(header) = postcard::to_slice(&msg, &mut small) {

@@ -14,7 +14,10 @@ use std::os::unix::net::UnixStream;
 use crate::error::RemotePanic;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::{decode_frame, decode_results};
-use crate::protocol::{FromWorker, Hello, InitFailure, Outcome, ToWorker, MAGIC, PROTOCOL_VERSION};
+use crate::protocol::{
+    FromWorker, Hello, InitFailure, Outcome, ToWorker, MAGIC, PROTOCOL_VERSION, TIMED_RUN,
+    TINY_JOB_NS,
+};
 use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, WORKER_FD};
 use crate::task_fn::{build_id, FnRef};
 
@@ -310,18 +313,19 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure
 
 fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
     let mut out = Vec::new();
-    // When the last job ended, if the next one was already waiting then: it starts
-    // then, and one reading of the clock serves both (the pool paces by these times).
-    let mut last_end: Option<std::time::Instant> = None;
+    let mut clock = Clock::new();
     loop {
-        let (len, started) = match conn.buffered()? {
-            Some(len) => (len, last_end),
+        let len = match conn.buffered()? {
+            Some(len) => len,
             None => match conn.recv()? {
-                Some(len) => (len, None),
+                Some(len) => {
+                    // A job that was waited for starts when it came.
+                    clock.restart();
+                    len
+                }
                 None => return Ok(()),
             },
         };
-        let started = started.unwrap_or_else(std::time::Instant::now);
         let (id, func, payload) = match decode_frame::<ToWorker>(conn.frame(len)) {
             Ok((ToWorker::Job { id, func }, payload)) => (id, func, payload),
             _ => return Err(std::io::Error::other("unexpected frame from the pool")),
@@ -335,10 +339,56 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
             Err(e) => Outcome::Unresolvable(e),
             Ok(trampoline) => trampoline(payload, &mut out),
         };
-        let ended = std::time::Instant::now();
         conn.consume(len);
-        conn.send_reply(id, outcome, ended - started, &mut out)?;
-        last_end = Some(ended);
+        let next_waiting = matches!(conn.buffered(), Ok(Some(_)));
+        let ran = clock.job_done(next_waiting);
+        conn.send_reply(id, outcome, ran, &mut out)?;
+    }
+}
+
+/// The worker's timing of its jobs (see [`Done::ran_ns`](crate::protocol::Done)).
+/// A job that was already waiting when the one before it ended starts then, and one
+/// reading of the clock serves both; jobs that take under [`TINY_JOB_NS`] and come
+/// back to back are timed together, up to [`TIMED_RUN`] at a time.
+struct Clock {
+    /// The last reading: when the jobs since began.
+    mark: std::time::Instant,
+    /// Jobs ended since `mark` without a reading.
+    untimed: u32,
+    /// What a job took at the last reading, on average; `u64::MAX` before it.
+    per_job_ns: u64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            mark: std::time::Instant::now(),
+            untimed: 0,
+            per_job_ns: u64::MAX,
+        }
+    }
+
+    /// A job starts now, after a wait.
+    fn restart(&mut self) {
+        self.mark = std::time::Instant::now();
+        self.untimed = 0;
+    }
+
+    /// A job ended; the next one has come already if `next_waiting`. Returns what the
+    /// reply says of the time: nanoseconds, and how many jobs they cover (none: not
+    /// timed).
+    fn job_done(&mut self, next_waiting: bool) -> (u64, u32) {
+        if next_waiting && self.per_job_ns < TINY_JOB_NS && self.untimed + 1 < TIMED_RUN {
+            self.untimed += 1;
+            return (0, 0);
+        }
+        let now = std::time::Instant::now();
+        let jobs = self.untimed + 1;
+        let ns = u64::try_from((now - self.mark).as_nanos()).unwrap_or(u64::MAX);
+        self.mark = now;
+        self.untimed = 0;
+        self.per_job_ns = ns / u64::from(jobs);
+        (ns, jobs)
     }
 }
 
@@ -347,4 +397,51 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
 #[ctor::ctor]
 unsafe fn enter_before_main() {
     init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_jobs_back_to_back_are_timed_by_the_run() {
+        let mut clock = Clock::new();
+        // Nothing known yet: timed.
+        assert_eq!(clock.job_done(true).1, 1);
+        let mut covered = 0;
+        for i in 0..3 * TIMED_RUN {
+            // As if every job so far had taken no time at all.
+            clock.per_job_ns = 0;
+            let (ns, jobs) = clock.job_done(true);
+            if (i + 1) % TIMED_RUN == 0 {
+                assert_eq!(jobs, TIMED_RUN, "job {i}");
+                covered += jobs;
+            } else {
+                assert_eq!((ns, jobs), (0, 0), "job {i}");
+            }
+        }
+        assert_eq!(covered, 3 * TIMED_RUN);
+        // The last of a run (nothing waits behind it) is timed, with the ones before.
+        clock.per_job_ns = 0;
+        assert_eq!(clock.job_done(true), (0, 0));
+        assert_eq!(clock.job_done(false).1, 2);
+    }
+
+    #[test]
+    fn longer_jobs_and_jobs_that_were_waited_for_are_timed_each() {
+        let mut clock = Clock::new();
+        clock.per_job_ns = TINY_JOB_NS;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let (ns, jobs) = clock.job_done(true);
+        assert_eq!(jobs, 1);
+        assert!(ns >= 2_000_000, "{ns}");
+        assert!(clock.per_job_ns >= 2_000_000);
+        assert_eq!(clock.job_done(true).1, 1, "the last one was long");
+        // After a wait, a job's time starts when it came.
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        clock.restart();
+        let (ns, jobs) = clock.job_done(false);
+        assert_eq!(jobs, 1);
+        assert!(ns < 5_000_000, "{ns}: the wait is not the job's");
+    }
 }
