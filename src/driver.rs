@@ -787,14 +787,18 @@ pub(crate) struct Done {
 
 impl Done {
     /// Reads a reply frame's header: an error if the frame is not a `Done`.
+    #[inline]
     pub(crate) fn read(frame: &[u8]) -> Result<Done, String> {
-        let (header, payload) = crate::protocol::Done::read(frame)?;
+        let (header, payload_len) = match crate::protocol::Done::read_ok(frame) {
+            Some((header, len)) => (header, frame.len() - len),
+            None => crate::protocol::Done::read(frame).map(|(h, p)| (h, p.len()))?,
+        };
         Ok(Done {
             id: header.id,
             outcome: header.outcome,
             ran_ns: header.ran_ns,
             ran_jobs: header.ran_jobs,
-            payload_len: payload.len(),
+            payload_len,
         })
     }
 }
