@@ -16,7 +16,8 @@ use crate::call::{Apply, Map};
 use crate::error::{Payload, TaskError};
 use crate::handle::TaskHandle;
 use crate::input::Input;
-use crate::protocol::codec::{encode_chunk, encode_header, push_varint};
+use crate::protocol::codec::encode_chunk;
+use crate::protocol::put_varint;
 use crate::protocol::ToWorker;
 use crate::queue::{AbortSignal, Job, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
@@ -112,7 +113,7 @@ fn encode_frame_with(
     let start = out.len();
     let encoded = func.map_err(TaskError::Unsupported).and_then(|func| {
         out.extend_from_slice(&[0; 4]);
-        encode_header(&ToWorker::Job { id, func }, out).map_err(TaskError::Protocol)?;
+        ToWorker::write_job(id, func, out);
         chunk(out)?;
         let len = out.len() - start - 4 + tail;
         let limit = pool.shared().config.max_frame_len;
@@ -186,7 +187,7 @@ impl JobFrame {
         let mut frame = Vec::with_capacity(64);
         let frame = encode_frame_with(pool, id, func, &mut frame, tail.len(), |out| {
             out.push(1);
-            push_varint(tail.len() as u64, out);
+            put_varint(tail.len() as u64, out);
             Ok(())
         })
         .map(|()| frame);

@@ -42,7 +42,7 @@ impl Results {
                 // `codec::byte_string_result`).
                 let mut chunk = Vec::with_capacity(12 + bytes.len());
                 chunk.extend_from_slice(&[1, 0]);
-                crate::protocol::codec::push_varint(bytes.len() as u64, &mut chunk);
+                crate::protocol::put_varint(bytes.len() as u64, &mut chunk);
                 chunk.extend_from_slice(&bytes);
                 chunk.into()
             }

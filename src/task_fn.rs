@@ -162,6 +162,16 @@ pub(crate) fn build_id() -> &'static [u8] {
 }
 
 impl FnRef {
+    /// The reference as it goes on the wire (see `protocol::ToWorker::write_job`).
+    pub(crate) fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// A reference read from the wire; [`resolve`](Self::resolve) checks it.
+    pub(crate) fn from_bits(bits: u64) -> FnRef {
+        FnRef(bits)
+    }
+
     /// The reference to `trampoline`, or why it cannot be sent to another process.
     pub(crate) fn of(trampoline: Trampoline) -> Result<FnRef, String> {
         let addr = trampoline as usize;

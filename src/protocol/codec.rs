@@ -236,15 +236,6 @@ pub(crate) fn byte_string_result(chunk: &[u8]) -> Option<(usize, usize)> {
     (count == 1 && variant == 0).then_some((chunk.len() - rest.len(), len))
 }
 
-/// Appends `n` as a postcard varint (a sequence's or a byte string's length).
-pub(crate) fn push_varint(n: u64, out: &mut Vec<u8>) {
-    let mut varint = [0u8; 10];
-    let len = postcard::to_slice(&n, &mut varint)
-        .expect("a u64 fits in 10 bytes")
-        .len();
-    out.extend_from_slice(&varint[..len]);
-}
-
 /// Encodes a frame: `header`, then whatever `payload` appends.
 pub(crate) fn encode_frame<H: Serialize>(
     header: &H,
@@ -325,11 +316,6 @@ fn extend<T: Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) -> Result<(), Str
         })
 }
 
-/// Appends a message header to a frame.
-pub(crate) fn encode_header<H: Serialize>(header: &H, out: &mut Vec<u8>) -> Result<(), String> {
-    extend(header, out)
-}
-
 /// Appends a chunk of arguments to a frame.
 pub(crate) fn encode_chunk<A: Serialize + 'static>(
     items: &[A],
@@ -369,7 +355,7 @@ where
         Ok(read) => read,
         Err(e) => return Outcome::BadArguments(e.to_string()),
     };
-    push_varint(tasks, out);
+    crate::protocol::put_varint(tasks, out);
     for _ in 0..tasks {
         let arg = match postcard::take_from_bytes::<Wire<A>>(rest) {
             Ok((Wire(arg), after)) => {

@@ -164,6 +164,68 @@ impl Done {
     }
 }
 
+impl Done {
+    /// Appends what postcard would write for `FromWorker::Done(self)` when the outcome
+    /// is `Ok` (the bytes [`read_ok`](Self::read_ok) reads), and returns true; false,
+    /// with nothing written, for another outcome.
+    #[inline]
+    pub(crate) fn write_ok(&self, out: &mut Vec<u8>) -> bool {
+        let Outcome::Ok {
+            panicked,
+            byte_string,
+        } = self.outcome
+        else {
+            return false;
+        };
+        out.push(DONE_TAG);
+        put_varint(self.id, out);
+        out.push(0);
+        put_varint(u64::from(panicked), out);
+        out.push(u8::from(byte_string));
+        put_varint(self.ran_ns, out);
+        put_varint(u64::from(self.ran_jobs), out);
+        true
+    }
+}
+
+/// The first byte of a [`ToWorker::Job`] frame: its variant's index.
+const JOB_TAG: u8 = 1;
+
+impl ToWorker {
+    /// Appends what postcard would write for `ToWorker::Job { id, func }` (the bytes
+    /// [`read_job`](Self::read_job) reads): a job's header is written once per job.
+    #[inline]
+    pub(crate) fn write_job(id: u64, func: FnRef, out: &mut Vec<u8>) {
+        out.push(JOB_TAG);
+        put_varint(id, out);
+        put_varint(func.to_bits(), out);
+    }
+
+    /// Reads a `ToWorker::Job` header straight from the bytes, with its length;
+    /// `None` for anything else (see [`Done::read_ok`]).
+    #[inline]
+    pub(crate) fn read_job(frame: &[u8]) -> Option<(u64, FnRef, usize)> {
+        let mut bytes = Cursor { frame, at: 0 };
+        if bytes.varint()? != u64::from(JOB_TAG) {
+            return None;
+        }
+        let id = bytes.varint()?;
+        let func = FnRef::from_bits(bytes.varint()?);
+        Some((id, func, bytes.at))
+    }
+}
+
+/// Appends `n` as a varint, as postcard writes integers (and a sequence's or a byte
+/// string's length).
+#[inline]
+pub(crate) fn put_varint(mut n: u64, out: &mut Vec<u8>) {
+    while n >= 0x80 {
+        out.push(n as u8 | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
 /// Reads [`Done::read_ok`]'s bytes.
 struct Cursor<'a> {
     frame: &'a [u8],
@@ -264,22 +326,8 @@ mod tests {
     /// leaves everything else to postcard.
     #[test]
     fn an_ok_header_reads_as_postcard_wrote_it() {
-        let values = [
-            0u64,
-            1,
-            127,
-            128,
-            300,
-            16_383,
-            16_384,
-            u64::from(u32::MAX),
-            u64::from(u32::MAX) + 1,
-            1 << 56,
-            u64::MAX - 1,
-            u64::MAX,
-        ];
-        for &id in &values {
-            for &ran_ns in &values {
+        for &id in &VALUES {
+            for &ran_ns in &VALUES {
                 for &small in &[0u32, 1, 200, u32::MAX] {
                     for byte_string in [false, true] {
                         let done = Done {
@@ -332,6 +380,82 @@ mod tests {
             assert!(Done::read_ok(&bad).is_none(), "{bad:?}");
             assert!(Done::read(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    const VALUES: [u64; 12] = [
+        0,
+        1,
+        127,
+        128,
+        300,
+        16_383,
+        16_384,
+        u32::MAX as u64,
+        u32::MAX as u64 + 1,
+        1 << 56,
+        u64::MAX - 1,
+        u64::MAX,
+    ];
+
+    #[test]
+    fn headers_are_written_as_postcard_writes_them() {
+        for &id in &VALUES {
+            for &ran_ns in &VALUES {
+                for &small in &[0u32, 1, 200, u32::MAX] {
+                    let done = Done {
+                        id,
+                        outcome: Outcome::Ok {
+                            panicked: small,
+                            byte_string: small % 2 == 0,
+                        },
+                        ran_ns,
+                        ran_jobs: small.rotate_left(3),
+                    };
+                    let mut fast = Vec::new();
+                    assert!(done.write_ok(&mut fast));
+                    assert_eq!(
+                        fast,
+                        postcard::to_allocvec(&FromWorker::Done(done)).unwrap()
+                    );
+                }
+                let func = FnRef::from_bits(ran_ns);
+                let mut fast = vec![7];
+                ToWorker::write_job(id, func, &mut fast);
+                let slow = postcard::to_allocvec(&ToWorker::Job { id, func }).unwrap();
+                assert_eq!(fast[1..], slow[..]);
+                fast.extend_from_slice(b"args");
+                assert_eq!(
+                    ToWorker::read_job(&fast[1..]),
+                    Some((id, func, slow.len())),
+                    "{id} {ran_ns}"
+                );
+                for cut in 0..slow.len() {
+                    assert_eq!(ToWorker::read_job(&slow[..cut]), None);
+                }
+            }
+        }
+        let failed = Done {
+            id: 1,
+            outcome: Outcome::BadArguments("x".into()),
+            ran_ns: 0,
+            ran_jobs: 0,
+        };
+        let mut out = Vec::new();
+        assert!(!failed.write_ok(&mut out));
+        assert!(out.is_empty());
+        let setup = postcard::to_allocvec(&ToWorker::Setup {
+            protocol: 1,
+            build_id: vec![],
+            index: None,
+            name: String::new(),
+            daemon: false,
+            max_frame_len: 1,
+            spin_us: 0,
+            ring: false,
+            initializer: None,
+        })
+        .unwrap();
+        assert_eq!(ToWorker::read_job(&setup), None);
     }
 
     #[test]

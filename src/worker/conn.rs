@@ -31,6 +31,8 @@ pub(crate) struct BlockingConn {
     spin: Duration,
     /// Where replies go, once the pool has sent one.
     ring: Option<WorkerRing>,
+    /// Where a reply's header is written (kept: no allocation per reply).
+    header: Vec<u8>,
 }
 
 impl BlockingConn {
@@ -41,6 +43,7 @@ impl BlockingConn {
             read_buf: BytesMut::with_capacity(64 * 1024),
             spin: Duration::ZERO,
             ring: None,
+            header: Vec::with_capacity(64),
         }
     }
 
@@ -209,14 +212,15 @@ impl BlockingConn {
         if !matches!(outcome, Outcome::Ok { .. }) {
             results_len = 0;
         }
-        let msg = FromWorker::Done(Done {
+        let done = Done {
             id,
             outcome,
             ran_ns,
             ran_jobs,
-        });
-        let mut small = [0u8; REPLY_GAP - 4];
-        if let Ok(header) = postcard::to_slice(&msg, &mut small) {
+        };
+        let header = &mut self.header;
+        header.clear();
+        if done.write_ok(header) && header.len() <= REPLY_GAP - 4 {
             // The common case: the header fits in the gap before the results.
             let start = REPLY_GAP - header.len() - 4;
             let len = (header.len() + results_len) as u32;
@@ -224,7 +228,7 @@ impl BlockingConn {
             out[start + 4..REPLY_GAP].copy_from_slice(header);
             return self.emit(&out[start..REPLY_GAP + results_len]);
         }
-        let header = postcard::to_allocvec(&msg).map_err(io::Error::other)?;
+        let header = postcard::to_allocvec(&FromWorker::Done(done)).map_err(io::Error::other)?;
         let mut frame = ((header.len() + results_len) as u32).to_be_bytes().to_vec();
         frame.extend_from_slice(&header);
         frame.extend_from_slice(&out[REPLY_GAP..REPLY_GAP + results_len]);

@@ -326,10 +326,11 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
                 None => return Ok(()),
             },
         };
-        let (id, func, payload) = match decode_frame::<ToWorker>(conn.frame(len)) {
-            Ok((ToWorker::Job { id, func }, payload)) => (id, func, payload),
-            _ => return Err(std::io::Error::other("unexpected frame from the pool")),
+        let frame = conn.frame(len);
+        let Some((id, func, header_len)) = ToWorker::read_job(frame) else {
+            return Err(std::io::Error::other("unexpected frame from the pool"));
         };
+        let payload = &frame[header_len..];
         out.clear();
         out.resize(conn::REPLY_GAP, 0);
         // Results are often about as large as the arguments (an echo, a transform):
