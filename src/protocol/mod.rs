@@ -1,11 +1,14 @@
 //! The wire protocol between the pool and its workers.
 //!
 //! Each direction is a stream of length-delimited frames (a 4-byte big-endian length,
-//! then the frame), cut by tokio-util's [`LengthDelimitedCodec`] on both ends. A frame
-//! is a postcard-encoded header ([`ToWorker`] or [`FromWorker`]) followed, for jobs and
-//! their replies, by the job's payload: a chunk of encoded arguments or results that
-//! only the typed ends decode (see [`codec`]). The pool's driver moves payloads as
-//! opaque bytes.
+//! then the frame), cut by tokio-util's [`LengthDelimitedCodec`] on the pool's end and
+//! in place in its read buffer on the worker's. A frame is a postcard-encoded header
+//! ([`ToWorker`] or [`FromWorker`]) followed, for jobs and their replies, by the job's
+//! payload: a chunk of encoded arguments or results that only the typed ends decode
+//! (see [`codec`]). The pool's driver moves payloads as opaque bytes. The headers sent
+//! once per job are written and read straight from their bytes, as postcard would
+//! ([`ToWorker::write_job`], [`Done::read_ok`] and their pairs); every other message
+//! goes through postcard.
 //!
 //! The conversation:
 //!
@@ -15,8 +18,9 @@
 //!                   (+ the reply ring's memfd, passed with SCM_RIGHTS, when `ring`)
 //! worker → pool   Ready | InitFailed(panic)
 //! pool → worker   Job { id, func } + arguments          (any number, pipelined)
-//! worker → pool   Done { id, outcome } + results        (one per job, in order; through
-//!                   the reply ring, where an empty frame on the channel is a wake-up)
+//! worker → pool   Done { id, outcome, ran_ns, ran_jobs } + results
+//!                   (one per job, in order; through the reply ring, where an empty
+//!                   frame on the channel is a wake-up)
 //! pool → worker   end of stream: the worker exits
 //! ```
 //!
