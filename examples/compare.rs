@@ -957,7 +957,14 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
     let pipe_one = raw(Channel::Pipe, M16, 1, calls);
     let sock_rt = raw(Channel::SocketPair, M16, M16, calls);
     let sock_rt_1m = raw(Channel::SocketPair, M1, M1, s.pay_1m_calls);
+    let shm_rt = raw(Channel::SharedMemory, M16, M16, calls);
     t.reference("raw socketpair 16 MiB round trip", sock_rt, Unit::MibPerSec);
+    t.info(
+        "raw shared memory (memfd) 16 MiB round trip, copied in and out",
+        Some(shm_rt),
+        Unit::MibPerSec,
+        Some((shm_rt / sock_rt, "raw RT")),
+    );
     t.info(
         "raw socketpair 16 MiB one way",
         Some(sock_one),

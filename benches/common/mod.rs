@@ -78,6 +78,11 @@ pub(crate) enum Channel {
     Pipe,
     /// One `AF_UNIX` `SOCK_STREAM` socketpair with default buffers (what procpool uses).
     SocketPair,
+    /// A shared mapping of a `memfd`, the payload copied into it by the sender and out
+    /// of it by the receiver (as a worker decodes its argument into memory of its own),
+    /// with one byte each way over a socketpair to say it is there: the limit of a
+    /// shared-memory path for large payloads.
+    SharedMemory,
 }
 
 /// A forked child that reads `req` bytes and answers `resp` bytes, forever, over a
@@ -90,6 +95,8 @@ pub(crate) struct RawPeer {
     rx: RawFd,
     req: usize,
     resp: usize,
+    /// With `Channel::SharedMemory`: the shared mapping's address and length.
+    shm: Option<(usize, usize)>,
 }
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -150,8 +157,9 @@ impl RawPeer {
     pub(crate) fn start(channel: Channel, req: usize, resp: usize) -> io::Result<RawPeer> {
         let mut fds = [0 as RawFd; 4];
         // (ours to write, ours to read, theirs to read, theirs to write)
+        let mut shm = None;
         match channel {
-            Channel::SocketPair => {
+            Channel::SocketPair | Channel::SharedMemory => {
                 let mut sv = [0 as RawFd; 2];
                 // SAFETY: sv is a valid array of two descriptors.
                 check(unsafe {
@@ -163,6 +171,30 @@ impl RawPeer {
                     )
                 })?;
                 fds = [sv[0], sv[0], sv[1], sv[1]];
+                if channel == Channel::SharedMemory {
+                    let len = req.max(resp).max(1);
+                    // SAFETY: a fresh memfd of `len` bytes, mapped shared before the
+                    // fork, so that both processes see the same pages; the name is a
+                    // valid C string.
+                    unsafe {
+                        let fd =
+                            check(libc::memfd_create(c"raw-peer".as_ptr(), libc::MFD_CLOEXEC))?;
+                        check(libc::ftruncate(fd, len as libc::off_t))?;
+                        let addr = libc::mmap(
+                            std::ptr::null_mut(),
+                            len,
+                            libc::PROT_READ | libc::PROT_WRITE,
+                            libc::MAP_SHARED,
+                            fd,
+                            0,
+                        );
+                        libc::close(fd);
+                        if addr == libc::MAP_FAILED {
+                            return Err(io::Error::last_os_error());
+                        }
+                        shm = Some((addr as usize, len));
+                    }
+                }
             }
             Channel::Pipe => {
                 let mut down = [0 as RawFd; 2];
@@ -190,6 +222,20 @@ impl RawPeer {
                 close_all_but(fds[2], fds[3]);
                 let (mut input, mut output) = (borrowed_file(fds[2]), borrowed_file(fds[3]));
                 let buf = std::slice::from_raw_parts_mut(ptr, req.max(resp).max(1));
+                if let Some((addr, len)) = shm {
+                    let shared = std::slice::from_raw_parts_mut(addr as *mut u8, len);
+                    let mut byte = [0u8; 1];
+                    loop {
+                        if input.read_exact(&mut byte).is_err() {
+                            libc::_exit(0);
+                        }
+                        buf[..req].copy_from_slice(&shared[..req]);
+                        shared[..resp].copy_from_slice(&buf[..resp]);
+                        if output.write_all(&byte).is_err() {
+                            libc::_exit(0);
+                        }
+                    }
+                }
                 loop {
                     if input.read_exact(&mut buf[..req]).is_err()
                         || output.write_all(&buf[..resp]).is_err()
@@ -214,6 +260,7 @@ impl RawPeer {
             rx: fds[1],
             req,
             resp,
+            shm,
         })
     }
 
@@ -226,6 +273,21 @@ impl RawPeer {
     pub(crate) fn round_trip(&mut self, out: &[u8], back: &mut [u8]) {
         assert_eq!(out.len(), self.req);
         assert_eq!(back.len(), self.resp);
+        if let Some((addr, len)) = self.shm {
+            // SAFETY: the mapping is this peer's, `len` bytes, until it is dropped; the
+            // peer touches it only between our byte and its answer.
+            let shared = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            shared[..out.len()].copy_from_slice(out);
+            let mut byte = [1u8];
+            // SAFETY: as below.
+            let ok = unsafe {
+                borrowed_file(self.tx).write_all(&byte).is_ok()
+                    && borrowed_file(self.rx).read_exact(&mut byte).is_ok()
+            };
+            assert!(ok, "the raw peer went away");
+            back.copy_from_slice(&shared[..back.len()]);
+            return;
+        }
         // SAFETY: both descriptors are this peer's, open until it is dropped.
         let ok = unsafe {
             borrowed_file(self.tx).write_all(out).is_ok()
@@ -246,6 +308,9 @@ impl Drop for RawPeer {
             }
             let mut status = 0;
             libc::waitpid(self.pid, &mut status, 0);
+            if let Some((addr, len)) = self.shm {
+                libc::munmap(addr as *mut libc::c_void, len);
+            }
         }
     }
 }
