@@ -86,8 +86,14 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
             Ok(result) => return Ok(result),
             Err(chunk) => chunk,
         },
+        Results::Small(small) => return decode_single(small.as_slice()),
     };
-    let mut results = decode_results::<R>(&chunk).map_err(|message| TaskError::Codec {
+    decode_single(&chunk)
+}
+
+/// Decodes a chunk that holds exactly one result.
+fn decode_single<R: DeserializeOwned + 'static>(chunk: &[u8]) -> Result<R, TaskError> {
+    let mut results = decode_results::<R>(chunk).map_err(|message| TaskError::Codec {
         what: Payload::Result,
         message,
     })?;

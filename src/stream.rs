@@ -80,7 +80,10 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
             out.push(decode_one(Ok(Results::ByteString(bytes))));
         }
         Ok(results) => {
-            let bytes = results.into_chunk();
+            let bytes = match results {
+                Results::Small(small) => Chunk::Small(small),
+                other => Chunk::Shared(other.into_chunk()),
+            };
             let start = out.len();
             match decode_results_into::<R, _>(&bytes, out, |r| r.map_err(TaskError::Panicked)) {
                 Ok(n) if n == tasks => {}
@@ -101,6 +104,23 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
             }
         }
         Err(e) => all(e, out),
+    }
+}
+
+/// A chunk of results as a stream decodes it.
+enum Chunk {
+    Small(crate::queue::SmallChunk),
+    Shared(bytes::Bytes),
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Small(small) => small.as_slice(),
+            Chunk::Shared(bytes) => bytes,
+        }
     }
 }
 

@@ -36,7 +36,8 @@ pub(crate) struct ReplyFrame {
 
 impl ReplyFrame {
     /// The results of a successful reply whose last `payload_len` bytes (of `frame`)
-    /// are its payload: no copy, no allocation.
+    /// are its payload: no allocation, and no copy but of a payload of at most
+    /// [`SMALL`](crate::queue::SMALL) bytes, which the reply holds in itself.
     pub(crate) fn into_results(self, payload_len: usize) -> crate::queue::Results {
         use crate::queue::Results;
         match self.body {
@@ -44,6 +45,9 @@ impl ReplyFrame {
             None => {
                 let mut frame = self.frame;
                 let header = frame.len() - payload_len;
+                if let Some(small) = crate::queue::SmallChunk::new(&frame[header..]) {
+                    return Results::Small(small);
+                }
                 bytes::Buf::advance(&mut frame, header);
                 Results::Chunk(frame.freeze())
             }
