@@ -176,6 +176,9 @@ pub(crate) struct PoolRing {
     cursor: AtomicU64,
     /// The worker's `write` as the pool last read it.
     seen_write: AtomicU64,
+    /// What the pool last gave back (kept here, not read back from the shared page,
+    /// which the worker could scribble on).
+    released: AtomicU64,
 }
 
 /// The pool gives room back to the worker once it has consumed this much.
@@ -218,6 +221,7 @@ impl PoolRing {
             map,
             cursor: AtomicU64::new(0),
             seen_write: AtomicU64::new(0),
+            released: AtomicU64::new(0),
         };
         Ok((ring, fd))
     }
@@ -309,8 +313,7 @@ impl PoolRing {
     /// once a quarter of the ring is to be given.
     fn consume(&self, to: u64) {
         self.cursor.store(to, Relaxed);
-        let released = self.map.header().read.load(Relaxed);
-        if to.wrapping_sub(released) >= RELEASE_EVERY {
+        if to.wrapping_sub(self.released.load(Relaxed)) >= RELEASE_EVERY {
             self.release();
         }
     }
@@ -319,7 +322,9 @@ impl PoolRing {
     /// waits for room.
     fn release(&self) {
         let h = self.map.header();
-        h.read.store(self.cursor.load(Relaxed), SeqCst);
+        let cursor = self.cursor.load(Relaxed);
+        self.released.store(cursor, Relaxed);
+        h.read.store(cursor, SeqCst);
         if h.worker_waiting.load(SeqCst) != 0 && h.worker_waiting.swap(0, SeqCst) != 0 {
             h.space.fetch_add(1, SeqCst);
             futex_wake(&h.space);
