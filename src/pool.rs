@@ -19,7 +19,7 @@ use crate::input::Input;
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::put_varint;
 use crate::protocol::ToWorker;
-use crate::queue::{AbortSignal, Job, Reply, ReplyTo};
+use crate::queue::{AbortSignal, ChunkRun, Job, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
 use crate::stats::PoolStats;
 use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
@@ -283,19 +283,11 @@ impl Pool {
         }
     }
 
-    /// Queues prepared jobs under one lock of the queue; `jobs` is left empty.
-    pub(crate) fn submit_all(&self, jobs: &mut Vec<Job>) {
-        #[cfg(feature = "tracing")]
-        for job in jobs.iter() {
-            event!(
-                tracing::Level::TRACE,
-                job = job.id,
-                tasks = job.tasks,
-                "job submitted"
-            );
-        }
+    /// Queues a stream's run of chunks under one lock of the queue.
+    pub(crate) fn submit_chunks(&self, chunks: ChunkRun) {
         let shared = self.shared();
-        let tasks = shared.queue.push_all(jobs);
+        let tasks = shared.queue.push_chunks(chunks);
+        event!(tracing::Level::TRACE, tasks, "chunks submitted");
         Counters::add(&shared.counters.submitted, tasks);
     }
 

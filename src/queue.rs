@@ -422,11 +422,103 @@ impl Job {
 
 #[derive(Debug, Default)]
 struct State {
-    jobs: VecDeque<Job>,
+    /// The queued work, in order.
+    entries: VecDeque<Entry>,
+    /// How many jobs `entries` holds.
+    len: usize,
     closed: bool,
     /// Drivers waiting for a job: slot, waker, and whether the driver is idle (has
     /// nothing in flight). A new job wakes an idle driver first.
     waiters: Vec<(usize, Waker, bool)>,
+}
+
+/// What the queue holds: a job, or a run of a stream's chunks.
+#[derive(Debug)]
+enum Entry {
+    Job(Job),
+    ChunkRun(ChunkRun),
+}
+
+/// A run of chunks of one `map`-family stream, queued as one entry: their frames lie
+/// one after another in one buffer, and each is a few bytes here (a [`QueuedChunk`]); the
+/// driver that takes one makes its [`Job`]. A job is two cache lines that would
+/// otherwise be written by the stream's thread and read by a driver's.
+#[derive(Debug)]
+pub(crate) struct ChunkRun {
+    frames: Bytes,
+    /// Where the next chunk's frame starts in `frames`.
+    offset: usize,
+    inbox: Arc<Inbox>,
+    timeout: Option<Duration>,
+    chunks: VecDeque<QueuedChunk>,
+}
+
+/// One chunk of [`ChunkRun`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuedChunk {
+    pub(crate) id: u64,
+    /// Its sequence number in the stream.
+    pub(crate) seq: u64,
+    /// Its frame's length.
+    pub(crate) len: u32,
+    pub(crate) tasks: u32,
+}
+
+impl ChunkRun {
+    /// The chunks `chunks` of the stream whose replies go to `inbox`, their frames
+    /// one after another in `frames`.
+    pub(crate) fn new(
+        frames: Bytes,
+        inbox: Arc<Inbox>,
+        timeout: Option<Duration>,
+        chunks: VecDeque<QueuedChunk>,
+    ) -> Self {
+        ChunkRun {
+            frames,
+            offset: 0,
+            inbox,
+            timeout,
+            chunks,
+        }
+    }
+
+    /// How many tasks the chunks hold.
+    pub(crate) fn tasks(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.tasks)).sum()
+    }
+
+    /// The next chunk, as a job.
+    fn pop(&mut self) -> Option<Job> {
+        let chunk = self.chunks.pop_front()?;
+        let end = self.offset + chunk.len as usize;
+        let frame = self.frames.slice(self.offset..end);
+        self.offset = end;
+        Some(Job {
+            id: chunk.id,
+            frame,
+            tail: Bytes::new(),
+            tasks: chunk.tasks as usize,
+            timeout: self.timeout,
+            abort: None,
+            reply: ReplyTo::Feed(FeedReply::new(self.inbox.clone(), chunk.seq)),
+        })
+    }
+
+    /// Answers every chunk left with `error`.
+    fn fail(&mut self, error: &TaskError) {
+        let replies = self.chunks.drain(..).map(|c| (c.seq, Err(error.clone())));
+        self.inbox.put(replies);
+    }
+}
+
+impl Drop for ChunkRun {
+    /// ChunkRun dropped unanswered (the pool's tasks were dropped with the runtime)
+    /// tell their stream, as their jobs would (see [`FeedReply`]).
+    fn drop(&mut self) {
+        if !self.chunks.is_empty() {
+            self.fail(&TaskError::Terminated);
+        }
+    }
 }
 
 impl State {
@@ -444,14 +536,54 @@ impl State {
     /// as cancelled (nobody hears it) and counted.
     fn pop_live(&mut self) -> (Option<Job>, u64) {
         let mut skipped = 0;
-        while let Some(job) = self.jobs.pop_front() {
-            if job.claim() {
-                return (Some(job), skipped);
+        while let Some(entry) = self.entries.front_mut() {
+            match entry {
+                Entry::ChunkRun(chunks) if chunks.inbox.is_closed() => {
+                    // The stream is gone: its chunks go unanswered, all at once.
+                    let n = chunks.chunks.len();
+                    chunks.chunks.clear();
+                    self.len -= n;
+                    skipped += n as u64;
+                    self.entries.pop_front();
+                }
+                Entry::ChunkRun(chunks) => {
+                    let job = chunks.pop();
+                    if chunks.chunks.is_empty() {
+                        self.entries.pop_front();
+                    }
+                    if let Some(job) = job {
+                        self.len -= 1;
+                        return (Some(job), skipped);
+                    }
+                }
+                Entry::Job(_) => {
+                    let Some(Entry::Job(job)) = self.entries.pop_front() else {
+                        unreachable!("the front entry is a job");
+                    };
+                    self.len -= 1;
+                    if job.claim() {
+                        return (Some(job), skipped);
+                    }
+                    skipped += 1;
+                    job.fail(TaskError::Cancelled);
+                }
             }
-            skipped += 1;
-            job.fail(TaskError::Cancelled);
         }
         (None, skipped)
+    }
+
+    /// Takes every entry out; returns them and how many tasks they hold.
+    fn take_all(&mut self) -> (Vec<Entry>, u64) {
+        self.len = 0;
+        let entries: Vec<Entry> = self.entries.drain(..).collect();
+        let tasks = entries
+            .iter()
+            .map(|e| match e {
+                Entry::Job(job) => job.tasks as u64,
+                Entry::ChunkRun(chunks) => chunks.tasks(),
+            })
+            .sum();
+        (entries, tasks)
     }
 }
 
@@ -484,7 +616,8 @@ impl Queue {
             if state.closed {
                 return Err(job);
             }
-            state.jobs.push_back(job);
+            state.entries.push_back(Entry::Job(job));
+            state.len += 1;
             state.next_waiter()
         };
         if let Some(w) = waker {
@@ -493,30 +626,27 @@ impl Queue {
         Ok(())
     }
 
-    /// Adds jobs at the back under one lock, waking as many waiting drivers as there
-    /// are jobs; a closed queue fails them with [`TaskError::Closed`]. Returns how many
-    /// tasks were queued.
-    pub(crate) fn push_all(&self, jobs: &mut Vec<Job>) -> u64 {
+    /// Adds a stream's run of chunks at the back under one lock, waking as many
+    /// waiting drivers as there are chunks; a closed queue fails them with
+    /// [`TaskError::Closed`]. Returns how many tasks were queued.
+    pub(crate) fn push_chunks(&self, mut chunks: ChunkRun) -> u64 {
         let mut wakers = Vec::new();
-        let mut refused = Vec::new();
-        let mut tasks = 0;
+        let tasks = chunks.tasks();
         {
             let mut state = self.lock();
-            if state.closed {
-                refused = std::mem::take(jobs);
-            } else {
-                for _ in 0..jobs.len().min(state.waiters.len()) {
+            if !state.closed {
+                for _ in 0..chunks.chunks.len().min(state.waiters.len()) {
                     wakers.extend(state.next_waiter());
                 }
-                tasks = jobs.iter().map(|j| j.tasks as u64).sum();
-                state.jobs.extend(jobs.drain(..));
+                state.len += chunks.chunks.len();
+                state.entries.push_back(Entry::ChunkRun(chunks));
+                drop(state);
+                wakers.into_iter().for_each(Waker::wake);
+                return tasks;
             }
         }
-        wakers.into_iter().for_each(Waker::wake);
-        refused
-            .into_iter()
-            .for_each(|job| job.fail(TaskError::Closed));
-        tasks
+        chunks.fail(&TaskError::Closed);
+        0
     }
 
     /// Puts jobs that were taken but never started back at the front, in order; even
@@ -528,7 +658,8 @@ impl Queue {
                 if let Some(abort) = &job.abort {
                     abort.requeue();
                 }
-                state.jobs.push_front(job);
+                state.entries.push_front(Entry::Job(job));
+                state.len += 1;
             }
             std::mem::take(&mut state.waiters)
         };
@@ -584,7 +715,7 @@ impl Queue {
         let next = {
             let mut state = self.lock();
             state.waiters.retain(|(s, _, _)| *s != slot);
-            if state.jobs.is_empty() {
+            if state.len == 0 {
                 None
             } else {
                 state.next_waiter()
@@ -612,26 +743,28 @@ impl Queue {
     /// Whether the queue is closed and holds no job.
     pub(crate) fn is_finished(&self) -> bool {
         let state = self.lock();
-        state.closed && state.jobs.is_empty()
+        state.closed && state.len == 0
     }
 
     /// Whether the queue takes jobs and holds none now.
     pub(crate) fn is_open_and_empty(&self) -> bool {
         let state = self.lock();
-        !state.closed && state.jobs.is_empty()
+        !state.closed && state.len == 0
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.lock().jobs.len()
+        self.lock().len
     }
 
     /// Fails every queued job with `error`; returns how many tasks they held.
     pub(crate) fn fail_all(&self, error: &TaskError) -> u64 {
-        let jobs = std::mem::take(&mut self.lock().jobs);
-        let mut tasks = 0;
-        for job in jobs {
-            tasks += job.tasks as u64;
-            job.fail(error.clone());
+        let (entries, tasks) = self.lock().take_all();
+        // Answered outside the lock.
+        for entry in entries {
+            match entry {
+                Entry::Job(job) => job.fail(error.clone()),
+                Entry::ChunkRun(mut chunks) => chunks.fail(error),
+            }
         }
         tasks
     }
@@ -640,6 +773,141 @@ impl Queue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run of `n` one-task chunks with frames of 3 bytes each ([i, i, i]), replying
+    /// to `inbox`, sequence numbers from `seq`.
+    fn run(inbox: &Arc<Inbox>, n: u64, seq: u64) -> ChunkRun {
+        let frames: Vec<u8> = (0..n).flat_map(|i| [i as u8; 3]).collect();
+        let chunks = (0..n)
+            .map(|i| QueuedChunk {
+                id: 100 + seq + i,
+                seq: seq + i,
+                len: 3,
+                tasks: 1,
+            })
+            .collect();
+        ChunkRun::new(frames.into(), inbox.clone(), None, chunks)
+    }
+
+    fn take_replies(inbox: &Inbox) -> Vec<(u64, Reply)> {
+        let mut out = VecDeque::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = inbox.poll_take(&mut out, &mut cx);
+        out.into()
+    }
+
+    fn pop(queue: &Queue) -> Option<Job> {
+        let mut out = VecDeque::new();
+        queue.pop_into(1, &mut out);
+        out.pop_front()
+    }
+
+    #[test]
+    fn chunks_become_jobs_in_order_among_single_jobs() {
+        let queue = Queue::default();
+        let inbox = Arc::new(Inbox::default());
+        // (Their callers wait: a job whose caller has gone is skipped.)
+        let mut waiting = Vec::new();
+        let mut single = |id| {
+            let (tx, rx) = oneshot::channel();
+            waiting.push(rx);
+            Job {
+                id,
+                frame: Bytes::from_static(b"one"),
+                tail: Bytes::new(),
+                tasks: 1,
+                timeout: None,
+                abort: None,
+                reply: ReplyTo::One(tx),
+            }
+        };
+        assert!(queue.push(single(1)).is_ok());
+        assert_eq!(queue.push_chunks(run(&inbox, 3, 0)), 3);
+        assert!(queue.push(single(2)).is_ok());
+        assert_eq!(queue.len(), 5);
+        let ids: Vec<u64> = std::iter::from_fn(|| pop(&queue)).map(|j| j.id).collect();
+        assert_eq!(ids, [1, 100, 101, 102, 2]);
+        assert_eq!(queue.len(), 0);
+        // Those jobs were dropped unanswered: their stream hears it.
+        let dropped = take_replies(&inbox);
+        assert_eq!(
+            dropped.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        assert!(dropped
+            .iter()
+            .all(|(_, r)| matches!(r, Err(TaskError::Terminated))));
+        // Each chunk's job has its own frame, and answers its own sequence number.
+        assert!(queue.push_chunks(run(&inbox, 3, 10)) == 3);
+        for i in 0..3u8 {
+            let job = pop(&queue).expect("a job");
+            assert_eq!(&job.frame[..], &[i; 3]);
+            assert_eq!(job.tasks, 1);
+            job.reply.send(Err(TaskError::Cancelled));
+        }
+        let seqs: Vec<u64> = take_replies(&inbox).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, [10, 11, 12]);
+    }
+
+    #[test]
+    fn a_gone_stream_s_chunks_are_skipped_and_a_requeued_one_goes_first() {
+        let queue = Queue::default();
+        let gone = Arc::new(Inbox::default());
+        let live = Arc::new(Inbox::default());
+        queue.push_chunks(run(&gone, 4, 0));
+        queue.push_chunks(run(&live, 2, 0));
+        gone.close();
+        let mut out = VecDeque::new();
+        assert_eq!(
+            queue.pop_into(1, &mut out),
+            4,
+            "the gone stream's chunks are counted"
+        );
+        let first = out.pop_front().expect("the live stream's first");
+        assert_eq!(first.id, 100);
+        // Taken but never started: back at the front, before the chunk after it.
+        queue.requeue(std::iter::once(first));
+        assert_eq!(queue.len(), 2);
+        assert_eq!(pop(&queue).map(|j| j.id), Some(100));
+        assert_eq!(pop(&queue).map(|j| j.id), Some(101));
+        assert!(pop(&queue).is_none());
+    }
+
+    #[test]
+    fn chunks_that_never_run_are_answered() {
+        // Failed with the pool's error.
+        let queue = Queue::default();
+        let inbox = Arc::new(Inbox::default());
+        queue.push_chunks(run(&inbox, 3, 0));
+        let _taken = pop(&queue);
+        assert_eq!(queue.fail_all(&TaskError::Terminated), 2);
+        let replies = take_replies(&inbox);
+        assert_eq!(replies.len(), 2);
+        assert!(replies
+            .iter()
+            .all(|(_, r)| matches!(r, Err(TaskError::Terminated))));
+        // Refused by a closed queue.
+        queue.close();
+        assert_eq!(queue.push_chunks(run(&inbox, 2, 5)), 0);
+        let replies = take_replies(&inbox);
+        assert!(
+            replies.len() == 2
+                && replies
+                    .iter()
+                    .all(|(_, r)| matches!(r, Err(TaskError::Closed)))
+        );
+        // Dropped with the queue (the runtime went): the stream hears it.
+        let queue = Queue::default();
+        queue.push_chunks(run(&inbox, 2, 7));
+        drop(queue);
+        let replies = take_replies(&inbox);
+        assert!(
+            replies.len() == 2
+                && replies
+                    .iter()
+                    .all(|(_, r)| matches!(r, Err(TaskError::Terminated)))
+        );
+    }
 
     #[test]
     fn a_small_chunk_holds_up_to_small_bytes_and_results_do_not_grow() {

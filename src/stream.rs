@@ -22,7 +22,7 @@ use crate::error::{Payload, TaskError};
 use crate::handle::decode_one;
 use crate::pool::{encode_frame, Pool};
 use crate::protocol::codec::decode_results_into;
-use crate::queue::{FeedReply, Inbox, Job, Reply, ReplyTo, Results};
+use crate::queue::{ChunkRun, FeedReply, Inbox, QueuedChunk, Reply, ReplyTo, Results};
 
 /// Chunks queued at once (see `Feed::batch`).
 const BATCH: usize = 256;
@@ -160,8 +160,9 @@ impl InFlight {
         }
     }
 
-    /// Registers a chunk of `tasks` tasks; returns where its reply goes.
-    fn push(&mut self, tasks: usize) -> ReplyTo {
+    /// Registers a chunk of `tasks` tasks; returns its sequence number, which tags its
+    /// reply in the inbox.
+    fn push(&mut self, tasks: usize) -> u64 {
         let seq = self.first + self.window.len() as u64;
         if self.ordered {
             self.window.push_back((tasks, None));
@@ -171,7 +172,7 @@ impl InFlight {
             self.window.push_back((tasks, None));
             self.waiting += 1;
         }
-        ReplyTo::Feed(FeedReply::new(self.inbox.clone(), seq))
+        seq
     }
 
     /// The results of every chunk that may be yielded now (all that have come, or in
@@ -228,14 +229,6 @@ impl Drop for InFlight {
     }
 }
 
-/// A chunk encoded into [`Feed`]'s buffer of frames, to be queued.
-struct Pending {
-    id: u64,
-    tasks: usize,
-    frame: std::ops::Range<usize>,
-    reply: ReplyTo,
-}
-
 /// See the module docs.
 pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     pool: Pool,
@@ -249,13 +242,12 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     timeout: Option<Duration>,
     in_flight: InFlight,
     /// Chunks encoded and not yet queued: they are queued in batches, under one lock,
-    /// and their frames encoded one after another into `frames`, one buffer per batch
-    /// (each job's frame is a slice of it): an allocation per batch, not per chunk,
-    /// and frames that a driver writes from one place in memory.
-    batch: Vec<Pending>,
+    /// as one entry of the queue ([`ChunkRun`]), and their frames encoded one after
+    /// another into `frames`, one buffer per batch (each job's frame is a slice of
+    /// it): an allocation per batch, not per chunk, and frames that a driver writes
+    /// from one place in memory.
+    batch: VecDeque<QueuedChunk>,
     frames: Vec<u8>,
-    /// Where `batch` goes: reused.
-    jobs: Vec<Job>,
     _result: std::marker::PhantomData<fn() -> R>,
     progress: Option<(ProgressHook, Progress)>,
 }
@@ -298,9 +290,8 @@ where
                 (hook, start)
             }),
             in_flight: InFlight::new(ordered),
-            batch: Vec::new(),
+            batch: VecDeque::new(),
             frames: Vec::new(),
-            jobs: Vec::new(),
             _result: std::marker::PhantomData,
         }
     }
@@ -319,20 +310,20 @@ where
         );
         // The buffer is kept for the next chunk (its items are dropped here).
         self.chunk.clear();
-        let reply = self.in_flight.push(tasks);
+        let seq = self.in_flight.push(tasks);
         match encoded {
             Ok(()) => {
-                self.batch.push(Pending {
+                self.batch.push_back(QueuedChunk {
                     id,
-                    tasks,
-                    frame: start..self.frames.len(),
-                    reply,
+                    seq,
+                    len: (self.frames.len() - start) as u32,
+                    tasks: tasks as u32,
                 });
                 if self.batch.len() >= BATCH || self.frames.len() >= BATCH_BYTES {
                     self.submit_batch();
                 }
             }
-            Err(e) => reply.send(Err(e)),
+            Err(e) => ReplyTo::Feed(FeedReply::new(self.in_flight.inbox.clone(), seq)).send(Err(e)),
         }
     }
 
@@ -343,17 +334,9 @@ where
             &mut self.frames,
             Vec::with_capacity(size),
         ));
-        let timeout = self.timeout;
-        self.jobs.extend(self.batch.drain(..).map(|p| Job {
-            id: p.id,
-            frame: frames.slice(p.frame),
-            tail: bytes::Bytes::new(),
-            tasks: p.tasks,
-            timeout,
-            abort: None,
-            reply: p.reply,
-        }));
-        self.pool.submit_all(&mut self.jobs);
+        let batch = std::mem::replace(&mut self.batch, VecDeque::with_capacity(BATCH));
+        let chunks = ChunkRun::new(frames, self.in_flight.inbox.clone(), self.timeout, batch);
+        self.pool.submit_chunks(chunks);
     }
 
     /// How many chunks may be in flight: the caller's bound, or by default four times
