@@ -3,7 +3,9 @@
 //! A plain mutex-guarded deque with waker registration, rather than a channel, because
 //! the supervisor needs what channels lack: putting jobs that a dead worker never
 //! started back at the *front*, failing everything queued at once on terminate, and
-//! skipping jobs whose caller has gone (tower's buffer does the same skip).
+//! skipping jobs whose caller has gone (tower's buffer does the same skip). A
+//! `map`-family stream queues its chunks a batch at a time, as one entry
+//! ([`ChunkRun`]); a driver makes each chunk's [`Job`] as it takes it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
