@@ -121,9 +121,7 @@ impl ChanWrite {
             guard.clear_ready();
         }
     }
-}
 
-impl ChanWrite {
     /// Writes what it can of the memory `iov` describes, in order, like
     /// `poll_write_vectored`; for a caller that joins neighbouring buffers into one
     /// `iovec` (each job's frame is a slice of a batch's buffer: one segment instead of
@@ -174,16 +172,12 @@ impl AsyncWrite for ChanWrite {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().poll_with(cx, |fd| {
-            // SAFETY: an all-zero msghdr is valid; it is pointed at `bufs`, which
-            // `IoSlice` lays out as `iovec`s, and sendmsg(2) only reads them.
-            unsafe {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-                msg.msg_iovlen = bufs.len() as _;
-                libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
-            }
-        })
+        // SAFETY: `IoSlice` is laid out as `iovec` on Unix (its documented guarantee),
+        // and each describes a slice borrowed for this call.
+        unsafe {
+            let iov = std::slice::from_raw_parts(bufs.as_ptr().cast::<libc::iovec>(), bufs.len());
+            self.get_mut().poll_write_iovecs(cx, iov)
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -28,8 +28,7 @@ use futures::task::AtomicWaker;
 use tokio::time::Instant;
 
 use crate::driver::{deliver, trace_sent, Done};
-use crate::queue::Deliveries;
-use crate::queue::Job;
+use crate::queue::{Deliveries, Job};
 use crate::ring::PoolRing;
 use crate::shared::Shared;
 
@@ -197,7 +196,7 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
     let done = reply
         .as_deref()
         .and_then(|frame| Done::read(frame).ok())
-        .filter(|done| done.id == job.id);
+        .filter(|done| done.header.id == job.id);
     match (done, reply) {
         (Some(done), Some(frame)) => {
             deliver(

@@ -688,7 +688,7 @@ impl Driver<'_> {
     /// taken (one reading of the clock for a batch).
     fn complete(&mut self, frame: ReplyFrame, now: Instant) -> Result<(), String> {
         let done = Done::read(&frame.frame)?;
-        let id = done.id;
+        let id = done.header.id;
         if self.inflight.front().map(|j| j.id) != Some(id)
             || self.inflight.len() <= self.outbox.unsent
         {
@@ -697,7 +697,8 @@ impl Driver<'_> {
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };
-        self.pace.finished_head(now, done.ran_ns, done.ran_jobs);
+        self.pace
+            .finished_head(now, done.header.ran_ns, done.header.ran_jobs);
         self.shared.set_depth(self.slot, self.pace.depth(0));
         deliver(
             self.shared,
@@ -773,13 +774,7 @@ fn is_wake_up(frame: &ReplyFrame) -> bool {
 
 /// A worker's reply to a job, its header read.
 pub(crate) struct Done {
-    /// The job it answers.
-    pub(crate) id: u64,
-    pub(crate) outcome: Outcome,
-    /// How long the last `ran_jobs` jobs ran in the worker (see
-    /// [`protocol::Done`](crate::protocol::Done)).
-    pub(crate) ran_ns: u64,
-    pub(crate) ran_jobs: u32,
+    pub(crate) header: crate::protocol::Done,
     /// How many of the frame's last bytes are the payload (see
     /// [`ReplyFrame::into_results`]).
     pub(crate) payload_len: usize,
@@ -789,15 +784,13 @@ impl Done {
     /// Reads a reply frame's header: an error if the frame is not a `Done`.
     #[inline]
     pub(crate) fn read(frame: &[u8]) -> Result<Done, String> {
+        // The common case first, inlined here (see `protocol::Done::read_ok`).
         let (header, payload_len) = match crate::protocol::Done::read_ok(frame) {
             Some((header, len)) => (header, frame.len() - len),
             None => crate::protocol::Done::read(frame).map(|(h, p)| (h, p.len()))?,
         };
         Ok(Done {
-            id: header.id,
-            outcome: header.outcome,
-            ran_ns: header.ran_ns,
-            ran_jobs: header.ran_jobs,
+            header,
             payload_len,
         })
     }
@@ -815,9 +808,8 @@ pub(crate) fn deliver(
     deliveries: &mut Deliveries<'_>,
 ) {
     let Done {
-        outcome,
+        header: crate::protocol::Done { outcome, .. },
         payload_len,
-        ..
     } = done;
     let mut tally = Tally {
         jobs: 1,

@@ -65,6 +65,15 @@ impl SmallChunk {
 }
 
 impl Results {
+    /// Runs `f` on the chunk of encoded results, wherever it is held (a small one is
+    /// not copied out of the reply).
+    pub(crate) fn with_chunk<T>(self, f: impl FnOnce(&[u8]) -> T) -> T {
+        match self {
+            Results::Small(small) => f(small.as_slice()),
+            other => f(&other.into_chunk()),
+        }
+    }
+
     /// The chunk of encoded results: for a byte string, a copy encoded as the chunk
     /// it came in (for a caller that did not expect one; never on the usual paths).
     pub(crate) fn into_chunk(self) -> Bytes {
@@ -209,6 +218,11 @@ impl Inbox {
         self.waker.wake();
     }
 
+    /// Answers the stream's chunk `seq` (outside any batch: see [`Deliveries`]).
+    pub(crate) fn answer(&self, seq: u64, reply: Reply) {
+        self.put([(seq, reply)]);
+    }
+
     /// For the stream: moves every reply come so far into `out` (which it expects
     /// empty); `Pending` if none has.
     pub(crate) fn poll_take(
@@ -255,7 +269,7 @@ pub(crate) struct FeedReply {
 }
 
 impl FeedReply {
-    pub(crate) fn new(inbox: Arc<Inbox>, seq: u64) -> Self {
+    fn new(inbox: Arc<Inbox>, seq: u64) -> Self {
         FeedReply {
             inbox,
             seq,
@@ -267,7 +281,7 @@ impl FeedReply {
 impl Drop for FeedReply {
     fn drop(&mut self) {
         if !self.sent {
-            self.inbox.put([(self.seq, Err(TaskError::Terminated))]);
+            self.inbox.answer(self.seq, Err(TaskError::Terminated));
         }
     }
 }
@@ -293,6 +307,14 @@ pub(crate) struct Tally {
     pub(crate) jobs: u64,
     pub(crate) completed: u64,
     pub(crate) failed: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.jobs += other.jobs;
+        self.completed += other.completed;
+        self.failed += other.failed;
+    }
 }
 
 impl Tally {
@@ -351,9 +373,7 @@ impl<'a> Deliveries<'a> {
                     self.flush();
                     self.inbox = Some(feed.inbox.clone());
                 }
-                self.tally.jobs += tally.jobs;
-                self.tally.completed += tally.completed;
-                self.tally.failed += tally.failed;
+                self.tally += tally;
                 self.replies.push((feed.seq, reply));
             }
         }
@@ -374,7 +394,7 @@ impl ReplyTo {
             }
             ReplyTo::Feed(mut feed) => {
                 feed.sent = true;
-                feed.inbox.put([(feed.seq, reply)]);
+                feed.inbox.answer(feed.seq, reply);
             }
         }
     }
@@ -514,7 +534,7 @@ impl ChunkRun {
 }
 
 impl Drop for ChunkRun {
-    /// ChunkRun dropped unanswered (the pool's tasks were dropped with the runtime)
+    /// Chunks dropped unanswered (the pool's tasks were dropped with the runtime)
     /// tell their stream, as their jobs would (see [`FeedReply`]).
     fn drop(&mut self) {
         if !self.chunks.is_empty() {
@@ -632,23 +652,21 @@ impl Queue {
     /// waiting drivers as there are chunks; a closed queue fails them with
     /// [`TaskError::Closed`]. Returns how many tasks were queued.
     pub(crate) fn push_chunks(&self, mut chunks: ChunkRun) -> u64 {
-        let mut wakers = Vec::new();
-        let tasks = chunks.tasks();
-        {
-            let mut state = self.lock();
-            if !state.closed {
-                for _ in 0..chunks.chunks.len().min(state.waiters.len()) {
-                    wakers.extend(state.next_waiter());
-                }
-                state.len += chunks.chunks.len();
-                state.entries.push_back(Entry::ChunkRun(chunks));
-                drop(state);
-                wakers.into_iter().for_each(Waker::wake);
-                return tasks;
-            }
+        let mut state = self.lock();
+        if state.closed {
+            drop(state);
+            chunks.fail(&TaskError::Closed);
+            return 0;
         }
-        chunks.fail(&TaskError::Closed);
-        0
+        let tasks = chunks.tasks();
+        let wakers: Vec<Waker> = (0..chunks.chunks.len().min(state.waiters.len()))
+            .filter_map(|_| state.next_waiter())
+            .collect();
+        state.len += chunks.chunks.len();
+        state.entries.push_back(Entry::ChunkRun(chunks));
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+        tasks
     }
 
     /// Puts jobs that were taken but never started back at the front, in order; even
@@ -798,6 +816,11 @@ mod tests {
         out.into()
     }
 
+    /// Whether `replies` are `n` errors, each as `is` says.
+    fn all_failed(replies: &[(u64, Reply)], n: usize, is: fn(&TaskError) -> bool) -> bool {
+        replies.len() == n && replies.iter().all(|(_, r)| r.as_ref().is_err_and(is))
+    }
+
     fn pop(queue: &Queue) -> Option<Job> {
         let mut out = VecDeque::new();
         queue.pop_into(1, &mut out);
@@ -836,9 +859,10 @@ mod tests {
             dropped.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             [0, 1, 2]
         );
-        assert!(dropped
-            .iter()
-            .all(|(_, r)| matches!(r, Err(TaskError::Terminated))));
+        assert!(all_failed(&dropped, 3, |e| matches!(
+            e,
+            TaskError::Terminated
+        )));
         // Each chunk's job has its own frame, and answers its own sequence number.
         assert!(queue.push_chunks(run(&inbox, 3, 10)) == 3);
         for i in 0..3u8 {
@@ -884,31 +908,24 @@ mod tests {
         let _taken = pop(&queue);
         assert_eq!(queue.fail_all(&TaskError::Terminated), 2);
         let replies = take_replies(&inbox);
-        assert_eq!(replies.len(), 2);
-        assert!(replies
-            .iter()
-            .all(|(_, r)| matches!(r, Err(TaskError::Terminated))));
+        assert!(all_failed(&replies, 2, |e| matches!(
+            e,
+            TaskError::Terminated
+        )));
         // Refused by a closed queue.
         queue.close();
         assert_eq!(queue.push_chunks(run(&inbox, 2, 5)), 0);
         let replies = take_replies(&inbox);
-        assert!(
-            replies.len() == 2
-                && replies
-                    .iter()
-                    .all(|(_, r)| matches!(r, Err(TaskError::Closed)))
-        );
+        assert!(all_failed(&replies, 2, |e| matches!(e, TaskError::Closed)));
         // Dropped with the queue (the runtime went): the stream hears it.
         let queue = Queue::default();
         queue.push_chunks(run(&inbox, 2, 7));
         drop(queue);
         let replies = take_replies(&inbox);
-        assert!(
-            replies.len() == 2
-                && replies
-                    .iter()
-                    .all(|(_, r)| matches!(r, Err(TaskError::Terminated)))
-        );
+        assert!(all_failed(&replies, 2, |e| matches!(
+            e,
+            TaskError::Terminated
+        )));
     }
 
     #[test]

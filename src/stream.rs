@@ -22,7 +22,7 @@ use crate::error::{Payload, TaskError};
 use crate::handle::decode_one;
 use crate::pool::{encode_frame, Pool};
 use crate::protocol::codec::decode_results_into;
-use crate::queue::{ChunkRun, FeedReply, Inbox, QueuedChunk, Reply, ReplyTo, Results};
+use crate::queue::{ChunkRun, Inbox, QueuedChunk, Reply, Results};
 
 /// Chunks queued at once (see `Feed::batch`).
 const BATCH: usize = 256;
@@ -80,12 +80,11 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
             out.push(decode_one(Ok(Results::ByteString(bytes))));
         }
         Ok(results) => {
-            let bytes = match results {
-                Results::Small(small) => Chunk::Small(small),
-                other => Chunk::Shared(other.into_chunk()),
-            };
             let start = out.len();
-            match decode_results_into::<R, _>(&bytes, out, |r| r.map_err(TaskError::Panicked)) {
+            let decoded = results.with_chunk(|chunk| {
+                decode_results_into::<R, _>(chunk, out, |r| r.map_err(TaskError::Panicked))
+            });
+            match decoded {
                 Ok(n) if n == tasks => {}
                 Ok(n) => {
                     out.truncate(start);
@@ -104,23 +103,6 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
             }
         }
         Err(e) => all(e, out),
-    }
-}
-
-/// A chunk of results as a stream decodes it.
-enum Chunk {
-    Small(crate::queue::SmallChunk),
-    Shared(bytes::Bytes),
-}
-
-impl std::ops::Deref for Chunk {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        match self {
-            Chunk::Small(small) => small.as_slice(),
-            Chunk::Shared(bytes) => bytes,
-        }
     }
 }
 
@@ -323,7 +305,7 @@ where
                     self.submit_batch();
                 }
             }
-            Err(e) => ReplyTo::Feed(FeedReply::new(self.in_flight.inbox.clone(), seq)).send(Err(e)),
+            Err(e) => self.in_flight.inbox.answer(seq, Err(e)),
         }
     }
 

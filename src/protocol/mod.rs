@@ -126,9 +126,7 @@ impl Done {
             None => Err("bad frame header: an empty frame in place of a reply".into()),
         }
     }
-}
 
-impl Done {
     /// The common case, read straight from the bytes: a `Done` whose outcome is `Ok`,
     /// and how long its header is. postcard's general decoder, and the moves of its
     /// larger result, cost several times as much, and a header is read once per job.
@@ -166,9 +164,7 @@ impl Done {
         };
         Some((done, bytes.at))
     }
-}
 
-impl Done {
     /// Appends what postcard would write for `FromWorker::Done(self)` when the outcome
     /// is `Ok` (the bytes [`read_ok`](Self::read_ok) reads), and returns true; false,
     /// with nothing written, for another outcome.
@@ -230,7 +226,8 @@ pub(crate) fn put_varint(mut n: u64, out: &mut Vec<u8>) {
     out.push(n as u8);
 }
 
-/// Reads [`Done::read_ok`]'s bytes.
+/// Reads the bytes of the headers read directly ([`Done::read_ok`],
+/// [`ToWorker::read_job`]).
 struct Cursor<'a> {
     frame: &'a [u8],
     at: usize,

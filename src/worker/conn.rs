@@ -271,6 +271,24 @@ fn hung_up(fd: std::os::fd::BorrowedFd<'_>) -> bool {
 mod tests {
     use super::*;
 
+    /// Runs `test` on a thread of its own and fails if it takes over 30 s: the reads
+    /// under test block, and a broken reader would otherwise hang the suite.
+    fn within_bound(test: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            test();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(Duration::from_secs(30)) {
+            Ok(()) => runner.join().unwrap(),
+            // The test panicked: report its panic.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(runner.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("still reading after 30 s"),
+        }
+    }
+
     fn framed(body: &[u8]) -> Vec<u8> {
         let mut out = (body.len() as u32).to_be_bytes().to_vec();
         out.extend_from_slice(body);
@@ -281,57 +299,63 @@ mod tests {
     /// read whole, in order; then the end of the stream.
     #[test]
     fn frames_come_whole_and_in_order_however_they_are_cut() {
-        let (mut pool, worker) = UnixStream::pair().unwrap();
-        let bodies: Vec<Vec<u8>> = (0..50usize)
-            .map(|i| {
-                let len = if i == 20 { 3 << 20 } else { i * 37 % 300 };
-                (0..len).map(|b| (b * 7 + i) as u8).collect()
-            })
-            .collect();
-        let wire: Vec<u8> = bodies.iter().flat_map(|b| framed(b)).collect();
-        let writer = std::thread::spawn(move || {
-            for piece in wire.chunks(1000 + 1) {
-                pool.write_all(piece).unwrap();
+        within_bound(|| {
+            let (mut pool, worker) = UnixStream::pair().unwrap();
+            let bodies: Vec<Vec<u8>> = (0..50usize)
+                .map(|i| {
+                    let len = if i == 20 { 3 << 20 } else { i * 37 % 300 };
+                    (0..len).map(|b| (b * 7 + i) as u8).collect()
+                })
+                .collect();
+            let wire: Vec<u8> = bodies.iter().flat_map(|b| framed(b)).collect();
+            let writer = std::thread::spawn(move || {
+                for piece in wire.chunks(1000 + 1) {
+                    pool.write_all(piece).unwrap();
+                }
+            });
+            let mut conn = BlockingConn::new(worker, 4 << 20);
+            for body in &bodies {
+                let len = match conn.buffered().unwrap() {
+                    Some(len) => len,
+                    None => conn.recv().unwrap().expect("a frame"),
+                };
+                assert!(
+                    conn.frame(len) == &body[..],
+                    "frame of {} bytes",
+                    body.len()
+                );
+                conn.consume(len);
             }
+            writer.join().unwrap();
+            assert_eq!(conn.recv().unwrap(), None);
         });
-        let mut conn = BlockingConn::new(worker, 4 << 20);
-        for body in &bodies {
-            let len = match conn.buffered().unwrap() {
-                Some(len) => len,
-                None => conn.recv().unwrap().expect("a frame"),
-            };
-            assert!(
-                conn.frame(len) == &body[..],
-                "frame of {} bytes",
-                body.len()
-            );
-            conn.consume(len);
-        }
-        writer.join().unwrap();
-        assert_eq!(conn.recv().unwrap(), None);
     }
 
     #[test]
     fn a_frame_over_the_limit_is_refused() {
-        let (mut pool, worker) = UnixStream::pair().unwrap();
-        let mut conn = BlockingConn::new(worker, 100);
-        pool.write_all(&framed(&[1; 100])).unwrap();
-        pool.write_all(&framed(&[2; 101])).unwrap();
-        let len = conn.recv().unwrap().unwrap();
-        assert_eq!(conn.frame(len), &[1; 100]);
-        conn.consume(len);
-        let err = conn.recv().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert!(err.to_string().contains("101 bytes"), "{err}");
+        within_bound(|| {
+            let (mut pool, worker) = UnixStream::pair().unwrap();
+            let mut conn = BlockingConn::new(worker, 100);
+            pool.write_all(&framed(&[1; 100])).unwrap();
+            pool.write_all(&framed(&[2; 101])).unwrap();
+            let len = conn.recv().unwrap().unwrap();
+            assert_eq!(conn.frame(len), &[1; 100]);
+            conn.consume(len);
+            let err = conn.recv().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            assert!(err.to_string().contains("101 bytes"), "{err}");
+        });
     }
 
     #[test]
     fn a_stream_that_ends_inside_a_frame_is_an_error() {
-        let (mut pool, worker) = UnixStream::pair().unwrap();
-        let mut conn = BlockingConn::new(worker, 1 << 20);
-        pool.write_all(&framed(&[7; 10])[..8]).unwrap();
-        drop(pool);
-        let err = conn.recv().unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        within_bound(|| {
+            let (mut pool, worker) = UnixStream::pair().unwrap();
+            let mut conn = BlockingConn::new(worker, 1 << 20);
+            pool.write_all(&framed(&[7; 10])[..8]).unwrap();
+            drop(pool);
+            let err = conn.recv().unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        });
     }
 }

@@ -314,8 +314,10 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure
 fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
     let mut out = Vec::new();
     let mut clock = Clock::new();
+    // Whether the next frame is whole in the buffer, as last seen.
+    let mut next = conn.buffered();
     loop {
-        let len = match conn.buffered()? {
+        let len = match next? {
             Some(len) => len,
             None => match conn.recv()? {
                 Some(len) => {
@@ -341,8 +343,9 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
             Ok(trampoline) => trampoline(payload, &mut out),
         };
         conn.consume(len);
-        let next_waiting = matches!(conn.buffered(), Ok(Some(_)));
-        let ran = clock.job_done(next_waiting);
+        // (A bad next frame is reported after this job's reply, not instead of it.)
+        next = conn.buffered();
+        let ran = clock.job_done(matches!(next, Ok(Some(_))));
         conn.send_reply(id, outcome, ran, &mut out)?;
     }
 }
