@@ -167,6 +167,8 @@ pub(crate) fn try_direct(shared: &Shared, job: Job) -> Result<(), Job> {
 
 /// Sends `job` and polls for its reply for up to `spin`; what the driver must finish.
 fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Handover> {
+    // Counted as sent whatever the write does: what it leaves, the driver writes.
+    lease.ring.note_sent(1);
     // SAFETY: `lease.fd` is the worker's socket, open while the lease is held (see
     // `Lease::fd`); send(2) reads `job.frame.len()` bytes from the frame.
     let n = unsafe {

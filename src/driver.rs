@@ -14,6 +14,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::{pin, Pin};
+#[cfg(test)]
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -69,6 +71,8 @@ enum Event {
     Exited(WorkerExit),
     WriteFailed,
     TimedOut(Duration),
+    /// The head job has run [`PIPELINE_STALL`] with jobs sent ahead behind it.
+    Stalled,
     Aborted,
     Terminate,
     Drained,
@@ -157,8 +161,16 @@ impl Outbox {
     }
 }
 
-/// Drives `worker` until it must stop; see [`End`].
-pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> End {
+/// Drives `worker` until it must stop; see [`End`]. `inflight` holds the jobs sent to
+/// the worker and not yet answered: empty when the driver returns, but the caller's, so
+/// that if the driver panics the caller can still answer them (see
+/// [`crate::supervisor`]).
+pub(crate) async fn drive(
+    shared: &Shared,
+    slot: usize,
+    worker: &mut Worker,
+    inflight: &mut VecDeque<Job>,
+) -> End {
     // Offered to callers when idle (`crate::direct`), where a reply can be polled for
     // and no count of jobs per worker must be kept.
     let lease = match (&worker.ring, shared.config.spin) {
@@ -176,7 +188,7 @@ pub(crate) async fn drive(shared: &Shared, slot: usize, worker: &mut Worker) -> 
         shared,
         slot,
         pid: worker.pid,
-        inflight: VecDeque::new(),
+        inflight,
         outbox: Outbox::default(),
         socket_frames: VecDeque::new(),
         on_socket: 0,
@@ -205,7 +217,7 @@ struct Driver<'a> {
     shared: &'a Shared,
     slot: usize,
     pid: u32,
-    inflight: VecDeque<Job>,
+    inflight: &'a mut VecDeque<Job>,
     /// What of `inflight` is still to be written.
     outbox: Outbox,
     /// Reply frames read from the channel, not yet delivered.
@@ -222,8 +234,30 @@ struct Driver<'a> {
     waker: std::task::Waker,
 }
 
+/// How long, in all, the replies a dead worker left in its channel are read for (see
+/// [`Driver::died`]).
+const DRAIN_BOUND: Duration = Duration::from_millis(100);
+
+/// How many frames at most are read from a dead worker's channel (wake-up calls
+/// included): a live descendant holding the channel may write on without end.
+const MAX_DRAIN_READS: usize = 4096;
+
+/// How many frames [`Driver::poll_reply`] reads from the channel in one poll before it
+/// yields.
+const READS_PER_POLL: usize = 256;
+
+/// An instant no timer reaches in practice (thirty years from now).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(30 * 365 * 86_400)
+}
+
 /// A lone job is waited for by polling only on workers whose jobs take less than this.
 const SPIN_JOB: Duration = Duration::from_micros(20);
+
+/// How long a job may run with jobs sent ahead waiting behind it before they are taken
+/// back and run elsewhere (see [`Driver::take_back`]): the bound on how long a task
+/// waits behind another in one worker's pipeline, whatever that other task does.
+pub(crate) const PIPELINE_STALL: Duration = Duration::from_millis(20);
 
 /// Jobs shorter than this are pipelined deeply (see [`Pace::nominal_depth`]).
 const SHORT_JOB: Duration = Duration::from_micros(100);
@@ -300,9 +334,11 @@ impl Pace {
     fn finished_head(&mut self, now: Instant, ran_ns: u64, ran_jobs: u32) {
         if ran_jobs > 0 {
             let ran_ns = ran_ns / u64::from(ran_jobs);
+            // The numbers are the worker's: saturating, so that no value it sends can
+            // overflow (a slot's task must not panic on what a worker says).
             self.service_ns = Some(match self.service_ns {
                 None => ran_ns,
-                Some(avg) => (avg * 3 + ran_ns) / 4,
+                Some(avg) => avg.saturating_mul(3).saturating_add(ran_ns) / 4,
             });
         }
         self.head_started = now;
@@ -316,6 +352,9 @@ impl Driver<'_> {
         let mut deadline: Option<Duration> = None;
         let mut sleep = pin!(sleep_until(Instant::now()));
         let mut terminate = pin!(self.shared.terminate.cancelled());
+        // When the head job will have run PIPELINE_STALL, if armed (see `poll_stalled`).
+        let mut stall = pin!(sleep_until(far_future()));
+        let mut stall_armed = false;
         // Whether this driver is registered with the queue for a wake-up.
         let mut waiting = false;
         // A job taken from the queue while a caller had the worker.
@@ -360,10 +399,11 @@ impl Driver<'_> {
                     return Poll::Ready(Event::Terminate);
                 }
                 if let Poll::Ready(Err(_)) =
-                    self.outbox.poll_flush(&mut w.writer, &self.inflight, cx)
+                    self.outbox.poll_flush(&mut w.writer, self.inflight, cx)
                 {
                     return Poll::Ready(Event::WriteFailed);
                 }
+                self.drop_ghosts();
                 if let Poll::Ready(event) = self.poll_reply(w, cx) {
                     return Poll::Ready(event);
                 }
@@ -381,6 +421,11 @@ impl Driver<'_> {
                     if sleep.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Event::TimedOut(after));
                     }
+                }
+                if self.inflight.len() > 1
+                    && self.poll_stalled(stall.as_mut(), &mut stall_armed, cx)
+                {
+                    return Poll::Ready(Event::Stalled);
                 }
                 if may_take {
                     let idle = self.inflight.is_empty();
@@ -418,9 +463,12 @@ impl Driver<'_> {
                         cfg.max_tasks_per_child
                             .map_or(usize::MAX, |max| max.saturating_sub(taken + 1)),
                     );
-                    let skipped = self.shared.queue.pop_into(room, &mut self.inflight);
+                    let skipped = self.shared.queue.pop_into(room, self.inflight);
                     Counters::add(&self.shared.counters.cancelled, skipped);
                     let new = self.inflight.len() - before;
+                    if let Some(ring) = &w.ring {
+                        ring.note_sent(new as i64);
+                    }
                     self.outbox.unsent += new;
                     taken += new;
                     #[cfg(feature = "tracing")]
@@ -513,6 +561,10 @@ impl Driver<'_> {
                         .lose(w, TaskError::TimedOut { pid, after }, false)
                         .await;
                 }
+                Event::Stalled => {
+                    self.take_back(w);
+                    deadline = self.arm(sleep.as_mut());
+                }
                 Event::Aborted => {
                     w.child.kill_and_reap(REAP_BOUND).await;
                     Counters::add(&self.shared.counters.cancelled, self.head_tasks());
@@ -548,7 +600,7 @@ impl Driver<'_> {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         if !matches!(
             self.outbox
-                .poll_flush(&mut w.writer, &self.inflight, &mut cx),
+                .poll_flush(&mut w.writer, self.inflight, &mut cx),
             Poll::Ready(Ok(()))
         ) {
             return None;
@@ -586,13 +638,28 @@ impl Driver<'_> {
 
     /// The next reply, or the end of the channel. While jobs are in flight and no reply
     /// is waiting, it asks the worker for a wake-up before it sleeps.
+    ///
+    /// What the worker writes is untrusted: at most one reply frame is held here at a
+    /// time (one the ring announced and that is not yet delivered), so a worker that
+    /// floods its channel costs the pool one frame of memory; and at most
+    /// [`READS_PER_POLL`] frames are read per poll, so that a worker writing without end
+    /// cannot keep this task from yielding.
     fn poll_reply(&mut self, w: &mut Worker, cx: &mut Context<'_>) -> Poll<Event> {
+        let mut reads = 0;
         loop {
             match self.next_ready(w) {
                 Ok(Some(frame)) => return Poll::Ready(Event::Reply(frame)),
                 Ok(None) => {}
                 Err(why) => return Poll::Ready(Event::Broken(why)),
             }
+            if let Some(why) = self.unannounced(w) {
+                return Poll::Ready(Event::Broken(why.into()));
+            }
+            if reads == READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
             self.lend_spare(w);
             match w.reader.poll_next_unpin(cx) {
                 // With a ring, an empty frame only wakes this task.
@@ -609,16 +676,24 @@ impl Driver<'_> {
             let Some(ring) = &w.ring else {
                 return Poll::Pending;
             };
-            if self.on_socket == 0 && !self.socket_frames.is_empty() {
-                // The worker marks a reply's place before sending it.
-                let why = "a reply frame came over the channel without its place in the ring";
-                return Poll::Ready(Event::Broken(why.into()));
-            }
             if self.on_socket == 0 && !self.inflight.is_empty() && ring.want_wakeup() {
                 continue;
             }
             return Poll::Pending;
         }
+    }
+
+    /// Whether frames read from the channel break the protocol: with a ring, the worker
+    /// marks a reply's place in the ring before it sends the reply over the channel, so
+    /// once the ring has nothing more to say ([`next_ready`](Self::next_ready) gave
+    /// nothing), a frame waiting here is one no mark announced; without a ring, a
+    /// worker has no business sending a second reply before the first is taken.
+    fn unannounced(&self, w: &Worker) -> Option<&'static str> {
+        let excess = match w.ring {
+            Some(_) => self.on_socket == 0 && !self.socket_frames.is_empty(),
+            None => self.socket_frames.len() > 1,
+        };
+        excess.then_some("a reply frame came over the channel without its place in the ring")
     }
 
     /// Leaves the codec, as a buffer a large byte-string result may be read into,
@@ -680,13 +755,114 @@ impl Driver<'_> {
     fn arm(&self, sleep: Pin<&mut tokio::time::Sleep>) -> Option<Duration> {
         let head = self.inflight.front()?;
         let after = head.timeout.or(self.shared.config.task_timeout)?;
-        sleep.reset(self.pace.head_started + after);
+        // (A timeout too long to add is as good as none.)
+        let at = self
+            .pace
+            .head_started
+            .checked_add(after)
+            .unwrap_or_else(far_future);
+        sleep.reset(at);
         Some(after)
+    }
+
+    /// Whether the head job has run [`PIPELINE_STALL`] (with jobs behind it: the
+    /// caller checks). The timer is set for the head as it was when it was armed, and
+    /// set again only when it fires for a head that has finished since: a reset per
+    /// stall period at most, not one per job.
+    fn poll_stalled(
+        &self,
+        mut stall: Pin<&mut tokio::time::Sleep>,
+        armed: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        loop {
+            if !*armed {
+                let at = self.pace.head_started + PIPELINE_STALL;
+                stall.as_mut().reset(at);
+                *armed = true;
+            }
+            if stall.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            *armed = false;
+            if self.pace.head_started.elapsed() >= PIPELINE_STALL {
+                return true;
+            }
+        }
+    }
+
+    /// The head job has run [`PIPELINE_STALL`]: takes back the jobs sent ahead behind
+    /// it, so that they run elsewhere rather than wait on a worker that may never
+    /// finish the head. Those not yet written at all come straight off the outbox;
+    /// those the worker may have (in part) are taken back through the ring's gate
+    /// ([`PoolRing::revoke`]), and leave ghosts in their place whose bytes are still
+    /// written and which the worker skips. Nothing is taken back if the worker has
+    /// just moved on.
+    fn take_back(&mut self, w: &Worker) {
+        let Some(ring) = &w.ring else {
+            return;
+        };
+        let len = self.inflight.len();
+        let partial = usize::from(self.outbox.unsent > 0 && self.outbox.offset > 0);
+        // Jobs of which the worker may have some bytes: the written ones and a partial.
+        let touched = len - self.outbox.unsent + partial;
+        let real_behind = self
+            .inflight
+            .range(1.min(touched)..touched)
+            .any(|j| !j.is_ghost());
+        if touched > 1 && real_behind {
+            let head = ring.sent() - len as u64 + 1;
+            if !ring.revoke(head, head + touched as u64 - 1) {
+                return;
+            }
+        }
+        let untouched: Vec<Job> = self.inflight.drain(touched..).collect();
+        ring.note_sent(-(untouched.len() as i64));
+        self.outbox.unsent -= untouched.len();
+        let mut back = Vec::with_capacity(len);
+        if touched > 1 && real_behind {
+            for job in self.inflight.range_mut(1..) {
+                if !job.is_ghost() {
+                    back.push(job.make_ghost());
+                }
+            }
+        }
+        back.extend(untouched);
+        event!(
+            tracing::Level::DEBUG,
+            pid = self.pid,
+            jobs = back.len(),
+            "jobs taken back from a worker whose head job runs long"
+        );
+        self.shared.queue.requeue(back.into_iter());
+    }
+
+    /// Drops the ghosts at the front (see [`take_back`](Self::take_back)) once they are
+    /// written: the worker skips them without a reply.
+    fn drop_ghosts(&mut self) {
+        while self.inflight.front().is_some_and(Job::is_ghost)
+            && self.inflight.len() > self.outbox.unsent
+        {
+            self.inflight.pop_front();
+        }
     }
 
     /// Matches a reply to the head job and delivers it. `now` is when the reply was
     /// taken (one reading of the clock for a batch).
     fn complete(&mut self, frame: ReplyFrame, now: Instant) -> Result<(), String> {
+        #[cfg(test)]
+        if self
+            .shared
+            .driver_panics
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!(
+                "a panic made by a test, in the driver of worker {}",
+                self.pid
+            );
+        }
+        self.drop_ghosts();
         let done = Done::read(&frame.frame)?;
         let id = done.header.id;
         if self.inflight.front().map(|j| j.id) != Some(id)
@@ -700,6 +876,7 @@ impl Driver<'_> {
         self.pace
             .finished_head(now, done.header.ran_ns, done.header.ran_jobs);
         self.shared.set_depth(self.slot, self.pace.depth(0));
+        self.drop_ghosts();
         deliver(
             self.shared,
             self.pid,
@@ -713,18 +890,43 @@ impl Driver<'_> {
 
     /// The worker exited by itself: deliver what it wrote before dying, then fail the
     /// job it was running.
+    ///
+    /// The ring outlives the worker: every reply it wrote is there, and a reply it sent
+    /// over the channel instead is in the channel's buffer. Only those are read, one at
+    /// a time as the ring announces them, within [`DRAIN_BOUND`] in all: a descendant
+    /// of the worker that kept the channel open cannot hold the slot (or its memory)
+    /// by writing on.
     async fn died(&mut self, w: &mut Worker, exit: WorkerExit) -> End {
-        while let Ok(Some(Ok(frame))) =
-            tokio::time::timeout(Duration::from_millis(50), w.reader.next()).await
-        {
-            if w.ring.is_none() || !is_wake_up(&frame) {
-                self.socket_frames.push_back(frame);
+        let until = Instant::now() + DRAIN_BOUND;
+        let mut reads = 0usize;
+        loop {
+            match self.next_ready(w) {
+                Ok(Some(frame)) => {
+                    if self.complete(frame, Instant::now()).is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(_) => break,
             }
-        }
-        // The ring outlives the worker: every reply it wrote is there.
-        while let Ok(Some(frame)) = self.next_ready(w) {
-            if self.complete(frame, Instant::now()).is_err() {
+            // Without a ring every reply comes over the channel; with one, only those
+            // the ring announced.
+            let wanted = match w.ring {
+                Some(_) => self.on_socket > 0,
+                None => !self.inflight.is_empty(),
+            };
+            if !wanted || self.unannounced(w).is_some() || reads >= MAX_DRAIN_READS {
                 break;
+            }
+            reads += 1;
+            match tokio::time::timeout_at(until, w.reader.next()).await {
+                Ok(Some(Ok(frame))) => {
+                    if w.ring.is_none() || !is_wake_up(&frame) {
+                        self.socket_frames.push_back(frame);
+                    }
+                }
+                _ => break,
             }
         }
         let pid = self.pid;
@@ -744,13 +946,19 @@ impl Driver<'_> {
         }
         Counters::add(&self.shared.counters.workers_crashed, 1);
         event!(tracing::Level::WARN, pid = w.pid, job = self.inflight.front().map(|j| j.id), error = %error, "worker lost");
+        // (Ghosts were skipped by the worker: the job it ran is the first real one.)
+        while self.inflight.front().is_some_and(Job::is_ghost) {
+            self.inflight.pop_front();
+        }
         if let Some(job) = self.inflight.pop_front() {
             if !matches!(error, TaskError::TimedOut { .. } | TaskError::Cancelled) {
                 Counters::add(&self.shared.counters.failed, job.tasks as u64);
             }
             job.fail(error);
         }
-        self.shared.queue.requeue(self.inflight.drain(..));
+        self.shared
+            .queue
+            .requeue(self.inflight.drain(..).filter(|job| !job.is_ghost()));
         End::Lost
     }
 }
@@ -876,6 +1084,34 @@ mod tests {
             abort: None,
             reply: ReplyTo::One(tokio::sync::oneshot::channel().0),
         }
+    }
+
+    /// The worker's timings are untrusted: extreme values change the pace, never
+    /// panic the driver (an overflow would, in a debug build).
+    #[test]
+    fn pacing_takes_any_timing_a_worker_sends() {
+        let mut pace = Pace {
+            head_started: Instant::now(),
+            service_ns: None,
+            max_depth: 512,
+        };
+        for (ns, jobs) in [
+            (u64::MAX, 1),
+            (u64::MAX, 1),
+            (u64::MAX, u32::MAX),
+            (0, u32::MAX),
+            (0, 0),
+            (u64::MAX, 1),
+        ] {
+            pace.finished_head(Instant::now(), ns, jobs);
+            assert!(pace.depth(1) >= 1);
+            let _ = pace.may_take(3);
+        }
+        assert_eq!(
+            pace.nominal_depth(),
+            1,
+            "a worker that says its jobs are long"
+        );
     }
 
     /// Bytes that differ from job to job and within a job.

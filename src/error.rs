@@ -164,6 +164,16 @@ pub enum TaskError {
     Protocol(String),
     /// No worker could be started to run the task.
     WorkerStart(String),
+    /// The pool's own task for the worker running this task failed (a panic inside
+    /// procpool, a bug, most likely set off by what the worker sent). The pool
+    /// survived it: the worker was killed and replaced, and only the tasks sent to that
+    /// worker failed with this error.
+    Internal {
+        /// The worker's process id.
+        pid: u32,
+        /// What the pool's task said when it failed.
+        message: String,
+    },
 }
 
 impl TaskError {
@@ -204,7 +214,8 @@ impl TaskError {
         match self {
             TaskError::WorkerDied { pid, .. }
             | TaskError::MemoryLimit { pid, .. }
-            | TaskError::TimedOut { pid, .. } => Some(*pid),
+            | TaskError::TimedOut { pid, .. }
+            | TaskError::Internal { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -238,6 +249,10 @@ impl fmt::Display for TaskError {
             TaskError::Unsupported(why) => write!(f, "worker cannot run the task: {why}"),
             TaskError::Protocol(why) => write!(f, "worker broke the protocol: {why}"),
             TaskError::WorkerStart(why) => write!(f, "no worker could be started: {why}"),
+            TaskError::Internal { pid, message } => write!(
+                f,
+                "the pool failed while it served worker {pid}, which was replaced: {message}"
+            ),
         }
     }
 }

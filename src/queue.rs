@@ -192,6 +192,9 @@ pub(crate) enum ReplyTo {
     /// tagged with the chunk's sequence number. (A channel per stream, not a oneshot
     /// per chunk: a `map` of 200,000 tasks would otherwise poll 200,000 futures.)
     Feed(FeedReply),
+    /// Nobody: the job was taken back from a stalled worker and sent elsewhere (see
+    /// [`Job::ghost`]); what the worker does with this copy is not heard.
+    Nobody,
 }
 
 /// Where a `map`-family stream's chunks reply: one per stream. Replies are tagged
@@ -376,6 +379,7 @@ impl<'a> Deliveries<'a> {
                 self.tally += tally;
                 self.replies.push((feed.seq, reply));
             }
+            ReplyTo::Nobody => {}
         }
     }
 }
@@ -396,6 +400,7 @@ impl ReplyTo {
                 feed.sent = true;
                 feed.inbox.answer(feed.seq, reply);
             }
+            ReplyTo::Nobody => {}
         }
     }
 
@@ -404,6 +409,7 @@ impl ReplyTo {
         match self {
             ReplyTo::One(tx) => tx.is_closed(),
             ReplyTo::Feed(feed) => feed.inbox.is_closed(),
+            ReplyTo::Nobody => true,
         }
     }
 }
@@ -439,6 +445,27 @@ impl Job {
 
     pub(crate) fn fail(self, error: TaskError) {
         self.reply.send(Err(error));
+    }
+
+    /// Takes this job's place in a stalled worker's pipeline for it, and gives back the
+    /// job itself, to be sent elsewhere: the ghost keeps the frame (its bytes are on
+    /// their way to the worker, which will skip them) and answers nobody.
+    pub(crate) fn make_ghost(&mut self) -> Job {
+        let ghost = Job {
+            id: self.id,
+            frame: self.frame.clone(),
+            tail: self.tail.clone(),
+            tasks: 0,
+            timeout: None,
+            abort: None,
+            reply: ReplyTo::Nobody,
+        };
+        std::mem::replace(self, ghost)
+    }
+
+    /// Whether this is a ghost (see [`make_ghost`](Self::make_ghost)).
+    pub(crate) fn is_ghost(&self) -> bool {
+        matches!(self.reply, ReplyTo::Nobody)
     }
 }
 

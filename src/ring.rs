@@ -67,6 +67,26 @@ struct Header {
     worker_waiting: AtomicU32,
     /// The futex word: bumped by the pool each time it wakes the worker.
     space: AtomicU32,
+    _pad3: [u8; 56],
+    /// The gate of the worker's jobs (see [`WorkerRing::begin_job`]): the number of the
+    /// last job it started, counting from 1, with [`REVOKED`] set while the pool has
+    /// taken back the jobs after it.
+    gate: AtomicU64,
+    /// The number of the last job the pool took back (valid while [`REVOKED`] is set).
+    revoked_through: AtomicU64,
+}
+
+/// Set in the gate while jobs sent ahead to the worker are taken back.
+const REVOKED: u64 = 1 << 63;
+
+/// What a worker does with the job it is about to start (see
+/// [`WorkerRing::begin_job`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// Run it.
+    Run,
+    /// Skip it without a reply: the pool took it back and sent it elsewhere.
+    Skip,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() <= HEADER_LEN);
@@ -179,6 +199,9 @@ pub(crate) struct PoolRing {
     /// What the pool last gave back (kept here, not read back from the shared page,
     /// which the worker could scribble on).
     released: AtomicU64,
+    /// How many jobs have been sent to the worker, by its driver or by callers on the
+    /// direct path (whoever holds the worker), counting from 1 as the gate does.
+    sent: AtomicU64,
 }
 
 /// The pool gives room back to the worker once it has consumed this much.
@@ -222,6 +245,7 @@ impl PoolRing {
             cursor: AtomicU64::new(0),
             seen_write: AtomicU64::new(0),
             released: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         };
         Ok((ring, fd))
     }
@@ -331,6 +355,34 @@ impl PoolRing {
         }
     }
 
+    /// Counts `n` more jobs sent to the worker (see [`revoke`](Self::revoke)); a
+    /// negative `n` takes back jobs never written.
+    pub(crate) fn note_sent(&self, n: i64) {
+        let sent = self.sent.load(Relaxed);
+        self.sent.store(sent.wrapping_add_signed(n), Relaxed);
+    }
+
+    /// How many jobs have been sent to the worker.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Relaxed)
+    }
+
+    /// Takes back from the worker the jobs numbered `head + 1 ..= through`, sent ahead
+    /// of need while job `head` runs: if the worker is still running `head` (it has
+    /// started nothing after it), it will skip them without replies, and `true` is
+    /// returned: they are the pool's to send elsewhere. `false`: the worker has moved
+    /// on (the head has finished, its reply is coming), and nothing was taken back.
+    ///
+    /// The worker's side is [`WorkerRing::begin_job`]; the two meet in one
+    /// compare-and-swap on the gate, so exactly one of them decides each job's fate.
+    pub(crate) fn revoke(&self, head: u64, through: u64) -> bool {
+        let h = self.map.header();
+        h.revoked_through.store(through, SeqCst);
+        h.gate
+            .compare_exchange(head, head | REVOKED, SeqCst, SeqCst)
+            .is_ok()
+    }
+
     /// Asks the worker to wake the pool through the socket when it next writes a
     /// record. Returns whether a record arrived meanwhile (then no wake-up will come
     /// for it: read it now).
@@ -348,6 +400,8 @@ pub(crate) struct WorkerRing {
     /// The pool's `read` as the worker last read it: it is read again only when the
     /// room it leaves is too little (it is on a line the pool writes).
     seen_read: std::cell::Cell<u64>,
+    /// The number of the last job frame that passed [`begin_job`](Self::begin_job).
+    seq: std::cell::Cell<u64>,
 }
 
 impl WorkerRing {
@@ -362,6 +416,7 @@ impl WorkerRing {
         Ok(WorkerRing {
             map: Mapping::new(&fd)?,
             seen_read: std::cell::Cell::new(0),
+            seq: std::cell::Cell::new(0),
         })
     }
 
@@ -402,6 +457,39 @@ impl WorkerRing {
         unsafe { self.map.copy_in(write, record) };
         h.write.store(write + record.len() as u64, SeqCst);
         Ok(h.pool_waiting.load(SeqCst) != 0 && h.pool_waiting.swap(0, SeqCst) != 0)
+    }
+}
+
+impl WorkerRing {
+    /// Passes the gate of the next job: `Run` it, or `Skip` it because the pool took
+    /// it back (see [`PoolRing::revoke`]). Called once per job frame, in order.
+    pub(crate) fn begin_job(&self) -> Begin {
+        let h = self.map.header();
+        let job = self.seq.get().wrapping_add(1);
+        self.seq.set(job);
+        let last = job.wrapping_sub(1);
+        match h.gate.compare_exchange(last, job, SeqCst, SeqCst) {
+            Ok(_) => Begin::Run,
+            Err(gate) if gate == last | REVOKED => {
+                let through = h.revoked_through.load(SeqCst);
+                if job < through {
+                    h.gate.store(job | REVOKED, SeqCst);
+                    Begin::Skip
+                } else if job == through {
+                    h.gate.store(job, SeqCst);
+                    Begin::Skip
+                } else {
+                    // Nothing after `last` was taken back after all.
+                    h.gate.store(job, SeqCst);
+                    Begin::Run
+                }
+            }
+            // Only a pool that broke the protocol leaves anything else; the jobs run.
+            Err(_) => {
+                h.gate.store(job, SeqCst);
+                Begin::Run
+            }
+        }
     }
 }
 
@@ -457,6 +545,57 @@ fn futex_wake(word: &AtomicU32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The gate: the pool takes back jobs sent ahead only while the worker still runs
+    /// the head; the worker skips exactly those, then runs on in step with the pool's
+    /// count; a worker that has moved on keeps its jobs.
+    #[test]
+    fn the_gate_gives_each_job_one_fate() {
+        let (pool, worker) = pair();
+        // Jobs 1..=5 sent; the worker starts job 1.
+        pool.note_sent(5);
+        assert_eq!(worker.begin_job(), Begin::Run);
+        // The pool takes back 2..=4 while 1 runs.
+        assert!(pool.revoke(1, 4));
+        assert_eq!(worker.begin_job(), Begin::Skip); // 2
+        assert_eq!(worker.begin_job(), Begin::Skip); // 3
+        assert_eq!(worker.begin_job(), Begin::Skip); // 4
+        assert_eq!(worker.begin_job(), Begin::Run); // 5
+                                                    // The worker has moved on from 5 to 6: taking back after 5 fails.
+        pool.note_sent(2);
+        assert_eq!(worker.begin_job(), Begin::Run); // 6
+        assert!(!pool.revoke(5, 7));
+        assert_eq!(worker.begin_job(), Begin::Run); // 7: it was not taken back
+                                                    // Unwritten jobs taken back off the count do not disturb the numbering.
+        pool.note_sent(3); // 8, 9, 10
+        pool.note_sent(-2); // 9 and 10 were never written
+        assert_eq!(pool.sent(), 8);
+        assert_eq!(worker.begin_job(), Begin::Run); // 8
+                                                    // A revocation of nothing after the head leaves the next job to run.
+        assert!(pool.revoke(8, 8));
+        pool.note_sent(1);
+        assert_eq!(worker.begin_job(), Begin::Run); // 9
+    }
+
+    /// Both sides race on the gate from two threads, many times: each job behind the
+    /// head is either run (the revocation failed) or skipped (it succeeded), never
+    /// both and never neither.
+    #[test]
+    fn the_gate_decides_a_race_one_way() {
+        for _ in 0..2_000 {
+            let (pool, worker) = pair();
+            pool.note_sent(3);
+            assert_eq!(worker.begin_job(), Begin::Run); // the head, 1
+            let worker = std::thread::spawn(move || (worker.begin_job(), worker.begin_job()));
+            let revoked = pool.revoke(1, 3);
+            let fates = worker.join().unwrap();
+            if revoked {
+                assert_eq!(fates, (Begin::Skip, Begin::Skip));
+            } else {
+                assert_eq!(fates.0, Begin::Run);
+            }
+        }
+    }
 
     fn pair() -> (PoolRing, WorkerRing) {
         let (pool, fd) = PoolRing::create().unwrap();

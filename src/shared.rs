@@ -75,6 +75,10 @@ pub(crate) struct Shared {
     pub(crate) start_error: Mutex<Option<String>>,
     /// The offers of idle workers to callers ([`crate::direct`]), by slot.
     leases: Mutex<Vec<Option<Arc<Lease>>>>,
+    /// Tests: how many of the next replies make their driver panic (a stand-in for a
+    /// bug in the pool, to test that a slot survives one).
+    #[cfg(test)]
+    pub(crate) driver_panics: AtomicU64,
 }
 
 impl Shared {
@@ -97,6 +101,8 @@ impl Shared {
             depths: (0..slots).map(|_| AtomicUsize::new(1)).collect(),
             start_error: Mutex::new(None),
             leases: Mutex::new(vec![None; slots]),
+            #[cfg(test)]
+            driver_panics: AtomicU64::new(0),
         }
     }
 

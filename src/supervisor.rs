@@ -7,8 +7,12 @@
 //! replacement starts. Start-up failures back off exponentially, and while no worker at
 //! all is alive, queued callers get the start-up error instead of waiting forever.
 
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
@@ -16,6 +20,7 @@ use tokio::sync::oneshot;
 use crate::connect::{connect, Setup};
 use crate::driver::{drive, End, Worker};
 use crate::error::TaskError;
+use crate::queue::Job;
 use crate::shared::{Counters, Shared};
 use crate::start::child::REAP_BOUND;
 use crate::trace::{event, in_worker_span};
@@ -25,7 +30,80 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs slot `slot` until the pool is drained or terminated. `first` hears whether the
 /// slot's first worker came up.
+///
+/// A panic in the slot's task never leaves the slot dead: one in the driver fails only
+/// the jobs sent to that worker, with [`TaskError::Internal`], and the worker is
+/// replaced (see [`driver_panicked`]); one anywhere else in the slot's task starts the
+/// slot again (after a pause, so that a panic at every start cannot spin).
 pub(crate) async fn run_slot(
+    shared: Arc<Shared>,
+    slot: usize,
+    first: Option<oneshot::Sender<Result<(), String>>>,
+) {
+    let mut first = first;
+    loop {
+        let (tx, rx) = oneshot::channel();
+        let reported = first.take();
+        let outcome =
+            AssertUnwindSafe(supervise_slot(shared.clone(), slot, Some(tx))).catch_unwind();
+        let relay = async {
+            // The first start's result goes on to the builder, whichever run gave it.
+            if let Ok(result) = rx.await {
+                if let Some(first) = reported {
+                    let _ = first.send(result);
+                }
+            }
+        };
+        let (outcome, ()) = futures::join!(outcome, relay);
+        match outcome {
+            Ok(()) => return,
+            Err(panic) => {
+                #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+                let message = crate::worker::payload_message(&*panic);
+                event!(tracing::Level::ERROR, index = slot, error = %message, "slot task panicked; starting it again");
+                Counters::add(&shared.counters.workers_crashed, 1);
+                shared.set_worker(slot, None);
+                shared.set_lease(slot, None);
+                shared.queue.unregister(slot);
+                tokio::select! {
+                    () = tokio::time::sleep(RESTART_PAUSE) => {}
+                    () = shared.terminate.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// How long a slot whose task panicked waits before it starts again.
+const RESTART_PAUSE: Duration = Duration::from_millis(100);
+
+/// The driver of worker `pid` panicked: the pool's own bug, most likely set off by
+/// something the worker sent. Fails what was sent to that worker with
+/// [`TaskError::Internal`] (and nothing else), takes the worker out of the pool's
+/// books; the caller kills it and starts another.
+fn driver_panicked(
+    shared: &Shared,
+    slot: usize,
+    pid: u32,
+    panic: Box<dyn std::any::Any + Send>,
+    inflight: &mut VecDeque<Job>,
+) -> End {
+    let message = crate::worker::payload_message(&*panic);
+    event!(tracing::Level::ERROR, pid, index = slot, error = %message, "driver panicked; replacing the worker");
+    shared.set_lease(slot, None);
+    shared.queue.unregister(slot);
+    Counters::add(&shared.counters.workers_crashed, 1);
+    let error = TaskError::Internal { pid, message };
+    let tasks: u64 = inflight.iter().map(|j| j.tasks as u64).sum();
+    Counters::add(&shared.counters.failed, tasks);
+    for job in inflight.drain(..) {
+        job.fail(error.clone());
+    }
+    End::Lost
+}
+
+/// One run of a slot, until the pool is drained or terminated or the run panics.
+async fn supervise_slot(
     shared: Arc<Shared>,
     slot: usize,
     mut first: Option<oneshot::Sender<Result<(), String>>>,
@@ -77,7 +155,15 @@ pub(crate) async fn run_slot(
             let _ = first.send(Ok(()));
         }
         let pid = worker.pid;
-        let end = in_worker_span!(pid, slot, drive(&shared, slot, &mut worker)).await;
+        let mut inflight = VecDeque::new();
+        let driven = in_worker_span!(
+            pid,
+            slot,
+            AssertUnwindSafe(drive(&shared, slot, &mut worker, &mut inflight)).catch_unwind()
+        )
+        .await;
+        let end = driven
+            .unwrap_or_else(|panic| driver_panicked(&shared, slot, pid, panic, &mut inflight));
         shared.set_worker(slot, None);
         match end {
             End::Retire => {
@@ -152,4 +238,71 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         ring: true,
     };
     connect(child, sock, setup).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+    use std::time::Duration;
+
+    use crate::{Pool, TaskError};
+
+    fn double(x: u64) -> u64 {
+        x * 2
+    }
+
+    async fn bounded<T>(what: &str, fut: impl std::future::IntoFuture<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), fut)
+            .await
+            .unwrap_or_else(|_| panic!("{what} did not finish within 30 s"))
+    }
+
+    /// A panic in a driver (made here by the test hook, a stand-in for a bug set off by
+    /// what a worker sends) fails only the tasks of its worker, with `Internal`, and
+    /// the slot comes back with a new worker: with one worker, every later task would
+    /// hang otherwise.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_in_a_driver_fails_only_its_worker_s_tasks_and_the_slot_serves_on() {
+        let pool = bounded(
+            "build",
+            Pool::builder().processes(1).spin(Duration::ZERO).build(),
+        )
+        .await
+        .expect("pool builds");
+        assert_eq!(bounded("warm-up", pool.apply(double, 1)).await, Ok(2));
+        let before = pool.stats().workers[0].pid;
+
+        pool.shared().driver_panics.store(1, Relaxed);
+        let err = bounded("the task whose reply panics", pool.apply(double, 2))
+            .await
+            .expect_err("its driver panicked");
+        match &err {
+            TaskError::Internal { pid, message } => {
+                assert_eq!(*pid, before);
+                assert!(message.contains("made by a test"), "{message}");
+            }
+            other => panic!("expected Internal, got {other:?}"),
+        }
+        assert_eq!(err.pid(), Some(before));
+
+        // The slot serves on, with a new worker; the old one is gone.
+        for i in 0..20 {
+            assert_eq!(
+                bounded("a later task", pool.apply(double, i)).await,
+                Ok(i * 2)
+            );
+        }
+        let after = pool.stats().workers[0].pid;
+        assert_ne!(after, before);
+        let stats = pool.stats();
+        assert!(stats.workers_crashed >= 1, "{stats:?}");
+        assert!(stats.failed >= 1, "{stats:?}");
+        bounded("terminate", pool.terminate()).await;
+        let gone = |pid: u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !(gone(before) && gone(after)) {
+            assert!(std::time::Instant::now() < deadline, "a worker is left");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

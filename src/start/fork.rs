@@ -12,6 +12,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
 
 use nix::unistd::{fork, ForkResult, Pid};
 
@@ -19,38 +22,171 @@ use crate::start::child::{ChildProc, NewChild};
 use crate::start::spawn::{on_spawner_thread, WORKER_FD};
 use crate::start::{child_setup, ChildOptions};
 
+/// How many times a worker is forked again when the child finds a lock held.
+const FORK_ATTEMPTS: u32 = 8;
+
+/// How long a forked child's lock probe may take (see [`locks_are_free`]).
+const PROBE_BOUND: Duration = Duration::from_millis(250);
+
 /// Starts a worker by forking this process (on the spawner thread).
+///
+/// Forking lands at an arbitrary instant of the other threads of this process: one of
+/// them may hold a lock of Rust's standard library that a worker needs (the lock taken
+/// by every thread start and end and by `process::exit`, the environment's, stdout's).
+/// The child inherits it held by a thread it does not have, and would hang the first
+/// time it took it: in a task that calls `std::process::exit`, say, for ever. So each
+/// child first checks that those locks can be taken ([`locks_are_free`]) and says so
+/// on a pipe; a child that finds one held exits, and the worker is forked again, up to
+/// [`FORK_ATTEMPTS`] times.
 pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
-    let (ours, theirs) = crate::start::channel_pair()?;
-    let parent = nix::unistd::getpid();
     crate::worker::install_panic_hook();
+    for _ in 0..FORK_ATTEMPTS {
+        if let Some(started) = fork_once(opts).await? {
+            return Ok(started);
+        }
+    }
+    Err(io::Error::other(format!(
+        "a forked worker found a lock of the standard library held by another thread \
+         of this process at each of {FORK_ATTEMPTS} forks"
+    )))
+}
+
+/// One fork; `None` if the child found a lock held (it has been killed and is reaped).
+async fn fork_once(opts: ChildOptions) -> io::Result<Option<(ChildProc, UnixStream)>> {
+    let (ours, theirs) = crate::start::channel_pair()?;
+    let (probe_read, probe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let parent = nix::unistd::getpid();
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         // SAFETY: the child runs only `forked_worker`, which starts with
-        // async-signal-safe calls, then runs the worker loop on this one thread without
-        // touching the parent's runtime; see the module docs for what it may still
-        // meet (locks held by other threads of the parent), which the `Fork` variant
+        // async-signal-safe calls, checks the locks it needs with a bounded probe,
+        // then runs the worker loop on this one thread without touching the parent's
+        // runtime; see the module docs for what it may still meet (locks of the
+        // program's own held by other threads of the parent), which the `Fork` variant
         // documents for users.
         match unsafe { fork() }.map_err(io::Error::from)? {
-            ForkResult::Child => forked_worker(theirs.as_raw_fd(), parent, &opts),
+            ForkResult::Child => {
+                let probe = Some(probe_write.as_raw_fd());
+                forked_worker(theirs.as_raw_fd(), parent, &opts, probe)
+            }
             ForkResult::Parent { child } => {
-                drop(theirs);
+                drop((theirs, probe_write));
                 Ok(NewChild::new(child.as_raw() as u32))
             }
         }
     })
     .await??;
-    Ok((ChildProc::new(pid.claim())?, ours))
+    let child = ChildProc::new(pid.claim())?;
+    nix::fcntl::fcntl(
+        &probe_read,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let mut probe = tokio::net::unix::pipe::Receiver::from_owned_fd(probe_read)?;
+    let mut answer = [0u8; 1];
+    // A child that passed writes one byte; one that did not exits (end of file).
+    let passed = matches!(
+        tokio::time::timeout(PROBE_BOUND * 4, probe.read(&mut answer)).await,
+        Ok(Ok(1))
+    ) && answer[0] == PROBE_OK;
+    // (Dropping the `ChildProc` of one that did not kills and reaps it.)
+    Ok(passed.then_some((child, ours)))
+}
+
+/// What a forked child writes on its probe pipe when the locks it needs are free.
+const PROBE_OK: u8 = b'k';
+
+/// Whether the locks of Rust's standard library that a worker may need can be taken:
+/// a thread of its own (a raw one: starting a `std` thread takes one of those locks)
+/// starts and joins a `std` thread (the lock of every thread start and end, which
+/// `process::exit` takes too), and takes the environment's lock and stdout's and
+/// stderr's, while this thread waits for it at most [`PROBE_BOUND`]. A lock held by a
+/// thread that did not survive the fork is never released: then the probe does not
+/// answer in time, and this process must not serve.
+fn locks_are_free() -> bool {
+    extern "C" fn probe(fd: *mut libc::c_void) -> *mut libc::c_void {
+        let passed = std::panic::catch_unwind(|| {
+            let _ = std::thread::spawn(|| {}).join();
+            let _ = std::env::var_os("PATH");
+            drop(std::io::stdout().lock());
+            drop(std::io::stderr().lock());
+        })
+        .is_ok();
+        if passed {
+            let fd = fd as usize as RawFd;
+            // SAFETY: write(2) of one byte from a local to the pipe's write end, which
+            // the waiting thread keeps open until it has read or given up.
+            unsafe { libc::write(fd, [PROBE_OK].as_ptr().cast(), 1) };
+        }
+        std::ptr::null_mut()
+    }
+    let Ok((read, write)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return false;
+    };
+    // SAFETY: a zeroed pthread_t is a valid out-parameter; `probe` matches the start
+    // routine's signature, and its argument is the write end's number (an integer, not
+    // a pointer it dereferences), open until this function returns.
+    let started = unsafe {
+        let mut thread: libc::pthread_t = std::mem::zeroed();
+        let rc = libc::pthread_create(
+            &mut thread,
+            std::ptr::null(),
+            probe,
+            write.as_raw_fd() as usize as *mut libc::c_void,
+        );
+        (rc == 0).then_some(thread)
+    };
+    let Some(thread) = started else {
+        return false;
+    };
+    let mut fds = [libc::pollfd {
+        fd: read.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    let deadline = std::time::Instant::now() + PROBE_BOUND;
+    let passed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        // SAFETY: `fds` is a valid array of one pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, left.as_millis() as libc::c_int) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        let mut byte = [0u8; 1];
+        break n > 0 && nix::unistd::read(&read, &mut byte) == Ok(1) && byte[0] == PROBE_OK;
+    };
+    if passed {
+        // SAFETY: the thread was started above and has answered: it ends at once.
+        unsafe { libc::pthread_join(thread, std::ptr::null_mut()) };
+    }
+    // (A probe that hangs is left to die with this process.)
+    passed
 }
 
 /// The life of a forked worker, from the fork to `_exit`: it never returns.
 ///
-/// `fd` is its channel; `parent` the process that forked it.
-pub(crate) fn forked_worker(fd: RawFd, parent: Pid, opts: &ChildOptions) -> ! {
+/// `fd` is its channel; `parent` the process that forked it. With `probe`, the child
+/// first checks the locks it needs ([`locks_are_free`]) and writes on `probe` that it
+/// did, or exits: a fork of a multi-threaded process (the fork server forks from one
+/// thread, and needs no probe).
+pub(crate) fn forked_worker(
+    fd: RawFd,
+    parent: Pid,
+    opts: &ChildOptions,
+    probe: Option<RawFd>,
+) -> ! {
     if child_setup(fd, WORKER_FD, parent, opts).is_err() {
         // SAFETY: _exit ends the process at once; nothing of ours is left to run.
         unsafe { libc::_exit(1) };
     }
     reset_signal_handlers();
+    if let Some(probe) = probe {
+        if !locks_are_free() {
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+        // SAFETY: write(2) of one byte from a local; `probe` is the pipe's write end,
+        // inherited from the parent, which closes on exec or exit (close-on-exec).
+        unsafe { libc::write(probe, [PROBE_OK].as_ptr().cast(), 1) };
+    }
     // SAFETY: close_range takes integers only. Descriptors above the channel are the
     // parent's (its runtime's, its files): this process has no use for them, and must
     // not keep the parent's sockets open.

@@ -197,7 +197,7 @@ impl Server {
             // SAFETY: this process is single-threaded (it never starts a thread), so
             // the child inherits no lock held by another thread.
             match unsafe { fork() } {
-                Ok(ForkResult::Child) => forked_worker(channel.as_raw_fd(), me, &opts),
+                Ok(ForkResult::Child) => forked_worker(channel.as_raw_fd(), me, &opts, None),
                 Ok(ForkResult::Parent { child }) => {
                     drop(channel);
                     let pid = child.as_raw() as u32;

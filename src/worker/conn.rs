@@ -47,6 +47,14 @@ impl BlockingConn {
         }
     }
 
+    /// Passes the gate of the next job (see [`WorkerRing::begin_job`]); without a ring,
+    /// every job runs.
+    pub(crate) fn begin_job(&self) -> crate::ring::Begin {
+        self.ring
+            .as_ref()
+            .map_or(crate::ring::Begin::Run, WorkerRing::begin_job)
+    }
+
     pub(crate) fn set_ring(&mut self, ring: WorkerRing) {
         self.ring = Some(ring);
     }

@@ -126,7 +126,8 @@ pub(crate) fn panic_from_payload(payload: Box<dyn Any + Send>) -> RemotePanic {
     recorded.unwrap_or_else(|| RemotePanic::new(payload_message(&*payload), None))
 }
 
-fn payload_message(payload: &(dyn Any + Send)) -> String {
+/// The text of a panic's payload.
+pub(crate) fn payload_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -332,6 +333,13 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         let Some((id, func, header_len)) = ToWorker::read_job(frame) else {
             return Err(std::io::Error::other("unexpected frame from the pool"));
         };
+        if conn.begin_job() == crate::ring::Begin::Skip {
+            // Taken back by the pool while the job before it ran long: sent elsewhere.
+            conn.consume(len);
+            next = conn.buffered();
+            clock.restart();
+            continue;
+        }
         let payload = &frame[header_len..];
         out.clear();
         out.resize(conn::REPLY_GAP, 0);
