@@ -201,6 +201,7 @@ pub(crate) async fn drive(
         },
         lease: lease.clone(),
         waker: std::task::Waker::noop().clone(),
+        stalled_head: None,
     }
     .run(worker)
     .await;
@@ -232,6 +233,8 @@ struct Driver<'a> {
     lease: Option<Arc<Lease>>,
     /// This task's waker, as of its last poll.
     waker: std::task::Waker,
+    /// When the head job that last stalled started (see [`Driver::poll_stalled`]).
+    stalled_head: Option<Instant>,
 }
 
 /// How long, in all, the replies a dead worker left in its channel are read for (see
@@ -562,7 +565,8 @@ impl Driver<'_> {
                         .await;
                 }
                 Event::Stalled => {
-                    self.take_back(w);
+                    // What was taken back does not count towards `max_tasks_per_child`.
+                    taken = taken.saturating_sub(self.take_back(w));
                     deadline = self.arm(sleep.as_mut());
                 }
                 Event::Aborted => {
@@ -769,13 +773,19 @@ impl Driver<'_> {
     /// caller checks). The timer is set for the head as it was when it was armed, and
     /// set again only when it fires for a head that has finished since: a reset per
     /// stall period at most, not one per job.
+    ///
+    /// It fires once per head job: if nothing could be taken back then (the worker had
+    /// just moved on), the next head starts the clock again.
     fn poll_stalled(
-        &self,
+        &mut self,
         mut stall: Pin<&mut tokio::time::Sleep>,
         armed: &mut bool,
         cx: &mut Context<'_>,
     ) -> bool {
         loop {
+            if self.stalled_head == Some(self.pace.head_started) {
+                return false;
+            }
             if !*armed {
                 let at = self.pace.head_started + PIPELINE_STALL;
                 stall.as_mut().reset(at);
@@ -786,6 +796,7 @@ impl Driver<'_> {
             }
             *armed = false;
             if self.pace.head_started.elapsed() >= PIPELINE_STALL {
+                self.stalled_head = Some(self.pace.head_started);
                 return true;
             }
         }
@@ -797,10 +808,10 @@ impl Driver<'_> {
     /// those the worker may have (in part) are taken back through the ring's gate
     /// ([`PoolRing::revoke`]), and leave ghosts in their place whose bytes are still
     /// written and which the worker skips. Nothing is taken back if the worker has
-    /// just moved on.
-    fn take_back(&mut self, w: &Worker) {
+    /// just moved on. Returns how many jobs were taken back.
+    fn take_back(&mut self, w: &Worker) -> usize {
         let Some(ring) = &w.ring else {
-            return;
+            return 0;
         };
         let len = self.inflight.len();
         let partial = usize::from(self.outbox.unsent > 0 && self.outbox.offset > 0);
@@ -813,7 +824,7 @@ impl Driver<'_> {
         if touched > 1 && real_behind {
             let head = ring.sent() - len as u64 + 1;
             if !ring.revoke(head, head + touched as u64 - 1) {
-                return;
+                return 0;
             }
         }
         let untouched: Vec<Job> = self.inflight.drain(touched..).collect();
@@ -834,7 +845,9 @@ impl Driver<'_> {
             jobs = back.len(),
             "jobs taken back from a worker whose head job runs long"
         );
+        let taken_back = back.len();
         self.shared.queue.requeue(back.into_iter());
+        taken_back
     }
 
     /// Drops the ghosts at the front (see [`take_back`](Self::take_back)) once they are
