@@ -357,11 +357,8 @@ impl PoolBuilder {
         // Computed once per process; do it before the workers need it.
         let _ = build_id();
         let mut config = self.config;
-        config.env = crate::sandbox::env_policy(
-            self.env_clear,
-            &self.env_keys,
-            config.sandbox.as_ref(),
-        );
+        config.env =
+            crate::sandbox::env_policy(self.env_clear, &self.env_keys, config.sandbox.as_ref());
         if config.spin.is_none() {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             config.spin = Some(if config.processes < cpus {

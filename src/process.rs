@@ -158,7 +158,11 @@ impl ProcessBuilder {
         let start = async move {
             match method {
                 StartMethod::ForkServer => fork_from_shared_server(opts).await,
-                method => Starter::new(method, None, timeout, spawn_env).start(opts).await,
+                method => {
+                    Starter::new(method, None, timeout, spawn_env)
+                        .start(opts)
+                        .await
+                }
             }
         };
         let started = tokio::time::timeout(self.startup_timeout, start)

@@ -65,7 +65,8 @@
 //! cannot signal it either: end it by closing its pipes, or let it end with the worker.
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, CStr, OsStr};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -226,7 +227,10 @@ impl SandboxSpec {
             (1, "Landlock filesystem rules (ABI 1)"),
             (3, "Landlock truncate control (ABI 3)"),
             (5, "Landlock device ioctl control (ABI 5)"),
-            (6, "Landlock signal and abstract Unix socket scoping (ABI 6)"),
+            (
+                6,
+                "Landlock signal and abstract Unix socket scoping (ABI 6)",
+            ),
         ];
         if !self.network {
             need.push((4, "Landlock TCP rules (ABI 4)"));
@@ -344,7 +348,7 @@ pub(crate) fn keep_only_env(keep: &[String]) {
             let len = bytes.len();
             match bytes.iter().position(|&b| b == b'=') {
                 Some(eq) if !kept(&bytes[..eq]) => {
-                    remove.push(std::ffi::OsStr::from_encoded_bytes_unchecked(&bytes[..eq]).to_owned());
+                    remove.push(OsStr::from_bytes(&bytes[..eq]).to_owned());
                     std::ptr::write_bytes(s.add(eq + 1), 0, len - eq - 1);
                 }
                 Some(_) => {}
@@ -509,9 +513,8 @@ fn seccomp_programs(me: u32, network: bool) -> Result<Vec<seccompiler::BpfProgra
             cond(arg, Len::Dword, Op::Ne, me)?,
         ])
     };
-    let not_me = |arg: u8| -> Result<SeccompRule, String> {
-        rule(vec![cond(arg, Len::Dword, Op::Ne, me)?])
-    };
+    let not_me =
+        |arg: u8| -> Result<SeccompRule, String> { rule(vec![cond(arg, Len::Dword, Op::Ne, me)?]) };
 
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     // Signals to any process but itself.
@@ -539,7 +542,12 @@ fn seccomp_programs(me: u32, network: bool) -> Result<Vec<seccompiler::BpfProgra
     deny.insert(
         libc::SYS_setpriority,
         vec![
-            rule(vec![cond(0, Len::Dword, Op::Ne, libc::PRIO_PROCESS as u64)?])?,
+            rule(vec![cond(
+                0,
+                Len::Dword,
+                Op::Ne,
+                libc::PRIO_PROCESS as u64,
+            )?])?,
             other_pid(1)?,
         ],
     );
@@ -556,7 +564,9 @@ fn seccomp_programs(me: u32, network: bool) -> Result<Vec<seccompiler::BpfProgra
         libc::SYS_prlimit64,
         vec![rule(vec![cond(2, Len::Qword, Op::Ne, 0)?])?, other_pid(0)?],
     );
-    // Terminal injection through an inherited terminal.
+    // Terminal injection through an inherited terminal. (The request's type differs
+    // between targets.)
+    #[allow(clippy::unnecessary_cast)]
     deny.insert(
         libc::SYS_ioctl,
         vec![
@@ -670,7 +680,9 @@ fn seccomp_programs(me: u32, network: bool) -> Result<Vec<seccompiler::BpfProgra
 #[cfg(target_arch = "x86_64")]
 fn x32_guard() -> seccompiler::BpfProgram {
     use seccompiler::sock_filter;
-    const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+    // BPF_LD | BPF_W | BPF_ABS, BPF_JMP | BPF_JEQ | BPF_K, BPF_JMP | BPF_JGE | BPF_K,
+    // BPF_RET | BPF_K.
+    const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x05 | 0x10;
     const JGE_K: u16 = 0x05 | 0x30;
     const RET_K: u16 = 0x06;
@@ -695,4 +707,58 @@ fn install_seccomp(network: bool) -> Result<(), String> {
         seccompiler::apply_filter_all_threads(program).map_err(|e| format!("seccomp: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(v: &[&str]) -> Vec<String> {
+        v.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn the_environment_policy() {
+        let allowed = keys(&["A"]);
+        // Nothing asked: inherit.
+        assert_eq!(env_policy(false, &allowed, None), None);
+        // env_clear: only what env() named, with or without a sandbox.
+        assert_eq!(env_policy(true, &allowed, None), Some(keys(&["A"])));
+        let strict = Sandbox::new();
+        assert_eq!(
+            env_policy(true, &allowed, Some(&strict)),
+            Some(keys(&["A"]))
+        );
+        // A sandbox: SANDBOX_ENV and what env() named.
+        let mut expected: Vec<String> = SANDBOX_ENV.iter().map(|k| k.to_string()).collect();
+        expected.push("A".into());
+        assert_eq!(env_policy(false, &allowed, Some(&strict)), Some(expected));
+        // One that allows the parent's environment: inherit.
+        let open = Sandbox::new().allow_parent_env(true);
+        assert_eq!(env_policy(false, &allowed, Some(&open)), None);
+    }
+
+    #[test]
+    fn the_filters_compile_within_the_kernels_limit() {
+        for network in [false, true] {
+            let programs = seccomp_programs(12345, network).expect("compiles");
+            assert!(programs.len() >= 2);
+            for p in &programs {
+                assert!(!p.is_empty() && p.len() <= 4096, "{} instructions", p.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_feature_the_kernel_lacks_is_named() {
+        let spec = Sandbox::new().require_landlock_abi(u32::MAX).spec.clone();
+        let err = spec.check().expect_err("no kernel has that ABI");
+        assert!(err.contains(&format!("Landlock ABI {}", u32::MAX)), "{err}");
+        let weaker = Sandbox::new()
+            .require_landlock_abi(u32::MAX)
+            .allow_weaker(true)
+            .spec
+            .clone();
+        assert_eq!(weaker.check(), Ok(()));
+    }
 }

@@ -110,25 +110,25 @@ fn ptrace_parent(_: ()) -> Result<(), i32> {
 }
 
 /// Sets a resource limit to (soft, hard).
-fn set_limit(resource: u32, soft: u64, hard: u64) -> Result<(), i32> {
+fn set_limit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> Result<(), i32> {
     let limit = libc::rlimit {
         rlim_cur: soft,
         rlim_max: hard,
     };
     // SAFETY: setrlimit reads the rlimit, a live local.
-    match unsafe { libc::setrlimit(resource as _, &limit) } {
+    match unsafe { libc::setrlimit(resource, &limit) } {
         0 => Ok(()),
         _ => Err(errno()),
     }
 }
 
-fn get_limit(resource: u32) -> (u64, u64) {
+fn get_limit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes the rlimit, a live local.
-    assert_eq!(unsafe { libc::getrlimit(resource as _, &mut limit) }, 0);
+    assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0);
     (limit.rlim_cur, limit.rlim_max)
 }
 
@@ -138,12 +138,19 @@ fn get_limit(resource: u32) -> (u64, u64) {
 /// infinity (only with `CAP_SYS_RESOURCE`). Returns the three outcomes and the
 /// address-space limit after them.
 #[allow(clippy::type_complexity)]
-fn raise_limits(_: ()) -> (Result<(), i32>, Result<(), i32>, Result<(), i32>, (u64, u64)) {
-    let nofile = libc::RLIMIT_NOFILE as u32;
+fn raise_limits(
+    _: (),
+) -> (
+    Result<(), i32>,
+    Result<(), i32>,
+    Result<(), i32>,
+    (u64, u64),
+) {
+    let nofile = libc::RLIMIT_NOFILE;
     let (soft, hard) = get_limit(nofile);
     let _ = set_limit(nofile, soft - 1, hard);
     let nofile_up = set_limit(nofile, hard, hard);
-    let address = libc::RLIMIT_AS as u32;
+    let address = libc::RLIMIT_AS;
     let (_, hard) = get_limit(address);
     let _ = set_limit(address, hard / 2, hard);
     let as_up = set_limit(address, hard, hard);
@@ -229,7 +236,9 @@ async fn assert_served_on(pool: &Pool, pids: &[u32]) {
     assert_eq!(now, before, "the same workers serve");
     assert_eq!(pool.stats().workers_crashed, 0);
     for _ in 0..4 {
-        let pid = within("whoami", pool.apply(whoami, ())).await.expect("task");
+        let pid = within("whoami", pool.apply(whoami, ()))
+            .await
+            .expect("task");
         assert!(pids.contains(&pid));
     }
 }
@@ -237,24 +246,39 @@ async fn assert_served_on(pool: &Pool, pids: &[u32]) {
 async fn finish(pool: Pool) {
     let pids = support::worker_pids(&pool);
     within("terminate", pool.terminate()).await;
-    assert!(all_gone(pids, Duration::from_secs(10)).await, "workers left");
+    assert!(
+        all_gone(pids, Duration::from_secs(10)).await,
+        "workers left"
+    );
 }
 
 #[tokio::test]
 async fn signals_to_the_parent_and_the_process_group_are_refused() {
     let pool = make_pool(true).await;
     let pids = support::worker_pids(&pool);
-    let r = within("signal", pool.apply(signal_parent, ())).await.unwrap();
+    let r = within("signal", pool.apply(signal_parent, ()))
+        .await
+        .unwrap();
     assert_eq!(r, Err(libc::EPERM));
-    let r = within("signal", pool.apply(signal_group, ())).await.unwrap();
+    let r = within("signal", pool.apply(signal_group, ()))
+        .await
+        .unwrap();
     assert_eq!(r, Err(libc::EPERM));
     assert_served_on(&pool, &pids).await;
     finish(pool).await;
 
     let pool = make_pool(false).await;
-    let r = within("signal", pool.apply(signal_parent, ())).await.unwrap();
-    assert_eq!(r, Ok(()), "without a sandbox a worker may signal its parent");
-    let r = within("signal", pool.apply(signal_group, ())).await.unwrap();
+    let r = within("signal", pool.apply(signal_parent, ()))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Ok(()),
+        "without a sandbox a worker may signal its parent"
+    );
+    let r = within("signal", pool.apply(signal_group, ()))
+        .await
+        .unwrap();
     assert_eq!(r, Ok(()));
     finish(pool).await;
 }
@@ -293,7 +317,9 @@ async fn a_worker_cannot_kill_its_sibling() {
 async fn ptrace_of_the_parent_is_refused() {
     let pool = make_pool(true).await;
     let pids = support::worker_pids(&pool);
-    let r = within("ptrace", pool.apply(ptrace_parent, ())).await.unwrap();
+    let r = within("ptrace", pool.apply(ptrace_parent, ()))
+        .await
+        .unwrap();
     assert_eq!(r, Err(libc::EPERM));
     assert_served_on(&pool, &pids).await;
     finish(pool).await;
@@ -303,7 +329,9 @@ async fn ptrace_of_the_parent_is_refused() {
     // SAFETY: geteuid takes no argument.
     if unsafe { libc::geteuid() } == 0 {
         let pool = make_pool(false).await;
-        let r = within("ptrace", pool.apply(ptrace_parent, ())).await.unwrap();
+        let r = within("ptrace", pool.apply(ptrace_parent, ()))
+            .await
+            .unwrap();
         assert_eq!(r, Ok(()), "without a sandbox root traces its parent");
         finish(pool).await;
     }
@@ -329,7 +357,11 @@ async fn limits_cannot_be_changed() {
     let (nofile, address, _, _) = within("limits", pool.apply(raise_limits, ()))
         .await
         .unwrap();
-    assert_eq!(nofile, Ok(()), "without a sandbox a task raises its soft limits");
+    assert_eq!(
+        nofile,
+        Ok(()),
+        "without a sandbox a task raises its soft limits"
+    );
     assert_eq!(address, Ok(()));
     finish(pool).await;
 }
@@ -377,15 +409,29 @@ async fn files_are_written_only_under_allowed_paths() {
         .expect("pool builds");
     let pids = support::worker_pids(&pool);
     let write = |path: String| pool.apply(write_file, path);
-    assert_eq!(within("write", write(allowed.path("in"))).await.unwrap(), Ok(()));
+    assert_eq!(
+        within("write", write(allowed.path("in"))).await.unwrap(),
+        Ok(())
+    );
     assert!(allowed.exists("in"));
     let r = within("write", write(outside.path("out"))).await.unwrap();
     assert_eq!(r, Err(libc::EACCES));
     assert!(!outside.exists("out"));
-    let r = within("write", write(outside.path("readable"))).await.unwrap();
-    assert_eq!(r, Err(libc::EACCES), "read access does not give write access");
+    let r = within("write", write(outside.path("readable")))
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        Err(libc::EACCES),
+        "read access does not give write access"
+    );
     let read = |path: String| pool.apply(read_file, path);
-    assert_eq!(within("read", read(outside.path("readable"))).await.unwrap(), Ok(3));
+    assert_eq!(
+        within("read", read(outside.path("readable")))
+            .await
+            .unwrap(),
+        Ok(3)
+    );
     let r = within("read", read(outside.path("secret"))).await.unwrap();
     assert_eq!(r, Err(libc::EACCES));
     assert_served_on(&pool, &pids).await;
@@ -405,22 +451,39 @@ async fn the_environment_is_cleared_in_a_sandbox() {
     let pool = within("build", builder(true).env(ALLOWED).build())
         .await
         .expect("pool builds");
-    assert_eq!(within("env", pool.apply(env_var, key(SECRET))).await.unwrap(), None);
-    let allowed = within("env", pool.apply(env_var, key(ALLOWED))).await.unwrap();
+    assert_eq!(
+        within("env", pool.apply(env_var, key(SECRET)))
+            .await
+            .unwrap(),
+        None
+    );
+    let allowed = within("env", pool.apply(env_var, key(ALLOWED)))
+        .await
+        .unwrap();
     assert_eq!(allowed.as_deref(), Some("yes"));
-    let path = within("env", pool.apply(env_var, key("PATH"))).await.unwrap();
+    let path = within("env", pool.apply(env_var, key("PATH")))
+        .await
+        .unwrap();
     assert_eq!(path, std::env::var("PATH").ok(), "PATH is kept by default");
     finish(pool).await;
 
     let b = builder(false).sandbox(Sandbox::new().allow_parent_env(true));
     let pool = within("build", b.build()).await.expect("pool builds");
-    let secret = within("env", pool.apply(env_var, key(SECRET))).await.unwrap();
+    let secret = within("env", pool.apply(env_var, key(SECRET)))
+        .await
+        .unwrap();
     assert_eq!(secret.as_deref(), Some(SECRET_VALUE), "allowed: inherited");
     finish(pool).await;
 
     let pool = make_pool(false).await;
-    let secret = within("env", pool.apply(env_var, key(SECRET))).await.unwrap();
-    assert_eq!(secret.as_deref(), Some(SECRET_VALUE), "no sandbox: inherited");
+    let secret = within("env", pool.apply(env_var, key(SECRET)))
+        .await
+        .unwrap();
+    assert_eq!(
+        secret.as_deref(),
+        Some(SECRET_VALUE),
+        "no sandbox: inherited"
+    );
     finish(pool).await;
 }
 
@@ -430,10 +493,19 @@ async fn env_clear_without_a_sandbox_scrubs_the_secret_from_the_worker() {
     let pool = within("build", builder(false).env_clear().env(ALLOWED).build())
         .await
         .expect("pool builds");
-    assert_eq!(within("env", pool.apply(env_var, key(SECRET))).await.unwrap(), None);
-    let allowed = within("env", pool.apply(env_var, key(ALLOWED))).await.unwrap();
+    assert_eq!(
+        within("env", pool.apply(env_var, key(SECRET)))
+            .await
+            .unwrap(),
+        None
+    );
+    let allowed = within("env", pool.apply(env_var, key(ALLOWED)))
+        .await
+        .unwrap();
     assert_eq!(allowed.as_deref(), Some("yes"));
-    let path = within("env", pool.apply(env_var, key("PATH"))).await.unwrap();
+    let path = within("env", pool.apply(env_var, key("PATH")))
+        .await
+        .unwrap();
     assert_eq!(path, None, "env_clear keeps only what env() names");
     let found = within("environ", pool.apply(secret_in_proc_environ, ()))
         .await
@@ -449,7 +521,10 @@ async fn env_clear_without_a_sandbox_scrubs_the_secret_from_the_worker() {
     // holds it; forked workers, from the test binary's own block, which holds it only
     // if the variable was set before the binary started (it is set at run time here).
     if support::start_method() != procpool::StartMethod::Fork {
-        assert!(found, "without env_clear the secret is in the worker's block");
+        assert!(
+            found,
+            "without env_clear the secret is in the worker's block"
+        );
     }
     finish(pool).await;
 }
@@ -476,7 +551,9 @@ async fn a_missing_kernel_feature_fails_the_build_by_name_unless_weaker_is_allow
     let pool = within("build", builder(false).sandbox(weaker).build())
         .await
         .expect("a weaker sandbox is accepted");
-    let r = within("signal", pool.apply(signal_parent, ())).await.unwrap();
+    let r = within("signal", pool.apply(signal_parent, ()))
+        .await
+        .unwrap();
     assert_eq!(r, Err(libc::EPERM), "what the kernel has still applies");
     finish(pool).await;
 }
@@ -491,7 +568,10 @@ async fn a_missing_path_fails_the_build() {
     )
     .await
     .expect_err("no such path");
-    assert!(err.to_string().contains("/nonexistent/procpool-sandbox"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/procpool-sandbox"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -517,9 +597,14 @@ async fn a_sandboxed_process_cannot_signal_its_parent() {
         }
         b.start(signal_parent, ())
     };
-    let child = within("start", run(Some(Sandbox::new()))).await.expect("starts");
+    let child = within("start", run(Some(Sandbox::new())))
+        .await
+        .expect("starts");
     let pid = child.pid();
-    assert_eq!(within("join", child.join()).await.unwrap(), Err(libc::EPERM));
+    assert_eq!(
+        within("join", child.join()).await.unwrap(),
+        Err(libc::EPERM)
+    );
     assert!(eventually(Duration::from_secs(10), move || support::is_gone(pid)).await);
 
     let child = within("start", run(None)).await.expect("starts");

@@ -461,6 +461,8 @@ mod tests {
             spin_us: 0,
             ring: false,
             initializer: None,
+            env: None,
+            sandbox: None,
         })
         .unwrap();
         assert_eq!(ToWorker::read_job(&setup), None);
