@@ -65,8 +65,7 @@
 //! cannot signal it either: end it by closing its pipes, or let it end with the worker.
 
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CStr, OsStr};
-use std::os::unix::ffi::OsStrExt;
+use std::ffi::{c_char, CStr};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -325,43 +324,48 @@ extern "C" {
 }
 
 /// Removes from this process's environment every variable not in `keep`, and zeroes
-/// their values where they lie in memory (the block the process started with, which
+/// them where they lie in memory (the block the process started with, which
 /// `/proc/self/environ` shows, or the strings the parent set), so that the worker
 /// cannot find them in its own memory either.
 ///
-/// Must run while the process has one thread: the worker's handshake, before the
-/// initializer.
+/// It edits the C library's `environ` array in place, taking no lock: in a forked
+/// worker, a lock on the environment (Rust's or the C library's) may have been held by
+/// another thread of the parent at the fork, and would never be released. Must run
+/// while the process has one thread: the worker's handshake, before the initializer.
 pub(crate) fn keep_only_env(keep: &[String]) {
     let kept = |key: &[u8]| keep.iter().any(|k| k.as_bytes() == key);
-    let mut remove = Vec::new();
     // SAFETY: the process is single-threaded here (see above), so nothing reads or
     // changes the environment meanwhile. `environ` is the C library's null-terminated
     // array of pointers to NUL-terminated strings, each writable (the start-up block
-    // on the stack, or strings `setenv` allocated); each write stays inside the
-    // string's own bytes, before its NUL, and leaves the key and `=` in place so that
-    // `unsetenv` below still finds it.
+    // on the stack, or strings `setenv` allocated; the array itself is the start-up
+    // block or one `setenv` allocated). Each byte write stays inside a string's own
+    // bytes, before its NUL; each pointer write moves a kept entry down to a slot
+    // already read, and the null pointer ends the array where the kept ones end, so
+    // the array stays null-terminated within its own length. Nothing else holds a
+    // pointer into the array: Rust reads the environment through `getenv`.
     unsafe {
-        let mut entry = *std::ptr::addr_of!(environ);
-        while !entry.is_null() && !(*entry).is_null() {
-            let s = *entry;
+        let array = *std::ptr::addr_of!(environ);
+        if array.is_null() {
+            return;
+        }
+        let mut read = array;
+        let mut write = array;
+        while !(*read).is_null() {
+            let s = *read;
             let bytes = CStr::from_ptr(s).to_bytes();
-            let len = bytes.len();
-            match bytes.iter().position(|&b| b == b'=') {
-                Some(eq) if !kept(&bytes[..eq]) => {
-                    remove.push(OsStr::from_bytes(&bytes[..eq]).to_owned());
-                    std::ptr::write_bytes(s.add(eq + 1), 0, len - eq - 1);
-                }
-                Some(_) => {}
-                // Not `KEY=VALUE`: nothing can look it up; blank it.
-                None => std::ptr::write_bytes(s, 0, len),
+            let keep_it = match bytes.iter().position(|&b| b == b'=') {
+                Some(eq) => kept(&bytes[..eq]),
+                None => false,
+            };
+            if keep_it {
+                *write = s;
+                write = write.add(1);
+            } else {
+                std::ptr::write_bytes(s, 0, bytes.len());
             }
-            entry = entry.add(1);
+            read = read.add(1);
         }
-    }
-    for key in remove {
-        if !key.is_empty() {
-            std::env::remove_var(key);
-        }
+        *write = std::ptr::null_mut();
     }
 }
 
