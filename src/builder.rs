@@ -55,6 +55,8 @@ pub struct PoolBuilder {
     config: Config,
     initializer: Result<(), String>,
     preload: Result<(), String>,
+    env_clear: bool,
+    env_keys: Vec<String>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -70,6 +72,9 @@ impl fmt::Debug for PoolBuilder {
             .field("max_frame_len", &self.config.max_frame_len)
             .field("task_timeout", &self.config.task_timeout)
             .field("startup_timeout", &self.config.startup_timeout)
+            .field("sandbox", &self.config.sandbox)
+            .field("env_clear", &self.env_clear)
+            .field("env", &self.env_keys)
             .finish_non_exhaustive()
     }
 }
@@ -97,9 +102,13 @@ impl PoolBuilder {
                 child: ChildOptions::default(),
                 preload: None,
                 spin: None,
+                env: None,
+                sandbox: None,
             },
             initializer: Ok(()),
             preload: Ok(()),
+            env_clear: false,
+            env_keys: Vec::new(),
         }
     }
 
@@ -257,6 +266,43 @@ impl PoolBuilder {
         self
     }
 
+    /// Shuts every worker in `sandbox` before its first task, after its initializer
+    /// (which runs outside it, and may load what the tasks need): for tasks that handle
+    /// hostile input. See [`Sandbox`](crate::Sandbox) for what a sandboxed worker can
+    /// and cannot do. With a sandbox, workers keep only the environment variables in
+    /// [`SANDBOX_ENV`](crate::SANDBOX_ENV) and those given to [`env`](Self::env),
+    /// unless it [allows the parent's](crate::Sandbox::allow_parent_env).
+    ///
+    /// `build` fails if the kernel lacks a feature the sandbox needs (it names which),
+    /// unless the sandbox [allows a weaker one](crate::Sandbox::allow_weaker), or if an
+    /// allowed path does not exist. Default: no sandbox.
+    pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
+        self.config.sandbox = Some(sandbox);
+        self
+    }
+
+    /// Starts workers with an empty environment but for the keys given to
+    /// [`env`](Self::env): the service's secrets (tokens, passwords in variables) are
+    /// not theirs to see. With [`Spawn`](StartMethod::Spawn) the workers never have
+    /// them; with the fork start methods each worker removes them, and blanks them in
+    /// its memory, before its initializer runs. (A [`Fork`](StartMethod::Fork) worker
+    /// still holds a copy of all the rest of the service's memory.) Usable without a
+    /// sandbox. Default: workers inherit the whole environment, or with a
+    /// [sandbox](Self::sandbox) keep [`SANDBOX_ENV`](crate::SANDBOX_ENV).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
+    /// Lets workers keep the environment variable `key` (with its value in this
+    /// process when workers start) where their environment is cleared: after
+    /// [`env_clear`](Self::env_clear) or with a [sandbox](Self::sandbox). Without
+    /// either, workers inherit every variable anyway.
+    pub fn env(mut self, key: impl Into<String>) -> Self {
+        self.env_keys.push(key.into());
+        self
+    }
+
     /// How long a new worker may take to start, answer its handshake and run its
     /// initializer before it is killed and reported. Default: 30 s.
     pub fn startup_timeout(mut self, timeout: Duration) -> Self {
@@ -272,8 +318,10 @@ impl PoolBuilder {
     /// If a worker cannot be started, does not answer its handshake within the
     /// [`startup_timeout`](PoolBuilder::startup_timeout), runs another build, or its
     /// initializer panics; if the initializer's argument cannot be encoded; if this
-    /// process is itself a worker that did not call [`init`](crate::init) first; or if
-    /// it is not called within a Tokio runtime. Workers already started are killed and
+    /// process is itself a worker that did not call [`init`](crate::init) first; if
+    /// it is not called within a Tokio runtime; or if the [sandbox](Self::sandbox)
+    /// cannot be applied (a missing kernel feature, named; a missing path; an
+    /// initializer that left threads running). Workers already started are killed and
     /// reaped.
     ///
     /// # Cancel safety
@@ -303,9 +351,14 @@ impl PoolBuilder {
                  worker or a daemon Process",
             ));
         }
+        if let Some(sandbox) = &self.config.sandbox {
+            sandbox.spec().check().map_err(BuildError::new)?;
+        }
         // Computed once per process; do it before the workers need it.
         let _ = build_id();
         let mut config = self.config;
+        config.env =
+            crate::sandbox::env_policy(self.env_clear, &self.env_keys, config.sandbox.as_ref());
         if config.spin.is_none() {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             config.spin = Some(if config.processes < cpus {

@@ -31,6 +31,10 @@ pub(crate) struct Setup {
     pub(crate) worker_spin: Duration,
     /// Whether replies come through a reply ring ([`crate::ring`]).
     pub(crate) ring: bool,
+    /// `Some(keys)`: the environment variables the worker keeps.
+    pub(crate) env: Option<Vec<String>>,
+    /// The sandbox the worker shuts itself in before its first job.
+    pub(crate) sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 /// Takes a freshly started worker through the handshake: its hello, our setup, its
@@ -80,6 +84,8 @@ pub(crate) async fn connect(
             spin_us: setup.worker_spin.as_micros().min(u32::MAX as u128) as u32,
             ring: setup.ring,
             initializer,
+            env: setup.env.clone(),
+            sandbox: setup.sandbox.clone(),
         };
         let message = encode_frame(&message, |out| {
             out.extend_from_slice(&init_args);

@@ -52,6 +52,9 @@ pub struct ProcessBuilder {
     name: Option<String>,
     start_method: StartMethod,
     startup_timeout: Duration,
+    sandbox: Option<crate::Sandbox>,
+    env_clear: bool,
+    env_keys: Vec<String>,
 }
 
 impl Default for ProcessBuilder {
@@ -61,6 +64,9 @@ impl Default for ProcessBuilder {
             name: None,
             start_method: StartMethod::default(),
             startup_timeout: Duration::from_secs(30),
+            sandbox: None,
+            env_clear: false,
+            env_keys: Vec::new(),
         }
     }
 }
@@ -88,13 +94,37 @@ impl ProcessBuilder {
         self
     }
 
+    /// Shuts the process in `sandbox` before it runs its function, as
+    /// [`PoolBuilder::sandbox`](crate::PoolBuilder::sandbox) does for a pool's workers.
+    /// Default: no sandbox.
+    pub fn sandbox(mut self, sandbox: crate::Sandbox) -> Self {
+        self.sandbox = Some(sandbox);
+        self
+    }
+
+    /// Starts the process with an empty environment but for the keys given to
+    /// [`env`](Self::env), as [`PoolBuilder::env_clear`](crate::PoolBuilder::env_clear).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self
+    }
+
+    /// Lets the process keep the environment variable `key` where its environment is
+    /// cleared, as [`PoolBuilder::env`](crate::PoolBuilder::env).
+    pub fn env(mut self, key: impl Into<String>) -> Self {
+        self.env_keys.push(key.into());
+        self
+    }
+
     /// Starts the process running `f(arg)`.
     ///
     /// # Errors
     ///
     /// If this process is a daemon (a pool worker or a daemon `Process`): daemons may
     /// not have children. If the child cannot be started or does not finish its
-    /// handshake within 30 s, or the function cannot be sent to it.
+    /// handshake within 30 s, or the function cannot be sent to it. If the
+    /// [sandbox](Self::sandbox) cannot be applied (a missing kernel feature, named, or
+    /// a missing path).
     ///
     /// # Cancel safety
     ///
@@ -111,6 +141,10 @@ impl ProcessBuilder {
                 "daemonic processes are not allowed to have children",
             ));
         }
+        if let Some(sandbox) = &self.sandbox {
+            sandbox.spec().check().map_err(BuildError::new)?;
+        }
+        let env = crate::sandbox::env_policy(self.env_clear, &self.env_keys, self.sandbox.as_ref());
         let func = FnRef::of(trampoline::<F, A, R>()).map_err(BuildError::new)?;
         let mut args = Vec::new();
         encode_chunk(std::slice::from_ref(&arg), &mut args)
@@ -120,10 +154,15 @@ impl ProcessBuilder {
             ..ChildOptions::default()
         };
         let (method, timeout) = (self.start_method, self.startup_timeout);
+        let spawn_env = env.clone();
         let start = async move {
             match method {
                 StartMethod::ForkServer => fork_from_shared_server(opts).await,
-                method => Starter::new(method, None, timeout).start(opts).await,
+                method => {
+                    Starter::new(method, None, timeout, spawn_env)
+                        .start(opts)
+                        .await
+                }
             }
         };
         let started = tokio::time::timeout(self.startup_timeout, start)
@@ -144,6 +183,8 @@ impl ProcessBuilder {
             startup_timeout: self.startup_timeout,
             worker_spin: Duration::ZERO,
             ring: false,
+            env,
+            sandbox: self.sandbox.as_ref().map(|s| s.spec().clone()),
         };
         let mut worker = connect(child, sock, setup).await.map_err(BuildError::new)?;
         if !self.daemon {

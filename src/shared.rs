@@ -30,6 +30,9 @@ pub(crate) struct Config {
     pub(crate) preload: Option<(FnRef, Bytes)>,
     /// How long the pool polls for a tiny task's reply; `None`: decided at build.
     pub(crate) spin: Option<Duration>,
+    /// `Some(keys)`: the environment variables workers keep (decided at build).
+    pub(crate) env: Option<Vec<String>>,
+    pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 /// Counters behind [`PoolStats`].
@@ -89,6 +92,7 @@ impl Shared {
                 config.start_method,
                 config.preload.clone(),
                 config.startup_timeout,
+                config.env.clone(),
             ),
             config,
             queue: Queue::default(),

@@ -236,6 +236,8 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         startup_timeout: cfg.startup_timeout,
         worker_spin: cfg.spin.unwrap_or_default() * 5 / 2,
         ring: true,
+        env: cfg.env.clone(),
+        sandbox: cfg.sandbox.as_ref().map(|s| s.spec().clone()),
     };
     connect(child, sock, setup).await
 }

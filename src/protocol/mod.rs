@@ -14,7 +14,8 @@
 //!
 //! ```text
 //! worker → pool   Hello { magic, protocol, build_id, pid }
-//! pool → worker   Setup { protocol, build_id, index, name, ring, initializer } + init argument
+//! pool → worker   Setup { protocol, build_id, index, name, ring, initializer, env, sandbox }
+//!                   + init argument
 //!                   (+ the reply ring's memfd, passed with SCM_RIGHTS, when `ring`)
 //! worker → pool   Ready | InitFailed(panic)
 //! pool → worker   Job { id, func } + arguments          (any number, pipelined)
@@ -31,11 +32,12 @@ pub(crate) mod codec;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{RemotePanic, WorkerExit};
+use crate::sandbox::SandboxSpec;
 use crate::start::ChildOptions;
 use crate::task_fn::FnRef;
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 4;
+pub(crate) const PROTOCOL_VERSION: u32 = 5;
 
 /// The first bytes of every worker's first frame.
 pub(crate) const MAGIC: [u8; 8] = *b"procpool";
@@ -70,6 +72,11 @@ pub(crate) enum ToWorker {
         /// (`SCM_RIGHTS`), see [`crate::ring`]; otherwise over the channel.
         ring: bool,
         initializer: Option<FnRef>,
+        /// `Some(keys)`: the worker keeps only these environment variables (and
+        /// scrubs the others from its memory) before its initializer runs.
+        env: Option<Vec<String>>,
+        /// Applied after the initializer, before the first job (see [`crate::sandbox`]).
+        sandbox: Option<SandboxSpec>,
     },
     /// Run `func` on the chunk of arguments that follows the header.
     Job { id: u64, func: FnRef },
@@ -454,6 +461,8 @@ mod tests {
             spin_us: 0,
             ring: false,
             initializer: None,
+            env: None,
+            sandbox: None,
         })
         .unwrap();
         assert_eq!(ToWorker::read_job(&setup), None);

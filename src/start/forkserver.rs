@@ -345,7 +345,7 @@ impl ForkServer {
     }
 
     async fn start_server(&self) -> io::Result<Conn> {
-        let (mut server, sock) = spawn_self(ROLE_FORKSERVER, ChildOptions::default()).await?;
+        let (mut server, sock) = spawn_self(ROLE_FORKSERVER, ChildOptions::default(), None).await?;
         sock.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(sock)?;
         let handshake = async {

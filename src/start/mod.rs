@@ -65,7 +65,8 @@ pub enum StartMethod {
 /// A pool's way of starting workers, with the state it needs.
 #[derive(Debug)]
 pub(crate) enum Starter {
-    Spawn,
+    /// With the environment variables the workers keep (`None`: all).
+    Spawn(Option<Vec<String>>),
     Fork,
     ForkServer(forkserver::ForkServer),
 }
@@ -75,9 +76,10 @@ impl Starter {
         method: StartMethod,
         preload: Option<(crate::task_fn::FnRef, bytes::Bytes)>,
         startup_timeout: std::time::Duration,
+        env: Option<Vec<String>>,
     ) -> Self {
         match method {
-            StartMethod::Spawn => Starter::Spawn,
+            StartMethod::Spawn => Starter::Spawn(env),
             StartMethod::Fork => Starter::Fork,
             StartMethod::ForkServer => {
                 Starter::ForkServer(forkserver::ForkServer::new(preload, startup_timeout))
@@ -88,7 +90,7 @@ impl Starter {
     /// Starts one worker; returns the child and our end of its channel.
     pub(crate) async fn start(&self, opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
         match self {
-            Starter::Spawn => spawn::spawn_worker(opts).await,
+            Starter::Spawn(env) => spawn::spawn_worker(opts, env.clone()).await,
             Starter::Fork => fork::fork_worker(opts).await,
             Starter::ForkServer(server) => server.fork_worker(opts).await,
         }

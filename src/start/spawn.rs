@@ -65,15 +65,21 @@ pub(crate) async fn on_spawner_thread<T: Send + 'static>(
         .map_err(|_| io::Error::other("the spawner thread dropped the request"))
 }
 
-/// Starts a worker by running this executable again.
-pub(crate) async fn spawn_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
-    spawn_self(ROLE_WORKER, opts).await
+/// Starts a worker by running this executable again, with only the environment
+/// variables `env` names if it is `Some`.
+pub(crate) async fn spawn_worker(
+    opts: ChildOptions,
+    env: Option<Vec<String>>,
+) -> io::Result<(ChildProc, UnixStream)> {
+    spawn_self(ROLE_WORKER, opts, env).await
 }
 
-/// Runs this executable again in `role`, with its channel on [`WORKER_FD`].
+/// Runs this executable again in `role`, with its channel on [`WORKER_FD`], and only
+/// the environment variables `env` names if it is `Some`.
 pub(crate) async fn spawn_self(
     role: &'static str,
     opts: ChildOptions,
+    env: Option<Vec<String>>,
 ) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
@@ -86,6 +92,14 @@ pub(crate) async fn spawn_self(
         let mut cmd = Command::new(exe);
         if let Some(arg0) = std::env::args_os().next() {
             cmd.arg0(arg0);
+        }
+        if let Some(keys) = env {
+            cmd.env_clear();
+            for key in keys {
+                if let Some(value) = std::env::var_os(&key) {
+                    cmd.env(key, value);
+                }
+            }
         }
         cmd.env(ENV_WORKER, role).stdin(Stdio::null());
         let fd = theirs.as_raw_fd();

@@ -254,6 +254,8 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         spin_us,
         ring,
         initializer,
+        env,
+        sandbox,
     } = setup
     else {
         return refuse(conn, "expected Setup".into());
@@ -283,10 +285,20 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         index,
         daemon,
     });
+    // Still one thread: the environment may change safely.
+    if let Some(keep) = env {
+        crate::sandbox::keep_only_env(&keep);
+    }
     if let Some(init) = initializer {
         if let Some(failure) = run_initializer(init, payload) {
             conn.send_message(&FromWorker::InitFailed(failure))?;
             return Err(std::io::Error::other("initializer failed"));
+        }
+    }
+    // After the initializer (which may load what the tasks need), before any task.
+    if let Some(sandbox) = sandbox {
+        if let Err(why) = crate::sandbox::apply(&sandbox) {
+            return refuse(conn, format!("sandbox: {why}"));
         }
     }
     conn.send_message(&FromWorker::Ready)?;

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use procpool::{Pool, PoolBuilder, StartMethod};
+use procpool::{Pool, PoolBuilder, Sandbox, StartMethod};
 
 /// The start method under test: `PROCPOOL_TEST_START_METHOD` (`spawn`, `fork` or
 /// `forkserver`; the crate's default when unset), so that CI can run the whole suite
@@ -20,8 +20,21 @@ pub fn start_method() -> StartMethod {
 }
 
 /// A builder with the start method under test. Every test builds its pools from here.
+///
+/// With `PROCPOOL_TEST_SANDBOX=1` its workers run in a [`Sandbox`] (that may write
+/// under the temporary directory, where the tests keep their marker files, and read
+/// its own `/proc/self`), so that the suite shows what still works in one.
 pub fn builder() -> PoolBuilder {
-    Pool::builder().start_method(start_method())
+    let builder = Pool::builder().start_method(start_method());
+    match std::env::var("PROCPOOL_TEST_SANDBOX").as_deref() {
+        Err(_) | Ok("") | Ok("0") => builder,
+        Ok("1") => builder.sandbox(
+            Sandbox::new()
+                .allow_write(std::env::temp_dir())
+                .allow_read("/proc/self"),
+        ),
+        Ok(other) => panic!("unknown PROCPOOL_TEST_SANDBOX {other:?}"),
+    }
 }
 
 /// A pool of `n` workers with the start method under test.
