@@ -25,12 +25,17 @@ pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, Un
     let parent = nix::unistd::getpid();
     crate::worker::install_panic_hook();
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
-        // SAFETY: the child runs only `forked_worker`, which starts with
-        // async-signal-safe calls, then runs the worker loop on this one thread without
-        // touching the parent's runtime; see the module docs for what it may still
-        // meet (locks held by other threads of the parent), which the `Fork` variant
-        // documents for users.
-        match unsafe { fork() }.map_err(io::Error::from)? {
+        // Forking waits while a reply ring is between its `mmap` and its
+        // `MADV_DONTFORK`, so that the child never gets a sibling's ring.
+        let forked = crate::ring::fork_exclusive(|| {
+            // SAFETY: the child runs only `forked_worker`, which starts with
+            // async-signal-safe calls, then runs the worker loop on this one thread
+            // without touching the parent's runtime; see the module docs for what it
+            // may still meet (locks held by other threads of the parent), which the
+            // `Fork` variant documents for users.
+            unsafe { fork() }
+        });
+        match forked.map_err(io::Error::from)? {
             ForkResult::Child => forked_worker(theirs.as_raw_fd(), parent, &opts),
             ForkResult::Parent { child } => {
                 drop(theirs);
