@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::BuildError;
+use crate::output::WorkerOutput;
 use crate::pool::Pool;
 use crate::protocol::codec::encode_chunk;
 use crate::shared::{Config, Shared};
@@ -70,6 +71,8 @@ impl fmt::Debug for PoolBuilder {
             .field("max_frame_len", &self.config.max_frame_len)
             .field("task_timeout", &self.config.task_timeout)
             .field("startup_timeout", &self.config.startup_timeout)
+            .field("stdout", &self.config.stdout)
+            .field("stderr", &self.config.stderr)
             .finish_non_exhaustive()
     }
 }
@@ -97,6 +100,8 @@ impl PoolBuilder {
                 child: ChildOptions::default(),
                 preload: None,
                 spin: None,
+                stdout: WorkerOutput::default(),
+                stderr: WorkerOutput::default(),
             },
             initializer: Ok(()),
             preload: Ok(()),
@@ -254,6 +259,22 @@ impl PoolBuilder {
     /// `Duration::ZERO` turns it off.
     pub fn spin(mut self, spin: Duration) -> Self {
         self.config.spin = Some(spin);
+        self
+    }
+
+    /// Where the workers' standard output goes (and the fork server's). Default:
+    /// [`WorkerOutput::Inherit`], where this process's goes, through a description of
+    /// the worker's own. No choice lets a worker change this process's descriptors;
+    /// see [`WorkerOutput`].
+    pub fn stdout(mut self, output: WorkerOutput) -> Self {
+        self.config.stdout = output;
+        self
+    }
+
+    /// Where the workers' standard error goes (and the fork server's), as for
+    /// [`stdout`](Self::stdout). Default: [`WorkerOutput::Inherit`].
+    pub fn stderr(mut self, output: WorkerOutput) -> Self {
+        self.config.stderr = output;
         self
     }
 

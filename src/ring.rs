@@ -548,7 +548,10 @@ mod tests {
             if rc == child {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the child did not exit");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         assert!(libc::WIFEXITED(status), "child status {status:#x}");

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::direct::Lease;
+use crate::output::WorkerOutput;
 use crate::queue::Queue;
 use crate::start::{ChildOptions, StartMethod, Starter};
 use crate::stats::{PoolStats, WorkerStats};
@@ -30,6 +31,9 @@ pub(crate) struct Config {
     pub(crate) preload: Option<(FnRef, Bytes)>,
     /// How long the pool polls for a tiny task's reply; `None`: decided at build.
     pub(crate) spin: Option<Duration>,
+    /// Where workers' (and the fork server's) stdout and stderr go.
+    pub(crate) stdout: WorkerOutput,
+    pub(crate) stderr: WorkerOutput,
 }
 
 /// Counters behind [`PoolStats`].
@@ -85,6 +89,7 @@ impl Shared {
                 config.start_method,
                 config.preload.clone(),
                 config.startup_timeout,
+                (config.stdout.clone(), config.stderr.clone()),
             ),
             config,
             queue: Queue::default(),

@@ -15,12 +15,16 @@ use std::os::unix::net::UnixStream;
 
 use nix::unistd::{fork, ForkResult, Pid};
 
+use crate::output::ChildStdio;
 use crate::start::child::{ChildProc, NewChild};
 use crate::start::spawn::{on_spawner_thread, WORKER_FD};
 use crate::start::{child_setup, ChildOptions};
 
 /// Starts a worker by forking this process (on the spawner thread).
-pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+pub(crate) async fn fork_worker(
+    opts: ChildOptions,
+    stdio: ChildStdio,
+) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
     crate::worker::install_panic_hook();
@@ -36,9 +40,10 @@ pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, Un
             unsafe { fork() }
         });
         match forked.map_err(io::Error::from)? {
-            ForkResult::Child => forked_worker(theirs.as_raw_fd(), parent, &opts),
+            ForkResult::Child => forked_worker(theirs.as_raw_fd(), stdio.raw(), parent, &opts),
             ForkResult::Parent { child } => {
                 drop(theirs);
+                drop(stdio);
                 Ok(NewChild::new(child.as_raw() as u32))
             }
         }
@@ -49,9 +54,10 @@ pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, Un
 
 /// The life of a forked worker, from the fork to `_exit`: it never returns.
 ///
-/// `fd` is its channel; `parent` the process that forked it.
-pub(crate) fn forked_worker(fd: RawFd, parent: Pid, opts: &ChildOptions) -> ! {
-    if child_setup(fd, WORKER_FD, parent, opts).is_err() {
+/// `fd` is its channel; `stdio` its stdin, stdout and stderr; `parent` the process
+/// that forked it.
+pub(crate) fn forked_worker(fd: RawFd, stdio: [RawFd; 3], parent: Pid, opts: &ChildOptions) -> ! {
+    if child_setup(fd, WORKER_FD, stdio, parent, opts).is_err() {
         // SAFETY: _exit ends the process at once; nothing of ours is left to run.
         unsafe { libc::_exit(1) };
     }
