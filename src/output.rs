@@ -6,14 +6,14 @@
 //! make the service's next `println!` panic once the pipe behind it filled. So every
 //! child gets descriptors made for it before it starts ([`prepare`]):
 //!
-//! - [`WorkerOutput::Inherit`]: the same file, opened again (`/proc/self/fd/N`) for
+//! - [`WorkerOutput::Inherit`] gives the same file, opened again (`/proc/self/fd/N`) for
 //!   ttys, pipes, FIFOs and character devices, and for regular files the service
 //!   writes with `O_APPEND`. Where that cannot be done without harm (a socket, such as
 //!   the journal's stdout, cannot be opened again; a regular file written without
 //!   `O_APPEND` would be written at two offsets, each overwriting the other), the child
 //!   gets a pipe whose bytes the pool relays to its own descriptor.
-//! - [`WorkerOutput::Discard`]: `/dev/null`.
-//! - [`WorkerOutput::Capture`] and [`WorkerOutput::capture_with`]: a pipe whose lines
+//! - [`WorkerOutput::Discard`] gives `/dev/null`.
+//! - [`WorkerOutput::Capture`] and [`WorkerOutput::capture_with`] give a pipe whose lines
 //!   the pool reads and hands to a sink, tagged with the child's pid.
 //!
 //! Every child's stdin is `/dev/null`, opened for it.

@@ -51,10 +51,14 @@ fn fd_target(fd: i32) -> String {
 // Tasks write through `io::stdout()` and `io::stderr()`, not `println!`: the test
 // harness captures the macros' output in memory for the thread that spawned the
 // procpool threads, which a `Fork` worker is a copy of.
+fn say(mut to: impl Write, text: &str) {
+    to.write_all(text.as_bytes()).expect("write");
+    to.flush().expect("flush");
+}
+
 fn print_lines(_: ()) -> u32 {
-    writeln!(std::io::stdout(), "out one").unwrap();
-    writeln!(std::io::stdout(), "out two").unwrap();
-    writeln!(std::io::stderr(), "err one").unwrap();
+    say(std::io::stdout(), "out one\nout two\n");
+    say(std::io::stderr(), "err one\n");
     std::process::id()
 }
 
@@ -310,8 +314,14 @@ async fn a_flooding_worker_is_truncated_not_buffered() {
 }
 
 fn speak_and_break_stdio(_: ()) -> u32 {
-    writeln!(std::io::stdout(), "worker-out {}", std::process::id()).unwrap();
-    writeln!(std::io::stderr(), "worker-err {}", std::process::id()).unwrap();
+    say(
+        std::io::stdout(),
+        &format!("worker-out {}\n", std::process::id()),
+    );
+    say(
+        std::io::stderr(),
+        &format!("worker-err {}\n", std::process::id()),
+    );
     make_stdio_nonblocking(());
     std::process::id()
 }

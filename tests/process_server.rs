@@ -15,10 +15,6 @@ const BOUND: Duration = Duration::from_secs(30);
 /// (and is killed if it has not left within 5 s); this leaves room for a slow host.
 const SERVER_GONE: Duration = Duration::from_secs(10);
 
-fn double(x: u64) -> u64 {
-    x * 2
-}
-
 /// Starts a `Process` running `sleep_ms(ms)` from the shared server, joins it, and
 /// returns the server's pid (the process's parent).
 async fn one_process(daemon: bool, ms: u64) -> u32 {

@@ -68,7 +68,7 @@ pub enum StartMethod {
 pub(crate) enum Starter {
     Spawn,
     Fork,
-    ForkServer(forkserver::ForkServer),
+    ForkServer(Box<forkserver::ForkServer>),
 }
 
 impl Starter {
@@ -82,11 +82,11 @@ impl Starter {
         match method {
             StartMethod::Spawn => Starter::Spawn,
             StartMethod::Fork => Starter::Fork,
-            StartMethod::ForkServer => Starter::ForkServer(forkserver::ForkServer::new(
+            StartMethod::ForkServer => Starter::ForkServer(Box::new(forkserver::ForkServer::new(
                 preload,
                 startup_timeout,
                 output,
-            )),
+            ))),
         }
     }
 
