@@ -53,7 +53,14 @@ const CHUNK: usize = 16 << 10;
 ///
 /// Whatever the choice, a worker never shares an open file description with the
 /// service: what it does to its descriptors (`fcntl(1, F_SETFL, O_NONBLOCK)`, say)
-/// cannot change the service's.
+/// cannot change the service's. (It can still change the device behind a reopened
+/// tty, such as its terminal modes, as any process writing to that tty can.)
+///
+/// Output that goes through a pipe the pool reads (a capture, or `Inherit` relayed)
+/// lasts as long as this process reads it: a non-daemon
+/// [`Process`](crate::Process) that outlives this process gets `EPIPE` on such
+/// writes (and `println!` panics), so give it `Inherit` on a tty, pipe or `O_APPEND`
+/// file, or `Discard`.
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub enum WorkerOutput {

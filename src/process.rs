@@ -87,7 +87,8 @@ impl ProcessBuilder {
     }
 
     /// How the process is started. Default: [`StartMethod::ForkServer`] (one fork
-    /// server is shared by every `Process` of the program).
+    /// server is shared by every `Process` of the program; it stops 1 s after the last
+    /// of them has ended, and starts again for the next).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.start_method = method;
         self
