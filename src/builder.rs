@@ -10,6 +10,7 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::BuildError;
+use crate::output::WorkerOutput;
 use crate::pool::Pool;
 use crate::protocol::codec::encode_chunk;
 use crate::shared::{Config, Shared};
@@ -75,6 +76,8 @@ impl fmt::Debug for PoolBuilder {
             .field("sandbox", &self.config.sandbox)
             .field("env_clear", &self.env_clear)
             .field("env", &self.env_keys)
+            .field("stdout", &self.config.stdout)
+            .field("stderr", &self.config.stderr)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +107,8 @@ impl PoolBuilder {
                 spin: None,
                 env: None,
                 sandbox: None,
+                stdout: WorkerOutput::default(),
+                stderr: WorkerOutput::default(),
             },
             initializer: Ok(()),
             preload: Ok(()),
@@ -300,6 +305,22 @@ impl PoolBuilder {
     /// either, workers inherit every variable anyway.
     pub fn env(mut self, key: impl Into<String>) -> Self {
         self.env_keys.push(key.into());
+        self
+    }
+
+    /// Where the workers' standard output goes (and the fork server's). Default:
+    /// [`WorkerOutput::Inherit`], where this process's goes, through a description of
+    /// the worker's own. No choice lets a worker change this process's descriptors;
+    /// see [`WorkerOutput`].
+    pub fn stdout(mut self, output: WorkerOutput) -> Self {
+        self.config.stdout = output;
+        self
+    }
+
+    /// Where the workers' standard error goes (and the fork server's), as for
+    /// [`stdout`](Self::stdout). Default: [`WorkerOutput::Inherit`].
+    pub fn stderr(mut self, output: WorkerOutput) -> Self {
+        self.config.stderr = output;
         self
     }
 

@@ -9,7 +9,7 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::chan;
 use crate::driver::Worker;
-use crate::fdpass::send_with_fd;
+use crate::fdpass::send_with_fds;
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec, ReplyCodec};
 use crate::protocol::{
     FromWorker, InitFailure, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
@@ -104,7 +104,7 @@ pub(crate) async fn connect(
                     .map_err(|e| format!("could not make its reply ring: {e}"))?;
                 let mut wire = (message.len() as u32).to_be_bytes().to_vec();
                 wire.extend_from_slice(&message);
-                send_with_fd(writer.get_ref().as_ref(), &wire, fd.as_raw_fd())
+                send_with_fds(writer.get_ref().as_ref(), &wire, &[fd.as_raw_fd()])
                     .await
                     .map_err(|e| format!("could not send setup: {e}"))?;
                 Some(std::sync::Arc::new(ring))

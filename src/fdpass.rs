@@ -1,5 +1,6 @@
 //! Passing descriptors over a Unix socket (`SCM_RIGHTS`): the fork server receives
-//! each worker's channel this way, and each worker its reply ring.
+//! each worker's channel and standard descriptors this way, and each worker its reply
+//! ring.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -8,20 +9,19 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use tokio::io::Interest;
 
-/// Writes all of `wire` to `stream`, with `fd` attached to its first byte.
-pub(crate) async fn send_with_fd(
+/// Writes all of `wire` to `stream`, with `fds` attached to its first byte.
+pub(crate) async fn send_with_fds(
     stream: &tokio::net::UnixStream,
     wire: &[u8],
-    fd: RawFd,
+    fds: &[RawFd],
 ) -> io::Result<()> {
-    let fds = [fd];
     let mut sent = 0;
     while sent < wire.len() {
         stream.writable().await?;
         let result = stream.try_io(Interest::WRITABLE, || {
             let iov = [IoSlice::new(&wire[sent..])];
             // The descriptor travels with the first byte only.
-            let rights = [ControlMessage::ScmRights(&fds)];
+            let rights = [ControlMessage::ScmRights(fds)];
             let cmsgs: &[ControlMessage<'_>] = if sent == 0 { &rights } else { &[] };
             sendmsg::<()>(
                 stream.as_raw_fd(),

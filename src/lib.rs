@@ -42,6 +42,17 @@
 //! [`init`] as the first line of `main` is the explicit form and the fallback for
 //! builds that drop constructors.
 //!
+//! # Worker output
+//!
+//! A worker's stdout and stderr never share an open file description with this
+//! process, so a task cannot change this process's descriptors (setting `O_NONBLOCK`
+//! on its fd 1 used to make the service's next `println!` panic). By default
+//! ([`WorkerOutput::Inherit`]) they lead where this process's do, through descriptions
+//! of their own; [`PoolBuilder::stdout`] and [`PoolBuilder::stderr`] (and the same on
+//! [`ProcessBuilder`]) can discard them, or capture them line by line into this
+//! process's stderr, `tracing` events, or a function, tagged with the worker's pid.
+//! A worker's stdin is `/dev/null`.
+//!
 //! # Start methods
 //!
 //! [`StartMethod::ForkServer`] (default), [`StartMethod::Spawn`] and
@@ -83,6 +94,7 @@ mod error;
 mod fdpass;
 mod handle;
 mod input;
+mod output;
 mod per_process;
 mod pool;
 mod process;
@@ -104,6 +116,7 @@ pub use call::{Apply, Map};
 pub use error::{BuildError, Payload, RemotePanic, TaskError, WorkerExit};
 pub use handle::TaskHandle;
 pub use input::{FromIter, FromStream, Input};
+pub use output::{LineSink, OutputLine, OutputStream, WorkerOutput, MAX_LINE};
 pub use pool::Pool;
 pub use process::{Process, ProcessBuilder, ProcessHandle};
 pub use sandbox::{Sandbox, SANDBOX_ENV};

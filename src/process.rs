@@ -15,6 +15,7 @@ use crate::builder::DEFAULT_MAX_FRAME_LEN;
 use crate::connect::{connect, Setup};
 use crate::error::{BuildError, Payload, TaskError, WorkerExit};
 use crate::handle::decode_one;
+use crate::output::WorkerOutput;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::{Done, Outcome, ToWorker};
@@ -55,6 +56,8 @@ pub struct ProcessBuilder {
     sandbox: Option<crate::Sandbox>,
     env_clear: bool,
     env_keys: Vec<String>,
+    stdout: WorkerOutput,
+    stderr: WorkerOutput,
 }
 
 impl Default for ProcessBuilder {
@@ -67,6 +70,8 @@ impl Default for ProcessBuilder {
             sandbox: None,
             env_clear: false,
             env_keys: Vec::new(),
+            stdout: WorkerOutput::default(),
+            stderr: WorkerOutput::default(),
         }
     }
 }
@@ -88,7 +93,8 @@ impl ProcessBuilder {
     }
 
     /// How the process is started. Default: [`StartMethod::ForkServer`] (one fork
-    /// server is shared by every `Process` of the program).
+    /// server is shared by every `Process` of the program; it stops 1 s after the last
+    /// of them has ended, and starts again for the next).
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.start_method = method;
         self
@@ -113,6 +119,21 @@ impl ProcessBuilder {
     /// cleared, as [`PoolBuilder::env`](crate::PoolBuilder::env).
     pub fn env(mut self, key: impl Into<String>) -> Self {
         self.env_keys.push(key.into());
+        self
+    }
+
+    /// Where the process's standard output goes. Default: [`WorkerOutput::Inherit`],
+    /// where this process's goes, through a description of the child's own: nothing
+    /// the child does to its descriptors changes this process's. See [`WorkerOutput`].
+    pub fn stdout(mut self, output: WorkerOutput) -> Self {
+        self.stdout = output;
+        self
+    }
+
+    /// Where the process's standard error goes, as for [`stdout`](Self::stdout).
+    /// Default: [`WorkerOutput::Inherit`].
+    pub fn stderr(mut self, output: WorkerOutput) -> Self {
+        self.stderr = output;
         self
     }
 
@@ -155,12 +176,17 @@ impl ProcessBuilder {
         };
         let (method, timeout) = (self.start_method, self.startup_timeout);
         let spawn_env = env.clone();
+        let (stdio, relays) = crate::output::prepare(&self.stdout, &self.stderr)
+            .map_err(|e| BuildError::new(format!("could not make the process's stdio: {e}")))?;
+        // Taken before the fork, so that the shared fork server is not let go meanwhile.
+        let lease = (method == StartMethod::ForkServer).then(ServerLease::take);
         let start = async move {
             match method {
-                StartMethod::ForkServer => fork_from_shared_server(opts).await,
+                StartMethod::ForkServer => fork_from_shared_server(opts, stdio).await,
                 method => {
-                    Starter::new(method, None, timeout, spawn_env)
-                        .start(opts)
+                    let output = (WorkerOutput::Inherit, WorkerOutput::Inherit);
+                    Starter::new(method, None, timeout, spawn_env, output)
+                        .start(opts, stdio)
                         .await
                 }
             }
@@ -171,6 +197,7 @@ impl ProcessBuilder {
         let (child, sock) =
             started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
         let pid = child.pid();
+        relays.start(pid);
         let name = self
             .name
             .unwrap_or_else(|| format!("procpool-process-{}", std::process::id()));
@@ -205,7 +232,12 @@ impl ProcessBuilder {
         let (result_tx, result_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = watch::channel(None);
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
-        tokio::spawn(watch_process(worker, result_tx, exit_tx, signal_rx));
+        tokio::spawn(async move {
+            watch_process(worker, result_tx, exit_tx, signal_rx).await;
+            // The process has ended (or this runtime is going): the shared server may
+            // go if nothing else needs it.
+            drop(lease);
+        });
         Ok(ProcessHandle {
             pid,
             name,
@@ -218,23 +250,28 @@ impl ProcessBuilder {
     }
 }
 
-/// Forks a `Process` from the fork server shared by every `Process` of this program.
+/// How long the shared fork server stays up after the last `Process` that used it has
+/// ended: a program that starts processes one after another keeps one server, while
+/// one that has stopped starting them does not keep an idle process for its life.
+pub(crate) const SERVER_LINGER: Duration = Duration::from_secs(1);
+
+/// The fork server shared by every `Process` of this program, with the runtime its
+/// connection lives on and the count of processes that need it.
+struct SharedServer {
+    runtime: tokio::runtime::Handle,
+    server: std::sync::Arc<ForkServer>,
+    /// Processes started or starting from the server and not yet seen to end.
+    users: std::sync::Mutex<u64>,
+}
+
+/// The shared server, made on first use.
 ///
 /// The server's connection lives on a small runtime of its own, which lasts as long as
 /// the program: the caller's runtime may be one of several (each `#[tokio::test]` has
 /// its own) and may end while processes it did not start still report their exit
 /// through that connection.
-async fn fork_from_shared_server(
-    opts: ChildOptions,
-) -> std::io::Result<(
-    crate::start::child::ChildProc,
-    std::os::unix::net::UnixStream,
-)> {
-    struct Shared {
-        runtime: tokio::runtime::Handle,
-        server: std::sync::Arc<ForkServer>,
-    }
-    static SHARED: PerProcess<Result<Shared, String>> = PerProcess::new();
+fn shared_server() -> std::io::Result<&'static SharedServer> {
+    static SHARED: PerProcess<Result<SharedServer, String>> = PerProcess::new();
     let shared = SHARED.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -245,18 +282,74 @@ async fn fork_from_shared_server(
             .name("procpool-process-server".into())
             .spawn(move || runtime.block_on(std::future::pending::<()>()))
             .map_err(|e| e.to_string())?;
-        Ok(Shared {
+        let output = (WorkerOutput::Inherit, WorkerOutput::Inherit);
+        Ok(SharedServer {
             runtime: handle,
-            server: std::sync::Arc::new(ForkServer::new(None, Duration::from_secs(30))),
+            server: std::sync::Arc::new(ForkServer::new(None, Duration::from_secs(30), output)),
+            users: std::sync::Mutex::new(0),
         })
     });
-    let shared = shared
+    shared
         .as_ref()
-        .map_err(|e| std::io::Error::other(e.clone()))?;
+        .map_err(|e| std::io::Error::other(e.clone()))
+}
+
+/// One `Process`'s claim on the shared fork server: the last one dropped lets the
+/// server go after [`SERVER_LINGER`] (a new claim meanwhile keeps it).
+#[derive(Debug)]
+struct ServerLease(bool);
+
+impl ServerLease {
+    fn take() -> ServerLease {
+        let Ok(shared) = shared_server() else {
+            return ServerLease(false);
+        };
+        *shared.users.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        ServerLease(true)
+    }
+}
+
+impl Drop for ServerLease {
+    fn drop(&mut self) {
+        let Some(shared) = self.0.then(shared_server).and_then(Result::ok) else {
+            return;
+        };
+        let mut users = shared.users.lock().unwrap_or_else(|e| e.into_inner());
+        *users = users.saturating_sub(1);
+        if *users > 0 {
+            return;
+        }
+        drop(users);
+        let server = shared.server.clone();
+        shared.runtime.spawn(async move {
+            tokio::time::sleep(SERVER_LINGER).await;
+            // Decided under the server's own lock, which a fork request takes too: a
+            // request counted after this look starts a new server; one counted before
+            // it keeps this one.
+            let idle = || {
+                shared_server()
+                    .map(|s| *s.users.lock().unwrap_or_else(|e| e.into_inner()) == 0)
+                    .unwrap_or(false)
+            };
+            server.shutdown_if(idle).await;
+        });
+    }
+}
+
+/// Forks a `Process` from the fork server shared by every `Process` of this program
+/// (the caller holds a [`ServerLease`]).
+async fn fork_from_shared_server(
+    opts: ChildOptions,
+    stdio: crate::output::ChildStdio,
+) -> std::io::Result<(
+    crate::start::child::ChildProc,
+    std::os::unix::net::UnixStream,
+)> {
+    let shared = shared_server()?;
     let server = shared.server.clone();
     shared
         .runtime
-        .spawn(async move { server.fork_worker(opts).await })
+        .spawn(async move { server.fork_worker(opts, stdio).await })
         .await
         .map_err(std::io::Error::other)?
 }

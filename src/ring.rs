@@ -30,11 +30,14 @@ use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::RwLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{madvise, mmap, munmap, MapFlags, MmapAdvise, ProtFlags};
+
+use crate::per_process::PerProcess;
 
 /// Bytes of records the ring holds.
 pub(crate) const CAPACITY: usize = 128 << 10;
@@ -183,6 +186,26 @@ impl Drop for Mapping {
     }
 }
 
+/// The gate between new rings and forks: a ring holds it shared from its `mmap` to its
+/// `madvise(MADV_DONTFORK)`, and [`fork_exclusive`] holds it while it forks, so no fork
+/// copies a ring that is not yet marked. One per process (a forked child that builds
+/// pools of its own gets a fresh gate, not the parent's copy, held by a thread the
+/// child lacks).
+fn fork_gate() -> &'static RwLock<()> {
+    static GATE: PerProcess<RwLock<()>> = PerProcess::new();
+    GATE.get_or_init(|| RwLock::new(()))
+}
+
+/// Runs `fork` (a closure that forks this process) while no ring is being mapped.
+///
+/// In the child, the gate is released when `fork` returns, by the thread that took it
+/// (the child's one thread): an atomic store and at most a futex wake, both
+/// async-signal-safe.
+pub(crate) fn fork_exclusive<T>(fork: impl FnOnce() -> T) -> T {
+    let _gate = fork_gate().write().unwrap_or_else(|e| e.into_inner());
+    fork()
+}
+
 /// The pool's end of a ring.
 ///
 /// Both indices are on cache lines the other side writes, so each reading of one,
@@ -235,11 +258,19 @@ impl PoolRing {
     pub(crate) fn create() -> io::Result<(PoolRing, OwnedFd)> {
         let fd = memfd_create(c"procpool-replies", MFdFlags::MFD_CLOEXEC)?;
         nix::unistd::ftruncate(&fd, MAP_LEN as i64)?;
-        let map = Mapping::new(&fd)?;
         // A worker started with `StartMethod::Fork` is a fork of this process: it must
-        // not inherit (and be able to scribble on) the rings of its siblings.
-        // SAFETY: advice on the mapping just made, which changes no contents.
-        unsafe { madvise(map.base.cast(), MAP_LEN, MmapAdvise::MADV_DONTFORK) }?;
+        // not inherit (and be able to scribble on) the rings of its siblings. The
+        // mapping is marked `MADV_DONTFORK` before any fork of ours can copy it: forks
+        // wait at the gate while a ring is between `mmap` and `madvise`.
+        let map = {
+            let _gate = fork_gate().read().unwrap_or_else(|e| e.into_inner());
+            let map = Mapping::new(&fd)?;
+            #[cfg(test)]
+            tests::in_the_window(map.base);
+            // SAFETY: advice on the mapping just made, which changes no contents.
+            unsafe { madvise(map.base.cast(), MAP_LEN, MmapAdvise::MADV_DONTFORK) }?;
+            map
+        };
         let ring = PoolRing {
             map,
             cursor: AtomicU64::new(0),
@@ -595,6 +626,80 @@ mod tests {
                 assert_eq!(fates.0, Begin::Run);
             }
         }
+    }
+
+    use std::cell::RefCell;
+
+    type WindowHook = Box<dyn FnOnce(NonNull<u8>)>;
+
+    thread_local! {
+        /// Run (once) by a ring created on this thread between its `mmap` and its
+        /// `madvise`: a test widens that window with it.
+        static WINDOW: RefCell<Option<WindowHook>> = const { RefCell::new(None) };
+    }
+
+    pub(super) fn in_the_window(base: NonNull<u8>) {
+        if let Some(hook) = WINDOW.with(|w| w.borrow_mut().take()) {
+            hook(base);
+        }
+    }
+
+    /// A fork made (as `StartMethod::Fork` makes its workers) while another thread is
+    /// between a new ring's `mmap` and its `madvise(MADV_DONTFORK)` must not give the
+    /// child that ring: the window is widened to half a second, the fork is made inside
+    /// it, and the child reports whether the ring's address is mapped in it.
+    #[test]
+    fn a_fork_never_copies_a_ring_being_made() {
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        let maker = std::thread::spawn(move || {
+            WINDOW.with(|w| {
+                *w.borrow_mut() = Some(Box::new(move |base: NonNull<u8>| {
+                    let _ = tx.send(base.as_ptr() as usize);
+                    std::thread::sleep(Duration::from_millis(500));
+                }))
+            });
+            PoolRing::create().map(|(ring, _fd)| ring)
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the ring reached the window");
+        let child = fork_exclusive(|| {
+            // SAFETY: the child makes only async-signal-safe calls (msync, _exit).
+            match unsafe { libc::fork() } {
+                0 => {
+                    // SAFETY: msync on an address range only reads the mappings: it
+                    // fails with ENOMEM where nothing is mapped.
+                    let mapped =
+                        unsafe { libc::msync(base as *mut libc::c_void, 4096, libc::MS_ASYNC) }
+                            == 0;
+                    // SAFETY: ends the child at once.
+                    unsafe { libc::_exit(i32::from(mapped)) }
+                }
+                pid => pid,
+            }
+        });
+        assert!(child > 0, "fork failed");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child with a valid status pointer.
+            let rc = unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+            if rc == child {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(libc::WIFEXITED(status), "child status {status:#x}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the forked child has a mapping of the ring that was being made"
+        );
+        maker.join().expect("maker thread").expect("ring created");
     }
 
     fn pair() -> (PoolRing, WorkerRing) {

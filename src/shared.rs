@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::direct::Lease;
+use crate::output::WorkerOutput;
 use crate::queue::Queue;
 use crate::start::{ChildOptions, StartMethod, Starter};
 use crate::stats::{PoolStats, WorkerStats};
@@ -33,6 +34,9 @@ pub(crate) struct Config {
     /// `Some(keys)`: the environment variables workers keep (decided at build).
     pub(crate) env: Option<Vec<String>>,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
+    /// Where workers' (and the fork server's) stdout and stderr go.
+    pub(crate) stdout: WorkerOutput,
+    pub(crate) stderr: WorkerOutput,
 }
 
 /// Counters behind [`PoolStats`].
@@ -93,6 +97,7 @@ impl Shared {
                 config.preload.clone(),
                 config.startup_timeout,
                 config.env.clone(),
+                (config.stdout.clone(), config.stderr.clone()),
             ),
             config,
             queue: Queue::default(),

@@ -223,10 +223,14 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
     let cfg = &shared.config;
     // Bounded like the handshake; a child forked after we gave up is killed and reaped
     // by whoever holds it (`NewChild`, or the fork server when its channel closes).
-    let (child, sock) = tokio::time::timeout(cfg.startup_timeout, shared.starter.start(cfg.child))
+    let (stdio, relays) = crate::output::prepare(&cfg.stdout, &cfg.stderr)
+        .map_err(|e| format!("could not make a worker's stdio: {e}"))?;
+    let start = shared.starter.start(cfg.child, stdio);
+    let (child, sock) = tokio::time::timeout(cfg.startup_timeout, start)
         .await
         .map_err(|_| format!("no worker process started within {:?}", cfg.startup_timeout))?
         .map_err(|e| format!("could not start a worker process: {e}"))?;
+    relays.start(child.pid());
     let setup = Setup {
         index: Some(slot),
         name: format!("procpool-worker-{slot}"),

@@ -18,6 +18,7 @@ use tokio::io::AsyncReadExt;
 
 use nix::unistd::{fork, ForkResult, Pid};
 
+use crate::output::ChildStdio;
 use crate::start::child::{ChildProc, NewChild};
 use crate::start::spawn::{on_spawner_thread, WORKER_FD};
 use crate::start::{child_setup, ChildOptions};
@@ -38,10 +39,14 @@ const PROBE_BOUND: Duration = Duration::from_millis(250);
 /// child first checks that those locks can be taken ([`locks_are_free`]) and says so
 /// on a pipe; a child that finds one held exits, and the worker is forked again, up to
 /// [`FORK_ATTEMPTS`] times.
-pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+pub(crate) async fn fork_worker(
+    opts: ChildOptions,
+    stdio: ChildStdio,
+) -> io::Result<(ChildProc, UnixStream)> {
     crate::worker::install_panic_hook();
+    // (The parent's copies of `stdio` close when this returns, after the last fork.)
     for _ in 0..FORK_ATTEMPTS {
-        if let Some(started) = fork_once(opts).await? {
+        if let Some(started) = fork_once(opts, stdio.raw()).await? {
             return Ok(started);
         }
     }
@@ -52,21 +57,29 @@ pub(crate) async fn fork_worker(opts: ChildOptions) -> io::Result<(ChildProc, Un
 }
 
 /// One fork; `None` if the child found a lock held (it has been killed and is reaped).
-async fn fork_once(opts: ChildOptions) -> io::Result<Option<(ChildProc, UnixStream)>> {
+async fn fork_once(
+    opts: ChildOptions,
+    stdio: [RawFd; 3],
+) -> io::Result<Option<(ChildProc, UnixStream)>> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let (probe_read, probe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let parent = nix::unistd::getpid();
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
-        // SAFETY: the child runs only `forked_worker`, which starts with
-        // async-signal-safe calls, checks the locks it needs with a bounded probe,
-        // then runs the worker loop on this one thread without touching the parent's
-        // runtime; see the module docs for what it may still meet (locks of the
-        // program's own held by other threads of the parent), which the `Fork` variant
-        // documents for users.
-        match unsafe { fork() }.map_err(io::Error::from)? {
+        // Forking waits while a reply ring is between its `mmap` and its
+        // `MADV_DONTFORK`, so that the child never gets a sibling's ring.
+        let forked = crate::ring::fork_exclusive(|| {
+            // SAFETY: the child runs only `forked_worker`, which starts with
+            // async-signal-safe calls, checks the locks it needs with a bounded probe,
+            // then runs the worker loop on this one thread without touching the
+            // parent's runtime; see the module docs for what it may still meet (locks
+            // of the program's own held by other threads of the parent), which the
+            // `Fork` variant documents for users.
+            unsafe { fork() }
+        });
+        match forked.map_err(io::Error::from)? {
             ForkResult::Child => {
                 let probe = Some(probe_write.as_raw_fd());
-                forked_worker(theirs.as_raw_fd(), parent, &opts, probe)
+                forked_worker(theirs.as_raw_fd(), stdio, parent, &opts, probe)
             }
             ForkResult::Parent { child } => {
                 drop((theirs, probe_write));
@@ -163,17 +176,18 @@ fn locks_are_free() -> bool {
 
 /// The life of a forked worker, from the fork to `_exit`: it never returns.
 ///
-/// `fd` is its channel; `parent` the process that forked it. With `probe`, the child
-/// first checks the locks it needs ([`locks_are_free`]) and writes on `probe` that it
-/// did, or exits: a fork of a multi-threaded process (the fork server forks from one
-/// thread, and needs no probe).
+/// `fd` is its channel; `stdio` its stdin, stdout and stderr; `parent` the process
+/// that forked it. With `probe`, the child first checks the locks it needs
+/// ([`locks_are_free`]) and writes on `probe` that it did, or exits: a fork of a
+/// multi-threaded process (the fork server forks from one thread, and needs no probe).
 pub(crate) fn forked_worker(
     fd: RawFd,
+    stdio: [RawFd; 3],
     parent: Pid,
     opts: &ChildOptions,
     probe: Option<RawFd>,
 ) -> ! {
-    if child_setup(fd, WORKER_FD, parent, opts).is_err() {
+    if child_setup(fd, WORKER_FD, stdio, parent, opts).is_err() {
         // SAFETY: _exit ends the process at once; nothing of ours is left to run.
         unsafe { libc::_exit(1) };
     }

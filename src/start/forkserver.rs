@@ -33,7 +33,8 @@ use tokio_util::codec::Decoder;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::error::WorkerExit;
-use crate::fdpass::{recv_with_fds, send_with_fd};
+use crate::fdpass::{recv_with_fds, send_with_fds};
+use crate::output::{ChildStdio, WorkerOutput};
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec};
 use crate::protocol::{
     FromServer, Hello, InitFailure, ToServer, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
@@ -189,17 +190,21 @@ impl Server {
             let Ok((ToServer::Fork { req, opts }, _)) = decode_frame::<ToServer>(&frame) else {
                 return Err(io::Error::other("unexpected request"));
             };
-            let Some(channel) = self.fds.pop_front() else {
-                let error = "no descriptor came with the request".to_string();
+            // The channel, then the worker's stdin, stdout and stderr.
+            if self.fds.len() < 4 {
+                self.fds.clear();
+                let error = "the descriptors did not come with the request".to_string();
                 self.send(&FromServer::ForkFailed { req, error })?;
                 continue;
-            };
+            }
+            let fds: Vec<OwnedFd> = self.fds.drain(..4).collect();
+            let stdio = [fds[1].as_raw_fd(), fds[2].as_raw_fd(), fds[3].as_raw_fd()];
             // SAFETY: this process is single-threaded (it never starts a thread), so
             // the child inherits no lock held by another thread.
             match unsafe { fork() } {
-                Ok(ForkResult::Child) => forked_worker(channel.as_raw_fd(), me, &opts, None),
+                Ok(ForkResult::Child) => forked_worker(fds[0].as_raw_fd(), stdio, me, &opts, None),
                 Ok(ForkResult::Parent { child }) => {
-                    drop(channel);
+                    drop(fds);
                     let pid = child.as_raw() as u32;
                     self.send(&FromServer::Forked { req, pid })?;
                 }
@@ -263,6 +268,8 @@ impl Conn {
 pub(crate) struct ForkServer {
     preload: Option<(FnRef, Bytes)>,
     startup_timeout: Duration,
+    /// Where the server's own stdout and stderr go.
+    output: (WorkerOutput, WorkerOutput),
     conn: tokio::sync::Mutex<Option<Conn>>,
     pid: std::sync::atomic::AtomicU32,
 }
@@ -274,10 +281,15 @@ impl std::fmt::Debug for ForkServer {
 }
 
 impl ForkServer {
-    pub(crate) fn new(preload: Option<(FnRef, Bytes)>, startup_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        preload: Option<(FnRef, Bytes)>,
+        startup_timeout: Duration,
+        output: (WorkerOutput, WorkerOutput),
+    ) -> Self {
         ForkServer {
             preload,
             startup_timeout,
+            output,
             conn: tokio::sync::Mutex::new(None),
             pid: std::sync::atomic::AtomicU32::new(0),
         }
@@ -301,10 +313,11 @@ impl ForkServer {
         }
     }
 
-    /// Asks the server for a worker.
+    /// Asks the server for a worker with `stdio` as its standard descriptors.
     pub(crate) async fn fork_worker(
         &self,
         opts: ChildOptions,
+        stdio: ChildStdio,
     ) -> io::Result<(ChildProc, UnixStream)> {
         let (ours, theirs) = crate::start::channel_pair()?;
         let reply = {
@@ -315,9 +328,10 @@ impl ForkServer {
             let Some(conn) = guard.as_mut() else {
                 return Err(io::Error::other("no fork server"));
             };
-            request_fork(conn, opts, theirs.as_fd()).await?
+            request_fork(conn, opts, theirs.as_fd(), &stdio).await?
         };
         drop(theirs);
+        drop(stdio);
         let (pid, status) = tokio::time::timeout(self.startup_timeout, reply)
             .await
             .map_err(|_| io::Error::other("the fork server did not answer in time"))?
@@ -328,8 +342,19 @@ impl ForkServer {
 
     /// Lets the server go: it exits when its channel closes; killed if it lingers.
     pub(crate) async fn shutdown(&self) {
-        let conn = self.conn.lock().await.take();
-        self.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.shutdown_if(|| true).await;
+    }
+
+    /// Lets the server go if `idle()`, asked while no fork request can be under way.
+    pub(crate) async fn shutdown_if(&self, idle: impl FnOnce() -> bool) {
+        let conn = {
+            let mut conn = self.conn.lock().await;
+            if !idle() {
+                return;
+            }
+            self.pid.store(0, std::sync::atomic::Ordering::Relaxed);
+            conn.take()
+        };
         if let Some(mut conn) = conn {
             let _ = nix::sys::socket::shutdown(
                 conn.stream.as_raw_fd(),
@@ -345,7 +370,10 @@ impl ForkServer {
     }
 
     async fn start_server(&self) -> io::Result<Conn> {
-        let (mut server, sock) = spawn_self(ROLE_FORKSERVER, ChildOptions::default(), None).await?;
+        let (stdio, relays) = crate::output::prepare(&self.output.0, &self.output.1)?;
+        let (mut server, sock) =
+            spawn_self(ROLE_FORKSERVER, ChildOptions::default(), stdio, None).await?;
+        relays.start(server.pid());
         sock.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(sock)?;
         let handshake = async {
@@ -430,6 +458,7 @@ async fn request_fork(
     conn: &mut Conn,
     opts: ChildOptions,
     channel: BorrowedFd<'_>,
+    stdio: &ChildStdio,
 ) -> io::Result<oneshot::Receiver<ForkReply>> {
     conn.next_req += 1;
     let req = conn.next_req;
@@ -443,7 +472,9 @@ async fn request_fork(
         .map_err(|_| io::Error::other("poisoned"))?
         .forks
         .insert(req, tx);
-    send_with_fd(&conn.stream, &wire, channel.as_raw_fd()).await?;
+    let [stdin, stdout, stderr] = stdio.raw();
+    let fds = [channel.as_raw_fd(), stdin, stdout, stderr];
+    send_with_fds(&conn.stream, &wire, &fds).await?;
     Ok(rx)
 }
 

@@ -12,6 +12,7 @@ use std::os::unix::net::UnixStream;
 use nix::unistd::Pid;
 
 use self::child::ChildProc;
+use crate::output::{ChildStdio, WorkerOutput};
 
 /// How a pool starts its worker processes (Python's start methods).
 ///
@@ -68,31 +69,40 @@ pub(crate) enum Starter {
     /// With the environment variables the workers keep (`None`: all).
     Spawn(Option<Vec<String>>),
     Fork,
-    ForkServer(forkserver::ForkServer),
+    ForkServer(Box<forkserver::ForkServer>),
 }
 
 impl Starter {
+    /// `output` says where a fork server's own stdout and stderr go.
     pub(crate) fn new(
         method: StartMethod,
         preload: Option<(crate::task_fn::FnRef, bytes::Bytes)>,
         startup_timeout: std::time::Duration,
         env: Option<Vec<String>>,
+        output: (WorkerOutput, WorkerOutput),
     ) -> Self {
         match method {
             StartMethod::Spawn => Starter::Spawn(env),
             StartMethod::Fork => Starter::Fork,
-            StartMethod::ForkServer => {
-                Starter::ForkServer(forkserver::ForkServer::new(preload, startup_timeout))
-            }
+            StartMethod::ForkServer => Starter::ForkServer(Box::new(forkserver::ForkServer::new(
+                preload,
+                startup_timeout,
+                output,
+            ))),
         }
     }
 
-    /// Starts one worker; returns the child and our end of its channel.
-    pub(crate) async fn start(&self, opts: ChildOptions) -> io::Result<(ChildProc, UnixStream)> {
+    /// Starts one worker with `stdio` as its standard descriptors; returns the child
+    /// and our end of its channel.
+    pub(crate) async fn start(
+        &self,
+        opts: ChildOptions,
+        stdio: ChildStdio,
+    ) -> io::Result<(ChildProc, UnixStream)> {
         match self {
-            Starter::Spawn(env) => spawn::spawn_worker(opts, env.clone()).await,
-            Starter::Fork => fork::fork_worker(opts).await,
-            Starter::ForkServer(server) => server.fork_worker(opts).await,
+            Starter::Spawn(env) => spawn::spawn_worker(opts, stdio, env.clone()).await,
+            Starter::Fork => fork::fork_worker(opts, stdio).await,
+            Starter::ForkServer(server) => server.fork_worker(opts, stdio).await,
         }
     }
 
@@ -128,27 +138,43 @@ pub(crate) struct ChildOptions {
     pub(crate) outlive_parent: bool,
 }
 
-/// Runs in a freshly forked child: puts its channel on `target`, arranges to die with
-/// the parent, and applies the resource settings.
+/// Runs in a freshly forked child: puts `stdio` on descriptors 0, 1 and 2 and its
+/// channel on `target`, arranges to die with the parent, and applies the resource
+/// settings.
 ///
 /// Only async-signal-safe calls are allowed here: the parent may have had other threads,
 /// which do not exist in the child, holding locks (of the allocator, say).
 pub(crate) fn child_setup(
     fd: RawFd,
     target: RawFd,
+    stdio: [RawFd; 3],
     parent: Pid,
     opts: &ChildOptions,
 ) -> io::Result<()> {
+    // Sources are first copied above every target (close-on-exec, so the copies do not
+    // outlive an exec), so that placing one cannot overwrite another still to be
+    // placed, and none is its own target (`dup2` onto itself would keep the
+    // close-on-exec flag).
+    const ABOVE: libc::c_int = 10;
     // SAFETY: each call below is a plain syscall wrapper on integers owned by this
     // child; none reads or writes memory of ours except through arguments passed by
     // value.
     unsafe {
-        if fd == target {
-            let flags = libc::fcntl(fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+        let high = |fd: RawFd| -> io::Result<RawFd> {
+            let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, ABOVE);
+            if copy < 0 {
                 return Err(io::Error::last_os_error());
             }
-        } else if libc::dup2(fd, target) < 0 {
+            Ok(copy)
+        };
+        let channel = high(fd)?;
+        let stdio = [high(stdio[0])?, high(stdio[1])?, high(stdio[2])?];
+        for (target, source) in (0..).zip(stdio) {
+            if libc::dup2(source, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if libc::dup2(channel, target) < 0 {
             return Err(io::Error::last_os_error());
         }
         if !opts.outlive_parent {

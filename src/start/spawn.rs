@@ -17,6 +17,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 
+use crate::output::ChildStdio;
 use crate::per_process::PerProcess;
 use crate::start::child::{ChildProc, NewChild};
 use crate::start::ChildOptions;
@@ -69,16 +70,18 @@ pub(crate) async fn on_spawner_thread<T: Send + 'static>(
 /// variables `env` names if it is `Some`.
 pub(crate) async fn spawn_worker(
     opts: ChildOptions,
+    stdio: ChildStdio,
     env: Option<Vec<String>>,
 ) -> io::Result<(ChildProc, UnixStream)> {
-    spawn_self(ROLE_WORKER, opts, env).await
+    spawn_self(ROLE_WORKER, opts, stdio, env).await
 }
 
-/// Runs this executable again in `role`, with its channel on [`WORKER_FD`], and only
-/// the environment variables `env` names if it is `Some`.
+/// Runs this executable again in `role`, with its channel on [`WORKER_FD`], `stdio`
+/// on 0, 1 and 2, and only the environment variables `env` names if it is `Some`.
 pub(crate) async fn spawn_self(
     role: &'static str,
     opts: ChildOptions,
+    stdio: ChildStdio,
     env: Option<Vec<String>>,
 ) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = crate::start::channel_pair()?;
@@ -103,14 +106,17 @@ pub(crate) async fn spawn_self(
         }
         cmd.env(ENV_WORKER, role).stdin(Stdio::null());
         let fd = theirs.as_raw_fd();
+        // The descriptors live (in `stdio`) until `spawn` has returned.
+        let raw = stdio.raw();
         // SAFETY: `child_setup` makes only async-signal-safe calls (fcntl, dup2, prctl,
         // getppid, setpriority, setrlimit, _exit) and allocates nothing, as a pre_exec
         // hook in a possibly multi-threaded parent must.
         unsafe {
-            cmd.pre_exec(move || crate::start::child_setup(fd, WORKER_FD, parent, &opts));
+            cmd.pre_exec(move || crate::start::child_setup(fd, WORKER_FD, raw, parent, &opts));
         }
         let child = cmd.spawn()?;
         drop(theirs);
+        drop(stdio);
         Ok(NewChild::new(child.id()))
     })
     .await??;
