@@ -81,6 +81,8 @@ mod direct;
 mod driver;
 mod error;
 mod fdpass;
+#[cfg(test)]
+mod fuzz;
 mod handle;
 mod input;
 mod per_process;
