@@ -119,7 +119,8 @@ fn budget() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Runs `test` on values of `strategy`; panics with the smallest failing value found.
+/// Runs `test` on values of `strategy` until the cases or the time budget are spent;
+/// panics with the smallest failing value found.
 fn check<S: Strategy>(
     name: &str,
     default_cases: u32,
@@ -134,6 +135,7 @@ fn check<S: Strategy>(
         max_shrink_time: 20_000,
         ..Config::default()
     };
+    let cases = config.cases;
     let mut runner = if std::env::var_os("PROCPOOL_FUZZ_CASES").is_some() {
         TestRunner::new(config)
     } else {
@@ -141,18 +143,17 @@ fn check<S: Strategy>(
     };
     let started = Instant::now();
     let deadline = started + budget();
-    let ran = std::cell::Cell::new(0u32);
-    let result = runner.run(&strategy, |value| {
-        if Instant::now() > deadline {
-            return Ok(());
+    let mut ran = 0;
+    while ran < cases && Instant::now() < deadline {
+        let case = strategy
+            .new_tree(&mut runner)
+            .unwrap_or_else(|e| panic!("{name}: no case: {e}"));
+        if let Err(e) = runner.run_one(case, &test) {
+            panic!("{name}: {e}");
         }
-        ran.set(ran.get() + 1);
-        test(value)
-    });
-    if let Err(e) = result {
-        panic!("{name}: {e}");
+        ran += 1;
     }
-    eprintln!("{name}: {} cases in {:?}", ran.get(), started.elapsed());
+    eprintln!("{name}: {ran} cases in {:?}", started.elapsed());
 }
 
 // ---------------------------------------------------------------------------------
