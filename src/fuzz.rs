@@ -434,6 +434,36 @@ fn chunks_of_results_with_a_wrong_count_or_a_changed_byte() {
     );
 }
 
+/// The driver's check of a reply's count: a successful reply passes only if it says
+/// it holds one result per task of its job, whatever its bytes.
+#[test]
+fn a_reply_holds_one_result_per_task_of_its_job() {
+    check(
+        "a reply's count against its job",
+        512,
+        (header(), chunk(), 0..14usize),
+        |(header, (values, said, mutation), tasks)| {
+            let mut frame = header.encode();
+            let mut results = results_chunk(&values, said);
+            mutation.apply(&mut results);
+            frame.extend_from_slice(&results);
+            let frame = crate::protocol::codec::ReplyFrame::from(BytesMut::from(&frame[..]));
+            let done = crate::driver::Done::read(&frame.frame).expect("the header reads");
+            let checked = frame.check_count(&done, tasks);
+            let count = postcard::take_from_bytes::<u64>(&results)
+                .ok()
+                .map(|(n, _)| n);
+            prop_assert_eq!(
+                checked.is_ok(),
+                count == Some(tasks as u64),
+                "{:?}",
+                checked
+            );
+            Ok(())
+        },
+    );
+}
+
 /// A reply that says it holds far more results than the job has tasks is not
 /// decoded: the caller maps none of them, and keeps nothing of them.
 #[test]

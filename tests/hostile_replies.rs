@@ -708,6 +708,16 @@ async fn a_chunk_reply_with_too_few_or_too_many_results() {
         )
         .await;
         assert_eq!(got.len(), 3, "{what}: {got:?}");
+        if said != 3 {
+            // The pool gave up on the worker: it is replaced.
+            let (p, old) = (pool.clone(), pids.clone());
+            let replaced = eventually(BOUND, move || {
+                let now = support::worker_pids(&p);
+                now.len() == 1 && now != old
+            })
+            .await;
+            assert!(replaced, "{what}: not replaced: {:?}", pool.stats());
+        }
         for r in &got {
             match r {
                 Err(TaskError::Protocol(why)) if said != 3 => {
