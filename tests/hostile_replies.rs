@@ -829,3 +829,60 @@ async fn endless_empty_frames_after_the_worker_exits() {
         "grandchild {grandchild} still there"
     );
 }
+
+/// A length prefix of nearly the frame limit (1 GiB here), for a reply whose result is
+/// a byte string or for any frame, then nothing more: the pool holds no memory for
+/// bytes that never come (what it sets aside for the frame is not resident until the
+/// bytes arrive), and the task's timeout ends the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_frame_that_never_comes_holds_no_memory() {
+    const LIMIT: usize = 1 << 30;
+    for byte_string in [true, false] {
+        let what =
+            format!("a frame of {LIMIT} bytes that never comes (byte string: {byte_string})");
+        let pool = within(
+            "build",
+            support::builder()
+                .processes(1)
+                .max_frame_len(LIMIT)
+                .task_timeout(Duration::from_secs(2))
+                .build(),
+        )
+        .await
+        .expect("pool builds");
+        let pids = support::worker_pids(&pool);
+        let probe = pool.apply_async(supervisor_common::double, 1);
+        let job = probe.id() + 1;
+        assert_eq!(within("probe", probe).await, Ok(2));
+        let len = LIMIT as u32 - 1;
+        let mut bytes = len.to_be_bytes().to_vec();
+        if byte_string {
+            bytes.extend(done_ok(job, 0, true, 1, 1));
+            bytes.extend([1, 0]);
+            varint(u64::from(len) - (bytes.len() as u64 - 4) - 5, &mut bytes);
+        }
+        bytes.resize(bytes.len() + 200, 9);
+        let rss_before = rss();
+        let hostile = pool.apply_async(
+            attack,
+            Attack {
+                acts: vec![Act::Channel(bytes)],
+                then: Then::Hang,
+            },
+        );
+        assert_eq!(hostile.id(), job);
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        let grown = rss().saturating_sub(rss_before);
+        assert!(
+            grown < 48 << 20,
+            "{what}: resident memory grew {grown} bytes"
+        );
+        let got = within(&what, hostile).await;
+        assert!(
+            matches!(got, Err(TaskError::TimedOut { .. })),
+            "{what}: {got:?}"
+        );
+        serves(&pool, &what).await;
+        terminate(pool, pids, &what).await;
+    }
+}
