@@ -59,6 +59,9 @@ enum Act {
     Scribble(u64, Vec<u8>),
     /// Sleeps, so that the pool acts on what came before.
     Pause(u64),
+    /// Writes `frame` on the channel again and again, `total` bytes in all (or until
+    /// the pool closes the channel).
+    Flood { frame: Vec<u8>, total: usize },
 }
 
 /// What the hostile task does after its acts.
@@ -150,6 +153,30 @@ fn attack(attack: Attack) -> u64 {
             }
             Act::Scribble(at, bytes) => ring_put(*at, bytes),
             Act::Pause(ms) => std::thread::sleep(Duration::from_millis(*ms)),
+            Act::Flood { frame, total } => {
+                let batch: Vec<u8> = frame
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(64 * frame.len() << 10)
+                    .collect();
+                let mut sent = 0;
+                while sent < *total {
+                    // SAFETY: a send on descriptor 3 from memory that `batch` owns.
+                    let n = unsafe {
+                        libc::send(
+                            CHANNEL,
+                            batch.as_ptr().cast(),
+                            batch.len(),
+                            libc::MSG_NOSIGNAL,
+                        )
+                    };
+                    if n <= 0 {
+                        break;
+                    }
+                    sent += n as usize;
+                }
+            }
         }
     }
     match &attack.then {
@@ -884,5 +911,38 @@ async fn a_large_frame_that_never_comes_holds_no_memory() {
         );
         serves(&pool, &what).await;
         terminate(pool, pids, &what).await;
+    }
+}
+
+/// A flood of small frames on the channel (256 MiB of them, as fast as the worker can
+/// write): the pool gives up on the worker at once, holding no more than a few of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_frames_on_the_channel() {
+    for frame in [vec![0, 0, 0, 1, 0], framed(&done_ok(0, 0, false, 1, 1))] {
+        let what = format!("a flood of {frame:?}");
+        let rss_before = rss();
+        let got = run_attack(&what, |_| {
+            let acts = vec![Act::Flood {
+                frame,
+                total: 256 << 20,
+            }];
+            (
+                Attack {
+                    acts,
+                    then: Then::Hang,
+                },
+                Forged::default(),
+            )
+        })
+        .await;
+        assert!(
+            matches!(got, Err(TaskError::Protocol(_))),
+            "{what}: {got:?}"
+        );
+        let grown = rss().saturating_sub(rss_before);
+        assert!(
+            grown < 2 * MAX_FRAME + (48 << 20),
+            "{what}: resident memory grew {grown} bytes"
+        );
     }
 }
