@@ -158,7 +158,7 @@ fn attack(attack: Attack) -> u64 {
                     .iter()
                     .copied()
                     .cycle()
-                    .take(64 * frame.len() << 10)
+                    .take(frame.len() << 16)
                     .collect();
                 let mut sent = 0;
                 while sent < *total {
