@@ -324,7 +324,9 @@ fn generate(seed: u64, job: u64) -> (Attack, Forged) {
     let mut forged = Forged::default();
     let mut acts = Vec::new();
     for _ in 0..1 + rng.below(2) {
-        match rng.below(8) {
+        match rng.below(9) {
+            // Only wake-ups (empty frames): what follows decides.
+            8 => acts.push(Act::Channel(WAKE.repeat(1 + rng.below(8) as usize))),
             // Bytes as they come, on the channel.
             0 => acts.push(Act::Channel(rng.bytes(48))),
             // A length prefix at an extreme, some bytes behind it.
