@@ -195,10 +195,14 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
     let until = sent_at.into_std() + spin;
     let reply = crate::ring::spin_until(until, || lease.ring.pop_frame().ok().flatten());
     // Settled here if it is this job's reply; anything else is the driver's to judge.
+    let reply = reply.map(crate::protocol::codec::ReplyFrame::from);
     let done = reply
-        .as_deref()
-        .and_then(|frame| Done::read(frame).ok())
-        .filter(|done| done.header.id == job.id);
+        .as_ref()
+        .and_then(|frame| Some((Done::read(&frame.frame).ok()?, frame)))
+        .filter(|(done, frame)| {
+            done.header.id == job.id && frame.check_count(done, job.tasks).is_ok()
+        })
+        .map(|(done, _)| done);
     match (done, reply) {
         (Some(done), Some(frame)) => {
             deliver(
@@ -206,7 +210,7 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
                 lease.pid,
                 job,
                 done,
-                frame.into(),
+                frame,
                 &mut Deliveries::new(shared, lease.slot),
             );
             None
@@ -215,7 +219,7 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
             job,
             sent_at,
             unsent: Bytes::new(),
-            reply,
+            reply: reply.map(|frame| frame.frame),
         }),
     }
 }

@@ -883,6 +883,7 @@ impl Driver<'_> {
         {
             return Err(format!("reply to job {id}, which is not the one running"));
         }
+        frame.check_count(&done, self.head_tasks() as usize)?;
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };

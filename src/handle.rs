@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::error::{Payload, TaskError};
-use crate::protocol::codec::{byte_string_result, decode_results};
+use crate::protocol::codec::{byte_string_result, decode_results_into};
 use crate::queue::{AbortSignal, Reply, Results};
 
 /// A task submitted to the pool; a future of its result.
@@ -93,13 +93,17 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
 
 /// Decodes a chunk that holds exactly one result.
 fn decode_single<R: DeserializeOwned + 'static>(chunk: &[u8]) -> Result<R, TaskError> {
-    let mut results = decode_results::<R>(chunk).map_err(|message| TaskError::Codec {
-        what: Payload::Result,
-        message,
-    })?;
-    match (results.pop(), results.is_empty()) {
-        (Some(result), true) => result.map_err(TaskError::Panicked),
-        _ => Err(TaskError::Protocol("expected exactly one result".into())),
+    let mut result = None;
+    let count = decode_results_into::<R, _>(chunk, 1, &mut Vec::new(), |r| result = Some(r))
+        .map_err(|message| TaskError::Codec {
+            what: Payload::Result,
+            message,
+        })?;
+    match (count, result) {
+        (1, Some(result)) => result.map_err(TaskError::Panicked),
+        _ => Err(TaskError::Protocol(format!(
+            "{count} results for a single task"
+        ))),
     }
 }
 

@@ -92,6 +92,8 @@ mod direct;
 mod driver;
 mod error;
 mod fdpass;
+#[cfg(test)]
+mod fuzz;
 mod handle;
 mod input;
 mod output;

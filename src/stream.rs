@@ -68,7 +68,7 @@ impl fmt::Debug for FeedOptions {
 }
 
 /// Decodes one chunk's reply into one result per task, appended to `out`.
-fn decode_chunk_reply<R: DeserializeOwned + 'static>(
+pub(crate) fn decode_chunk_reply<R: DeserializeOwned + 'static>(
     reply: Reply,
     tasks: usize,
     out: &mut Vec<Result<R, TaskError>>,
@@ -82,10 +82,10 @@ fn decode_chunk_reply<R: DeserializeOwned + 'static>(
         Ok(results) => {
             let start = out.len();
             let decoded = results.with_chunk(|chunk| {
-                decode_results_into::<R, _>(chunk, out, |r| r.map_err(TaskError::Panicked))
+                decode_results_into::<R, _>(chunk, tasks, out, |r| r.map_err(TaskError::Panicked))
             });
             match decoded {
-                Ok(n) if n == tasks => {}
+                Ok(n) if usize::try_from(n) == Ok(tasks) => {}
                 Ok(n) => {
                     out.truncate(start);
                     all(

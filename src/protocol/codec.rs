@@ -44,13 +44,53 @@ impl ReplyFrame {
             Some(body) => Results::ByteString(body),
             None => {
                 let mut frame = self.frame;
-                let header = frame.len() - payload_len;
+                // (`payload_len` comes from reading this frame, so it is never larger.)
+                let header = frame.len().saturating_sub(payload_len);
                 if let Some(small) = crate::queue::SmallChunk::new(&frame[header..]) {
                     return Results::Small(small);
                 }
                 bytes::Buf::advance(&mut frame, header);
                 Results::Chunk(frame.freeze())
             }
+        }
+    }
+}
+
+impl ReplyFrame {
+    /// How many results a successful reply whose last `payload_len` bytes are its
+    /// payload says it holds: the count its chunk of results starts with (a body read
+    /// on its own is the one result of its chunk); `None` if the count does not read.
+    pub(crate) fn result_count(&self, payload_len: usize) -> Option<u64> {
+        if self.body.is_some() {
+            return Some(1);
+        }
+        let payload = &self.frame[self.frame.len().checked_sub(payload_len)?..];
+        postcard::take_from_bytes::<u64>(payload)
+            .ok()
+            .map(|(count, _)| count)
+    }
+
+    /// An error unless the reply whose header is `done` holds one result per task of a
+    /// job of `tasks` tasks (a reply of another outcome holds none, and is not judged
+    /// here): the count is the worker's word, and a worker that gets it wrong is broken.
+    pub(crate) fn check_count(
+        &self,
+        done: &crate::driver::Done,
+        tasks: usize,
+    ) -> Result<(), String> {
+        if !matches!(done.header.outcome, Outcome::Ok { .. }) {
+            return Ok(());
+        }
+        match self.result_count(done.payload_len) {
+            Some(count) if usize::try_from(count) == Ok(tasks) => Ok(()),
+            Some(count) => Err(format!(
+                "reply to job {} with {count} results for its {tasks} tasks",
+                done.header.id
+            )),
+            None => Err(format!(
+                "reply to job {} whose results do not start with their count",
+                done.header.id
+            )),
         }
     }
 }
@@ -405,42 +445,61 @@ where
     }
 }
 
-/// Decodes a chunk of results straight into what the caller keeps of each, appended
-/// to `out`; returns how many there were. On error `out` is left as it was.
+/// Decodes a chunk of `expected` results straight into what the caller keeps of each,
+/// appended to `out`; returns how many results the chunk says it holds. A chunk that
+/// says another count than `expected` is not decoded (`out` is left as it was), so a
+/// worker's reply cannot make the caller decode, and keep, more results than it has
+/// tasks. On error `out` is left as it was too: bytes that do not decode, or bytes left
+/// after the last result.
 pub(crate) fn decode_results_into<R, T>(
     bytes: &[u8],
+    expected: usize,
     out: &mut Vec<T>,
     f: impl FnMut(Result<R, RemotePanic>) -> T,
-) -> Result<usize, String>
+) -> Result<u64, String>
 where
     R: DeserializeOwned + 'static,
 {
     use serde::de::DeserializeSeed;
+    // The sequence's length, read first: the worker's word, checked before anything is
+    // decoded (or kept) on it.
+    let (count, _) = postcard::take_from_bytes::<u64>(bytes).map_err(|e| e.to_string())?;
+    if usize::try_from(count).ok() != Some(expected) {
+        return Ok(count);
+    }
     let start = out.len();
     let mut de = postcard::Deserializer::from_bytes(bytes);
-    Mapped {
+    let decoded = Mapped {
         f,
         out: &mut *out,
         _types: std::marker::PhantomData,
     }
     .deserialize(&mut de)
-    .map(|()| out.len() - start)
-    .map_err(|e| {
+    .map_err(|e| e.to_string())
+    .and_then(|()| match de.finalize() {
+        Ok([]) => Ok(count),
+        Ok(rest) => Err(format!("{} bytes after the last result", rest.len())),
+        Err(e) => Err(e.to_string()),
+    });
+    if decoded.is_err() {
         out.truncate(start);
-        e.to_string()
-    })
+    }
+    decoded
 }
 
-/// [`decode_results_into`] a new `Vec`.
-pub(crate) fn decode_results_with<R, T>(
+/// Decodes a chunk of results, as many as it holds (for the worker's own chunks and
+/// tests: a worker's reply is decoded with [`decode_results_into`], which holds it to
+/// its count).
+pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
     bytes: &[u8],
-    f: impl FnMut(Result<R, RemotePanic>) -> T,
-) -> Result<Vec<T>, String>
-where
-    R: DeserializeOwned + 'static,
-{
+) -> Result<Vec<Result<R, RemotePanic>>, String> {
+    let count = postcard::take_from_bytes::<u64>(bytes)
+        .map_err(|e| e.to_string())?
+        .0;
+    let expected = usize::try_from(count).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    decode_results_into(bytes, &mut out, f).map(|_| out)
+    decode_results_into(bytes, expected, &mut out, |r| r)?;
+    Ok(out)
 }
 
 /// A sequence of results, each mapped by `f` as it is decoded and appended to `out`.
@@ -481,13 +540,6 @@ where
         }
         Ok(())
     }
-}
-
-/// Decodes a chunk of results.
-pub(crate) fn decode_results<R: DeserializeOwned + 'static>(
-    bytes: &[u8],
-) -> Result<Vec<Result<R, RemotePanic>>, String> {
-    decode_results_with(bytes, |r| r)
 }
 
 #[cfg(test)]
