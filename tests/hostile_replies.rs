@@ -769,7 +769,6 @@ async fn a_chunk_reply_with_too_few_or_too_many_results() {
 /// multiplies the smoothed time, which overflows: a panic in the driver's task in a
 /// debug build).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the driver's pacing overflow fix (lead's branch): run with --ignored"]
 async fn ran_ns_of_u64_max() {
     for ran_jobs in [1u32, 0, u32::MAX] {
         let what = format!("ran_ns u64::MAX over {ran_jobs} jobs");
@@ -823,7 +822,6 @@ async fn ran_ns_of_u64_max() {
 /// Hangs before the lead engineer's fix of the driver's drain after a worker's death
 /// (`Driver::died` reads frames until none comes for 50 ms).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the driver's bounded post-death drain (lead's branch): run with --ignored"]
 async fn endless_empty_frames_after_the_worker_exits() {
     support::become_subreaper();
     let scratch = Scratch::new("hostile-grandchild");
