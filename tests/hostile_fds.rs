@@ -70,11 +70,8 @@ fn leak_descriptors() -> (Vec<OwnedFd>, TcpListener, Vec<String>) {
         .collect();
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
     // SAFETY: fcntl on a descriptor the listener owns; clears close-on-exec.
-    assert_eq!(
-        unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, 0) },
-        0,
-        "clear FD_CLOEXEC"
-    );
+    let rc = unsafe { libc::fcntl(listener.as_raw_fd(), libc::F_SETFD, 0) };
+    assert_eq!(rc, 0, "clear FD_CLOEXEC");
     let mut targets: Vec<String> = pipe
         .iter()
         .map(|fd| fd.as_raw_fd())

@@ -168,28 +168,53 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    /// The /proc listing fallback closes a descriptor above `first` in a forked child
-    /// (checked there, reported through the exit code).
-    #[test]
-    fn the_listing_fallback_closes_what_is_open() {
+    /// Runs `close` on `fd` in a forked child and reports whether, there, it closed
+    /// (or with `cloexec` marked) `fd` and left stderr alone.
+    fn in_child(cloexec: bool, close: fn(RawFd, bool) -> io::Result<()>) -> bool {
         let file = std::fs::File::open("/proc/self/stat").expect("open");
         let fd = file.as_raw_fd();
-        // SAFETY: the child only makes async-signal-safe calls, then _exits.
-        match unsafe { libc::fork() } {
-            0 => {
-                let ok = close_listed(fd, false).is_ok();
-                // SAFETY: fcntl on an integer; _exit ends the child.
-                let closed = unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0;
-                let stdio = unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0;
-                unsafe { libc::_exit(if ok && closed && stdio { 0 } else { 1 }) };
-            }
-            pid => {
-                assert!(pid > 0, "fork");
-                let mut status = 0;
-                // SAFETY: waitpid on our own child, status a local.
-                unsafe { libc::waitpid(pid, &mut status, 0) };
-                assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
-            }
+        // SAFETY: the child makes only async-signal-safe calls (the fallbacks are),
+        // then _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let ok = close(fd, cloexec).is_ok();
+            // SAFETY: fcntl takes integers only.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+            let done = if cloexec {
+                flags >= 0 && flags & libc::FD_CLOEXEC != 0
+            } else {
+                flags < 0
+            };
+            // SAFETY: fcntl takes integers only.
+            let stderr_open = unsafe { libc::fcntl(2, libc::F_GETFD) } >= 0;
+            // SAFETY: _exit ends the child at once.
+            unsafe { libc::_exit(if ok && done && stderr_open { 0 } else { 1 }) };
         }
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, into a local.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
+
+    #[test]
+    fn the_listing_fallback_closes_and_marks() {
+        // Clear close-on-exec first, so that marking it is the fallback's doing.
+        assert!(in_child(false, close_listed));
+        assert!(in_child(true, |fd, cloexec| {
+            // SAFETY: fcntl takes integers only.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+            close_listed(fd, cloexec)
+        }));
+    }
+
+    #[test]
+    fn the_last_resort_closes_and_marks() {
+        assert!(in_child(false, close_up_to_limit));
+        assert!(in_child(true, |fd, cloexec| {
+            // SAFETY: fcntl takes integers only.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+            close_up_to_limit(fd, cloexec)
+        }));
     }
 }
