@@ -84,6 +84,67 @@ fn start_descendants_and_hang(path: String) {
     }
 }
 
+/// A process that never stays put: each generation renames itself `name`, starts a new
+/// session, forks its successor and exits (so each one is orphaned in turn), one
+/// generation every 20 ms, for at most 2 000 generations (40 s). Writes the first
+/// generation's pid to `path`, then sleeps until it is killed.
+fn start_walking_chain((path, name): (String, String)) {
+    let mut cname = [0u8; 16];
+    let n = name.len().min(15);
+    cname[..n].copy_from_slice(&name.as_bytes()[..n]);
+    // SAFETY: the chain's processes make only async-signal-safe calls (prctl, setsid,
+    // fork, nanosleep, _exit) on locals.
+    let first = unsafe {
+        let first = libc::fork();
+        assert!(first >= 0, "fork");
+        if first == 0 {
+            for _ in 0..2_000 {
+                libc::prctl(libc::PR_SET_NAME, cname.as_ptr());
+                libc::setsid();
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 20_000_000,
+                };
+                libc::nanosleep(&pause, std::ptr::null_mut());
+                match libc::fork() {
+                    0 => continue,
+                    _ => libc::_exit(0),
+                }
+            }
+            libc::_exit(0);
+        }
+        first
+    };
+    std::fs::write(format!("{path}.tmp"), first.to_string()).expect("write pid");
+    std::fs::rename(format!("{path}.tmp"), &path).expect("publish pid");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// Running processes named `name`, and a pidfd on each.
+fn named(name: &str) -> Vec<(u32, Option<OwnedFd>)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name)
+                && support::is_running(pid)
+        })
+        .map(|pid| {
+            // SAFETY: pidfd_open takes integers and returns a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as i32, 0) };
+            // SAFETY: a fresh descriptor that nothing else owns.
+            (
+                pid,
+                (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+            )
+        })
+        .collect()
+}
+
 fn exit_now(code: i32) -> u32 {
     std::process::exit(code)
 }
@@ -358,4 +419,111 @@ async fn a_crash_takes_the_group_and_under_forkserver_the_daemon() {
     }
     within("terminate", pool.terminate()).await;
     drop(guard);
+}
+
+/// A chain of processes that fork and exit, each in a new session, is caught by the
+/// walk (which repeats until it finds nothing new) when the pool kills the worker: no
+/// process of the chain runs afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walking_chain_is_caught() {
+    let scratch = Scratch::new("descend-chain");
+    let name = format!("ppchain{}", std::process::id() % 100_000);
+    let pool = within("build", support::builder().processes(1).build())
+        .await
+        .expect("pool builds");
+    let task = pool
+        .apply(start_walking_chain, (scratch.path("pid"), name.clone()))
+        .timeout(Duration::from_secs(2))
+        .spawn();
+    scratch.wait_for("pid").await;
+    // Let the chain walk a few hundred generations.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A sample of /proc can miss a generation that is just being replaced, but not
+    // for long: it runs.
+    let look = name.clone();
+    let runs = tokio::task::spawn_blocking(move || {
+        support::eventually(GONE_BOUND, || !named(&look).is_empty())
+    })
+    .await
+    .expect("poller");
+    assert!(runs, "the chain runs");
+    let err = within("timeout", task).await.expect_err("times out");
+    assert!(err.is_timeout(), "{err:?}");
+    // Gone for good: not seen in 30 samples over at least 600 ms (a live generation
+    // is missed by one sample now and then, never by thirty).
+    let poll_name = name.clone();
+    let gone = tokio::task::spawn_blocking(move || {
+        support::become_subreaper();
+        let mut unseen = 0;
+        support::eventually(GONE_BOUND, || {
+            let live = named(&poll_name);
+            live.iter().for_each(|(pid, _)| {
+                Guard::dead(*pid);
+            });
+            unseen = if live.is_empty() { unseen + 1 } else { 0 };
+            std::thread::sleep(Duration::from_millis(10));
+            unseen >= 30
+        })
+    })
+    .await
+    .expect("poller");
+    // Whatever the outcome, nothing of the chain is left (killed through pidfds).
+    let left: Vec<u32> = named(&name).iter().map(|(pid, _)| *pid).collect();
+    for (pid, fd) in named(&name) {
+        if let Some(fd) = fd {
+            // SAFETY: pidfd_send_signal reads only its integer arguments.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                );
+            }
+        }
+        support::eventually(GONE_BOUND, || Guard::dead(pid));
+    }
+    assert!(gone, "the chain runs on: {left:?}");
+    within("terminate", pool.terminate()).await;
+    // Generations that exited were orphans of the worker, and came to us as zombies
+    // when it died (under Spawn and Fork): reap them.
+    let me = std::process::id();
+    support::eventually(GONE_BOUND, || {
+        let mine: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| {
+                support::parent_of(pid) == Some(me)
+                    && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .is_ok_and(|c| c.trim_end() == name)
+            })
+            .collect();
+        mine.iter()
+            .all(|&pid| Guard::dead(pid) && support::is_gone(pid))
+    });
+}
+
+/// A `Process` child (not a pool worker) is a subreaper with its own group too:
+/// killing it takes its descendants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_process_takes_every_descendant() {
+    let scratch = Scratch::new("descend-process");
+    let child = within(
+        "start",
+        procpool::Process::builder()
+            .start_method(support::start_method())
+            .start(start_descendants_and_hang, scratch.path("pids")),
+    )
+    .await
+    .expect("process starts");
+    let guard = Guard::watch(&read_pids(&scratch, "pids").await);
+    child.kill();
+    let err = within("join", child.join())
+        .await
+        .expect_err("the process was killed");
+    assert!(matches!(err, TaskError::WorkerDied { .. }), "{err:?}");
+    assert_all_dead(&guard, "Process::kill").await;
 }

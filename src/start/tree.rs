@@ -162,8 +162,9 @@ pub(crate) fn children(pid: i32) -> Vec<i32> {
 
 /// Walks the subtree under `root` (which must be alive and unable to fork: stopped, or
 /// the caller itself) and sends `signal` to every process in it, through pidfds; walks
-/// again until a walk finds nothing new, at most [`MAX_PASSES`] times and until
-/// `deadline`. `root` itself is not signalled.
+/// again until a walk finds nothing new (no new process, no process that died since
+/// the listing, whose children moved up the tree), at most [`MAX_PASSES`] times and
+/// until `deadline`. `root` itself is not signalled.
 ///
 /// Returns the pidfds of the processes signalled: the caller holds them while it
 /// finishes (no pid among them can be reused meanwhile).
@@ -184,6 +185,9 @@ pub(crate) fn signal_subtree(root: i32, signal: libc::c_int, deadline: Instant) 
                     continue;
                 }
                 let Some(pidfd) = pidfd_open(kid) else {
+                    // Gone since the listing: its children (if any) were reparented
+                    // within the tree; walk again to find them.
+                    found = true;
                     continue;
                 };
                 // The pidfd names one process for good; /proc names whoever has the
@@ -191,7 +195,11 @@ pub(crate) fn signal_subtree(root: i32, signal: libc::c_int, deadline: Instant) 
                 // the parent we read is its own: it must be in the tree.
                 let parent = parent_of(kid, &mut buf);
                 if has_exited(pidfd.as_fd()) {
-                    // Dead already: it has no children left to find.
+                    // Dead already (a zombie, whose pid stays its own): it has no
+                    // children left, but those it had were reparented within the
+                    // tree, perhaps to a process already walked: walk again.
+                    known.insert(kid);
+                    found = true;
                     continue;
                 }
                 if !parent.is_some_and(|p| known.contains(&p)) {
