@@ -210,8 +210,24 @@ impl ChildProc {
 
     /// Kills the child and waits for it, at most `bound` (then leaves it to the reaper
     /// thread, which `Drop` hands it to).
+    ///
+    /// The tree kill (up to [`TREE_KILL_BOUND`](tree::TREE_KILL_BOUND) for a large
+    /// tree) runs on a blocking thread, not on the runtime's.
     pub(crate) async fn kill_and_reap(&mut self, bound: Duration) -> Option<WorkerExit> {
-        self.signal(Signal::SIGKILL);
+        if self.exit.is_none() {
+            let (pid, group_safe) = (self.pid.as_raw(), self.remote.is_none());
+            let killed = match self.pidfd.get_ref().try_clone() {
+                Ok(pidfd) => tokio::task::spawn_blocking(move || {
+                    tree::kill_tree(pidfd.as_fd(), pid, group_safe);
+                })
+                .await
+                .is_ok(),
+                Err(_) => false,
+            };
+            if !killed {
+                self.kill_tree();
+            }
+        }
         tokio::time::timeout(bound, self.wait()).await.ok()
     }
 
