@@ -14,6 +14,14 @@
 //!
 //! If the server dies, its workers die with it (their parent-death signal), and the
 //! next fork request starts a new server.
+//!
+//! The server is a child subreaper (see [`tree`](crate::start::tree)): what a dead
+//! worker left running is reparented to it. Its only legitimate children are its live
+//! workers, so at each `SIGCHLD` it kills every other child (and that child's group),
+//! and it kills each worker's group between the worker's exit and its reap. When it
+//! exits it kills its whole subtree and reaps it (within `REAP_BOUND`). It starts with
+//! only stdio and its control socket (everything else was marked close-on-exec before
+//! its exec), and each worker it forks closes all but its own channel.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
