@@ -145,6 +145,11 @@ fn named(name: &str) -> Vec<(u32, Option<OwnedFd>)> {
         .collect()
 }
 
+/// Returns this worker's pid (a task that does nothing else).
+fn exit_later(_: ()) -> u32 {
+    std::process::id()
+}
+
 fn exit_now(code: i32) -> u32 {
     std::process::exit(code)
 }
@@ -346,7 +351,7 @@ async fn a_recycle_takes_every_descendant() {
         "build",
         support::builder()
             .processes(1)
-            .max_tasks_per_child(1)
+            .max_tasks_per_child(2)
             .build(),
     )
     .await
@@ -354,8 +359,16 @@ async fn a_recycle_takes_every_descendant() {
     let pids = within("task", pool.apply(start_descendants, ()))
         .await
         .expect("task runs");
+    // Watched before the worker's second task retires it.
     let guard = Guard::watch(&pids);
+    let worker = within("second task", pool.apply(exit_later, ()))
+        .await
+        .expect("task runs");
     assert_all_dead(&guard, "recycle").await;
+    assert!(
+        support::worker_pids(&pool) != vec![worker],
+        "the worker was recycled"
+    );
     within("terminate", pool.terminate()).await;
 }
 
