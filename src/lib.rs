@@ -67,6 +67,41 @@
 //!
 //! See [`Pool`]: `close`, `join`, `terminate`, and a `Drop` that never leaks a process.
 //!
+//! # Containment: descendants and descriptors
+//!
+//! What a task starts dies with its worker. Every child procpool starts (workers,
+//! [`Process`] children, the fork server) leads a process group of its own and is a
+//! child subreaper (`PR_SET_CHILD_SUBREAPER`), so while it lives every process it
+//! started, even a daemon that double-forked with `setsid`, stays in its subtree. When
+//! the pool kills a worker (a timeout, an abort, `terminate`, a drop), it stops it,
+//! walks its subtree in `/proc` and kills each process through a pidfd, walking again
+//! until nothing new turns up (at most 64 walks within 1 s, so a fork bomb cannot hold
+//! the pool), then kills its group and the worker. A worker that ends by itself (a
+//! recycle, `std::process::exit`) first kills its own subtree; whoever reaps a worker
+//! kills its group before the reap. The fork server kills every child of its that is
+//! not a live worker (an orphan of a dead worker comes to it, a subreaper), and its
+//! whole subtree when it exits.
+//!
+//! **The escape that remains** (there is no cgroup support yet): under
+//! [`StartMethod::Spawn`] and [`StartMethod::Fork`], a descendant that left the
+//! worker's process group (`setsid`, `setpgid`) and was orphaned survives when the
+//! worker dies of a signal the pool did not send (a segfault, `abort`, the OOM killer,
+//! a `kill` from outside), or when the pool's own process dies: it is reparented out of
+//! the worker's tree (to init, or to your program if it is a subreaper) before anyone
+//! can see it. Under [`StartMethod::ForkServer`] (the default) the server adopts it and
+//! kills it; the same escape exists only if the server itself is killed from outside.
+//!
+//! A side effect of the subreaper: a worker collects the zombies of the orphans it
+//! adopted until it exits (its own reaper then reaps them); `max_tasks_per_child`
+//! bounds that. Workers are in their own process group, so a terminal's Ctrl-C
+//! reaches the pool's process, not its workers (the pool ends them).
+//!
+//! Every child holds only its own descriptors: stdio, its channel (and its reply ring,
+//! mapped). Descriptors of the parent without close-on-exec (a systemd socket-activation
+//! listener, a C library's file) are closed before `exec` (`close_range`, or a walk of
+//! `/proc/self/fd` where it is missing) and in every forked worker; the fork server
+//! holds only stdio, its control socket and its signalfd.
+//!
 //! # Platform support
 //!
 //! Linux (the parent-death signal, pidfds and `/proc/self/exe` are Linux features).

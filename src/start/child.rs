@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::mpsc;
 use std::task::{ready, Context, Poll};
@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::error::WorkerExit;
 use crate::per_process::PerProcess;
+use crate::start::tree;
 
 /// A worker process, reaped exactly once, by us or by the fork server.
 #[derive(Debug)]
@@ -185,27 +186,74 @@ impl ChildProc {
         std::future::poll_fn(|cx| self.poll_wait(cx)).await
     }
 
-    /// Sends `signal` unless the child is known to have ended.
+    /// Sends `signal` unless the child is known to have ended. `SIGKILL` kills the
+    /// child's whole tree (see [`tree`](crate::start::tree)).
     pub(crate) fn signal(&self, signal: Signal) {
         if self.exit.is_none() {
-            send_signal(&self.pidfd, signal);
+            if signal == Signal::SIGKILL {
+                self.kill_tree();
+            } else {
+                send_signal(&self.pidfd, signal);
+            }
         }
+    }
+
+    /// Kills the child, its descendants and its group (bounded by
+    /// [`TREE_KILL_BOUND`](crate::start::tree::TREE_KILL_BOUND)).
+    fn kill_tree(&self) {
+        // Its group may be killed even after it exited while we, its parent, have not
+        // reaped it; a fork server's child is reaped by the server, which kills the
+        // group itself first.
+        let group_safe = self.remote.is_none();
+        tree::kill_tree(self.pidfd.get_ref().as_fd(), self.pid.as_raw(), group_safe);
     }
 
     /// Kills the child and waits for it, at most `bound` (then leaves it to the reaper
     /// thread, which `Drop` hands it to).
+    ///
+    /// The tree kill (up to [`TREE_KILL_BOUND`](tree::TREE_KILL_BOUND) for a large
+    /// tree) runs on a blocking thread, not on the runtime's.
     pub(crate) async fn kill_and_reap(&mut self, bound: Duration) -> Option<WorkerExit> {
-        self.signal(Signal::SIGKILL);
+        if self.exit.is_none() {
+            let (pid, group_safe) = (self.pid.as_raw(), self.remote.is_none());
+            let killed = match self.pidfd.get_ref().try_clone() {
+                Ok(pidfd) => tokio::task::spawn_blocking(move || {
+                    tree::kill_tree(pidfd.as_fd(), pid, group_safe);
+                })
+                .await
+                .is_ok(),
+                Err(_) => false,
+            };
+            if !killed {
+                self.kill_tree();
+            }
+        }
         tokio::time::timeout(bound, self.wait()).await.ok()
     }
 
     /// Asks the child to leave with `SIGTERM`, then kills it after `grace`.
+    ///
+    /// Its descendants get no grace: those it has when asked are held by pidfd and
+    /// killed when it ends (whether it leaves in time or is killed).
     pub(crate) async fn terminate(&mut self, grace: Duration) -> Option<WorkerExit> {
+        let held = if self.exit.is_none() {
+            tree::signal_subtree(
+                self.pid.as_raw(),
+                0,
+                std::time::Instant::now() + tree::TREE_KILL_BOUND,
+            )
+        } else {
+            Vec::new()
+        };
         self.signal(Signal::SIGTERM);
-        if let Ok(exit) = tokio::time::timeout(grace, self.wait()).await {
-            return Some(exit);
+        let exit = match tokio::time::timeout(grace, self.wait()).await {
+            Ok(exit) => Some(exit),
+            Err(_) => self.kill_and_reap(REAP_BOUND).await,
+        };
+        for pidfd in &held {
+            tree::pidfd_signal(pidfd.as_fd(), libc::SIGKILL);
         }
-        self.kill_and_reap(REAP_BOUND).await
+        exit
     }
 }
 
@@ -224,7 +272,7 @@ impl Drop for ChildProc {
     fn drop(&mut self) {
         if self.try_wait().is_none() {
             if self.kill_on_drop {
-                send_signal(&self.pidfd, Signal::SIGKILL);
+                self.kill_tree();
             }
             if self.remote.is_none() {
                 reap_in_background(self.pid);
@@ -249,7 +297,33 @@ fn send_signal(pidfd: &AsyncFd<OwnedFd>, signal: Signal) {
     }
 }
 
+/// Reaps `pid`, a child of ours, if it has exited; first kills its process group,
+/// while its unreaped pid keeps the group's id from naming anyone else's.
 fn try_reap(pid: Pid) -> Option<WorkerExit> {
+    loop {
+        // SAFETY: waitid writes into `info`, a zeroed local; WNOWAIT leaves the child
+        // unreaped.
+        let rc = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            let rc = libc::waitid(
+                libc::P_PID,
+                pid.as_raw() as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            );
+            if rc == 0 && info.si_pid() == 0 {
+                return None;
+            }
+            rc
+        };
+        if rc < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        if rc == 0 {
+            tree::kill_group(pid.as_raw());
+        }
+        break;
+    }
     loop {
         return match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => Some(WorkerExit::Code(code)),

@@ -201,11 +201,12 @@ pub(crate) fn forked_worker(
         // inherited from the parent, which closes on exec or exit (close-on-exec).
         unsafe { libc::write(probe, [PROBE_OK].as_ptr().cast(), 1) };
     }
-    // SAFETY: close_range takes integers only. Descriptors above the channel are the
-    // parent's (its runtime's, its files): this process has no use for them, and must
-    // not keep the parent's sockets open.
-    unsafe {
-        libc::syscall(libc::SYS_close_range, WORKER_FD as u32 + 1, u32::MAX, 0);
+    // Descriptors above the channel are the parent's (its runtime's, its files, its
+    // other workers' channels): this process has no use for them, and must not keep
+    // the parent's sockets open. If they cannot be closed, it must not run at all.
+    if crate::start::fds::close_from(WORKER_FD + 1, false).is_err() {
+        // SAFETY: _exit ends the process at once.
+        unsafe { libc::_exit(1) };
     }
     // SAFETY: `child_setup` put our channel on WORKER_FD and nothing else owns it.
     let channel = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
@@ -214,6 +215,8 @@ pub(crate) fn forked_worker(
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
     let code = crate::worker::serve(UnixStream::from(channel));
+    // What its tasks started dies with it (`_exit` runs no atexit hook).
+    crate::start::tree::kill_own_subtree();
     // `_exit`, not `exit`: the parent's atexit handlers and buffers are not ours to run
     // or flush a second time.
     // SAFETY: as above.

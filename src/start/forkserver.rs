@@ -14,8 +14,16 @@
 //!
 //! If the server dies, its workers die with it (their parent-death signal), and the
 //! next fork request starts a new server.
+//!
+//! The server is a child subreaper (see [`tree`](crate::start::tree)): what a dead
+//! worker left running is reparented to it. Its only legitimate children are its live
+//! workers, so at each `SIGCHLD` it kills every other child (and that child's group),
+//! and it kills each worker's group between the worker's exit and its reap. When it
+//! exits it kills its whole subtree and reaps it (within `REAP_BOUND`). It starts with
+//! only stdio and its control socket (everything else was marked close-on-exec before
+//! its exec), and each worker it forks closes all but its own channel.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -24,6 +32,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
+use nix::errno::Errno;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -68,12 +77,33 @@ pub(crate) fn server_main(ctrl: UnixStream) -> i32 {
         codec: frame_codec(u32::MAX as usize),
         buf: BytesMut::with_capacity(4096),
         fds: VecDeque::new(),
+        workers: HashSet::new(),
     };
     match server.handshake() {
         Ok(true) => {}
         Ok(false) => return 0,
         Err(_) => return 2,
     }
+    let code = serve_forks(&mut server, &sigfd);
+    // Whatever is left below the server (workers, their descendants, orphans) goes
+    // with it, and is reaped, within REAP_BOUND.
+    crate::start::tree::kill_own_subtree();
+    server.workers.clear();
+    let deadline = std::time::Instant::now() + REAP_BOUND;
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    code
+}
+
+/// Serves fork requests until the pool closes the channel; returns the exit code.
+fn serve_forks(server: &mut Server, sigfd: &SignalFd) -> i32 {
     let me = nix::unistd::getpid();
     loop {
         let mut fds = [
@@ -101,6 +131,8 @@ pub(crate) fn server_main(ctrl: UnixStream) -> i32 {
             if server.report_exits().is_err() {
                 return 0;
             }
+            // A worker that died left its orphans to us (we are a subreaper).
+            server.kill_orphans();
         }
         if fds[0].revents != 0 {
             match server.read_requests(me) {
@@ -116,6 +148,8 @@ struct Server {
     codec: tokio_util::codec::LengthDelimitedCodec,
     buf: BytesMut,
     fds: VecDeque<OwnedFd>,
+    /// The live workers: every other child of the server is an orphan.
+    workers: HashSet<i32>,
 }
 
 impl Server {
@@ -205,6 +239,7 @@ impl Server {
                 Ok(ForkResult::Child) => forked_worker(fds[0].as_raw_fd(), stdio, me, &opts, None),
                 Ok(ForkResult::Parent { child }) => {
                     drop(fds);
+                    self.workers.insert(child.as_raw());
                     let pid = child.as_raw() as u32;
                     self.send(&FromServer::Forked { req, pid })?;
                 }
@@ -217,21 +252,59 @@ impl Server {
         Ok(true)
     }
 
-    /// Reaps every child that has ended and reports it.
+    /// Reaps every child that has ended and reports the workers among them. Each
+    /// child's process group is killed before it is reaped (while its pid, the group's
+    /// id, is still its own).
     fn report_exits(&mut self) -> io::Result<()> {
         loop {
-            let (pid, exit) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, WorkerExit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => {
-                    (pid, WorkerExit::Signal(signal as i32))
+            // SAFETY: waitid writes into `info`, a zeroed local; WNOWAIT leaves the
+            // child unreaped.
+            let pid = unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                let rc = libc::waitid(
+                    libc::P_ALL,
+                    0,
+                    &mut info,
+                    libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+                );
+                if rc < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Ok(());
                 }
-                Ok(WaitStatus::StillAlive) | Err(_) => return Ok(()),
-                Ok(_) => continue,
+                info.si_pid()
             };
-            self.send(&FromServer::Exited {
-                pid: pid.as_raw() as u32,
-                exit,
-            })?;
+            if pid <= 0 {
+                return Ok(());
+            }
+            crate::start::tree::kill_group(pid);
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let exit = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => WorkerExit::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => WorkerExit::Signal(signal as i32),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => return Ok(()),
+            };
+            if self.workers.remove(&pid.as_raw()) {
+                self.send(&FromServer::Exited {
+                    pid: pid.as_raw() as u32,
+                    exit,
+                })?;
+            }
+        }
+    }
+
+    /// Kills every child that is not a live worker: an orphan of a dead worker,
+    /// reparented to the server. Its group dies with it (its pid, unreaped, is still
+    /// its own); its own children come to us in turn, and go at its `SIGCHLD`.
+    fn kill_orphans(&mut self) {
+        for pid in crate::start::tree::children(nix::unistd::getpid().as_raw()) {
+            if !self.workers.contains(&pid) {
+                crate::start::tree::kill_group(pid);
+                // SAFETY: kill takes integers; `pid` is an unreaped child of ours.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
     }
 }

@@ -1,9 +1,11 @@
 //! How worker processes are started, and what every child does before it runs.
 
 pub(crate) mod child;
+pub(crate) mod fds;
 pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod spawn;
+pub(crate) mod tree;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -81,6 +83,7 @@ impl Starter {
         env: Option<Vec<String>>,
         output: (WorkerOutput, WorkerOutput),
     ) -> Self {
+        fds::read_test_switch();
         match method {
             StartMethod::Spawn => Starter::Spawn(env),
             StartMethod::Fork => Starter::Fork,
@@ -139,8 +142,9 @@ pub(crate) struct ChildOptions {
 }
 
 /// Runs in a freshly forked child: puts `stdio` on descriptors 0, 1 and 2 and its
-/// channel on `target`, arranges to die with the parent, and applies the resource
-/// settings.
+/// channel on `target`, arranges to die with the parent, makes it the leader of a
+/// process group of its own and a child subreaper (so that its descendants can be
+/// found and killed with it: see [`tree`]), and applies the resource settings.
 ///
 /// Only async-signal-safe calls are allowed here: the parent may have had other threads,
 /// which do not exist in the child, holding locks (of the allocator, say).
@@ -175,6 +179,13 @@ pub(crate) fn child_setup(
             }
         }
         if libc::dup2(channel, target) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Its own group, and the reaper of its orphaned descendants: every process it
+        // starts stays in its subtree while it lives.
+        if libc::setpgid(0, 0) < 0
+            || libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) < 0
+        {
             return Err(io::Error::last_os_error());
         }
         if !opts.outlive_parent {

@@ -108,11 +108,17 @@ pub(crate) async fn spawn_self(
         let fd = theirs.as_raw_fd();
         // The descriptors live (in `stdio`) until `spawn` has returned.
         let raw = stdio.raw();
-        // SAFETY: `child_setup` makes only async-signal-safe calls (fcntl, dup2, prctl,
-        // getppid, setpriority, setrlimit, _exit) and allocates nothing, as a pre_exec
-        // hook in a possibly multi-threaded parent must.
+        // SAFETY: `child_setup` and `close_from` make only async-signal-safe calls
+        // (fcntl, dup2, setpgid, prctl, getppid, setpriority, setrlimit, close_range,
+        // open, getdents64, close, getrlimit, _exit) and allocate nothing, as a
+        // pre_exec hook in a possibly multi-threaded parent must.
         unsafe {
-            cmd.pre_exec(move || crate::start::child_setup(fd, WORKER_FD, raw, parent, &opts));
+            cmd.pre_exec(move || {
+                crate::start::child_setup(fd, WORKER_FD, raw, parent, &opts)?;
+                // Every descriptor but stdio and the channel closes at the exec: the
+                // parent's listening sockets and files are not the child's.
+                crate::start::fds::close_from(WORKER_FD + 1, true)
+            });
         }
         let child = cmd.spawn()?;
         drop(theirs);

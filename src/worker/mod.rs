@@ -49,6 +49,7 @@ pub fn init() {
     };
     // Not inherited by processes that a task starts.
     std::env::remove_var(ENV_WORKER);
+    crate::start::fds::read_test_switch();
     // SAFETY: a spawned worker or fork server receives its channel on WORKER_FD (see
     // `start::child_setup`), and nothing else in this process owns that descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
@@ -195,6 +196,7 @@ fn keep_large_allocations() {
 
 /// Serves the pool on `stream` until it closes; returns the exit code.
 pub(crate) fn serve(stream: UnixStream) -> i32 {
+    kill_descendants_at_exit();
     ignore_interrupts();
     capture_panics();
     keep_large_allocations();
@@ -215,6 +217,27 @@ pub(crate) fn serve(stream: UnixStream) -> i32 {
 /// Ctrl-C in a terminal signals the whole process group; the pool, not the worker,
 /// decides when a worker stops. Writes to a closed channel fail with `EPIPE` rather
 /// than kill, as in any Rust `main`.
+/// Arranges that when this worker calls `exit` (a task's `std::process::exit`, or the
+/// end of [`init`]) every process its tasks started is killed first. Only in this
+/// process: a task's forked child inherits the hook, and must not kill its own children
+/// when it exits.
+fn kill_descendants_at_exit() {
+    static WORKER: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+    extern "C" fn at_exit() {
+        // SAFETY: getpid takes no arguments.
+        if WORKER.load(std::sync::atomic::Ordering::Relaxed) == unsafe { libc::getpid() } {
+            crate::start::tree::kill_own_subtree();
+        }
+    }
+    // SAFETY: getpid takes no arguments.
+    let me = unsafe { libc::getpid() };
+    if WORKER.swap(me, std::sync::atomic::Ordering::Relaxed) != me {
+        // SAFETY: registers a plain function that lives as long as the program. A
+        // failure only loses the hook (the pool still kills the worker's group).
+        unsafe { libc::atexit(at_exit) };
+    }
+}
+
 pub(crate) fn ignore_interrupts() {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // SAFETY: SIG_IGN installs no handler code.
