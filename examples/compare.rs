@@ -1176,6 +1176,70 @@ fn ready_pool_ms(rt: &tokio::runtime::Runtime, s: &Sizes, method: StartMethod) -
     }))
 }
 
+/// What the opt-in sandbox costs: a ready pool of 2 and the round trip of an `apply`
+/// on one worker, each with and without it (fork server, median).
+fn sandbox(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
+    t.section("sandbox: a ready pool of 2 and an apply round trip, with and without, median");
+    let build = |n: usize, sandboxed: bool| async move {
+        let builder = Pool::builder().processes(n);
+        let builder = if sandboxed {
+            // (Weaker where the kernel lacks a feature, so that the figure is there.)
+            builder.sandbox(procpool::Sandbox::new().allow_weaker(true))
+        } else {
+            builder
+        };
+        builder.build().await.expect("build a pool")
+    };
+    let mut ready = [0.0; 2];
+    let mut trip = [0.0; 2];
+    for (i, sandboxed) in [false, true].into_iter().enumerate() {
+        say(&format!("sandbox cost (sandboxed: {sandboxed})"));
+        ready[i] = ms(rt.block_on(async {
+            let mut xs = Vec::new();
+            for _ in 0..s.startup_reps {
+                let start = Instant::now();
+                let pool = build(2, sandboxed).await;
+                xs.push(start.elapsed());
+                pool.terminate().await;
+            }
+            median(xs)
+        }));
+        trip[i] = us(rt.block_on(async {
+            let pool = build(1, sandboxed).await;
+            let d = median_of_async(s.lat_warm, s.lat_calls, || async {
+                black_box(pool.apply(identity, black_box(1u64)).await.expect("apply"));
+            })
+            .await;
+            pool.terminate().await;
+            d
+        }));
+    }
+    t.info(
+        "ready pool of 2, no sandbox",
+        Some(ready[0]),
+        Unit::Millis,
+        None,
+    );
+    t.info(
+        "ready pool of 2, sandboxed",
+        Some(ready[1]),
+        Unit::Millis,
+        Some((ready[1] / ready[0], "no sandbox")),
+    );
+    t.info(
+        "apply round trip, no sandbox",
+        Some(trip[0]),
+        Unit::Micros,
+        None,
+    );
+    t.info(
+        "apply round trip, sandboxed",
+        Some(trip[1]),
+        Unit::Micros,
+        Some((trip[1] / trip[0], "no sandbox")),
+    );
+}
+
 fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&Python>) {
     let rss = common::rss_mib(std::process::id()).unwrap_or(0.0);
     t.section(&format!(
@@ -1421,6 +1485,7 @@ fn main() {
     throughput(&rt, &s, &mut t, py.as_ref());
     cpu(&rt, &s, &mut t);
     payload(&rt, &s, &mut t, py.as_ref());
+    sandbox(&rt, &s, &mut t);
     grown(&rt, &s, &mut t);
     drop(rt);
 
