@@ -183,3 +183,13 @@ macro_rules! enable_test_support {
 pub mod __private {
     pub use ctor;
 }
+
+/// The cgroup v2 directory under which this process puts each child in a leaf of its
+/// own (`procpool-<pid>-<n>`), or `None` if it cannot (no writable cgroup v2 hierarchy,
+/// no `cgroup.kill`, leaves that cannot hold processes, or `__PROCPOOL_TEST_NO_CGROUP`
+/// set): then containment rests on process groups, subreapers and tree walks alone.
+/// Probed once per process. For tests and diagnostics.
+#[doc(hidden)]
+pub fn __cgroup_base() -> Option<std::path::PathBuf> {
+    start::cgroup::base().map(std::path::Path::to_path_buf)
+}
