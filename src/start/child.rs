@@ -110,9 +110,10 @@ impl ChildProc {
         self
     }
 
-    /// The child is gone: what it left in its leaf dies, and the leaf goes.
+    /// The child is gone: what it left in its leaf dies (as its group does, at the
+    /// reap, whether or not it was detached), and the leaf goes.
     fn gone(&mut self) {
-        if self.exit.is_some() && self.kill_on_drop {
+        if self.exit.is_some() {
             // (Dropping kills it, and removes it now or from a background thread.)
             self.leaf = None;
         }
@@ -318,7 +319,8 @@ impl Drop for ChildProc {
         }
         if !self.kill_on_drop {
             if let Some(leaf) = self.leaf.take() {
-                // The child runs on: its leaf stays (it is not ours to kill).
+                // The child runs on: its leaf stays (it is not ours to kill), and is
+                // left behind (the runtime that watched the child is going).
                 leaf.leave();
             }
         }
