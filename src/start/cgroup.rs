@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 
 use crate::per_process::PerProcess;
 
-/// Test switch: with it set, procpool does not use cgroup leaves.
+/// Test switch: with it set (to anything but empty or `0`), procpool does not use
+/// cgroup leaves.
 pub(crate) const ENV_NO_CGROUP: &str = "__PROCPOOL_TEST_NO_CGROUP";
 
 /// How long a leaf that is not empty yet is retried for removal before it is left.
@@ -44,7 +45,7 @@ pub(crate) const REMOVE_BOUND: Duration = Duration::from_secs(10);
 pub(crate) fn base() -> Option<&'static Path> {
     static BASE: PerProcess<Option<PathBuf>> = PerProcess::new();
     BASE.get_or_init(|| {
-        if std::env::var_os(ENV_NO_CGROUP).is_some() {
+        if std::env::var_os(ENV_NO_CGROUP).is_some_and(|v| !v.is_empty() && v != "0") {
             return None;
         }
         candidates().into_iter().find(|base| probe(base))
