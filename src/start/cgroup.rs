@@ -48,7 +48,9 @@ pub(crate) fn base() -> Option<&'static Path> {
         if std::env::var_os(ENV_NO_CGROUP).is_some_and(|v| !v.is_empty() && v != "0") {
             return None;
         }
-        candidates().into_iter().find(|base| probe(base))
+        let base = candidates().into_iter().find(|base| probe(base))?;
+        sweep(&base);
+        Some(base)
     })
     .as_deref()
 }
@@ -88,6 +90,34 @@ fn candidates() -> Vec<PathBuf> {
             Some(Path::new(point).join(rel.trim_start_matches('/')))
         })
         .collect()
+}
+
+/// Removes the empty leaves that procpool processes no longer running left under
+/// `base` (a pool process that ended without dropping its pool: a panic that
+/// aborted, `std::process::exit`, a `SIGKILL`). A leaf still holding processes, or of
+/// a process that runs (or of a pid reused since), is left alone; `rmdir` fails on a
+/// populated cgroup in any case.
+fn sweep(base: &Path) {
+    let Ok(entries) = fs::read_dir(base) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("procpool-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only checks whether the pid exists.
+        let exists = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !exists && is_empty(&entry.path()) {
+            let _ = fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// Whether leaves under `base` can be made, populated, killed and removed.
@@ -263,6 +293,33 @@ pub(crate) fn enter(fd: RawFd) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sweep_removes_empty_leaves_of_dead_pools_only() {
+        let Some(base) = base() else {
+            eprintln!("SKIPPED: no writable cgroup v2 hierarchy here");
+            return;
+        };
+        // A pid that is gone: a child of ours, reaped.
+        // SAFETY: the child only calls _exit.
+        let dead = unsafe { libc::fork() };
+        if dead == 0 {
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(dead > 0);
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(dead), None).unwrap();
+        let stale = base.join(format!("procpool-{dead}-7"));
+        let live = base.join(format!("procpool-{}-sweep", std::process::id()));
+        fs::create_dir(&stale).unwrap();
+        fs::create_dir(&live).unwrap();
+        sweep(base);
+        let (stale_gone, live_kept) = (!stale.exists(), live.exists());
+        let _ = fs::remove_dir(&stale);
+        let _ = fs::remove_dir(&live);
+        assert!(stale_gone, "a dead pool's empty leaf was kept");
+        assert!(live_kept, "a live pool's leaf was removed");
+    }
 
     #[test]
     fn a_leaf_holds_its_child_and_goes_when_dropped() {
