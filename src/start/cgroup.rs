@@ -122,7 +122,10 @@ fn sweep(base: &Path) {
 
 /// Whether leaves under `base` can be made, populated, killed and removed.
 fn probe(base: &Path) -> bool {
-    let dir = base.join(format!("procpool-{}-probe", std::process::id()));
+    // Threads may probe at once (the first use is not serialized): each its own dir.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = base.join(format!("procpool-{}-probe{n}", std::process::id()));
     if fs::create_dir(&dir).is_err() {
         return false;
     }
