@@ -108,7 +108,8 @@ fn whoami(_: ()) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
     let Some(base) = procpool::__cgroup_base() else {
-        if std::env::var_os("__PROCPOOL_TEST_NO_CGROUP").is_some_and(|v| !v.is_empty() && v != "0") {
+        if std::env::var_os("__PROCPOOL_TEST_NO_CGROUP").is_some_and(|v| !v.is_empty() && v != "0")
+        {
             eprintln!("cgroup leaves turned off (__PROCPOOL_TEST_NO_CGROUP): skipped");
         } else {
             eprintln!(
@@ -148,7 +149,10 @@ async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
     assert!(
         eventually(move || dead(child) && dead(daemon)).await,
         "a crash left descendants running: {:?}",
-        [(child, support::proc_state(child)), (daemon, support::proc_state(daemon))]
+        [
+            (child, support::proc_state(child)),
+            (daemon, support::proc_state(daemon))
+        ]
     );
     let (dir, gone_leaf) = (base.clone(), leaf.clone());
     assert!(

@@ -138,7 +138,10 @@ fn probe_leaf(dir: &Path) -> bool {
     if !dir.join("cgroup.kill").exists() {
         return false;
     }
-    let Ok(procs) = OpenOptions::new().write(true).open(dir.join("cgroup.procs")) else {
+    let Ok(procs) = OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))
+    else {
         return false;
     };
     let fd = procs.as_raw_fd();

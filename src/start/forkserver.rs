@@ -221,8 +221,7 @@ impl Server {
             return Ok(false);
         }
         while let Some(frame) = self.codec.decode(&mut self.buf)? {
-            let Ok((ToServer::Fork { req, mut opts }, _)) = decode_frame::<ToServer>(&frame)
-            else {
+            let Ok((ToServer::Fork { req, mut opts }, _)) = decode_frame::<ToServer>(&frame) else {
                 return Err(io::Error::other("unexpected request"));
             };
             // The channel, then the worker's stdin, stdout and stderr, then its cgroup
