@@ -105,6 +105,22 @@ fn whoami(_: ()) -> String {
     std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default()
 }
 
+/// Starts a `Process` of its own (its leaf is made inside this one's) and returns the
+/// grandchild's cgroup.
+fn start_grandchild(_: ()) -> Result<String, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let child = procpool::Process::builder()
+            .start(whoami, ())
+            .await
+            .map_err(|e| e.to_string())?;
+        child.join().await.map_err(|e| e.to_string())
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
     let Some(base) = procpool::__cgroup_base() else {
@@ -177,6 +193,30 @@ async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
     .expect("process starts");
     let own = within("join", process.join()).await.expect("joins");
     assert!(own.contains(&format!("/{prefix}")), "{own:?}");
+    // A child that starts a child of its own makes its leaves inside its own leaf;
+    // removing the outer one removes them. (Not under `Fork`: a forked child cannot
+    // run Tokio's I/O.)
+    let nested_method = match support::start_method() {
+        procpool::StartMethod::Fork => procpool::StartMethod::Spawn,
+        other => other,
+    };
+    let process = within(
+        "nested process",
+        procpool::Process::builder()
+            .start_method(nested_method)
+            .start(start_grandchild, ()),
+    )
+    .await
+    .expect("process starts");
+    let nested = within("join", process.join())
+        .await
+        .expect("joins")
+        .expect("the grandchild ran");
+    let depth = nested
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.matches("/procpool-").count());
+    assert_eq!(depth, Some(2), "not in a nested leaf: {nested:?}");
 
     within("terminate", pool.terminate()).await;
     assert!(

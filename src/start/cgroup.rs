@@ -41,6 +41,10 @@ pub(crate) const ENV_NO_CGROUP: &str = "__PROCPOOL_TEST_NO_CGROUP";
 /// How long a leaf that is not empty yet is retried for removal before it is left.
 pub(crate) const REMOVE_BOUND: Duration = Duration::from_secs(10);
 
+/// How long dropping a leaf waits for the processes it killed to leave before handing
+/// the leaf to the background thread.
+const DROP_WAIT: Duration = Duration::from_millis(50);
+
 /// Where this process creates leaves, if it can (probed once per process).
 pub(crate) fn base() -> Option<&'static Path> {
     static BASE: PerProcess<Option<PathBuf>> = PerProcess::new();
@@ -115,7 +119,7 @@ fn sweep(base: &Path) {
         let exists = unsafe { libc::kill(pid, 0) } == 0
             || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !exists && is_empty(&entry.path()) {
-            let _ = fs::remove_dir(entry.path());
+            remove_tree(&entry.path());
         }
     }
 }
@@ -230,7 +234,13 @@ impl Drop for Leaf {
             return;
         }
         kill_dir(&self.dir);
-        if fs::remove_dir(&self.dir).is_err() && self.dir.exists() {
+        // Killed processes leave within a moment: wait that long (bounded) for the leaf
+        // to empty, so that it is gone now, not only if this process lives on.
+        let until = Instant::now() + DROP_WAIT;
+        while !is_empty(&self.dir) && Instant::now() < until {
+            std::thread::sleep(Duration::from_micros(250));
+        }
+        if !remove_tree(&self.dir) {
             remove_in_background(std::mem::take(&mut self.dir));
         }
     }
@@ -240,6 +250,26 @@ fn kill_dir(dir: &Path) {
     if let Ok(mut kill) = OpenOptions::new().write(true).open(dir.join("cgroup.kill")) {
         let _ = kill.write_all(b"1");
     }
+}
+
+/// Removes `dir` and the cgroups below it (a child that starts a pool of its own makes
+/// its leaves inside its own; `cgroup.kill` killed them all with it), deepest first.
+/// Returns whether `dir` is gone. Bounded in depth: a cgroup tree is at most
+/// `cgroup.max.depth` deep, and this stops at 64.
+fn remove_tree(dir: &Path) -> bool {
+    fn remove(dir: &Path, depth: usize) -> bool {
+        if depth < 64 {
+            if let Ok(entries) = fs::read_dir(dir) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        remove(&entry.path(), depth + 1);
+                    }
+                }
+            }
+        }
+        fs::remove_dir(dir).is_ok() || !dir.exists()
+    }
+    remove(dir, 0)
 }
 
 /// Whether `cgroup.events` says the leaf holds no process.
@@ -269,7 +299,7 @@ fn remove_in_background(dir: PathBuf) {
                     let now = Instant::now();
                     pending.extend(rx.try_iter().map(|dir| (dir, now + REMOVE_BOUND)));
                     pending.retain(|(dir, until)| {
-                        if is_empty(dir) && (fs::remove_dir(dir).is_ok() || !dir.exists()) {
+                        if is_empty(dir) && remove_tree(dir) {
                             return false;
                         }
                         kill_dir(dir);
