@@ -78,7 +78,11 @@
 //! writes the leaf's `cgroup.kill` first, and when the pool sees the child gone (killed,
 //! crashed, exited) it kills the leaf again and removes it. **With a writable cgroup v2
 //! hierarchy, nothing a worker starts outlives it** (short of the pool's own process
-//! being killed: see below). Without one (no cgroup v2, a read-only one, a cgroup whose
+//! being killed: see below). One caveat: the leaf holds what the worker starts, not a
+//! worker that moves itself out on purpose. A process may write its pid to any cgroup's
+//! `cgroup.procs` that its user may write (and the common ancestor's), and a worker runs
+//! as the pool's user, which could create the leaves, unless its writes are confined
+//! (a [`Sandbox`] allows writes only where it says). Without one (no cgroup v2, a read-only one, a cgroup whose
 //! controllers keep it from holding processes), procpool falls back silently to the
 //! mechanisms below, which it uses in any case as a second line.
 //!
