@@ -69,27 +69,46 @@
 //!
 //! # Containment: descendants and descriptors
 //!
-//! What a task starts dies with its worker. Every child procpool starts (workers,
-//! [`Process`] children, the fork server) leads a process group of its own and is a
-//! child subreaper (`PR_SET_CHILD_SUBREAPER`), so while it lives every process it
-//! started, even a daemon that double-forked with `setsid`, stays in its subtree. When
-//! the pool kills a worker (a timeout, an abort, `terminate`, a drop), it stops it,
-//! walks its subtree in `/proc` and kills each process through a pidfd, walking again
-//! until nothing new turns up (at most 64 walks within 1 s, so a fork bomb cannot hold
-//! the pool), then kills its group and the worker. A worker that ends by itself (a
-//! recycle, `std::process::exit`) first kills its own subtree; whoever reaps a worker
-//! kills its group before the reap. The fork server kills every child of its that is
-//! not a live worker (an orphan of a dead worker comes to it, a subreaper), and its
-//! whole subtree when it exits.
+//! What a task starts dies with its worker. Where the machine has a writable cgroup v2
+//! hierarchy (the cgroup this process runs in, under the `cgroup2` mount, lets it
+//! create directories with a `cgroup.kill`, Linux 5.14+), every child procpool starts
+//! (workers, [`Process`] children, the fork server's workers) runs in a cgroup leaf of
+//! its own, `procpool-<pid of the pool's process>-<n>`, which it enters before it runs
+//! anything else. Nothing a task starts can leave its leaf: every kill of the child
+//! writes the leaf's `cgroup.kill` first, and when the pool sees the child gone (killed,
+//! crashed, exited) it kills the leaf again and removes it. **With a writable cgroup v2
+//! hierarchy, nothing a worker starts outlives it** (short of the pool's own process
+//! being killed: see below). One caveat: the leaf holds what the worker starts, not a
+//! worker that moves itself out on purpose. A process may write its pid to any cgroup's
+//! `cgroup.procs` that its user may write (and the common ancestor's), and a worker runs
+//! as the pool's user, which could create the leaves, unless its writes are confined
+//! (a [`Sandbox`] allows writes only where it says). Without one (no cgroup v2, a read-only one, a cgroup whose
+//! controllers keep it from holding processes), procpool falls back silently to the
+//! mechanisms below, which it uses in any case as a second line.
 //!
-//! **The escape that remains** (there is no cgroup support yet): under
-//! [`StartMethod::Spawn`] and [`StartMethod::Fork`], a descendant that left the
-//! worker's process group (`setsid`, `setpgid`) and was orphaned survives when the
-//! worker dies of a signal the pool did not send (a segfault, `abort`, the OOM killer,
-//! a `kill` from outside), or when the pool's own process dies: it is reparented out of
-//! the worker's tree (to init, or to your program if it is a subreaper) before anyone
-//! can see it. Under [`StartMethod::ForkServer`] (the default) the server adopts it and
-//! kills it; the same escape exists only if the server itself is killed from outside.
+//! Every child leads a process group of its own and is a child subreaper
+//! (`PR_SET_CHILD_SUBREAPER`), so while it lives every process it started, even a
+//! daemon that double-forked with `setsid`, stays in its subtree. When the pool kills a
+//! worker (a timeout, an abort, `terminate`, a drop), it stops it, walks its subtree in
+//! `/proc` and kills each process through a pidfd, walking again until nothing new
+//! turns up (at most 64 walks within 1 s, so a fork bomb cannot hold the pool), then
+//! kills its group and the worker. A worker that ends by itself (a recycle,
+//! `std::process::exit`) first kills its own subtree; whoever reaps a worker kills its
+//! group before the reap. The fork server kills every child of its that is not a live
+//! worker (an orphan of a dead worker comes to it, a subreaper), and its whole subtree
+//! when it exits.
+//!
+//! **The escape that remains without a cgroup leaf**: under [`StartMethod::Spawn`] and
+//! [`StartMethod::Fork`], a descendant that left the worker's process group (`setsid`,
+//! `setpgid`) and was orphaned survives when the worker dies of a signal the pool did
+//! not send (a segfault, `abort`, the OOM killer, a `kill` from outside): it is
+//! reparented out of the worker's tree (to init, or to your program if it is a
+//! subreaper) before anyone can see it. Under [`StartMethod::ForkServer`] (the default)
+//! the server adopts it and kills it; the same escape exists only if the server itself
+//! is killed from outside. With or without leaves, if the pool's own process dies
+//! (`SIGKILL`), its workers die (their parent-death signal) but nobody is left to kill
+//! what they started outside their group: it runs on (in its leaf, which the next
+//! procpool process on the machine removes once it is empty).
 //!
 //! A side effect of the subreaper: a worker collects the zombies of the orphans it
 //! adopted until it exits (its own reaper then reaps them); `max_tasks_per_child`
@@ -182,4 +201,14 @@ macro_rules! enable_test_support {
 #[doc(hidden)]
 pub mod __private {
     pub use ctor;
+}
+
+/// The cgroup v2 directory under which this process puts each child in a leaf of its
+/// own (`procpool-<pid>-<n>`), or `None` if it cannot (no writable cgroup v2 hierarchy,
+/// no `cgroup.kill`, leaves that cannot hold processes, or `__PROCPOOL_TEST_NO_CGROUP`
+/// set): then containment rests on process groups, subreapers and tree walks alone.
+/// Probed once per process. For tests and diagnostics.
+#[doc(hidden)]
+pub fn __cgroup_base() -> Option<std::path::PathBuf> {
+    start::cgroup::base().map(std::path::Path::to_path_buf)
 }

@@ -3,9 +3,13 @@
 //! daemon's double fork with `setsid` (a new session and group, orphaned), are gone
 //! after `terminate()`, a drop of the pool, a timeout kill (with and without a grace),
 //! an abort, a recycle, and the worker's own `exit`. A crash of the worker takes the
-//! plain child (its group) everywhere, and the daemon under `ForkServer`; under `Spawn`
-//! and `Fork` the daemon is the documented escape (a descendant that left the group,
-//! orphaned, when the worker dies of a signal the pool did not send).
+//! plain child (its group) everywhere, and the daemon where the worker has a cgroup leaf
+//! or runs under `ForkServer`; under `Spawn` and `Fork` without a leaf the daemon is
+//! the documented escape (a descendant that left the group, orphaned, when the worker
+//! dies of a signal the pool did not send).
+//!
+//! Run both ways: as is (with cgroup leaves where the machine allows them) and with
+//! `__PROCPOOL_TEST_NO_CGROUP=1` (process groups, subreapers and tree walks alone).
 //!
 //! Run under each start method (`PROCPOOL_TEST_START_METHOD=spawn|fork|forkserver`).
 //!
@@ -393,9 +397,11 @@ async fn a_worker_that_exits_takes_every_descendant() {
 }
 
 /// A worker that crashes (here `abort`) takes its group (the plain child) under every
-/// start method. The daemon, which left the group and was orphaned, goes with it under
-/// `ForkServer` (the server is its subreaper and kills orphans); under `Spawn` and
-/// `Fork` it is the documented escape: it runs on.
+/// start method. The daemon, which left the group and was orphaned, goes with it where
+/// the worker had a cgroup leaf (the pool kills the leaf when it sees the worker gone),
+/// and under `ForkServer` (the server is its subreaper and kills orphans); under `Spawn`
+/// and `Fork` without a leaf (`__PROCPOOL_TEST_NO_CGROUP=1`, or no writable cgroup v2)
+/// it is the documented escape: it runs on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_takes_the_group_and_under_forkserver_the_daemon() {
     let pool = within("build", support::builder().processes(1).build())
@@ -419,7 +425,10 @@ async fn a_crash_takes_the_group_and_under_forkserver_the_daemon() {
         "the plain child runs on: {:?}",
         guard.describe()
     );
-    if support::start_method() == StartMethod::ForkServer {
+    if procpool::__cgroup_base().is_some() {
+        // Where the worker had a cgroup leaf, the daemon was in it: no escape.
+        assert_all_dead(&guard, "crash with a cgroup leaf").await;
+    } else if support::start_method() == StartMethod::ForkServer {
         assert_all_dead(&guard, "crash under forkserver").await;
     } else {
         // The escape, exactly: given time to be killed, the daemon still runs.

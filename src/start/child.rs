@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::error::WorkerExit;
 use crate::per_process::PerProcess;
+use crate::start::cgroup::Leaf;
 use crate::start::tree;
 
 /// A worker process, reaped exactly once, by us or by the fork server.
@@ -39,6 +40,9 @@ pub(crate) struct ChildProc {
     remote: Option<Option<oneshot::Receiver<WorkerExit>>>,
     /// Whether dropping this kills the process (it always ends up reaped).
     kill_on_drop: bool,
+    /// The child's cgroup leaf, if it has one: killed first at every kill, killed again
+    /// and removed once the child is seen gone.
+    leaf: Option<Leaf>,
 }
 
 impl ChildProc {
@@ -92,11 +96,27 @@ impl ChildProc {
             exit: None,
             remote,
             kill_on_drop: true,
+            leaf: None,
         })
     }
 
     pub(crate) fn pid(&self) -> u32 {
         self.pid.as_raw() as u32
+    }
+
+    /// Gives the child its cgroup leaf (which it entered, or will enter, itself).
+    pub(crate) fn with_leaf(mut self, leaf: Option<Leaf>) -> Self {
+        self.leaf = leaf;
+        self
+    }
+
+    /// The child is gone: what it left in its leaf dies (as its group does, at the
+    /// reap, whether or not it was detached), and the leaf goes.
+    fn gone(&mut self) {
+        if self.exit.is_some() {
+            // (Dropping kills it, and removes it now or from a background thread.)
+            self.leaf = None;
+        }
     }
 
     /// How the child ended, once it has been reaped.
@@ -122,6 +142,7 @@ impl ChildProc {
                 // process is.
                 Some(None) => self.pidfd_readable().then_some(WorkerExit::Unknown),
             };
+            self.gone();
         }
         self.exit
     }
@@ -141,6 +162,14 @@ impl ChildProc {
     /// Cheap while the child runs: no system call until the pidfd reports the exit
     /// (the driver polls this at every event).
     pub(crate) fn poll_wait(&mut self, cx: &mut Context<'_>) -> Poll<WorkerExit> {
+        let polled = self.poll_exit(cx);
+        if polled.is_ready() {
+            self.gone();
+        }
+        polled
+    }
+
+    fn poll_exit(&mut self, cx: &mut Context<'_>) -> Poll<WorkerExit> {
         if let Some(exit) = self.exit {
             return Poll::Ready(exit);
         }
@@ -201,11 +230,20 @@ impl ChildProc {
     /// Kills the child, its descendants and its group (bounded by
     /// [`TREE_KILL_BOUND`](crate::start::tree::TREE_KILL_BOUND)).
     fn kill_tree(&self) {
+        self.kill_leaf();
         // Its group may be killed even after it exited while we, its parent, have not
         // reaped it; a fork server's child is reaped by the server, which kills the
         // group itself first.
         let group_safe = self.remote.is_none();
         tree::kill_tree(self.pidfd.get_ref().as_fd(), self.pid.as_raw(), group_safe);
+    }
+
+    /// Kills every process in the child's leaf, if it has one: the child and all it
+    /// started, wherever they moved.
+    fn kill_leaf(&self) {
+        if let Some(leaf) = &self.leaf {
+            leaf.kill();
+        }
     }
 
     /// Kills the child and waits for it, at most `bound` (then leaves it to the reaper
@@ -215,6 +253,7 @@ impl ChildProc {
     /// tree) runs on a blocking thread, not on the runtime's.
     pub(crate) async fn kill_and_reap(&mut self, bound: Duration) -> Option<WorkerExit> {
         if self.exit.is_none() {
+            self.kill_leaf();
             let (pid, group_safe) = (self.pid.as_raw(), self.remote.is_none());
             let killed = match self.pidfd.get_ref().try_clone() {
                 Ok(pidfd) => tokio::task::spawn_blocking(move || {
@@ -278,6 +317,14 @@ impl Drop for ChildProc {
                 reap_in_background(self.pid);
             }
         }
+        if !self.kill_on_drop {
+            if let Some(leaf) = self.leaf.take() {
+                // The child runs on: its leaf stays (it is not ours to kill), and is
+                // left behind (the runtime that watched the child is going).
+                leaf.leave();
+            }
+        }
+        // (A leaf still held is dropped here: killed, and removed once empty.)
     }
 }
 

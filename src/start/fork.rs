@@ -64,6 +64,9 @@ async fn fork_once(
     let (ours, theirs) = crate::start::channel_pair()?;
     let (probe_read, probe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let parent = nix::unistd::getpid();
+    let mut leaf = crate::start::cgroup::Leaf::create();
+    let mut opts = opts;
+    opts.cgroup_procs = leaf.as_ref().and_then(|l| l.procs_fd());
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         // Forking waits while a reply ring is between its `mmap` and its
         // `MADV_DONTFORK`, so that the child never gets a sibling's ring.
@@ -87,8 +90,11 @@ async fn fork_once(
             }
         }
     })
-    .await??;
-    let child = ChildProc::new(pid.claim())?;
+    .await;
+    if let Some(leaf) = &mut leaf {
+        leaf.close_procs();
+    }
+    let child = ChildProc::new(pid??.claim())?.with_leaf(leaf);
     nix::fcntl::fcntl(
         &probe_read,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),

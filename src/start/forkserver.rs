@@ -221,17 +221,20 @@ impl Server {
             return Ok(false);
         }
         while let Some(frame) = self.codec.decode(&mut self.buf)? {
-            let Ok((ToServer::Fork { req, opts }, _)) = decode_frame::<ToServer>(&frame) else {
+            let Ok((ToServer::Fork { req, mut opts }, _)) = decode_frame::<ToServer>(&frame) else {
                 return Err(io::Error::other("unexpected request"));
             };
-            // The channel, then the worker's stdin, stdout and stderr.
-            if self.fds.len() < 4 {
+            // The channel, then the worker's stdin, stdout and stderr, then its cgroup
+            // leaf's `cgroup.procs` if it has one.
+            let count = if opts.cgroup_procs.is_some() { 5 } else { 4 };
+            if self.fds.len() < count {
                 self.fds.clear();
                 let error = "the descriptors did not come with the request".to_string();
                 self.send(&FromServer::ForkFailed { req, error })?;
                 continue;
             }
-            let fds: Vec<OwnedFd> = self.fds.drain(..4).collect();
+            let fds: Vec<OwnedFd> = self.fds.drain(..count).collect();
+            opts.cgroup_procs = fds.get(4).map(AsRawFd::as_raw_fd);
             let stdio = [fds[1].as_raw_fd(), fds[2].as_raw_fd(), fds[3].as_raw_fd()];
             // SAFETY: this process is single-threaded (it never starts a thread), so
             // the child inherits no lock held by another thread.
@@ -393,6 +396,9 @@ impl ForkServer {
         stdio: ChildStdio,
     ) -> io::Result<(ChildProc, UnixStream)> {
         let (ours, theirs) = crate::start::channel_pair()?;
+        let mut leaf = crate::start::cgroup::Leaf::create();
+        let mut opts = opts;
+        opts.cgroup_procs = leaf.as_ref().and_then(|l| l.procs_fd());
         let reply = {
             let mut guard = self.conn.lock().await;
             if guard.as_ref().is_none_or(Conn::is_dead) {
@@ -405,12 +411,15 @@ impl ForkServer {
         };
         drop(theirs);
         drop(stdio);
+        if let Some(leaf) = &mut leaf {
+            leaf.close_procs();
+        }
         let (pid, status) = tokio::time::timeout(self.startup_timeout, reply)
             .await
             .map_err(|_| io::Error::other("the fork server did not answer in time"))?
             .map_err(|_| io::Error::other("the fork server died"))?
             .map_err(io::Error::other)?;
-        Ok((ChildProc::remote(pid, status)?, ours))
+        Ok((ChildProc::remote(pid, status)?.with_leaf(leaf), ours))
     }
 
     /// Lets the server go: it exits when its channel closes; killed if it lingers.
@@ -546,7 +555,8 @@ async fn request_fork(
         .forks
         .insert(req, tx);
     let [stdin, stdout, stderr] = stdio.raw();
-    let fds = [channel.as_raw_fd(), stdin, stdout, stderr];
+    let mut fds = vec![channel.as_raw_fd(), stdin, stdout, stderr];
+    fds.extend(opts.cgroup_procs);
     send_with_fds(&conn.stream, &wire, &fds).await?;
     Ok(rx)
 }

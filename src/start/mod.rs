@@ -1,5 +1,6 @@
 //! How worker processes are started, and what every child does before it runs.
 
+pub(crate) mod cgroup;
 pub(crate) mod child;
 pub(crate) mod fds;
 pub(crate) mod fork;
@@ -139,9 +140,12 @@ pub(crate) struct ChildOptions {
     pub(crate) memory_limit: Option<u64>,
     /// Whether the child survives its parent: only non-daemon `Process`es do.
     pub(crate) outlive_parent: bool,
+    /// The child's cgroup leaf's `cgroup.procs`, open in the process that forks it (a
+    /// fork server replaces the pool's number with that of the copy it received).
+    pub(crate) cgroup_procs: Option<RawFd>,
 }
 
-/// Runs in a freshly forked child: puts `stdio` on descriptors 0, 1 and 2 and its
+/// Runs in a freshly forked child: moves it into its cgroup leaf if it has one, puts `stdio` on descriptors 0, 1 and 2 and its
 /// channel on `target`, arranges to die with the parent, makes it the leader of a
 /// process group of its own and a child subreaper (so that its descendants can be
 /// found and killed with it: see [`tree`]), and applies the resource settings.
@@ -155,6 +159,11 @@ pub(crate) fn child_setup(
     parent: Pid,
     opts: &ChildOptions,
 ) -> io::Result<()> {
+    // Into its cgroup leaf before anything else: from here on, nothing it starts can
+    // leave the leaf (see [`cgroup`]).
+    if let Some(procs) = opts.cgroup_procs {
+        cgroup::enter(procs);
+    }
     // Sources are first copied above every target (close-on-exec, so the copies do not
     // outlive an exec), so that placing one cannot overwrite another still to be
     // placed, and none is its own target (`dup2` onto itself would keep the

@@ -86,6 +86,10 @@ pub(crate) async fn spawn_self(
 ) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
+    let mut leaf = crate::start::cgroup::Leaf::create();
+    let mut opts = opts;
+    opts.cgroup_procs = leaf.as_ref().and_then(|l| l.procs_fd());
+    // (The leaf's descriptor stays open in `leaf` until the child has been started.)
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
             std::path::PathBuf::from("/proc/self/exe")
@@ -109,7 +113,7 @@ pub(crate) async fn spawn_self(
         // The descriptors live (in `stdio`) until `spawn` has returned.
         let raw = stdio.raw();
         // SAFETY: `child_setup` and `close_from` make only async-signal-safe calls
-        // (fcntl, dup2, setpgid, prctl, getppid, setpriority, setrlimit, close_range,
+        // (write, fcntl, dup2, setpgid, prctl, getppid, setpriority, setrlimit, close_range,
         // open, getdents64, close, getrlimit, _exit) and allocate nothing, as a
         // pre_exec hook in a possibly multi-threaded parent must.
         unsafe {
@@ -125,6 +129,11 @@ pub(crate) async fn spawn_self(
         drop(stdio);
         Ok(NewChild::new(child.id()))
     })
-    .await??;
-    Ok((ChildProc::new(pid.claim())?, ours))
+    .await;
+    if let Some(leaf) = &mut leaf {
+        leaf.close_procs();
+    }
+    // (Dropping the leaf on an error kills what may have entered it.)
+    let pid = pid??;
+    Ok((ChildProc::new(pid.claim())?.with_leaf(leaf), ours))
 }

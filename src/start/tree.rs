@@ -2,8 +2,10 @@
 //!
 //! A task may start processes: a plain `fork`, a daemon's double fork with `setsid`, a
 //! fork bomb. None of them may outlive the worker. Linux offers no single handle on "a
-//! process and everything it started" short of a cgroup, so procpool combines three
-//! mechanisms:
+//! process and everything it started" short of a cgroup: where this process may create
+//! cgroup v2 leaves, each child has one ([`cgroup`](super::cgroup)), killed first at
+//! every kill and when the child is seen gone. In any case (the only line where no leaf
+//! can be made, a second one where one can) procpool combines three mechanisms:
 //!
 //! - **A process group per child.** Every child procpool starts (workers, `Process`
 //!   children, the fork server) calls `setpgid(0, 0)` before it runs anything, so its
@@ -34,7 +36,7 @@
 //! worker, and it kills it (and its group) at once; when it exits it kills its whole
 //! subtree.
 //!
-//! What remains, under `Spawn` and `Fork` (whose parent is the user's program, which the
+//! What remains without a cgroup leaf, under `Spawn` and `Fork` (whose parent is the user's program, which the
 //! pool does not make a subreaper): a descendant that left the worker's process group
 //! (`setsid`, `setpgid`) and was orphaned, when the worker then dies of a signal the pool
 //! did not send (a segfault, `abort`, the OOM killer, a `kill` from outside) — that
