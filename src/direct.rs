@@ -200,7 +200,10 @@ fn run(shared: &Shared, lease: &Lease, job: Job, spin: Duration) -> Option<Hando
         .as_ref()
         .and_then(|frame| Some((Done::read(&frame.frame).ok()?, frame)))
         .filter(|(done, frame)| {
-            done.header.id == job.id && frame.check_count(done, job.tasks).is_ok()
+            done.header.id == job.id
+                && frame
+                    .check_count(&done.header, done.payload_len, job.tasks)
+                    .is_ok()
         })
         .map(|(done, _)| done);
     match (done, reply) {

@@ -875,7 +875,9 @@ impl Driver<'_> {
                 self.pid
             );
         }
-        self.drop_ghosts();
+        // (No ghost is at the front here: the worker cannot answer a job behind one
+        // before the ghost's bytes are written, and written ghosts at the front are
+        // dropped after each reply and each write; see `drop_ghosts`.)
         let done = Done::read(&frame.frame)?;
         let id = done.header.id;
         if self.inflight.front().map(|j| j.id) != Some(id)
@@ -883,7 +885,7 @@ impl Driver<'_> {
         {
             return Err(format!("reply to job {id}, which is not the one running"));
         }
-        frame.check_count(&done, self.head_tasks() as usize)?;
+        frame.check_count(&done.header, done.payload_len, self.head_tasks() as usize)?;
         let Some(job) = self.inflight.pop_front() else {
             return Err("reply with no job in flight".into());
         };

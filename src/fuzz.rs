@@ -449,7 +449,7 @@ fn a_reply_holds_one_result_per_task_of_its_job() {
             frame.extend_from_slice(&results);
             let frame = crate::protocol::codec::ReplyFrame::from(BytesMut::from(&frame[..]));
             let done = crate::driver::Done::read(&frame.frame).expect("the header reads");
-            let checked = frame.check_count(&done, tasks);
+            let checked = frame.check_count(&done.header, done.payload_len, tasks);
             let count = postcard::take_from_bytes::<u64>(&results)
                 .ok()
                 .map(|(n, _)| n);

@@ -20,48 +20,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use procpool::TaskError;
-use supervisor_common::within;
+use supervisor_common::{start_descendants, within};
 
 /// How long a killed tree (and its leaf) may take to be gone.
 const GONE_BOUND: Duration = Duration::from_secs(10);
-
-/// Starts a plain child and a daemon (a double fork with `setsid`); returns
-/// `[child, daemon]`.
-fn start_descendants(_: ()) -> Vec<u32> {
-    // SAFETY: the children make only async-signal-safe calls (setsid, fork, write,
-    // pause, _exit); the worker waits for its middle child, passes plain integers.
-    unsafe {
-        let child = libc::fork();
-        assert!(child >= 0, "fork");
-        if child == 0 {
-            loop {
-                libc::pause();
-            }
-        }
-        let mut pipe = [0; 2];
-        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0, "pipe");
-        let middle = libc::fork();
-        assert!(middle >= 0, "fork");
-        if middle == 0 {
-            libc::setsid();
-            let daemon = libc::fork();
-            if daemon == 0 {
-                loop {
-                    libc::pause();
-                }
-            }
-            libc::write(pipe[1], (&raw const daemon).cast(), 4);
-            libc::_exit(0);
-        }
-        let mut daemon: i32 = 0;
-        let n = libc::read(pipe[0], (&raw mut daemon).cast(), 4);
-        libc::waitpid(middle, std::ptr::null_mut(), 0);
-        libc::close(pipe[0]);
-        libc::close(pipe[1]);
-        assert!(n == 4 && daemon > 0, "the daemon's pid");
-        vec![child as u32, daemon as u32]
-    }
-}
 
 fn abort_now(_: ()) -> u32 {
     std::process::abort()

@@ -70,26 +70,28 @@ impl ReplyFrame {
             .map(|(count, _)| count)
     }
 
-    /// An error unless the reply whose header is `done` holds one result per task of a
+    /// An error unless the reply whose header is `header` (and whose last `payload_len`
+    /// bytes are its payload) holds one result per task of a
     /// job of `tasks` tasks (a reply of another outcome holds none, and is not judged
     /// here): the count is the worker's word, and a worker that gets it wrong is broken.
     pub(crate) fn check_count(
         &self,
-        done: &crate::driver::Done,
+        header: &super::Done,
+        payload_len: usize,
         tasks: usize,
     ) -> Result<(), String> {
-        if !matches!(done.header.outcome, Outcome::Ok { .. }) {
+        if !matches!(header.outcome, Outcome::Ok { .. }) {
             return Ok(());
         }
-        match self.result_count(done.payload_len) {
+        match self.result_count(payload_len) {
             Some(count) if usize::try_from(count) == Ok(tasks) => Ok(()),
             Some(count) => Err(format!(
                 "reply to job {} with {count} results for its {tasks} tasks",
-                done.header.id
+                header.id
             )),
             None => Err(format!(
                 "reply to job {} whose results do not start with their count",
-                done.header.id
+                header.id
             )),
         }
     }

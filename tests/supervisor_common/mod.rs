@@ -203,3 +203,42 @@ pub(crate) fn niceness_of(pid: &str) -> i32 {
 pub(crate) fn my_niceness(_: ()) -> (i32, u32) {
     (niceness_of("self"), std::process::id())
 }
+
+/// Starts a plain child that sleeps (it stays in the worker's process group) and a
+/// daemon (a double fork with `setsid`: its own session and group, its parent gone).
+/// Returns `[child, daemon]`.
+pub(crate) fn start_descendants(_: ()) -> Vec<u32> {
+    // SAFETY: the children make only async-signal-safe calls (setsid, fork, write,
+    // pause, _exit); the worker waits for its middle child, passes plain integers.
+    unsafe {
+        let child = libc::fork();
+        assert!(child >= 0, "fork");
+        if child == 0 {
+            loop {
+                libc::pause();
+            }
+        }
+        let mut pipe = [0; 2];
+        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0, "pipe");
+        let middle = libc::fork();
+        assert!(middle >= 0, "fork");
+        if middle == 0 {
+            libc::setsid();
+            let daemon = libc::fork();
+            if daemon == 0 {
+                loop {
+                    libc::pause();
+                }
+            }
+            libc::write(pipe[1], (&raw const daemon).cast(), 4);
+            libc::_exit(0);
+        }
+        let mut daemon: i32 = 0;
+        let n = libc::read(pipe[0], (&raw mut daemon).cast(), 4);
+        libc::waitpid(middle, std::ptr::null_mut(), 0);
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+        assert!(n == 4 && daemon > 0, "the daemon's pid");
+        vec![child as u32, daemon as u32]
+    }
+}
