@@ -172,6 +172,18 @@ pub(crate) struct ChildStdio {
 }
 
 impl ChildStdio {
+    /// Copies of the three descriptors, for a start that may outlive this value (a job
+    /// on the spawner thread runs even if its requester has given up).
+    pub(crate) fn try_clone(&self) -> std::io::Result<ChildStdio> {
+        Ok(ChildStdio {
+            fds: [
+                self.fds[0].try_clone()?,
+                self.fds[1].try_clone()?,
+                self.fds[2].try_clone()?,
+            ],
+        })
+    }
+
     pub(crate) fn raw(&self) -> [RawFd; 3] {
         [
             self.fds[0].as_raw_fd(),

@@ -204,6 +204,12 @@ impl Leaf {
         self.procs.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// A copy of the `cgroup.procs` descriptor, for a start that may outlive this leaf's
+    /// requester (see [`ChildStdio::try_clone`](crate::output::ChildStdio::try_clone)).
+    pub(crate) fn procs_copy(&self) -> Option<OwnedFd> {
+        self.procs.as_ref()?.try_clone().ok()
+    }
+
     /// Closes the `cgroup.procs` descriptor (once the child has been started).
     pub(crate) fn close_procs(&mut self) {
         self.procs = None;

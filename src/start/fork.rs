@@ -44,9 +44,8 @@ pub(crate) async fn fork_worker(
     stdio: ChildStdio,
 ) -> io::Result<(ChildProc, UnixStream)> {
     crate::worker::install_panic_hook();
-    // (The parent's copies of `stdio` close when this returns, after the last fork.)
     for _ in 0..FORK_ATTEMPTS {
-        if let Some(started) = fork_once(opts, stdio.raw()).await? {
+        if let Some(started) = fork_once(opts, stdio.try_clone()?).await? {
             return Ok(started);
         }
     }
@@ -59,14 +58,17 @@ pub(crate) async fn fork_worker(
 /// One fork; `None` if the child found a lock held (it has been killed and is reaped).
 async fn fork_once(
     opts: ChildOptions,
-    stdio: [RawFd; 3],
+    stdio: ChildStdio,
 ) -> io::Result<Option<(ChildProc, UnixStream)>> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let (probe_read, probe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let parent = nix::unistd::getpid();
     let mut leaf = crate::start::cgroup::Leaf::create();
+    // The job on the spawner thread owns every descriptor the child is given (`stdio`,
+    // the leaf's copy): it runs even if this future is dropped meanwhile.
+    let procs = leaf.as_ref().and_then(|l| l.procs_copy());
     let mut opts = opts;
-    opts.cgroup_procs = leaf.as_ref().and_then(|l| l.procs_fd());
+    opts.cgroup_procs = procs.as_ref().map(AsRawFd::as_raw_fd);
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         // Forking waits while a reply ring is between its `mmap` and its
         // `MADV_DONTFORK`, so that the child never gets a sibling's ring.
@@ -82,10 +84,10 @@ async fn fork_once(
         match forked.map_err(io::Error::from)? {
             ForkResult::Child => {
                 let probe = Some(probe_write.as_raw_fd());
-                forked_worker(theirs.as_raw_fd(), stdio, parent, &opts, probe)
+                forked_worker(theirs.as_raw_fd(), stdio.raw(), parent, &opts, probe)
             }
             ForkResult::Parent { child } => {
-                drop((theirs, probe_write));
+                drop((theirs, probe_write, stdio, procs));
                 Ok(NewChild::new(child.as_raw() as u32))
             }
         }

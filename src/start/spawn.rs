@@ -47,8 +47,10 @@ pub(crate) async fn on_spawner_thread<T: Send + 'static>(
         let _ = std::thread::Builder::new()
             .name("procpool-spawner".into())
             .spawn(move || {
+                // One job's panic (a bug) must not take the thread, and every later
+                // start with it: the job's requester hears that its request was dropped.
                 for job in rx {
-                    job();
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             });
         Mutex::new(tx)
@@ -87,9 +89,12 @@ pub(crate) async fn spawn_self(
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
     let mut leaf = crate::start::cgroup::Leaf::create();
+    // Every descriptor the child is given is owned by the job on the spawner thread,
+    // which runs even if this future is dropped meanwhile: a number closed under it
+    // could by then name another file (std's exec-error pipe, say).
+    let procs = leaf.as_ref().and_then(|l| l.procs_copy());
     let mut opts = opts;
-    opts.cgroup_procs = leaf.as_ref().and_then(|l| l.procs_fd());
-    // (The leaf's descriptor stays open in `leaf` until the child has been started.)
+    opts.cgroup_procs = procs.as_ref().map(AsRawFd::as_raw_fd);
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
             std::path::PathBuf::from("/proc/self/exe")
@@ -125,8 +130,7 @@ pub(crate) async fn spawn_self(
             });
         }
         let child = cmd.spawn()?;
-        drop(theirs);
-        drop(stdio);
+        drop((theirs, stdio, procs));
         Ok(NewChild::new(child.id()))
     })
     .await;
