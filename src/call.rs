@@ -12,9 +12,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::TaskError;
 use crate::handle::TaskHandle;
-use crate::pool::{JobFrame, Pool};
 use crate::queue::AbortSignal;
 use crate::stream::Lazy;
+use crate::submit::{JobFrame, Submitter};
 
 /// One task, ready to submit: returned by [`Pool::apply`].
 ///
@@ -34,7 +34,7 @@ use crate::stream::Lazy;
 /// the queue; a running one finishes and its result is discarded.
 #[must_use = "an Apply does nothing until it is awaited or spawned"]
 pub struct Apply<R> {
-    pool: Pool,
+    pool: Submitter,
     job: JobFrame,
     timeout: Option<Duration>,
     _result: PhantomData<fn() -> R>,
@@ -49,7 +49,7 @@ impl<R> fmt::Debug for Apply<R> {
 }
 
 impl<R: DeserializeOwned + Send + 'static> Apply<R> {
-    pub(crate) fn new(pool: Pool, job: JobFrame) -> Self {
+    pub(crate) fn new(pool: Submitter, job: JobFrame) -> Self {
         Apply {
             pool,
             job,

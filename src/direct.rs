@@ -27,8 +27,9 @@ use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use tokio::time::Instant;
 
+use crate::driver::deliver::Deliveries;
 use crate::driver::{deliver, trace_sent, Done};
-use crate::queue::{Deliveries, Job};
+use crate::queue::Job;
 use crate::ring::PoolRing;
 use crate::shared::Shared;
 

@@ -21,8 +21,8 @@ use tokio_util::codec::Decoder;
 
 use crate::error::{RemotePanic, TaskError};
 use crate::protocol::codec::{decode_results_into, ReplyCodec};
+use crate::protocol::results::{Results, SmallChunk};
 use crate::protocol::{put_varint, Done, Outcome};
-use crate::queue::{Results, SmallChunk};
 use crate::ring::{PoolRing, Record, CAPACITY, INLINE_MAX, ON_SOCKET};
 
 // ---------------------------------------------------------------------------------
@@ -515,7 +515,8 @@ impl ReplyShape {
 fn reply_shape() -> impl Strategy<Value = ReplyShape> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64).prop_map(ReplyShape::Chunk),
-        prop::collection::vec(any::<u8>(), 0..=crate::queue::SMALL).prop_map(ReplyShape::Small),
+        prop::collection::vec(any::<u8>(), 0..=crate::protocol::results::SMALL)
+            .prop_map(ReplyShape::Small),
         prop::collection::vec(any::<u8>(), 0..64).prop_map(ReplyShape::ByteString),
         chunk().prop_map(|(values, said, mutation)| {
             let mut bytes = results_chunk(&values, said);

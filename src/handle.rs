@@ -14,7 +14,8 @@ use tokio::sync::oneshot;
 
 use crate::error::{Payload, TaskError};
 use crate::protocol::codec::{byte_string_result, decode_results_into};
-use crate::queue::{AbortSignal, Reply, Results};
+use crate::protocol::results::Results;
+use crate::queue::{AbortSignal, Reply};
 
 /// A task submitted to the pool; a future of its result.
 ///

@@ -162,6 +162,7 @@ mod shared;
 mod start;
 mod stats;
 mod stream;
+mod submit;
 mod supervisor;
 mod task_fn;
 mod trace;

@@ -1,30 +1,21 @@
 //! [`Pool`]: the handle users hold.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::oneshot;
 
 use crate::builder::PoolBuilder;
 use crate::call::{Apply, Map};
-use crate::error::{Payload, TaskError};
 use crate::handle::TaskHandle;
 use crate::input::Input;
-use crate::protocol::codec::encode_chunk;
-use crate::protocol::put_varint;
-use crate::protocol::ToWorker;
-use crate::queue::{AbortSignal, ChunkRun, Job, Reply, ReplyTo};
-use crate::shared::{Counters, Shared};
+use crate::shared::Shared;
 use crate::stats::PoolStats;
 use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
+use crate::submit::{JobFrame, Submitter};
 use crate::task_fn::{star_trampoline, trampoline, FnRef, StarFn};
-use crate::trace::event;
 
 /// A pool of worker processes.
 ///
@@ -35,7 +26,7 @@ use crate::trace::event;
 ///
 /// A task is a plain `fn` or a closure that captures nothing, whose argument and result
 /// implement serde's `Serialize` and `DeserializeOwned`. It runs in a worker process;
-/// its panic, its crash, its timeout come back as a [`TaskError`].
+/// its panic, its crash, its timeout come back as a [`TaskError`](crate::TaskError).
 ///
 /// # Shutdown
 ///
@@ -43,24 +34,13 @@ use crate::trace::event;
 /// - [`join`](Pool::join) closes the pool, waits for the queued work to finish, and
 ///   waits for the workers to exit.
 /// - [`terminate`](Pool::terminate) kills every worker now and reaps it; unfinished
-///   tasks fail with [`TaskError::Terminated`].
+///   tasks fail with [`TaskError::Terminated`](crate::TaskError::Terminated).
 /// - Dropping the last clone of the pool terminates it: no worker outlives the pool,
 ///   and none is left a zombie. Streams and `Map` futures hold a clone while they run;
 ///   a [`TaskHandle`] does not.
 #[derive(Clone)]
 pub struct Pool {
-    inner: Arc<Owner>,
-}
-
-/// The last `Pool` clone to go terminates the pool.
-struct Owner {
-    shared: Arc<Shared>,
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        self.shared.start_terminate();
-    }
+    sub: Submitter,
 }
 
 impl fmt::Debug for Pool {
@@ -72,134 +52,6 @@ impl fmt::Debug for Pool {
     }
 }
 
-/// A job's frame, ready to write: a 4-byte length, the header, the chunk of arguments,
-/// encoded straight into one buffer.
-pub(crate) struct JobFrame {
-    id: u64,
-    tasks: usize,
-    frame: Result<Vec<u8>, TaskError>,
-    /// See [`Job::tail`](crate::queue::Job).
-    tail: Bytes,
-}
-
-/// Appends job `id`'s frame to `out`: a 4-byte length, the header, the chunk of
-/// arguments. On error `out` is left as it was.
-pub(crate) fn encode_frame<A: Serialize + 'static>(
-    pool: &Pool,
-    id: u64,
-    func: Result<FnRef, String>,
-    items: &[A],
-    out: &mut Vec<u8>,
-) -> Result<(), TaskError> {
-    encode_frame_with(pool, id, func, out, 0, |out| {
-        encode_chunk(items, out).map_err(|message| TaskError::Codec {
-            what: Payload::Argument,
-            message,
-        })
-    })
-}
-
-/// Appends job `id`'s frame to `out`, its arguments written by `chunk`, except for the
-/// last `tail` bytes of the frame, which the caller writes from elsewhere (the length
-/// prefix and the frame limit count them). On error `out` is left as it was.
-fn encode_frame_with(
-    pool: &Pool,
-    id: u64,
-    func: Result<FnRef, String>,
-    out: &mut Vec<u8>,
-    tail: usize,
-    chunk: impl FnOnce(&mut Vec<u8>) -> Result<(), TaskError>,
-) -> Result<(), TaskError> {
-    let start = out.len();
-    let encoded = func.map_err(TaskError::Unsupported).and_then(|func| {
-        out.extend_from_slice(&[0; 4]);
-        ToWorker::write_job(id, func, out);
-        chunk(out)?;
-        let len = out.len() - start - 4 + tail;
-        let limit = pool.shared().config.max_frame_len;
-        if len > limit {
-            return Err(TaskError::TooLarge {
-                what: Payload::Argument,
-                size: len,
-                limit,
-            });
-        }
-        out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
-        Ok(())
-    });
-    if encoded.is_err() {
-        out.truncate(start);
-    }
-    encoded
-}
-
-/// Byte-string arguments from this size on travel without a copy (see [`JobFrame::one`]).
-const TAIL_MIN: usize = 64 << 10;
-
-impl JobFrame {
-    pub(crate) fn encode<A: Serialize + 'static>(
-        pool: &Pool,
-        func: Result<FnRef, String>,
-        items: &[A],
-    ) -> Self {
-        let id = pool.next_id();
-        // Room for the length, the header and small arguments, so that a tiny job
-        // costs one allocation rather than one and a few regrowths.
-        let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
-        let frame = encode_frame(pool, id, func, items, &mut frame).map(|()| frame);
-        JobFrame {
-            id,
-            tasks: items.len(),
-            frame,
-            tail: Bytes::new(),
-        }
-    }
-
-    /// The frame of a single task. A large `Vec<u8>` or `Bytes` argument is not copied
-    /// into the frame but written from where it is: the frame holds the header and the
-    /// byte string's length, and the argument follows it on the wire as it is (the
-    /// bytes are the same as `encode`'s).
-    pub(crate) fn one<A: Serialize + 'static>(
-        pool: &Pool,
-        func: Result<FnRef, String>,
-        arg: A,
-    ) -> Self {
-        let arg: Box<dyn std::any::Any> = Box::new(arg);
-        let bytes = match arg.downcast::<Vec<u8>>() {
-            Ok(vec) if vec.len() >= TAIL_MIN => Ok(Bytes::from(*vec)),
-            Ok(vec) => Err(vec as Box<dyn std::any::Any>),
-            Err(arg) => match arg.downcast::<Bytes>() {
-                Ok(bytes) if bytes.len() >= TAIL_MIN => Ok(*bytes),
-                Ok(bytes) => Err(bytes as Box<dyn std::any::Any>),
-                Err(arg) => Err(arg),
-            },
-        };
-        let tail = match bytes {
-            Ok(tail) => tail,
-            Err(arg) => {
-                let arg = arg.downcast::<A>().expect("the argument's own type");
-                return JobFrame::encode(pool, func, std::slice::from_ref(&*arg));
-            }
-        };
-        // A chunk of one byte string: a sequence length of 1, the string's length;
-        // the string itself follows on the wire.
-        let id = pool.next_id();
-        let mut frame = Vec::with_capacity(64);
-        let frame = encode_frame_with(pool, id, func, &mut frame, tail.len(), |out| {
-            out.push(1);
-            put_varint(tail.len() as u64, out);
-            Ok(())
-        })
-        .map(|()| frame);
-        JobFrame {
-            id,
-            tasks: 1,
-            frame,
-            tail,
-        }
-    }
-}
-
 impl Pool {
     /// A builder for a pool; see [`PoolBuilder`].
     pub fn builder() -> PoolBuilder {
@@ -208,113 +60,17 @@ impl Pool {
 
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Pool {
         Pool {
-            inner: Arc::new(Owner { shared }),
+            sub: Submitter::new(shared),
         }
     }
 
     pub(crate) fn shared(&self) -> &Shared {
-        &self.inner.shared
-    }
-
-    /// A new job id.
-    pub(crate) fn next_id(&self) -> u64 {
-        self.shared().next_id.fetch_add(1, Ordering::Relaxed)
+        self.sub.shared()
     }
 
     /// The number of worker processes.
     pub fn processes(&self) -> usize {
         self.shared().config.processes
-    }
-
-    /// Queues a job whose reply goes to a oneshot; returns its receiver and the id.
-    /// With `direct`, for a caller that is about to wait for the result, an idle worker
-    /// of tiny tasks may run the job at once, in this call (see [`crate::direct`];
-    /// bounded by the pool's `spin`).
-    pub(crate) fn submit(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        abort: Option<Arc<AbortSignal>>,
-        direct: bool,
-    ) -> (oneshot::Receiver<Reply>, u64) {
-        let (tx, rx) = oneshot::channel();
-        let id = job.id;
-        self.submit_to(job, timeout, abort, ReplyTo::One(tx), direct);
-        (rx, id)
-    }
-
-    /// Queues a job whose reply goes to `reply`.
-    pub(crate) fn submit_to(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        abort: Option<Arc<AbortSignal>>,
-        reply: ReplyTo,
-        direct: bool,
-    ) {
-        if let Some(mut job) = self.prepare(job, timeout, reply) {
-            job.abort = abort;
-            self.submit_job(job, direct);
-        }
-    }
-
-    /// Makes a job of `job` for the queue, or fails it at once (`None`) if it could not
-    /// be encoded.
-    pub(crate) fn prepare(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        reply: ReplyTo,
-    ) -> Option<Job> {
-        match job.frame {
-            Ok(frame) => Some(Job {
-                id: job.id,
-                frame: frame.into(),
-                tail: job.tail,
-                tasks: job.tasks,
-                timeout,
-                abort: None,
-                reply,
-            }),
-            Err(e) => {
-                reply.send(Err(e));
-                None
-            }
-        }
-    }
-
-    /// Queues a stream's run of chunks under one lock of the queue.
-    pub(crate) fn submit_chunks(&self, chunks: ChunkRun) {
-        let shared = self.shared();
-        let tasks = shared.queue.push_chunks(chunks);
-        event!(tracing::Level::TRACE, tasks, "chunks submitted");
-        Counters::add(&shared.counters.submitted, tasks);
-    }
-
-    fn submit_job(&self, job: Job, direct: bool) {
-        let shared = self.shared();
-        let tasks = job.tasks;
-        event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
-        let job = match direct {
-            true => {
-                // Counted first, so that stats never show a task done before it was
-                // submitted.
-                let submitted = &shared.counters.submitted;
-                Counters::add(submitted, tasks as u64);
-                match crate::direct::try_direct(shared, job) {
-                    Ok(()) => return,
-                    Err(job) => {
-                        submitted.fetch_sub(tasks as u64, std::sync::atomic::Ordering::Relaxed);
-                        job
-                    }
-                }
-            }
-            false => job,
-        };
-        match shared.queue.push(job) {
-            Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
-            Err(job) => job.fail(TaskError::Closed),
-        }
     }
 
     /// Runs `f(arg)` in a worker: await the returned [`Apply`] for the result.
@@ -335,7 +91,7 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// The future resolves to a [`TaskError`] if the task panicked, its worker died, it
+    /// The future resolves to a [`TaskError`](crate::TaskError) if the task panicked, its worker died, it
     /// timed out, it was cancelled, the pool is closed or was terminated, or its
     /// argument or result could not be encoded or exceeds the frame limit.
     ///
@@ -351,8 +107,8 @@ impl Pool {
     {
         let _ = f;
         let func = FnRef::of(trampoline::<F, A, R>());
-        let job = JobFrame::one(self, func, arg);
-        Apply::new(self.clone(), job)
+        let job = JobFrame::one(&self.sub, func, arg);
+        Apply::new(self.sub.clone(), job)
     }
 
     /// Submits `f(arg)` now and returns its [`TaskHandle`], a future of the result.
@@ -382,7 +138,7 @@ impl Pool {
         R: DeserializeOwned + Send + 'static,
         I: Input<A, M>,
     {
-        let pool = self.clone();
+        let pool = self.sub.clone();
         let parts = input.into_parts();
         let len = parts.0;
         Lazy::new(
@@ -409,7 +165,7 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// The first [`TaskError`] in input order; see [`apply`](Pool::apply).
+    /// The first [`TaskError`](crate::TaskError) in input order; see [`apply`](Pool::apply).
     ///
     /// # Cancel safety
     ///
@@ -432,7 +188,7 @@ impl Pool {
     ///
     /// # Errors
     ///
-    /// Each item is a `Result`: a [`TaskError`] fails only the task (or chunk) it is
+    /// Each item is a `Result`: a [`TaskError`](crate::TaskError) fails only the task (or chunk) it is
     /// about, and the stream goes on.
     ///
     /// # Cancel safety
@@ -501,7 +257,7 @@ impl Pool {
         Map::new(self.feed(FnRef::of(star_trampoline::<F, Args, R>()), input, true))
     }
 
-    /// Refuses new work from now on: submissions fail with [`TaskError::Closed`].
+    /// Refuses new work from now on: submissions fail with [`TaskError::Closed`](crate::TaskError::Closed).
     /// Queued and running tasks still complete; the workers exit once the queue is
     /// empty. Python's `Pool.close()`.
     pub fn close(&self) {
@@ -527,7 +283,7 @@ impl Pool {
         shared.starter.shutdown().await;
     }
 
-    /// Kills every worker now, fails unfinished tasks with [`TaskError::Terminated`],
+    /// Kills every worker now, fails unfinished tasks with [`TaskError::Terminated`](crate::TaskError::Terminated),
     /// and waits until every worker is reaped (each wait is bounded).
     ///
     /// # Cancel safety

@@ -20,9 +20,10 @@ use serde::Serialize;
 
 use crate::error::{Payload, TaskError};
 use crate::handle::decode_one;
-use crate::pool::{encode_frame, Pool};
 use crate::protocol::codec::decode_results_into;
-use crate::queue::{ChunkRun, Inbox, QueuedChunk, Reply, Results};
+use crate::protocol::results::Results;
+use crate::queue::{ChunkRun, Inbox, QueuedChunk, Reply};
+use crate::submit::{encode_frame, Submitter};
 
 /// Chunks queued at once (see `Feed::batch`).
 const BATCH: usize = 256;
@@ -213,7 +214,7 @@ impl Drop for InFlight {
 
 /// See the module docs.
 pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
-    pool: Pool,
+    pool: Submitter,
     func: Result<FnRef, String>,
     input: BoxStream<'static, A>,
     input_done: bool,
@@ -240,13 +241,13 @@ where
     R: DeserializeOwned + Send + 'static,
 {
     pub(crate) fn new(
-        pool: Pool,
+        pool: Submitter,
         func: Result<FnRef, String>,
         (len, input): (Option<usize>, BoxStream<'static, A>),
         opts: FeedOptions,
         ordered: bool,
     ) -> Self {
-        let processes = pool.processes();
+        let processes = pool.shared().config.processes;
         let chunk_size = opts.chunk_size.unwrap_or_else(|| match len {
             // Python's rule: about four chunks per worker.
             Some(len) => len.div_ceil(4 * processes).max(1),

@@ -38,15 +38,15 @@ impl ReplyFrame {
     /// The results of a successful reply whose last `payload_len` bytes (of `frame`)
     /// are its payload: no allocation, and no copy but of a payload of at most
     /// [`SMALL`](crate::queue::SMALL) bytes, which the reply holds in itself.
-    pub(crate) fn into_results(self, payload_len: usize) -> crate::queue::Results {
-        use crate::queue::Results;
+    pub(crate) fn into_results(self, payload_len: usize) -> crate::protocol::results::Results {
+        use crate::protocol::results::Results;
         match self.body {
             Some(body) => Results::ByteString(body),
             None => {
                 let mut frame = self.frame;
                 // (`payload_len` comes from reading this frame, so it is never larger.)
                 let header = frame.len().saturating_sub(payload_len);
-                if let Some(small) = crate::queue::SmallChunk::new(&frame[header..]) {
+                if let Some(small) = crate::protocol::results::SmallChunk::new(&frame[header..]) {
                     return Results::Small(small);
                 }
                 bytes::Buf::advance(&mut frame, header);

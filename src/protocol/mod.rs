@@ -28,6 +28,8 @@
 //! [`LengthDelimitedCodec`]: tokio_util::codec::LengthDelimitedCodec
 
 pub(crate) mod codec;
+pub(crate) mod job;
+pub(crate) mod results;
 
 use serde::{Deserialize, Serialize};
 

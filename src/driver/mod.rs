@@ -10,6 +10,8 @@
 //! running job's deadline and abort, and the pool's termination — all from one
 //! `poll_fn`, so that reading replies never waits behind a slow write of a large job.
 
+pub(crate) mod deliver;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
@@ -29,11 +31,12 @@ use crate::direct::{Handover, Lease};
 use crate::error::{Payload, TaskError, WorkerExit};
 use crate::protocol::codec::{ReplyCodec, ReplyFrame};
 use crate::protocol::Outcome;
-use crate::queue::{Deliveries, Job, Popped, Tally};
+use crate::queue::{Job, Popped};
 use crate::ring::{PoolRing, Record};
 use crate::shared::{Counters, Shared};
 use crate::start::child::{ChildProc, REAP_BOUND};
 use crate::trace::event;
+use deliver::{Deliveries, Tally};
 
 /// A started worker that has passed its handshake.
 #[derive(Debug)]

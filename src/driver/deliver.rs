@@ -1,0 +1,107 @@
+//! Handing replies to their callers: a driver's batch of stream replies, and the
+//! counting of what they answer.
+
+use std::sync::Arc;
+
+use crate::queue::route::{Inbox, Reply, ReplyTo};
+use crate::shared::{Counters, Shared};
+
+/// Replies a driver has for `map`-family streams, handed over together: those for one
+/// stream that come one after another go under one lock, with one wake-up; the tasks
+/// they answer are counted in the pool's stats just before (one update of each shared
+/// counter per batch, not per reply). Whatever it holds is handed over when it is
+/// flushed or dropped.
+#[derive(Debug)]
+pub(crate) struct Deliveries<'a> {
+    shared: &'a Shared,
+    slot: usize,
+    inbox: Option<Arc<Inbox>>,
+    replies: Vec<(u64, Reply)>,
+    tally: Tally,
+}
+
+/// Tasks answered and not yet counted in the stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Tally {
+    /// Jobs, for the worker's count.
+    pub(crate) jobs: u64,
+    pub(crate) completed: u64,
+    pub(crate) failed: u64,
+}
+
+impl std::ops::AddAssign for Tally {
+    fn add_assign(&mut self, other: Tally) {
+        self.jobs += other.jobs;
+        self.completed += other.completed;
+        self.failed += other.failed;
+    }
+}
+
+impl Tally {
+    /// Adds the counts to the pool's stats, as slot `slot`'s worker's.
+    pub(crate) fn count(self, shared: &Shared, slot: usize) {
+        if self.jobs > 0 {
+            shared.count_worker_task(slot, self.jobs);
+        }
+        for (counter, n) in [
+            (&shared.counters.completed, self.completed),
+            (&shared.counters.failed, self.failed),
+        ] {
+            if n > 0 {
+                Counters::add(counter, n);
+            }
+        }
+    }
+}
+
+impl<'a> Deliveries<'a> {
+    /// For slot `slot`'s driver.
+    pub(crate) fn new(shared: &'a Shared, slot: usize) -> Self {
+        Deliveries {
+            shared,
+            slot,
+            inbox: None,
+            replies: Vec::new(),
+            tally: Tally::default(),
+        }
+    }
+
+    /// Counts and hands over what it holds.
+    pub(crate) fn flush(&mut self) {
+        std::mem::take(&mut self.tally).count(self.shared, self.slot);
+        if let Some(inbox) = self.inbox.take() {
+            inbox.put(self.replies.drain(..));
+        }
+    }
+
+    /// Sends a job's `reply`, whose tasks `tally` counts: a single task's at once
+    /// (its caller may read the stats as soon as it has its result), a stream's with
+    /// the others here.
+    pub(crate) fn send(&mut self, to: ReplyTo, reply: Reply, tally: Tally) {
+        match to {
+            ReplyTo::One(tx) => {
+                tally.count(self.shared, self.slot);
+                let _ = tx.send(reply);
+            }
+            ReplyTo::Feed(feed) => {
+                if !self
+                    .inbox
+                    .as_ref()
+                    .is_some_and(|inbox| Arc::ptr_eq(inbox, feed.inbox()))
+                {
+                    self.flush();
+                    self.inbox = Some(feed.inbox().clone());
+                }
+                self.tally += tally;
+                self.replies.push((feed.settle(), reply));
+            }
+            ReplyTo::Nobody => {}
+        }
+    }
+}
+
+impl Drop for Deliveries<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}

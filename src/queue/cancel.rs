@@ -1,0 +1,96 @@
+//! Cancellation of one job: its handle's `abort()` against a driver's take.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+
+use futures::task::AtomicWaker;
+
+/// Where a job with a handle stands, and its handle's `abort()`.
+///
+/// `abort()` on a job still queued wins the race against a driver taking it (one
+/// compare-and-swap decides): the handle resolves as cancelled at once and the driver
+/// skips the job. On a job already taken, it asks the driver to kill the worker.
+#[derive(Debug, Default)]
+pub(crate) struct AbortSignal {
+    state: AtomicU8,
+    /// The driver's waker, for an abort of a taken job.
+    waker: AtomicWaker,
+    /// The handle's waker, for an abort of a queued job.
+    handle: AtomicWaker,
+}
+
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const ABORTED_QUEUED: u8 = 2;
+const ABORTED_TAKEN: u8 = 3;
+
+impl AbortSignal {
+    pub(crate) fn abort(&self) {
+        match self.state.compare_exchange(
+            QUEUED,
+            ABORTED_QUEUED,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => self.handle.wake(),
+            Err(_) => {
+                let _ = self.state.compare_exchange(
+                    TAKEN,
+                    ABORTED_TAKEN,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.waker.wake();
+            }
+        }
+    }
+
+    /// Called by the driver that takes the job: false if the job was aborted first.
+    pub(crate) fn take(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Puts a job that a driver took, but whose worker never started it, back in the
+    /// queued state (unless it was aborted meanwhile: then it stays aborted, and the
+    /// next driver to pop it skips it).
+    pub(super) fn requeue(&self) {
+        let _ = self
+            .state
+            .compare_exchange(TAKEN, QUEUED, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// For the handle: ready once the job was aborted before any driver took it.
+    pub(crate) fn poll_cancelled_in_queue(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state.load(Ordering::Acquire) == ABORTED_QUEUED {
+            return Poll::Ready(());
+        }
+        self.handle.register(cx.waker());
+        if self.state.load(Ordering::Acquire) == ABORTED_QUEUED {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    pub(crate) fn is_aborted(&self) -> bool {
+        matches!(
+            self.state.load(Ordering::Acquire),
+            ABORTED_QUEUED | ABORTED_TAKEN
+        )
+    }
+
+    /// Ready once aborted.
+    pub(crate) fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_aborted() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_aborted() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! The job model: one unit of work for a worker, and a stream's run of chunks.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::TaskError;
+use crate::queue::cancel::AbortSignal;
+use crate::queue::route::{FeedReply, Inbox, ReplyTo};
+
+/// One unit of work for a worker: a chunk of one or more tasks.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) id: u64,
+    /// The encoded `ToWorker::Job` frame: header and arguments (the length prefix
+    /// counts `tail` too).
+    pub(crate) frame: Bytes,
+    /// The rest of the frame, when a large byte-string argument is sent as it is,
+    /// without a copy; usually empty.
+    pub(crate) tail: Bytes,
+    /// How many tasks the chunk holds.
+    pub(crate) tasks: usize,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) abort: Option<Arc<AbortSignal>>,
+    pub(crate) reply: ReplyTo,
+}
+
+impl Job {
+    /// Claims the job for a driver; false if nobody waits for it any more (its handle
+    /// was dropped or aborted).
+    /// The frame's length on the wire.
+    pub(crate) fn wire_len(&self) -> usize {
+        self.frame.len() + self.tail.len()
+    }
+
+    pub(crate) fn claim(&self) -> bool {
+        !self.reply.is_closed() && self.abort.as_ref().is_none_or(|a| a.take())
+    }
+
+    pub(crate) fn fail(self, error: TaskError) {
+        self.reply.send(Err(error));
+    }
+
+    /// Takes this job's place in a stalled worker's pipeline for it, and gives back the
+    /// job itself, to be sent elsewhere: the ghost keeps the frame (its bytes are on
+    /// their way to the worker, which will skip them) and answers nobody.
+    pub(crate) fn make_ghost(&mut self) -> Job {
+        let ghost = Job {
+            id: self.id,
+            frame: self.frame.clone(),
+            tail: self.tail.clone(),
+            tasks: 0,
+            timeout: None,
+            abort: None,
+            reply: ReplyTo::Nobody,
+        };
+        std::mem::replace(self, ghost)
+    }
+
+    /// Whether this is a ghost (see [`make_ghost`](Self::make_ghost)).
+    pub(crate) fn is_ghost(&self) -> bool {
+        matches!(self.reply, ReplyTo::Nobody)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct ChunkRun {
+    pub(super) frames: Bytes,
+    /// Where the next chunk's frame starts in `frames`.
+    pub(super) offset: usize,
+    pub(super) inbox: Arc<Inbox>,
+    pub(super) timeout: Option<Duration>,
+    pub(super) chunks: VecDeque<QueuedChunk>,
+}
+
+/// One chunk of [`ChunkRun`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueuedChunk {
+    pub(crate) id: u64,
+    /// Its sequence number in the stream.
+    pub(crate) seq: u64,
+    /// Its frame's length.
+    pub(crate) len: u32,
+    pub(crate) tasks: u32,
+}
+
+impl ChunkRun {
+    /// The chunks `chunks` of the stream whose replies go to `inbox`, their frames
+    /// one after another in `frames`.
+    pub(crate) fn new(
+        frames: Bytes,
+        inbox: Arc<Inbox>,
+        timeout: Option<Duration>,
+        chunks: VecDeque<QueuedChunk>,
+    ) -> Self {
+        ChunkRun {
+            frames,
+            offset: 0,
+            inbox,
+            timeout,
+            chunks,
+        }
+    }
+
+    /// How many tasks the chunks hold.
+    pub(crate) fn tasks(&self) -> u64 {
+        self.chunks.iter().map(|c| u64::from(c.tasks)).sum()
+    }
+
+    /// The next chunk, as a job.
+    pub(super) fn pop(&mut self) -> Option<Job> {
+        let chunk = self.chunks.pop_front()?;
+        let end = self.offset + chunk.len as usize;
+        let frame = self.frames.slice(self.offset..end);
+        self.offset = end;
+        Some(Job {
+            id: chunk.id,
+            frame,
+            tail: Bytes::new(),
+            tasks: chunk.tasks as usize,
+            timeout: self.timeout,
+            abort: None,
+            reply: ReplyTo::Feed(FeedReply::new(self.inbox.clone(), chunk.seq)),
+        })
+    }
+
+    /// Answers every chunk left with `error`.
+    pub(super) fn fail(&mut self, error: &TaskError) {
+        let replies = self.chunks.drain(..).map(|c| (c.seq, Err(error.clone())));
+        self.inbox.put(replies);
+    }
+}
+
+impl Drop for ChunkRun {
+    /// Chunks dropped unanswered (the pool's tasks were dropped with the runtime)
+    /// tell their stream, as their jobs would (see [`FeedReply`]).
+    fn drop(&mut self) {
+        if !self.chunks.is_empty() {
+            self.fail(&TaskError::Terminated);
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Submitting work: a job's frame made ready, and jobs put on the queue (or run at once
+//! through the direct path).
+//!
+//! [`Submitter`] is what the user API holds ([`Pool`](crate::Pool), its futures and
+//! streams): the last one to go terminates the pool.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::error::{Payload, TaskError};
+use crate::protocol::codec::encode_chunk;
+use crate::protocol::job::{write_byte_string_chunk, write_job_frame, FrameError};
+use crate::queue::{AbortSignal, ChunkRun, Job, Reply, ReplyTo};
+use crate::shared::{Counters, Shared};
+use crate::task_fn::FnRef;
+use crate::trace::event;
+
+/// A handle on the pool's shared state that keeps the pool alive; see the module docs.
+#[derive(Clone)]
+pub(crate) struct Submitter {
+    inner: Arc<Owner>,
+}
+
+/// The last `Submitter` to go terminates the pool.
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.start_terminate();
+    }
+}
+
+impl Submitter {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Submitter {
+            inner: Arc::new(Owner { shared }),
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// A new job id.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.shared().next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues a job whose reply goes to a oneshot; returns its receiver and the id.
+    /// With `direct`, for a caller that is about to wait for the result, an idle worker
+    /// of tiny tasks may run the job at once, in this call (see [`crate::direct`];
+    /// bounded by the pool's `spin`).
+    pub(crate) fn submit(
+        &self,
+        job: JobFrame,
+        timeout: Option<Duration>,
+        abort: Option<Arc<AbortSignal>>,
+        direct: bool,
+    ) -> (oneshot::Receiver<Reply>, u64) {
+        let (tx, rx) = oneshot::channel();
+        let id = job.id;
+        self.submit_to(job, timeout, abort, ReplyTo::One(tx), direct);
+        (rx, id)
+    }
+
+    /// Queues a job whose reply goes to `reply`.
+    pub(crate) fn submit_to(
+        &self,
+        job: JobFrame,
+        timeout: Option<Duration>,
+        abort: Option<Arc<AbortSignal>>,
+        reply: ReplyTo,
+        direct: bool,
+    ) {
+        if let Some(mut job) = self.prepare(job, timeout, reply) {
+            job.abort = abort;
+            self.submit_job(job, direct);
+        }
+    }
+
+    /// Makes a job of `job` for the queue, or fails it at once (`None`) if it could not
+    /// be encoded.
+    pub(crate) fn prepare(
+        &self,
+        job: JobFrame,
+        timeout: Option<Duration>,
+        reply: ReplyTo,
+    ) -> Option<Job> {
+        match job.frame {
+            Ok(frame) => Some(Job {
+                id: job.id,
+                frame: frame.into(),
+                tail: job.tail,
+                tasks: job.tasks,
+                timeout,
+                abort: None,
+                reply,
+            }),
+            Err(e) => {
+                reply.send(Err(e));
+                None
+            }
+        }
+    }
+
+    /// Queues a stream's run of chunks under one lock of the queue.
+    pub(crate) fn submit_chunks(&self, chunks: ChunkRun) {
+        let shared = self.shared();
+        let tasks = shared.queue.push_chunks(chunks);
+        event!(tracing::Level::TRACE, tasks, "chunks submitted");
+        Counters::add(&shared.counters.submitted, tasks);
+    }
+
+    fn submit_job(&self, job: Job, direct: bool) {
+        let shared = self.shared();
+        let tasks = job.tasks;
+        event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
+        let job = match direct {
+            true => {
+                // Counted first, so that stats never show a task done before it was
+                // submitted.
+                let submitted = &shared.counters.submitted;
+                Counters::add(submitted, tasks as u64);
+                match crate::direct::try_direct(shared, job) {
+                    Ok(()) => return,
+                    Err(job) => {
+                        submitted.fetch_sub(tasks as u64, std::sync::atomic::Ordering::Relaxed);
+                        job
+                    }
+                }
+            }
+            false => job,
+        };
+        match shared.queue.push(job) {
+            Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
+            Err(job) => job.fail(TaskError::Closed),
+        }
+    }
+}
+
+/// A job's frame, ready to write: a 4-byte length, the header, the chunk of arguments,
+/// encoded straight into one buffer.
+pub(crate) struct JobFrame {
+    pub(crate) id: u64,
+    tasks: usize,
+    frame: Result<Vec<u8>, TaskError>,
+    /// See [`Job::tail`](crate::queue::Job).
+    tail: Bytes,
+}
+
+/// Appends job `id`'s frame to `out`: a 4-byte length, the header, the chunk of
+/// arguments. On error `out` is left as it was.
+pub(crate) fn encode_frame<A: Serialize + 'static>(
+    sub: &Submitter,
+    id: u64,
+    func: Result<FnRef, String>,
+    items: &[A],
+    out: &mut Vec<u8>,
+) -> Result<(), TaskError> {
+    encode_frame_with(sub, id, func, out, 0, |out| encode_chunk(items, out))
+}
+
+/// Appends job `id`'s frame to `out` (see [`write_job_frame`]), as a caller's error.
+fn encode_frame_with(
+    sub: &Submitter,
+    id: u64,
+    func: Result<FnRef, String>,
+    out: &mut Vec<u8>,
+    tail: usize,
+    chunk: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
+) -> Result<(), TaskError> {
+    let func = func.map_err(TaskError::Unsupported)?;
+    let limit = sub.shared().config.max_frame_len;
+    write_job_frame(id, func, limit, out, tail, chunk).map_err(|e| match e {
+        FrameError::Arguments(message) => TaskError::Codec {
+            what: Payload::Argument,
+            message,
+        },
+        FrameError::TooLarge { size, limit } => TaskError::TooLarge {
+            what: Payload::Argument,
+            size,
+            limit,
+        },
+    })
+}
+
+/// Byte-string arguments from this size on travel without a copy (see [`JobFrame::one`]).
+const TAIL_MIN: usize = 64 << 10;
+
+impl JobFrame {
+    pub(crate) fn encode<A: Serialize + 'static>(
+        sub: &Submitter,
+        func: Result<FnRef, String>,
+        items: &[A],
+    ) -> Self {
+        let id = sub.next_id();
+        // Room for the length, the header and small arguments, so that a tiny job
+        // costs one allocation rather than one and a few regrowths.
+        let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
+        let frame = encode_frame(sub, id, func, items, &mut frame).map(|()| frame);
+        JobFrame {
+            id,
+            tasks: items.len(),
+            frame,
+            tail: Bytes::new(),
+        }
+    }
+
+    /// The frame of a single task. A large `Vec<u8>` or `Bytes` argument is not copied
+    /// into the frame but written from where it is: the frame holds the header and the
+    /// byte string's length, and the argument follows it on the wire as it is (the
+    /// bytes are the same as `encode`'s).
+    pub(crate) fn one<A: Serialize + 'static>(
+        sub: &Submitter,
+        func: Result<FnRef, String>,
+        arg: A,
+    ) -> Self {
+        let arg: Box<dyn std::any::Any> = Box::new(arg);
+        let bytes = match arg.downcast::<Vec<u8>>() {
+            Ok(vec) if vec.len() >= TAIL_MIN => Ok(Bytes::from(*vec)),
+            Ok(vec) => Err(vec as Box<dyn std::any::Any>),
+            Err(arg) => match arg.downcast::<Bytes>() {
+                Ok(bytes) if bytes.len() >= TAIL_MIN => Ok(*bytes),
+                Ok(bytes) => Err(bytes as Box<dyn std::any::Any>),
+                Err(arg) => Err(arg),
+            },
+        };
+        let tail = match bytes {
+            Ok(tail) => tail,
+            Err(arg) => {
+                let arg = arg.downcast::<A>().expect("the argument's own type");
+                return JobFrame::encode(sub, func, std::slice::from_ref(&*arg));
+            }
+        };
+        // A chunk of one byte string: a sequence length of 1, the string's length;
+        // the string itself follows on the wire.
+        let id = sub.next_id();
+        let mut frame = Vec::with_capacity(64);
+        let frame = encode_frame_with(sub, id, func, &mut frame, tail.len(), |out| {
+            write_byte_string_chunk(tail.len(), out);
+            Ok(())
+        })
+        .map(|()| frame);
+        JobFrame {
+            id,
+            tasks: 1,
+            frame,
+            tail,
+        }
+    }
+}
