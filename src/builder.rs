@@ -104,7 +104,8 @@ impl PoolBuilder {
                 pipeline: 512,
                 child: ChildOptions::default(),
                 preload: None,
-                spin: None,
+                polling: None,
+                transport: None,
                 env: None,
                 sandbox: None,
                 stdout: WorkerOutput::default(),
@@ -249,25 +250,26 @@ impl PoolBuilder {
         self
     }
 
-    /// How long the pool may poll for the reply to a lone task on a worker whose tasks
-    /// take microseconds, rather than sleeping until it is woken; workers then poll
-    /// likewise for their next task, for up to 2.5 times as long. This saves two
-    /// wake-ups, which cost about as much as the rest of a round trip, at the price of
-    /// keeping a thread and the worker busy that long (they yield the CPU to anything
-    /// else runnable while they poll).
-    ///
-    /// It also enables the direct path: `pool.apply(f, x).await` on an idle worker of
-    /// tiny tasks, with nothing queued, writes the job and polls for its reply on the
-    /// caller's own thread, within the `.await`, for at most this long; a task that
-    /// takes longer is handed to the worker's driver as usual. No thread is woken on
-    /// the way, which makes such a round trip a few microseconds. Pools with
-    /// [`max_tasks_per_child`](Self::max_tasks_per_child) do not use it.
-    ///
-    /// Polling pays only where the pool's processes do not take every CPU: the default
-    /// is 20 µs when `processes` is below the number of CPUs, and no polling otherwise.
-    /// `Duration::ZERO` turns it off.
-    pub fn spin(mut self, spin: Duration) -> Self {
-        self.config.spin = Some(spin);
+    /// Where the pool polls for what comes next instead of sleeping until woken, and
+    /// for how long: see [`Polling`](crate::Polling) for each place and its cost.
+    /// Default: [`Polling::spin`](crate::Polling::spin)`(20 µs)` when `processes` is
+    /// below the number of CPUs, and [`Polling::OFF`](crate::Polling::OFF) otherwise.
+    pub fn polling(mut self, polling: crate::Polling) -> Self {
+        self.config.polling = Some(polling);
+        self
+    }
+
+    /// Shorthand for [`polling`](Self::polling)`(`[`Polling::spin`](crate::Polling::spin)`(spin))`:
+    /// callers and drivers poll for up to `spin`, workers for 2.5 times as long.
+    /// `Duration::ZERO` turns polling off.
+    pub fn spin(self, spin: Duration) -> Self {
+        self.polling(crate::Polling::spin(spin))
+    }
+
+    /// How the pool talks to its workers: see [`Transport`](crate::Transport).
+    /// Default: [`Transport::Local`](crate::Transport::Local).
+    pub fn transport(mut self, transport: crate::Transport) -> Self {
+        self.config.transport = Some(transport);
         self
     }
 
@@ -380,14 +382,12 @@ impl PoolBuilder {
         let mut config = self.config;
         config.env =
             crate::sandbox::env_policy(self.env_clear, &self.env_keys, config.sandbox.as_ref());
-        if config.spin.is_none() {
-            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-            config.spin = Some(if config.processes < cpus {
-                Duration::from_micros(20)
-            } else {
-                Duration::ZERO
-            });
-        }
+        let (polling, transport) = crate::policy::test_overrides();
+        let processes = config.processes;
+        config.polling.get_or_insert_with(|| {
+            polling.unwrap_or_else(|| crate::Polling::default_for(processes))
+        });
+        config.transport = config.transport.or(transport);
         let shared = Arc::new(Shared::new(config));
         let pool = Pool::from_shared(shared.clone());
         if let Starter::ForkServer(server) = &shared.starter {

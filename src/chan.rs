@@ -81,8 +81,7 @@ pub(crate) struct ChanWrite {
 }
 
 impl ChanWrite {
-    /// The socket, for writes made outside this type (which must not block).
-    pub(crate) fn raw_fd(&self) -> RawFd {
+    fn raw_fd(&self) -> RawFd {
         self.fd.get_ref().as_raw_fd()
     }
 
@@ -122,15 +121,41 @@ impl ChanWrite {
         }
     }
 
+    /// Writes what it can of `batch`, in order, like `poll_write_vectored`.
+    pub(crate) fn poll_write_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &IoBatch<'_>,
+    ) -> Poll<io::Result<usize>> {
+        // SAFETY: every `iovec` of a batch describes memory borrowed for the batch's
+        // lifetime, which outlives this call (see `IoBatch::push`).
+        unsafe { self.poll_write_iovecs(cx, batch.iovecs()) }
+    }
+
+    /// Writes what it can of `buf` without waiting: for a caller outside the event
+    /// loop (see `crate::direct`). Returns how many bytes went; 0 if the socket is full
+    /// or failing (whoever writes next finds out which).
+    pub(crate) fn try_send(&self, buf: &[u8]) -> usize {
+        // SAFETY: send(2) reads `buf.len()` bytes of `buf`, on a socket this half keeps
+        // open.
+        let n = unsafe {
+            libc::send(
+                self.raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        usize::try_from(n).unwrap_or(0)
+    }
+
     /// Writes what it can of the memory `iov` describes, in order, like
-    /// `poll_write_vectored`; for a caller that joins neighbouring buffers into one
-    /// `iovec` (each job's frame is a slice of a batch's buffer: one segment instead of
-    /// one per job, which the kernel copies one by one).
+    /// `poll_write_vectored`.
     ///
     /// # Safety
     ///
     /// Each `iovec` must describe memory that is readable and stays so for the call.
-    pub(crate) unsafe fn poll_write_iovecs(
+    unsafe fn poll_write_iovecs(
         &mut self,
         cx: &mut Context<'_>,
         iov: &[libc::iovec],
@@ -198,3 +223,79 @@ impl AsyncWrite for ChanWrite {
         })
     }
 }
+
+/// Up to 64 buffers for one vectored write, gathered from borrowed byte slices.
+///
+/// With `join`, a slice that starts where the one before it ends in memory goes into
+/// the same segment: each job's frame of a stream's batch is a slice of one buffer,
+/// and the kernel copies segments one by one. (Only a raw `iovec` may span two
+/// slices; no Rust slice is made of them.)
+pub(crate) struct IoBatch<'a> {
+    iov: [libc::iovec; IoBatch::MAX],
+    count: usize,
+    join: bool,
+    _borrow: std::marker::PhantomData<&'a [u8]>,
+}
+
+impl<'a> IoBatch<'a> {
+    /// How many segments a batch holds.
+    pub(crate) const MAX: usize = 64;
+
+    /// An empty batch; `join`: see the type's docs.
+    pub(crate) fn new(join: bool) -> Self {
+        IoBatch {
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; IoBatch::MAX],
+            count: 0,
+            join,
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// Adds `part`; `false` (and nothing added) if the batch is full.
+    pub(crate) fn push(&mut self, part: &'a [u8]) -> bool {
+        if self.join {
+            if let Some(last) = self.count.checked_sub(1).map(|i| &mut self.iov[i]) {
+                let end = last.iov_base.cast_const().wrapping_byte_add(last.iov_len);
+                if end.cast() == part.as_ptr() {
+                    last.iov_len += part.len();
+                    return true;
+                }
+            }
+        }
+        if self.count == IoBatch::MAX {
+            return false;
+        }
+        self.iov[self.count] = libc::iovec {
+            iov_base: part.as_ptr().cast_mut().cast(),
+            iov_len: part.len(),
+        };
+        self.count += 1;
+        true
+    }
+
+    fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov[..self.count]
+    }
+
+    /// The batch as `IoSlice`s, for any `AsyncWrite`: only for a batch made without
+    /// `join` (`None` otherwise), whose every segment is one borrowed slice.
+    pub(crate) fn io_slices(&self) -> Option<&[IoSlice<'a>]> {
+        if self.join {
+            return None;
+        }
+        // SAFETY: `IoSlice` is laid out as `iovec` on Unix (its documented guarantee),
+        // and without `join` each `iovec` describes exactly one slice borrowed for 'a.
+        Some(unsafe {
+            std::slice::from_raw_parts(self.iov.as_ptr().cast::<IoSlice<'a>>(), self.count)
+        })
+    }
+}
+
+// SAFETY: a batch only holds pointers into slices it borrows (shared, `&'a [u8]`,
+// which are `Send` and `Sync`).
+unsafe impl Send for IoBatch<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for IoBatch<'_> {}

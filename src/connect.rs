@@ -17,6 +17,9 @@ use crate::protocol::{
 use crate::ring::PoolRing;
 use crate::start::child::{ChildProc, REAP_BOUND};
 use crate::task_fn::{build_id, FnRef};
+use crate::transport::local::Local;
+use crate::transport::stream::Stream;
+use crate::transport::Link;
 
 /// What a new worker is told about itself.
 #[derive(Debug, Clone)]
@@ -107,7 +110,7 @@ pub(crate) async fn connect(
                 send_with_fds(writer.get_ref().as_ref(), &wire, &[fd.as_raw_fd()])
                     .await
                     .map_err(|e| format!("could not send setup: {e}"))?;
-                Some(std::sync::Arc::new(ring))
+                Some(ring)
             }
             false => {
                 writer
@@ -141,21 +144,24 @@ pub(crate) async fn connect(
             .into_std()
             .map_err(|e| e.to_string())?;
         let (rd, wr) = chan::split(sock.into()).map_err(|e| e.to_string())?;
-        let mut reader = FramedRead::new(rd, ReplyCodec::new(setup.max_frame_len));
-        reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
-        Ok((reader, wr, ring))
+        let codec = ReplyCodec::new(setup.max_frame_len);
+        let link = match ring {
+            Some(ring) => {
+                let mut reader = FramedRead::new(rd, codec);
+                reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+                Link::Local(Local::new(reader, wr, ring))
+            }
+            None => {
+                let mut reader = FramedRead::new(Box::new(rd) as _, codec);
+                reader.read_buffer_mut().extend_from_slice(&parts.read_buf);
+                Link::Stream(Stream::new(reader, Box::new(wr)))
+            }
+        };
+        Ok(link)
     };
     let result = tokio::time::timeout(setup.startup_timeout, handshake).await;
     let failure = match result {
-        Ok(Ok((reader, writer, ring))) => {
-            return Ok(Worker {
-                pid,
-                child,
-                reader,
-                writer,
-                ring,
-            })
-        }
+        Ok(Ok(link)) => return Ok(Worker { pid, child, link }),
         Ok(Err(why)) => why,
         Err(_) => format!(
             "it did not finish its handshake within {:?}",

@@ -137,36 +137,71 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![doc(test(attr(deny(warnings))))]
+// The layers, from the top down: a module imports only from its own layer and those
+// below it (ARCHITECTURE.md draws them). `unsafe` is denied but in the OS pieces and
+// the child's entry point, where each block states its argument.
+#![deny(unsafe_code)]
 
+// The user's API.
 mod builder;
 mod call;
-mod chan;
+mod handle;
+mod input;
+mod policy;
+mod pool;
+mod process;
+mod stats;
+mod stream;
+
+// Submitting work; the queue and the state shared with the drivers.
+mod queue;
+mod shared;
+mod submit;
+
+// Driving workers: a supervisor per slot, a driver per worker, the direct path.
 mod connect;
 mod direct;
 mod driver;
-mod error;
-mod fdpass;
-#[cfg(test)]
-mod fuzz;
-mod handle;
-mod input;
-mod output;
-mod per_process;
-mod pool;
-mod process;
-mod protocol;
-mod queue;
-mod ring;
-mod sandbox;
-mod shared;
-mod start;
-mod stats;
-mod stream;
-mod submit;
+mod lease;
+mod outcome;
 mod supervisor;
+mod sync;
+
+// A worker's connection: local (socketpair and reply ring) or a byte stream.
+mod transport;
+
+// Every byte on the wire, and the functions it names.
+mod protocol;
+#[allow(unsafe_code)]
 mod task_fn;
+
+// The vocabulary every layer speaks.
+mod error;
 mod trace;
+
+// OS pieces.
+#[allow(unsafe_code)]
+mod chan;
+#[allow(unsafe_code)]
+mod fdpass;
+#[allow(unsafe_code)]
+mod output;
+#[allow(unsafe_code)]
+mod per_process;
+#[allow(unsafe_code)]
+mod ring;
+#[allow(unsafe_code)]
+mod sandbox;
+#[allow(unsafe_code)]
+mod start;
+
+// The child's side: the worker's entry point and loop.
+#[allow(unsafe_code)]
 mod worker;
+
+#[cfg(test)]
+#[allow(unsafe_code)]
+mod fuzz;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_FRAME_LEN};
 pub use call::{Apply, Map};
@@ -174,6 +209,7 @@ pub use error::{BuildError, Payload, RemotePanic, TaskError, WorkerExit};
 pub use handle::TaskHandle;
 pub use input::{FromIter, FromStream, Input};
 pub use output::{LineSink, OutputLine, OutputStream, WorkerOutput, MAX_LINE};
+pub use policy::{Polling, Transport};
 pub use pool::Pool;
 pub use process::{Process, ProcessBuilder, ProcessHandle};
 pub use sandbox::{Sandbox, SANDBOX_ENV};

@@ -4,21 +4,20 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::builder::DEFAULT_MAX_FRAME_LEN;
 use crate::connect::{connect, Setup};
-use crate::error::{BuildError, Payload, TaskError, WorkerExit};
+use crate::error::{BuildError, TaskError, WorkerExit};
 use crate::handle::decode_one;
+use crate::outcome::reply_of;
 use crate::output::WorkerOutput;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::encode_chunk;
-use crate::protocol::{Done, Outcome, ToWorker};
+use crate::protocol::{Done, ToWorker};
 use crate::queue::Reply;
 use crate::start::forkserver::ForkServer;
 use crate::start::{ChildOptions, StartMethod, Starter};
@@ -224,7 +223,7 @@ impl ProcessBuilder {
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
         worker
-            .writer
+            .link
             .write_all(&frame)
             .await
             .map_err(|e| BuildError::new(format!("could not send the function: {e}")))?;
@@ -366,20 +365,13 @@ async fn watch_process(
     let mut signals_open = true;
     let status = loop {
         tokio::select! {
-            frame = worker.reader.next(), if result.is_some() => {
+            frame = worker.link.next_frame(), if result.is_some() => {
                 let reply = match frame {
-                    Some(Ok(reply)) => match Done::read(&reply.frame) {
-                        Ok((Done { outcome: Outcome::Ok { .. }, .. }, payload)) => {
-                            let payload_len = payload.len();
-                            Some(Ok(reply.into_results(payload_len)))
+                    Some(Ok(reply)) => match Done::read_reply(&reply.frame) {
+                        Ok((done, payload_len)) => {
+                            Some(reply_of(done.outcome, reply, payload_len, DEFAULT_MAX_FRAME_LEN))
                         }
-                        Ok((Done { outcome: Outcome::ResultTooLarge { size }, .. }, _)) => {
-                            Some(Err(TaskError::TooLarge { what: Payload::Result, size, limit: DEFAULT_MAX_FRAME_LEN }))
-                        }
-                        Ok((Done { outcome, .. }, _)) => {
-                            Some(Err(TaskError::Codec { what: Payload::Result, message: format!("{outcome:?}") }))
-                        }
-                        _ => Some(Err(TaskError::Protocol("unexpected message".into()))),
+                        Err(why) => Some(Err(TaskError::Protocol(why))),
                     },
                     // It died: the exit status decides the error below.
                     _ => None,
@@ -389,7 +381,7 @@ async fn watch_process(
                         let _ = tx.send(reply);
                     }
                     // Done: closing the channel lets the process exit.
-                    let _ = worker.writer.shutdown().await;
+                    worker.link.shutdown().await;
                 }
             }
             status = worker.child.wait() => break status,

@@ -216,15 +216,15 @@ pub(crate) fn fork_exclusive<T>(fork: impl FnOnce() -> T) -> T {
 pub(crate) struct PoolRing {
     map: Mapping,
     /// Bytes of records the pool has consumed; `read` in the header lags behind.
-    cursor: AtomicU64,
+    cursor: u64,
     /// The worker's `write` as the pool last read it.
-    seen_write: AtomicU64,
+    seen_write: u64,
     /// What the pool last gave back (kept here, not read back from the shared page,
     /// which the worker could scribble on).
-    released: AtomicU64,
+    released: u64,
     /// How many jobs have been sent to the worker, by its driver or by callers on the
     /// direct path (whoever holds the worker), counting from 1 as the gate does.
-    sent: AtomicU64,
+    sent: u64,
 }
 
 /// The pool gives room back to the worker once it has consumed this much.
@@ -236,7 +236,7 @@ impl std::fmt::Debug for PoolRing {
         f.debug_struct("PoolRing")
             .field("write", &h.write.load(Relaxed))
             .field("read", &h.read.load(Relaxed))
-            .field("cursor", &self.cursor.load(Relaxed))
+            .field("cursor", &self.cursor)
             .finish()
     }
 }
@@ -273,24 +273,24 @@ impl PoolRing {
         };
         let ring = PoolRing {
             map,
-            cursor: AtomicU64::new(0),
-            seen_write: AtomicU64::new(0),
-            released: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
+            cursor: 0,
+            seen_write: 0,
+            released: 0,
+            sent: 0,
         };
         Ok((ring, fd))
     }
 
     /// The next record, if the worker has written one. An error means the ring no
     /// longer makes sense (the worker overwrote it): give up on the worker.
-    pub(crate) fn pop(&self) -> Result<Option<Record>, String> {
+    pub(crate) fn pop(&mut self) -> Result<Option<Record>, String> {
         self.pop_into(&mut BytesMut::new())
     }
 
     /// [`pop`](Self::pop), with the frame copied into the room left in `arena` (which
     /// is renewed when it has too little): frames taken one after another share an
     /// allocation rather than cost one each.
-    pub(crate) fn pop_into(&self, arena: &mut BytesMut) -> Result<Option<Record>, String> {
+    pub(crate) fn pop_into(&mut self, arena: &mut BytesMut) -> Result<Option<Record>, String> {
         arena.clear();
         let Some((read, avail)) = self.waiting()? else {
             return Ok(None);
@@ -326,13 +326,13 @@ impl PoolRing {
 
     /// Where the next record starts and how many bytes are published from there, if
     /// any are; an error if the worker's index makes no sense.
-    fn waiting(&self) -> Result<Option<(u64, u64)>, String> {
-        let read = self.cursor.load(Relaxed);
-        let mut write = self.seen_write.load(Relaxed);
+    fn waiting(&mut self) -> Result<Option<(u64, u64)>, String> {
+        let read = self.cursor;
+        let mut write = self.seen_write;
         if write == read {
             // Acquire: the records up to `write` are visible from here on.
             write = self.map.header().write.load(Acquire);
-            self.seen_write.store(write, Relaxed);
+            self.seen_write = write;
             if write == read {
                 return Ok(None);
             }
@@ -348,7 +348,7 @@ impl PoolRing {
 
     /// The next record if it is a reply frame; a mark for the socket, like a ring
     /// that makes no sense, is left in place for [`pop`](Self::pop).
-    pub(crate) fn pop_frame(&self) -> Result<Option<BytesMut>, String> {
+    pub(crate) fn pop_frame(&mut self) -> Result<Option<BytesMut>, String> {
         let Ok(Some((read, _))) = self.waiting() else {
             return Ok(None);
         };
@@ -366,19 +366,19 @@ impl PoolRing {
 
     /// Marks the records up to `to` consumed, giving their room back to the worker
     /// once a quarter of the ring is to be given.
-    fn consume(&self, to: u64) {
-        self.cursor.store(to, Relaxed);
-        if to.wrapping_sub(self.released.load(Relaxed)) >= RELEASE_EVERY {
+    fn consume(&mut self, to: u64) {
+        self.cursor = to;
+        if to.wrapping_sub(self.released) >= RELEASE_EVERY {
             self.release();
         }
     }
 
     /// Gives the worker back the room of every record consumed, waking it if it
     /// waits for room.
-    fn release(&self) {
+    fn release(&mut self) {
+        let cursor = self.cursor;
+        self.released = cursor;
         let h = self.map.header();
-        let cursor = self.cursor.load(Relaxed);
-        self.released.store(cursor, Relaxed);
         h.read.store(cursor, SeqCst);
         if h.worker_waiting.load(SeqCst) != 0 && h.worker_waiting.swap(0, SeqCst) != 0 {
             h.space.fetch_add(1, SeqCst);
@@ -388,14 +388,13 @@ impl PoolRing {
 
     /// Counts `n` more jobs sent to the worker (see [`revoke`](Self::revoke)); a
     /// negative `n` takes back jobs never written.
-    pub(crate) fn note_sent(&self, n: i64) {
-        let sent = self.sent.load(Relaxed);
-        self.sent.store(sent.wrapping_add_signed(n), Relaxed);
+    pub(crate) fn note_sent(&mut self, n: i64) {
+        self.sent = self.sent.wrapping_add_signed(n);
     }
 
     /// How many jobs have been sent to the worker.
     pub(crate) fn sent(&self) -> u64 {
-        self.sent.load(Relaxed)
+        self.sent
     }
 
     /// Takes back from the worker the jobs numbered `head + 1 ..= through`, sent ahead
@@ -406,7 +405,7 @@ impl PoolRing {
     ///
     /// The worker's side is [`WorkerRing::begin_job`]; the two meet in one
     /// compare-and-swap on the gate, so exactly one of them decides each job's fate.
-    pub(crate) fn revoke(&self, head: u64, through: u64) -> bool {
+    pub(crate) fn revoke(&mut self, head: u64, through: u64) -> bool {
         let h = self.map.header();
         h.revoked_through.store(through, SeqCst);
         h.gate
@@ -417,11 +416,11 @@ impl PoolRing {
     /// Asks the worker to wake the pool through the socket when it next writes a
     /// record. Returns whether a record arrived meanwhile (then no wake-up will come
     /// for it: read it now).
-    pub(crate) fn want_wakeup(&self) -> bool {
+    pub(crate) fn want_wakeup(&mut self) -> bool {
         self.release();
         let h = self.map.header();
         h.pool_waiting.store(1, SeqCst);
-        h.write.load(SeqCst) != self.cursor.load(Relaxed)
+        h.write.load(SeqCst) != self.cursor
     }
 }
 
@@ -582,7 +581,7 @@ mod tests {
     /// count; a worker that has moved on keeps its jobs.
     #[test]
     fn the_gate_gives_each_job_one_fate() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         // Jobs 1..=5 sent; the worker starts job 1.
         pool.note_sent(5);
         assert_eq!(worker.begin_job(), Begin::Run);
@@ -614,7 +613,7 @@ mod tests {
     #[test]
     fn the_gate_decides_a_race_one_way() {
         for _ in 0..2_000 {
-            let (pool, worker) = pair();
+            let (mut pool, worker) = pair();
             pool.note_sent(3);
             assert_eq!(worker.begin_job(), Begin::Run); // the head, 1
             let worker = std::thread::spawn(move || (worker.begin_job(), worker.begin_job()));
@@ -718,7 +717,7 @@ mod tests {
     /// pool reads, still gets all of it through, in order.
     #[test]
     fn room_comes_back_without_a_wakeup_request() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         let count = 20 * CAPACITY / 100;
         let bound = std::time::Instant::now() + Duration::from_secs(20);
         let writer = std::thread::spawn(move || {
@@ -754,7 +753,7 @@ mod tests {
 
     #[test]
     fn records_come_out_in_order_across_the_wrap() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         let mut expected = Vec::new();
         // Enough traffic to wrap many times, with a record straddling the end.
         for i in 0..20_000u32 {
@@ -775,7 +774,7 @@ mod tests {
 
     #[test]
     fn frames_popped_into_one_arena_stay_intact_while_it_is_renewed() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         let mut arena = BytesMut::new();
         let mut kept = Vec::new();
         // Frames of all sizes up to the inline limit, many arenas' worth, all kept.
@@ -807,7 +806,7 @@ mod tests {
 
     #[test]
     fn the_mark_and_the_wakeup_request() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         assert!(!pool.want_wakeup());
         assert!(worker.push(&ON_SOCKET.to_be_bytes(), || false).unwrap());
         // Asked once, woken once.
@@ -819,7 +818,7 @@ mod tests {
 
     #[test]
     fn a_full_ring_waits_for_the_pool() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         let big = record(&vec![1u8; INLINE_MAX - 4]);
         let n = CAPACITY / big.len();
         for _ in 0..n {
@@ -856,11 +855,11 @@ mod tests {
 
     #[test]
     fn a_scribbled_ring_is_an_error() {
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         worker.push(&record(b"ok"), || false).unwrap();
         worker.map.header().write.store(u64::MAX / 2, SeqCst);
         assert!(pool.pop().is_err());
-        let (pool, worker) = pair();
+        let (mut pool, worker) = pair();
         worker.push(&[0, 1, 0, 0], || false).unwrap();
         assert!(pool.pop().is_err());
     }

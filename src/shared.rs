@@ -8,12 +8,14 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::direct::Lease;
+use crate::lease::Lease;
 use crate::output::WorkerOutput;
-use crate::queue::Queue;
+use crate::policy::{nonzero, Polling, Transport};
+use crate::queue::{Handover, Queue};
 use crate::start::{ChildOptions, StartMethod, Starter};
 use crate::stats::{PoolStats, WorkerStats};
 use crate::task_fn::FnRef;
+use crate::transport::local::Port;
 
 /// The pool's settings, fixed at build time.
 #[derive(Debug, Clone)]
@@ -29,8 +31,10 @@ pub(crate) struct Config {
     pub(crate) pipeline: usize,
     pub(crate) child: ChildOptions,
     pub(crate) preload: Option<(FnRef, Bytes)>,
-    /// How long the pool polls for a tiny task's reply; `None`: decided at build.
-    pub(crate) spin: Option<Duration>,
+    /// Where the pool polls, and how long; `None`: decided at build.
+    pub(crate) polling: Option<Polling>,
+    /// How the pool talks to its workers; `None`: decided at build.
+    pub(crate) transport: Option<Transport>,
     /// `Some(keys)`: the environment variables workers keep (decided at build).
     pub(crate) env: Option<Vec<String>>,
     pub(crate) sandbox: Option<crate::sandbox::Sandbox>,
@@ -38,6 +42,38 @@ pub(crate) struct Config {
     pub(crate) stdout: WorkerOutput,
     pub(crate) stderr: WorkerOutput,
 }
+
+impl Config {
+    fn polling(&self) -> Polling {
+        self.polling.unwrap_or(Polling::OFF)
+    }
+
+    /// How long a caller polls on the direct path, if it does.
+    pub(crate) fn caller_polling(&self) -> Option<Duration> {
+        nonzero(self.polling().caller)
+    }
+
+    /// How long a driver polls for a lone tiny job's reply, if it does.
+    pub(crate) fn driver_polling(&self) -> Option<Duration> {
+        nonzero(self.polling().driver)
+    }
+
+    /// How long a worker polls for its next job.
+    pub(crate) fn worker_polling(&self) -> Duration {
+        self.polling().worker
+    }
+
+    pub(crate) fn transport(&self) -> Transport {
+        self.transport.unwrap_or_default()
+    }
+}
+
+/// An idle worker's offer to callers: its port, and what a caller hands back (see
+/// [`crate::direct`]).
+pub(crate) type DirectLease = Lease<Port, Handover>;
+
+/// A slot's published lease, with its worker's pid.
+pub(crate) type Offer = (u32, Arc<DirectLease>);
 
 /// Counters behind [`PoolStats`].
 #[derive(Debug, Default)]
@@ -81,7 +117,7 @@ pub(crate) struct Shared {
     /// Why workers could not be started lately, if they could not.
     pub(crate) start_error: Mutex<Option<String>>,
     /// The offers of idle workers to callers ([`crate::direct`]), by slot.
-    leases: Mutex<Vec<Option<Arc<Lease>>>>,
+    leases: Mutex<Vec<Option<Offer>>>,
     /// Tests: how many of the next replies make their driver panic (a stand-in for a
     /// bug in the pool, to test that a slot survives one).
     #[cfg(test)]
@@ -115,22 +151,24 @@ impl Shared {
         }
     }
 
-    fn leases(&self) -> MutexGuard<'_, Vec<Option<Arc<Lease>>>> {
+    fn leases(&self) -> MutexGuard<'_, Vec<Option<Offer>>> {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes (or, with `None`, withdraws) the lease of a slot's worker.
-    pub(crate) fn set_lease(&self, slot: usize, lease: Option<Arc<Lease>>) {
+    /// Publishes (or, with `None`, withdraws) the lease of a slot's worker, with the
+    /// worker's pid.
+    pub(crate) fn set_lease(&self, slot: usize, lease: Option<Offer>) {
         self.leases()[slot] = lease;
     }
 
-    /// An idle worker's lease, taken; see [`crate::direct`].
-    pub(crate) fn lend(&self) -> Option<Arc<Lease>> {
-        self.leases()
-            .iter()
-            .flatten()
-            .find(|l| l.try_lend())
-            .cloned()
+    /// An idle worker's port, lent: its slot, its pid, its lease (to give the port
+    /// back to) and the port; see [`crate::direct`].
+    pub(crate) fn lend(&self) -> Option<(usize, u32, Arc<DirectLease>, Port)> {
+        self.leases().iter().enumerate().find_map(|(slot, lease)| {
+            let (pid, lease) = lease.as_ref()?;
+            let port = lease.try_lend()?;
+            Some((slot, *pid, lease.clone(), port))
+        })
     }
 
     fn workers(&self) -> MutexGuard<'_, Vec<Option<WorkerStats>>> {

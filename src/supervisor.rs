@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
-use tokio::io::AsyncWriteExt;
 use tokio::sync::oneshot;
 
 use crate::connect::{connect, Setup};
@@ -208,8 +207,7 @@ async fn supervise_slot(
 
 /// Lets a worker go: closing our end tells it to exit; it is killed if it lingers.
 async fn let_go(mut worker: Worker) {
-    let _ = worker.writer.shutdown().await;
-    drop(worker.writer);
+    worker.link.shutdown().await;
     if tokio::time::timeout(EXIT_GRACE, worker.child.wait())
         .await
         .is_err()
@@ -238,8 +236,8 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         max_frame_len: cfg.max_frame_len,
         initializer: cfg.initializer.clone(),
         startup_timeout: cfg.startup_timeout,
-        worker_spin: cfg.spin.unwrap_or_default() * 5 / 2,
-        ring: true,
+        worker_spin: cfg.worker_polling(),
+        ring: cfg.transport() == crate::Transport::Local,
         env: cfg.env.clone(),
         sandbox: cfg.sandbox.as_ref().map(|s| s.spec().clone()),
     };

@@ -3,8 +3,13 @@
 
 use std::sync::Arc;
 
+use crate::outcome::reply_of;
+use crate::protocol::codec::ReplyFrame;
+use crate::protocol::{Done, Outcome};
 use crate::queue::route::{Inbox, Reply, ReplyTo};
+use crate::queue::Job;
 use crate::shared::{Counters, Shared};
+use crate::trace::event;
 
 /// Replies a driver has for `map`-family streams, handed over together: those for one
 /// stream that come one after another go under one lock, with one wake-up; the tasks
@@ -104,4 +109,55 @@ impl Drop for Deliveries<'_> {
     fn drop(&mut self) {
         self.flush();
     }
+}
+
+/// The `job sent` trace event, for the job sent to worker `pid`.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn trace_sent(pid: u32, job: &Job) {
+    event!(
+        tracing::Level::TRACE,
+        pid,
+        job = job.id,
+        tasks = job.tasks,
+        "job sent"
+    );
+}
+
+/// Delivers a worker's reply (`frame`, whose header is `done`, its payload the last
+/// `payload_len` bytes) to its job, and counts it (as the worker of `deliveries`'
+/// slot); a stream's reply goes with `deliveries`.
+#[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+pub(crate) fn deliver(
+    shared: &Shared,
+    pid: u32,
+    job: Job,
+    (done, payload_len): (Done, usize),
+    frame: ReplyFrame,
+    deliveries: &mut Deliveries<'_>,
+) {
+    let tasks = job.tasks as u64;
+    let failed = match done.outcome {
+        Outcome::Ok { panicked, .. } => u64::from(panicked).min(tasks),
+        _ => tasks,
+    };
+    let tally = Tally {
+        jobs: 1,
+        completed: tasks - failed,
+        failed,
+    };
+    let reply = reply_of(
+        done.outcome,
+        frame,
+        payload_len,
+        shared.config.max_frame_len,
+    );
+    event!(
+        tracing::Level::DEBUG,
+        pid,
+        job = job.id,
+        tasks = job.tasks,
+        ok = reply.is_ok(),
+        "job completed"
+    );
+    deliveries.send(job.reply, reply, tally);
 }

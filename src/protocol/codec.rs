@@ -97,6 +97,13 @@ impl ReplyFrame {
     }
 }
 
+impl ReplyFrame {
+    /// Whether this is a worker's wake-up call (see [`crate::ring`]): an empty frame.
+    pub(crate) fn is_wake_up(&self) -> bool {
+        self.frame.is_empty() && self.body.is_none()
+    }
+}
+
 impl From<BytesMut> for ReplyFrame {
     fn from(frame: BytesMut) -> Self {
         ReplyFrame { frame, body: None }

@@ -120,6 +120,17 @@ pub(crate) const TIMED_RUN: u32 = 16;
 const DONE_TAG: u8 = 3;
 
 impl Done {
+    /// Reads a reply frame's header (the common case straight from the bytes, see
+    /// [`read_ok`](Self::read_ok)), with the length of the payload after it; an error
+    /// if the frame is not a `Done`.
+    #[inline]
+    pub(crate) fn read_reply(frame: &[u8]) -> Result<(Done, usize), String> {
+        match Done::read_ok(frame) {
+            Some((header, len)) => Ok((header, frame.len() - len)),
+            None => Done::read(frame).map(|(header, payload)| (header, payload.len())),
+        }
+    }
+
     /// Reads a reply frame's header, and returns it with the payload behind it; an
     /// error if the frame is not a `Done`. (Read without the rest of [`FromWorker`],
     /// whose other variants are large: a reply's header is read once per job.)

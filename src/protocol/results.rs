@@ -3,8 +3,6 @@
 
 use bytes::{Bytes, BytesMut};
 
-/// What a job's caller receives: its results, or why there are none.
-
 /// A job's results as they came.
 #[derive(Debug)]
 pub(crate) enum Results {

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::error::TaskError;
 use crate::queue::cancel::AbortSignal;
@@ -65,6 +65,10 @@ impl Job {
     }
 }
 
+/// A run of chunks of one `map`-family stream, queued as one entry: their frames lie
+/// one after another in one buffer, and each is a few bytes here (a [`QueuedChunk`]); the
+/// driver that takes one makes its [`Job`]. A job is two cache lines that would
+/// otherwise be written by the stream's thread and read by a driver's.
 #[derive(Debug)]
 pub(crate) struct ChunkRun {
     pub(super) frames: Bytes,
@@ -141,4 +145,16 @@ impl Drop for ChunkRun {
             self.fail(&TaskError::Terminated);
         }
     }
+}
+
+/// A job a caller sent directly (see `crate::direct`) that the worker's driver must
+/// see through.
+#[derive(Debug)]
+pub(crate) struct Handover {
+    pub(crate) job: Job,
+    pub(crate) sent_at: tokio::time::Instant,
+    /// What of its frame is still to be written.
+    pub(crate) unsent: Bytes,
+    /// A reply the caller read but did not settle (it was not the expected one).
+    pub(crate) reply: Option<BytesMut>,
 }

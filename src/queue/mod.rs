@@ -18,7 +18,7 @@ use std::task::{Context, Poll, Waker};
 use crate::error::TaskError;
 
 pub(crate) use cancel::AbortSignal;
-pub(crate) use job::{ChunkRun, Job, QueuedChunk};
+pub(crate) use job::{ChunkRun, Handover, Job, QueuedChunk};
 pub(crate) use route::{Inbox, Reply, ReplyTo};
 
 #[derive(Debug, Default)]
@@ -39,10 +39,6 @@ enum Entry {
     Job(Job),
     ChunkRun(ChunkRun),
 }
-
-/// A run of chunks of one `map`-family stream, queued as one entry: their frames lie
-/// one after another in one buffer, and each is a few bytes here (a [`QueuedChunk`]); the
-/// driver that takes one makes its [`Job`]. A job is two cache lines that would
 
 impl State {
     /// The driver to wake for a new job: an idle one if any, else the latest.

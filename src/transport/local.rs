@@ -1,0 +1,228 @@
+//! The local transport: a socketpair for jobs, and a reply ring of shared memory
+//! ([`crate::ring`]) for replies, with the socket for replies too large for the ring
+//! (the ring marks their place) and for the worker's wake-up calls (empty frames).
+//!
+//! The ring's consumer and the socket's write end are one owned value, the [`Port`]:
+//! whoever holds it (the driver, or a caller on the direct path it was lent to) is the
+//! only one who can pop replies or write jobs.
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use tokio_util::codec::FramedRead;
+
+use crate::chan::{ChanRead, ChanWrite, IoBatch};
+use crate::protocol::codec::{ReplyCodec, ReplyFrame};
+use crate::ring::{PoolRing, Record};
+use crate::transport::{Incoming, READS_PER_POLL};
+
+/// What a worker's jobs are written to and its replies popped from; see the module docs.
+#[derive(Debug)]
+pub(crate) struct Port {
+    ring: PoolRing,
+    writer: ChanWrite,
+}
+
+impl Port {
+    /// Writes what it can of `frame` without waiting; how many bytes went.
+    pub(crate) fn try_send(&self, frame: &[u8]) -> usize {
+        self.writer.try_send(frame)
+    }
+
+    /// See [`PoolRing::note_sent`].
+    pub(crate) fn note_sent(&mut self, n: i64) {
+        self.ring.note_sent(n);
+    }
+
+    /// See [`PoolRing::pop_frame`].
+    pub(crate) fn pop_frame(&mut self) -> Result<Option<BytesMut>, String> {
+        self.ring.pop_frame()
+    }
+}
+
+/// A local worker's connection, as its driver holds it.
+#[derive(Debug)]
+pub(crate) struct Local {
+    reader: FramedRead<ChanRead, ReplyCodec>,
+    /// `None` while lent (see [`crate::lease`]).
+    port: Option<Port>,
+    /// Reply frames read from the socket, not yet taken.
+    socket_frames: VecDeque<ReplyFrame>,
+    /// How many of the next replies the ring said come over the socket.
+    on_socket: usize,
+    /// Where replies are copied out of the ring (see [`PoolRing::pop_into`]).
+    arena: BytesMut,
+}
+
+impl Local {
+    pub(crate) fn new(
+        reader: FramedRead<ChanRead, ReplyCodec>,
+        writer: ChanWrite,
+        ring: PoolRing,
+    ) -> Self {
+        Local {
+            reader,
+            port: Some(Port { ring, writer }),
+            socket_frames: VecDeque::new(),
+            on_socket: 0,
+            arena: BytesMut::new(),
+        }
+    }
+
+    fn port(&mut self) -> &mut Port {
+        self.port
+            .as_mut()
+            .expect("the driver touches its link only while it holds the port")
+    }
+
+    /// Takes the port out, to lend it; `None` if it is out already.
+    pub(crate) fn take_port(&mut self) -> Option<Port> {
+        self.port.take()
+    }
+
+    /// Puts the port back.
+    pub(crate) fn put_port(&mut self, port: Port) {
+        debug_assert!(self.port.is_none());
+        self.port = Some(port);
+    }
+
+    pub(crate) fn holds_port(&self) -> bool {
+        self.port.is_some()
+    }
+
+    /// Whether nothing is half-read: no frame waits, none is announced.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.socket_frames.is_empty() && self.on_socket == 0
+    }
+
+    pub(crate) fn codec_mut(&mut self) -> &mut ReplyCodec {
+        self.reader.decoder_mut()
+    }
+
+    pub(crate) fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &IoBatch<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        self.port().writer.poll_write_batch(cx, batch)
+    }
+
+    pub(crate) fn write_idle(&mut self) {
+        self.port().writer.idle();
+    }
+
+    pub(crate) fn note_sent(&mut self, n: i64) {
+        self.port().ring.note_sent(n);
+    }
+
+    /// Takes back jobs sent ahead (see [`PoolRing::revoke`]): the `inflight` last sent
+    /// are in flight, the first `touched` of them reached the worker (in part).
+    pub(crate) fn revoke_behind(&mut self, inflight: usize, touched: usize) -> bool {
+        let ring = &mut self.port().ring;
+        let head = ring.sent().wrapping_sub(inflight as u64).wrapping_add(1);
+        ring.revoke(head, head.wrapping_add(touched as u64 - 1))
+    }
+
+    /// The next reply that needs no reading from the socket: from the ring, or from
+    /// frames already read where the ring says the reply went over the socket.
+    pub(crate) fn next_ready(&mut self) -> Result<Option<ReplyFrame>, String> {
+        loop {
+            if self.on_socket > 0 {
+                let frame = self.socket_frames.pop_front();
+                if frame.is_some() {
+                    self.on_socket -= 1;
+                }
+                return Ok(frame);
+            }
+            let port = self
+                .port
+                .as_mut()
+                .expect("the driver touches its link only while it holds the port");
+            match port.ring.pop_into(&mut self.arena)? {
+                Some(Record::Frame(frame)) => return Ok(Some(frame.into())),
+                Some(Record::OnSocket) => self.on_socket += 1,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether frames read from the socket break the protocol: the worker marks a
+    /// reply's place in the ring before it sends the reply over the socket, so once
+    /// the ring has nothing more to say, a frame waiting here is one no mark announced.
+    pub(crate) fn unannounced(&self) -> Option<&'static str> {
+        (self.on_socket == 0 && !self.socket_frames.is_empty())
+            .then_some("a reply frame came over the channel without its place in the ring")
+    }
+
+    /// See [`Link::poll_reply`](crate::transport::Link::poll_reply).
+    pub(crate) fn poll_reply(&mut self, cx: &mut Context<'_>, waiting: bool) -> Poll<Incoming> {
+        let mut reads = 0;
+        loop {
+            match self.next_ready() {
+                Ok(Some(frame)) => return Poll::Ready(Incoming::Reply(frame)),
+                Ok(None) => {}
+                Err(why) => return Poll::Ready(Incoming::Broken(why)),
+            }
+            if let Some(why) = self.unannounced() {
+                return Poll::Ready(Incoming::Broken(why.into()));
+            }
+            if reads == READS_PER_POLL {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            reads += 1;
+            match self.reader.poll_next_unpin(cx) {
+                // An empty frame only wakes the driver.
+                Poll::Ready(Some(Ok(frame))) => {
+                    if !frame.is_wake_up() {
+                        self.socket_frames.push_back(frame);
+                    }
+                    continue;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Incoming::Closed(Some(e))),
+                Poll::Ready(None) => return Poll::Ready(Incoming::Closed(None)),
+                Poll::Pending => {}
+            }
+            if self.on_socket == 0 && waiting && self.port().ring.want_wakeup() {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    /// Polls the ring for the next reply until `until`.
+    pub(crate) fn spin_for_reply(&mut self, until: std::time::Instant) -> Option<ReplyFrame> {
+        // An error ends the polling; it is left for the event loop to find again.
+        crate::ring::spin_until(until, || match self.next_ready() {
+            Ok(None) => None,
+            found => Some(found.ok().flatten()),
+        })
+        .flatten()
+    }
+
+    /// After the worker's death: whether a reply may still be read from the socket
+    /// (only those the ring announced).
+    pub(crate) fn wants_more(&self) -> bool {
+        self.on_socket > 0
+    }
+
+    /// Reads one more frame from the socket; `false` at its end or on an error.
+    pub(crate) async fn read_one(&mut self) -> bool {
+        match self.reader.next().await {
+            Some(Ok(frame)) => {
+                if !frame.is_wake_up() {
+                    self.socket_frames.push_back(frame);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The write end, to shut down (see `supervisor::let_go`).
+    pub(crate) fn writer_mut(&mut self) -> Option<&mut ChanWrite> {
+        self.port.as_mut().map(|p| &mut p.writer)
+    }
+}
