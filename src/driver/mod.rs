@@ -11,7 +11,9 @@
 //! `poll_fn`, so that reading replies never waits behind a slow write of a large job.
 
 pub(crate) mod deliver;
+mod loss;
 mod pace;
+mod stall;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,7 +32,6 @@ use crate::protocol::codec::ReplyFrame;
 use crate::queue::{Handover, Job, Popped};
 use crate::shared::{Counters, DirectLease, Shared};
 use crate::start::child::{ChildProc, REAP_BOUND};
-use crate::trace::event;
 use crate::transport::{Incoming, Link, Outbox};
 use deliver::{deliver, Deliveries};
 use pace::Pace;
@@ -494,97 +495,6 @@ impl Driver<'_> {
         Some(after)
     }
 
-    /// Whether the head job has run [`PIPELINE_STALL`] (with jobs behind it: the
-    /// caller checks). The timer is set for the head as it was when it was armed, and
-    /// set again only when it fires for a head that has finished since: a reset per
-    /// stall period at most, not one per job.
-    ///
-    /// It fires once per head job: if nothing could be taken back then (the worker had
-    /// just moved on), the next head starts the clock again.
-    fn poll_stalled(
-        &mut self,
-        mut stall: Pin<&mut tokio::time::Sleep>,
-        armed: &mut bool,
-        cx: &mut Context<'_>,
-    ) -> bool {
-        loop {
-            if self.stalled_head == Some(self.pace.head_started) {
-                return false;
-            }
-            if !*armed {
-                let at = self.pace.head_started + PIPELINE_STALL;
-                stall.as_mut().reset(at);
-                *armed = true;
-            }
-            if stall.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            *armed = false;
-            if self.pace.head_started.elapsed() >= PIPELINE_STALL {
-                self.stalled_head = Some(self.pace.head_started);
-                return true;
-            }
-        }
-    }
-
-    /// The head job has run [`PIPELINE_STALL`]: takes back the jobs sent ahead behind
-    /// it, so that they run elsewhere rather than wait on a worker that may never
-    /// finish the head. Those not yet written at all come straight off the outbox;
-    /// those the worker may have (in part) are taken back through the ring's gate
-    /// ([`PoolRing::revoke`]), and leave ghosts in their place whose bytes are still
-    /// written and which the worker skips. Nothing is taken back if the worker has
-    /// just moved on. Returns how many jobs were taken back.
-    fn take_back(&mut self, w: &mut Worker) -> usize {
-        let len = self.inflight.len();
-        let partial = usize::from(self.outbox.unsent > 0 && self.outbox.offset > 0);
-        // Jobs of which the worker may have some bytes: the written ones and a partial.
-        let touched = len - self.outbox.unsent + partial;
-        let real_behind = self
-            .inflight
-            .range(1.min(touched)..touched)
-            .any(|j| !j.is_ghost());
-        // (A link that cannot take back what it wrote takes back the rest.)
-        let revoked = match touched > 1 && real_behind {
-            true => match w.link.revoke_behind(len, touched) {
-                Some(true) => true,
-                Some(false) => return 0,
-                None => false,
-            },
-            false => false,
-        };
-        let untouched: Vec<Job> = self.inflight.drain(touched..).collect();
-        w.link.note_sent(-(untouched.len() as i64));
-        self.outbox.unsent -= untouched.len();
-        let mut back = Vec::with_capacity(len);
-        if revoked {
-            for job in self.inflight.range_mut(1..) {
-                if !job.is_ghost() {
-                    back.push(job.make_ghost());
-                }
-            }
-        }
-        back.extend(untouched);
-        event!(
-            tracing::Level::DEBUG,
-            pid = self.pid,
-            jobs = back.len(),
-            "jobs taken back from a worker whose head job runs long"
-        );
-        let taken_back = back.len();
-        self.shared.queue.requeue(back.into_iter());
-        taken_back
-    }
-
-    /// Drops the ghosts at the front (see [`take_back`](Self::take_back)) once they are
-    /// written: the worker skips them without a reply.
-    fn drop_ghosts(&mut self) {
-        while self.inflight.front().is_some_and(Job::is_ghost)
-            && self.inflight.len() > self.outbox.unsent
-        {
-            self.inflight.pop_front();
-        }
-    }
-
     /// Matches a reply to the head job and delivers it. `now` is when the reply was
     /// taken (one reading of the clock for a batch).
     fn complete(&mut self, frame: ReplyFrame, now: Instant) -> Result<(), String> {
@@ -626,74 +536,5 @@ impl Driver<'_> {
             &mut self.deliveries,
         );
         Ok(())
-    }
-
-    /// The worker exited by itself: deliver what it wrote before dying, then fail the
-    /// job it was running.
-    ///
-    /// The ring outlives the worker: every reply it wrote is there, and a reply it sent
-    /// over the channel instead is in the channel's buffer. Only those are read, one at
-    /// a time as the ring announces them, within [`DRAIN_BOUND`] in all: a descendant
-    /// of the worker that kept the channel open cannot hold the slot (or its memory)
-    /// by writing on.
-    async fn died(&mut self, w: &mut Worker, exit: WorkerExit) -> End {
-        let until = Instant::now() + DRAIN_BOUND;
-        let mut reads = 0usize;
-        loop {
-            match w.link.next_ready() {
-                Ok(Some(frame)) => {
-                    if self.complete(frame, Instant::now()).is_err() {
-                        break;
-                    }
-                    continue;
-                }
-                Ok(None) => {}
-                Err(_) => break,
-            }
-            // Over a stream every reply comes on the channel; with a ring, only those
-            // the ring announced.
-            let wanted = w.link.wants_more(!self.inflight.is_empty());
-            if !wanted || w.link.unannounced().is_some() || reads >= MAX_DRAIN_READS {
-                break;
-            }
-            reads += 1;
-            if !matches!(
-                tokio::time::timeout_at(until, w.link.read_one()).await,
-                Ok(true)
-            ) {
-                break;
-            }
-        }
-        let pid = self.pid;
-        let error = match (self.shared.config.child.memory_limit, exit) {
-            (Some(limit), WorkerExit::Signal(libc::SIGABRT | libc::SIGSEGV | libc::SIGKILL)) => {
-                TaskError::MemoryLimit { pid, exit, limit }
-            }
-            _ => TaskError::WorkerDied { pid, exit },
-        };
-        self.lose(w, error, false).await
-    }
-
-    /// Kills the worker if `kill`, fails the head job with `error`, requeues the others.
-    async fn lose(&mut self, w: &mut Worker, error: TaskError, kill: bool) -> End {
-        if kill {
-            w.child.kill_and_reap(REAP_BOUND).await;
-        }
-        Counters::add(&self.shared.counters.workers_crashed, 1);
-        event!(tracing::Level::WARN, pid = w.pid, job = self.inflight.front().map(|j| j.id), error = %error, "worker lost");
-        // (Ghosts were skipped by the worker: the job it ran is the first real one.)
-        while self.inflight.front().is_some_and(Job::is_ghost) {
-            self.inflight.pop_front();
-        }
-        if let Some(job) = self.inflight.pop_front() {
-            if !matches!(error, TaskError::TimedOut { .. } | TaskError::Cancelled) {
-                Counters::add(&self.shared.counters.failed, job.tasks as u64);
-            }
-            job.fail(error);
-        }
-        self.shared
-            .queue
-            .requeue(self.inflight.drain(..).filter(|job| !job.is_ghost()));
-        End::Lost
     }
 }
