@@ -209,6 +209,50 @@ impl TaskError {
         }
     }
 
+    /// The panic as a payload for [`std::panic::resume_unwind`], when the task
+    /// panicked: a `String` holding the panic's message (the worker's payload itself
+    /// cannot cross processes), so that a caller can carry the task's panic on in its
+    /// own thread, as it would a thread's. Otherwise the error itself, unchanged.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn boom(n: u32) -> u32 {
+    ///     panic!("boom {n}")
+    /// }
+    /// let pool = procpool::Pool::builder().processes(1).build().await?;
+    /// let err = pool.apply(boom, 7).await.unwrap_err();
+    /// let payload = err.try_into_panic().expect("it panicked");
+    /// assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("boom 7"));
+    /// // std::panic::resume_unwind(payload) would go on panicking here, with "boom 7".
+    /// # pool.terminate().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `self`, when the task did not panic.
+    pub fn try_into_panic(self) -> Result<Box<dyn std::any::Any + Send + 'static>, TaskError> {
+        match self {
+            TaskError::Panicked(p) => Ok(Box::new(p.message)),
+            other => Err(other),
+        }
+    }
+
+    /// The panic as a payload for [`std::panic::resume_unwind`]: see
+    /// [`try_into_panic`](Self::try_into_panic), which does not panic.
+    ///
+    /// # Panics
+    ///
+    /// If the task did not panic (as Tokio's `JoinError::into_panic` does).
+    #[track_caller]
+    pub fn into_panic(self) -> Box<dyn std::any::Any + Send + 'static> {
+        match self.try_into_panic() {
+            Ok(payload) => payload,
+            Err(other) => panic!("TaskError::into_panic on an error that is not a panic: {other}"),
+        }
+    }
+
     /// The pid of the worker concerned, when the error is about one.
     pub fn pid(&self) -> Option<u32> {
         match self {
