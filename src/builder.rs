@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::error::BuildError;
+use crate::error::{BuildError, BuildErrorKind};
 use crate::output::WorkerOutput;
 use crate::pool::Pool;
 use crate::protocol::codec::encode_chunk;
@@ -351,29 +351,41 @@ impl PoolBuilder {
     pub async fn build(self) -> Result<Pool, BuildError> {
         if std::env::var_os(ENV_WORKER).is_some() {
             return Err(BuildError::new(
+                BuildErrorKind::InWorker,
                 "this process was started as a procpool worker but did not call \
                  procpool::init() first in main; refusing to start a pool from it",
             ));
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BuildError::new(
+                BuildErrorKind::NoRuntime,
                 "a pool must be built within a Tokio runtime",
             ));
         }
         if let Err(why) = self.initializer {
-            return Err(BuildError::new(format!("bad initializer: {why}")));
+            return Err(BuildError::new(
+                BuildErrorKind::Task,
+                format!("bad initializer: {why}"),
+            ));
         }
         if let Err(why) = self.preload {
-            return Err(BuildError::new(format!("bad preload hook: {why}")));
+            return Err(BuildError::new(
+                BuildErrorKind::Task,
+                format!("bad preload hook: {why}"),
+            ));
         }
         if crate::worker::is_daemon() {
             return Err(BuildError::new(
+                BuildErrorKind::Daemon,
                 "daemonic processes are not allowed to have children: this is a pool \
                  worker or a daemon Process",
             ));
         }
         if let Some(sandbox) = &self.config.sandbox {
-            sandbox.spec().check().map_err(BuildError::new)?;
+            sandbox
+                .spec()
+                .check()
+                .map_err(|why| BuildError::new(BuildErrorKind::Sandbox, why))?;
         }
         // Computed once per process; do it before the workers need it.
         let _ = build_id();
@@ -393,7 +405,11 @@ impl PoolBuilder {
         if let Starter::ForkServer(server) = &shared.starter {
             if let Err(e) = server.ensure_started().await {
                 pool.terminate().await;
-                return Err(BuildError::new(e.to_string()));
+                return Err(BuildError::with_source(
+                    BuildErrorKind::Start,
+                    e.to_string(),
+                    e,
+                ));
             }
         }
         let mut first = Vec::new();
@@ -411,7 +427,7 @@ impl PoolBuilder {
                 Err(_) => "the pool's supervisor stopped during start-up".to_string(),
             };
             pool.terminate().await;
-            return Err(BuildError::new(failure));
+            return Err(BuildError::new(BuildErrorKind::Start, failure));
         }
         Ok(pool)
     }

@@ -303,17 +303,102 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
-/// Why a pool could not be built.
+/// What kind of failure a [`BuildError`] is: [`BuildError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BuildErrorKind {
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) was not called within a Tokio
+    /// runtime.
+    NoRuntime,
+    /// This process was started as a procpool worker but reached the program's `main`
+    /// (a build that dropped procpool's constructor, without [`init`](crate::init) first
+    /// in `main`): it refuses to start children.
+    InWorker,
+    /// This process is a daemon (a pool worker, or a daemon
+    /// [`Process`](crate::Process)), and daemons may not have children.
+    Daemon,
+    /// A function or its argument cannot be sent to a child: an initializer, a preload
+    /// hook or a `Process`'s function that is not in the main executable, or an
+    /// argument that could not be encoded.
+    Task,
+    /// The [`Sandbox`](crate::Sandbox) cannot be applied here: a kernel feature it needs
+    /// is missing, or a path it allows does not exist.
+    Sandbox,
+    /// A child could not be started, or did not become ready: a system call failed
+    /// ([`source`](std::error::Error::source) is the [`std::io::Error`]), it did not
+    /// answer its handshake in time, it runs another build, or its initializer or the
+    /// fork server's preload hook panicked.
+    Start,
+}
+
+impl fmt::Display for BuildErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BuildErrorKind::NoRuntime => "not within a Tokio runtime",
+            BuildErrorKind::InWorker => "started as a procpool worker",
+            BuildErrorKind::Daemon => "a daemon may not have children",
+            BuildErrorKind::Task => "a function or argument cannot be sent to a child",
+            BuildErrorKind::Sandbox => "the sandbox cannot be applied",
+            BuildErrorKind::Start => "a child could not be started",
+        })
+    }
+}
+
+/// Why a pool (or a [`Process`](crate::Process)) could not be built: a
+/// [`kind`](BuildError::kind) to match on, a message for people (its `Display`), and
+/// the underlying error as its [`source`](std::error::Error::source) where there is
+/// one (an [`std::io::Error`] of a failed system call).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use procpool::BuildErrorKind;
+/// fn init(_: ()) {
+///     panic!("no database");
+/// }
+/// let err = procpool::Pool::builder()
+///     .processes(1)
+///     .initializer(init, ())
+///     .build()
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.kind(), BuildErrorKind::Start);
+/// assert!(err.to_string().contains("no database"), "{err}");
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BuildError {
+    kind: BuildErrorKind,
     message: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl BuildError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: BuildErrorKind, message: impl Into<String>) -> Self {
         BuildError {
+            kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// An error of `kind` caused by `source`, with `message` for people (which says
+    /// what the source says too: the `Display` stands alone).
+    pub(crate) fn with_source(
+        kind: BuildErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BuildError {
+            kind,
+            message: message.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> BuildErrorKind {
+        self.kind
     }
 }
 
@@ -323,4 +408,10 @@ impl fmt::Display for BuildError {
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

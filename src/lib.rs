@@ -169,7 +169,7 @@ mod worker;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_FRAME_LEN};
 pub use call::{Apply, Map};
-pub use error::{BuildError, Payload, RemotePanic, TaskError, WorkerExit};
+pub use error::{BuildError, BuildErrorKind, Payload, RemotePanic, TaskError, WorkerExit};
 pub use handle::TaskHandle;
 pub use input::{FromIter, FromStream, Input};
 pub use output::{LineSink, OutputLine, OutputStream, WorkerOutput, MAX_LINE};

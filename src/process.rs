@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::builder::DEFAULT_MAX_FRAME_LEN;
 use crate::connect::{connect, Setup};
-use crate::error::{BuildError, Payload, TaskError, WorkerExit};
+use crate::error::{BuildError, BuildErrorKind, Payload, TaskError, WorkerExit};
 use crate::handle::decode_one;
 use crate::output::WorkerOutput;
 use crate::per_process::PerProcess;
@@ -159,25 +159,36 @@ impl ProcessBuilder {
         let _ = f;
         if crate::worker::is_daemon() {
             return Err(BuildError::new(
+                BuildErrorKind::Daemon,
                 "daemonic processes are not allowed to have children",
             ));
         }
         if let Some(sandbox) = &self.sandbox {
-            sandbox.spec().check().map_err(BuildError::new)?;
+            sandbox
+                .spec()
+                .check()
+                .map_err(|why| BuildError::new(BuildErrorKind::Sandbox, why))?;
         }
         let env = crate::sandbox::env_policy(self.env_clear, &self.env_keys, self.sandbox.as_ref());
-        let func = FnRef::of(trampoline::<F, A, R>()).map_err(BuildError::new)?;
+        let func = FnRef::of(trampoline::<F, A, R>())
+            .map_err(|why| BuildError::new(BuildErrorKind::Task, why))?;
         let mut args = Vec::new();
-        encode_chunk(std::slice::from_ref(&arg), &mut args)
-            .map_err(|e| BuildError::new(format!("the argument could not be encoded: {e}")))?;
+        encode_chunk(std::slice::from_ref(&arg), &mut args).map_err(|e| {
+            BuildError::new(
+                BuildErrorKind::Task,
+                format!("the argument could not be encoded: {e}"),
+            )
+        })?;
         let opts = ChildOptions {
             outlive_parent: !self.daemon,
             ..ChildOptions::default()
         };
         let (method, timeout) = (self.start_method, self.startup_timeout);
         let spawn_env = env.clone();
-        let (stdio, relays) = crate::output::prepare(&self.stdout, &self.stderr)
-            .map_err(|e| BuildError::new(format!("could not make the process's stdio: {e}")))?;
+        let (stdio, relays) = crate::output::prepare(&self.stdout, &self.stderr).map_err(|e| {
+            let message = format!("could not make the process's stdio: {e}");
+            BuildError::with_source(BuildErrorKind::Start, message, e)
+        })?;
         // Taken before the fork, so that the shared fork server is not let go meanwhile.
         let lease = (method == StartMethod::ForkServer).then(ServerLease::take);
         let start = async move {
@@ -193,9 +204,16 @@ impl ProcessBuilder {
         };
         let started = tokio::time::timeout(self.startup_timeout, start)
             .await
-            .unwrap_or_else(|_| Err(std::io::Error::other("no process started in time")));
-        let (child, sock) =
-            started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no process started in time",
+                ))
+            });
+        let (child, sock) = started.map_err(|e| {
+            let message = format!("could not start the process: {e}");
+            BuildError::with_source(BuildErrorKind::Start, message, e)
+        })?;
         let pid = child.pid();
         relays.start(pid);
         let name = self
@@ -213,21 +231,22 @@ impl ProcessBuilder {
             env,
             sandbox: self.sandbox.as_ref().map(|s| s.spec().clone()),
         };
-        let mut worker = connect(child, sock, setup).await.map_err(BuildError::new)?;
+        let mut worker = connect(child, sock, setup)
+            .await
+            .map_err(|why| BuildError::new(BuildErrorKind::Start, why))?;
         if !self.daemon {
             worker.child.detach_on_drop();
         }
         let mut frame = vec![0u8; 4];
         frame = postcard::to_extend(&ToWorker::Job { id: 1, func }, frame)
-            .map_err(|e| BuildError::new(e.to_string()))?;
+            .map_err(|e| BuildError::new(BuildErrorKind::Task, e.to_string()))?;
         frame.extend_from_slice(&args);
         let len = (frame.len() - 4) as u32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
-        worker
-            .writer
-            .write_all(&frame)
-            .await
-            .map_err(|e| BuildError::new(format!("could not send the function: {e}")))?;
+        worker.writer.write_all(&frame).await.map_err(|e| {
+            let message = format!("could not send the function: {e}");
+            BuildError::with_source(BuildErrorKind::Start, message, e)
+        })?;
 
         let (result_tx, result_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = watch::channel(None);
