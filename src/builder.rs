@@ -130,6 +130,20 @@ impl PoolBuilder {
         self
     }
 
+    /// The pool's name, shown in its processes' command lines: a worker's `argv[0]` is
+    /// `procpool-worker[name]` and the fork server's `procpool-forkserver[name]`, so
+    /// that `ps -f` and `pgrep -f` tell one pool's processes from another's. (Their
+    /// command names, which `ps`, `top` and `pgrep` show by default, are
+    /// `procpool-worker` and `procpool-server` in every pool: the kernel keeps 15
+    /// bytes of those.) The first 32 bytes of `name` are kept, control characters
+    /// replaced by `?`. A [`Fork`](StartMethod::Fork) worker keeps the command line of
+    /// the program it was forked from, and takes only the command name. Default: no
+    /// name (`procpool-worker`, `procpool-forkserver`).
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.config.child.label = crate::start::Label::new(name.as_ref());
+        self
+    }
+
     /// How workers are started. Default: [`StartMethod::ForkServer`].
     pub fn start_method(mut self, method: StartMethod) -> Self {
         self.config.start_method = method;
@@ -403,7 +417,7 @@ impl PoolBuilder {
         let shared = Arc::new(Shared::new(config));
         let pool = Pool::from_shared(shared.clone());
         if let Starter::ForkServer(server) = &shared.starter {
-            if let Err(e) = server.ensure_started().await {
+            if let Err(e) = server.ensure_started(shared.config.child.label).await {
                 pool.terminate().await;
                 return Err(BuildError::with_source(
                     BuildErrorKind::Start,

@@ -21,7 +21,7 @@ use crate::protocol::codec::encode_chunk;
 use crate::protocol::{Done, Outcome, ToWorker};
 use crate::queue::Reply;
 use crate::start::forkserver::ForkServer;
-use crate::start::{ChildOptions, StartMethod, Starter};
+use crate::start::{ChildKind, ChildOptions, Label, StartMethod, Starter};
 use crate::task_fn::{trampoline, FnRef};
 
 /// One function run once in a child process: Python's `multiprocessing.Process`.
@@ -86,7 +86,12 @@ impl ProcessBuilder {
     }
 
     /// The process's name, as [`current_process`](crate::current_process) reports it
-    /// inside. Default: `procpool-process-<pid of the parent>`.
+    /// inside, and in its command line: `argv[0]` is `procpool-process[name]` (the
+    /// first 32 bytes of the name), except under [`StartMethod::Fork`], where the child
+    /// keeps the command line of the program it was forked from. Its command name
+    /// (`/proc/PID/comm`, what `ps` and `pgrep` show by default) is `procpool-proc`
+    /// under every start method. Default: `procpool-process-<pid of the parent>`
+    /// inside, and `procpool-process` in the command line.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -181,6 +186,8 @@ impl ProcessBuilder {
         })?;
         let opts = ChildOptions {
             outlive_parent: !self.daemon,
+            kind: ChildKind::Process,
+            label: self.name.as_deref().map(Label::new).unwrap_or_default(),
             ..ChildOptions::default()
         };
         let (method, timeout) = (self.start_method, self.startup_timeout);
@@ -304,7 +311,10 @@ fn shared_server() -> std::io::Result<&'static SharedServer> {
         let output = (WorkerOutput::Inherit, WorkerOutput::Inherit);
         Ok(SharedServer {
             runtime: handle,
-            server: std::sync::Arc::new(ForkServer::new(None, Duration::from_secs(30), output)),
+            server: std::sync::Arc::new(
+                ForkServer::new(None, Duration::from_secs(30), output)
+                    .with_label(crate::start::Label::default()),
+            ),
             users: std::sync::Mutex::new(0),
         })
     });

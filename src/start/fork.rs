@@ -199,6 +199,8 @@ pub(crate) fn forked_worker(
         // SAFETY: _exit ends the process at once; nothing of ours is left to run.
         unsafe { libc::_exit(1) };
     }
+    // Named for `ps`, `top` and `pgrep` (it would show its parent's name otherwise).
+    crate::start::set_comm(opts.kind.comm());
     reset_signal_handlers();
     if let Some(probe) = probe {
         if !locks_are_free() {
