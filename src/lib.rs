@@ -32,6 +32,62 @@
 //! A task that returns `Result<T, E>` gives the caller `Result<Result<T, E>,
 //! TaskError>`: the task's errors and the pool's never mix.
 //!
+//! ## Which error type a task returns
+//!
+//! The error crosses from the worker to the caller, so it must implement serde's
+//! `Serialize` and `Deserialize` like any result. Most error types of the standard
+//! library and of other crates do not: a task returning `Result<T, std::io::Error>`
+//! fails to compile (the compiler suggests deriving `Serialize` on `io::Error`, which
+//! you cannot do). Return a `String` (the error's text, `e.to_string()`), or an enum
+//! of your own that derives `Serialize` and `Deserialize`, carrying what the caller
+//! needs to act on:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// What can go wrong in `file_len`, as the caller needs to know it.
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum ReadError {
+//!     NotFound(String),
+//!     Other { kind: String, message: String },
+//! }
+//!
+//! fn file_len(path: String) -> Result<u64, ReadError> {
+//!     std::fs::metadata(&path).map(|m| m.len()).map_err(|e| match e.kind() {
+//!         std::io::ErrorKind::NotFound => ReadError::NotFound(path),
+//!         kind => ReadError::Other { kind: format!("{kind:?}"), message: e.to_string() },
+//!     })
+//! }
+//!
+//! // Or just the text.
+//! fn file_text(path: String) -> Result<String, String> {
+//!     std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = procpool::Pool::builder().processes(1).build().await?;
+//! let missing = "/no/such/file".to_string();
+//! // The outer `?` is the pool's error (TaskError); the inner result is the task's.
+//! let len = pool.apply(file_len, missing.clone()).await?;
+//! assert_eq!(len, Err(ReadError::NotFound(missing.clone())));
+//! let text = pool.apply(file_text, missing).await?;
+//! assert!(text.unwrap_err().starts_with("/no/such/file: "));
+//! # pool.terminate().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The same task returning `std::io::Error` is refused at compile time:
+//!
+//! ```compile_fail,E0277
+//! fn file_len(path: String) -> Result<u64, std::io::Error> {
+//!     std::fs::metadata(path).map(|m| m.len())
+//! }
+//! # async fn run(pool: procpool::Pool) {
+//! let _ = pool.apply(file_len, "/etc/hostname".to_string()).await;
+//! # }
+//! ```
+//!
 //! # The worker entry
 //!
 //! With [`StartMethod::Spawn`] a worker is this same executable started again with a

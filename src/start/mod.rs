@@ -30,13 +30,15 @@ use crate::output::{ChildStdio, WorkerOutput};
 #[non_exhaustive]
 pub enum StartMethod {
     /// Run this executable again (`/proc/self/exe`) with a marker in its environment;
-    /// [`init`](crate::init) (or [`enable_test_support!`](crate::enable_test_support))
-    /// sees it and enters the worker loop before the program's own code runs.
+    /// procpool's constructor sees it and enters the worker loop before `main`, before
+    /// the program's own code runs (no line is needed in `main`; [`init`](crate::init)
+    /// and [`enable_test_support!`](crate::enable_test_support) are the explicit forms).
     ///
     /// Each worker is a fresh process: nothing of the parent's state is shared, and no
-    /// lock held by a parent thread can be inherited. What runs before `init()` in
-    /// `main` (and any static constructors) runs in every worker too. Starting a worker
-    /// costs an `exec` and the program's start-up.
+    /// lock held by a parent thread can be inherited. Static constructors that run
+    /// before procpool's run in every worker too (and, where constructors are dropped,
+    /// what runs before an explicit `init()` in `main`). Starting a worker costs an
+    /// `exec` and the program's start-up.
     Spawn,
     /// Fork the calling process for each worker.
     ///
@@ -61,8 +63,10 @@ pub enum StartMethod {
     /// its channel over a Unix socket (`SCM_RIGHTS`). One server per pool; a
     /// [`preload`](crate::PoolBuilder::forkserver_preload) hook runs once in it, so
     /// every worker starts warm. If the server dies, its workers die with it (their
-    /// tasks fail; queued work waits) and the pool starts a new server. Needs the
-    /// entry line, like `Spawn`.
+    /// tasks fail; queued work waits) and the pool starts a new server. Like `Spawn`,
+    /// it runs this executable again, and needs no line in `main`: procpool's
+    /// constructor enters the server before `main` runs (see the crate docs, "The
+    /// worker entry"; [`init`](crate::init) is the explicit form).
     #[default]
     ForkServer,
 }
