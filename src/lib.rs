@@ -254,6 +254,14 @@ macro_rules! enable_test_support {
     };
 }
 
+/// The README's code blocks, compiled and run as doc tests (`cargo test --doc`), so
+/// that what a new user copies from it works as written. Its shell and TOML blocks are
+/// marked as such and skipped; `tests/readme.rs` checks that the quick start's
+/// `[dependencies]` list every crate its code uses.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 #[doc(hidden)]
 pub mod __private {
     pub use ctor;
