@@ -245,7 +245,8 @@ impl Server {
                     // Its own argv[0], not the server's (the command name is set in
                     // `forked_worker`).
                     crate::start::rename_argv(opts.kind.role(), &opts.label);
-                    forked_worker(fds[0].as_raw_fd(), stdio, me, &opts, None)
+                    // No Tokio here: no signal pipe to replace.
+                    forked_worker(fds[0].as_raw_fd(), stdio, me, &opts, None, None)
                 }
                 Ok(ForkResult::Parent { child }) => {
                     drop(fds);

@@ -52,9 +52,13 @@ pub enum StartMethod {
     /// set, kills it). The forked worker never touches the parent's runtime (its loop
     /// is blocking), resets the parent's signal handlers, and closes every inherited
     /// descriptor but its channel and the standard three. One consequence: a task in a
-    /// forked worker cannot build a Tokio runtime with I/O enabled, because Tokio's I/O
-    /// driver joins a process-wide signal pipe that belongs to the parent (the build
-    /// fails with an error; a runtime with only `enable_time()` works). Prefer
+    /// forked pool worker cannot build a Tokio runtime with I/O enabled, because Tokio's
+    /// I/O driver joins a process-wide signal pipe that belongs to the parent (the build
+    /// fails with an error; a runtime with only `enable_time()` works). A forked
+    /// [`Process`](crate::Process) child gives that pipe's number a pipe of its own, so
+    /// that its function can build a runtime and start processes of its own (signals do
+    /// not reach such a runtime: `tokio::signal` believes the parent's handlers in
+    /// place). Prefer
     /// [`ForkServer`](StartMethod::ForkServer) unless you need the parent's in-memory
     /// state in the workers and know which locks the tasks touch.
     Fork,
