@@ -32,6 +32,50 @@
 //! A task that returns `Result<T, E>` gives the caller `Result<Result<T, E>,
 //! TaskError>`: the task's errors and the pool's never mix.
 //!
+//! ## A task captures nothing
+//!
+//! The worker finds the task by its type alone: no bytes of it cross, so it cannot
+//! carry data. Give the task what it needs in its argument. A closure that captures a
+//! variable is refused at compile time; the compiler's message names the captured
+//! type rather than the rule, so here are the two forms it takes. Capturing a value
+//! that is not `Copy` (a `String`) fails `cargo check` with "the trait bound `String:
+//! Copy` is not satisfied":
+//!
+//! ```compile_fail,E0277
+//! # async fn run(pool: procpool::Pool) {
+//! let prefix = String::from("n = ");
+//! let _ = pool.apply(move |n: u64| format!("{prefix}{n}"), 1).await;
+//! # }
+//! ```
+//!
+//! Capturing a `Copy` value (a `u64`) fails `cargo build` (not `cargo check`, which
+//! does not evaluate procpool's compile-time assertion) with "a procpool task must be
+//! a plain `fn` or a closure that captures nothing":
+//!
+//! ```compile_fail,E0080
+//! # async fn run(pool: procpool::Pool) {
+//! let k = 3u64;
+//! let _ = pool.apply(move |n: u64| n * k, 1).await;
+//! # }
+//! ```
+//!
+//! Either way the fix is the same: pass the value in the argument.
+//!
+//! ```
+//! fn scale((n, k): (u64, u64)) -> u64 {
+//!     n * k
+//! }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let pool = procpool::Pool::builder().processes(1).build().await?;
+//! let k = 3u64;
+//! assert_eq!(pool.apply(scale, (7, k)).await?, 21);
+//! // A closure that captures nothing is a task too.
+//! assert_eq!(pool.apply(|(n, k): (u64, u64)| n + k, (7, k)).await?, 10);
+//! # pool.terminate().await;
+//! # Ok(()) }
+//! ```
+//!
 //! ## Which error type a task returns
 //!
 //! The error crosses from the worker to the caller, so it must implement serde's
