@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::error::BuildError;
+use crate::error::{BuildError, BuildErrorKind};
 use crate::output::WorkerOutput;
 use crate::pool::Pool;
 use crate::protocol::codec::encode_chunk;
@@ -128,6 +128,20 @@ impl PoolBuilder {
     pub fn processes(mut self, n: usize) -> Self {
         assert!(n > 0, "a pool needs at least one process");
         self.config.processes = n;
+        self
+    }
+
+    /// The pool's name, shown in its processes' command lines: a worker's `argv[0]` is
+    /// `procpool-worker[name]` and the fork server's `procpool-forkserver[name]`, so
+    /// that `ps -f` and `pgrep -f` tell one pool's processes from another's. (Their
+    /// command names, which `ps`, `top` and `pgrep` show by default, are
+    /// `procpool-worker` and `procpool-server` in every pool: the kernel keeps 15
+    /// bytes of those.) The first 32 bytes of `name` are kept, control characters
+    /// replaced by `?`. A [`Fork`](StartMethod::Fork) worker keeps the command line of
+    /// the program it was forked from, and takes only the command name. Default: no
+    /// name (`procpool-worker`, `procpool-forkserver`).
+    pub fn name(mut self, name: impl AsRef<str>) -> Self {
+        self.config.child.label = crate::start::Label::new(name.as_ref());
         self
     }
 
@@ -353,29 +367,41 @@ impl PoolBuilder {
     pub async fn build(self) -> Result<Pool, BuildError> {
         if std::env::var_os(ENV_WORKER).is_some() {
             return Err(BuildError::new(
+                BuildErrorKind::InWorker,
                 "this process was started as a procpool worker but did not call \
                  procpool::init() first in main; refusing to start a pool from it",
             ));
         }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(BuildError::new(
+                BuildErrorKind::NoRuntime,
                 "a pool must be built within a Tokio runtime",
             ));
         }
         if let Err(why) = self.initializer {
-            return Err(BuildError::new(format!("bad initializer: {why}")));
+            return Err(BuildError::new(
+                BuildErrorKind::Task,
+                format!("bad initializer: {why}"),
+            ));
         }
         if let Err(why) = self.preload {
-            return Err(BuildError::new(format!("bad preload hook: {why}")));
+            return Err(BuildError::new(
+                BuildErrorKind::Task,
+                format!("bad preload hook: {why}"),
+            ));
         }
         if crate::worker::is_daemon() {
             return Err(BuildError::new(
+                BuildErrorKind::Daemon,
                 "daemonic processes are not allowed to have children: this is a pool \
                  worker or a daemon Process",
             ));
         }
         if let Some(sandbox) = &self.config.sandbox {
-            sandbox.spec().check().map_err(BuildError::new)?;
+            sandbox
+                .spec()
+                .check()
+                .map_err(|why| BuildError::new(BuildErrorKind::Sandbox, why))?;
         }
         // Computed once per process; do it before the workers need it.
         let _ = build_id();
@@ -391,9 +417,13 @@ impl PoolBuilder {
         let shared = Arc::new(Shared::new(config));
         let pool = Pool::from_shared(shared.clone());
         if let Starter::ForkServer(server) = &shared.starter {
-            if let Err(e) = server.ensure_started().await {
+            if let Err(e) = server.ensure_started(shared.config.child.label).await {
                 pool.terminate().await;
-                return Err(BuildError::new(e.to_string()));
+                return Err(BuildError::with_source(
+                    BuildErrorKind::Start,
+                    e.to_string(),
+                    e,
+                ));
             }
         }
         let mut first = Vec::new();
@@ -411,7 +441,7 @@ impl PoolBuilder {
                 Err(_) => "the pool's supervisor stopped during start-up".to_string(),
             };
             pool.terminate().await;
-            return Err(BuildError::new(failure));
+            return Err(BuildError::new(BuildErrorKind::Start, failure));
         }
         Ok(pool)
     }

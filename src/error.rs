@@ -209,6 +209,50 @@ impl TaskError {
         }
     }
 
+    /// The panic as a payload for [`std::panic::resume_unwind`], when the task
+    /// panicked: a `String` holding the panic's message (the worker's payload itself
+    /// cannot cross processes), so that a caller can carry the task's panic on in its
+    /// own thread, as it would a thread's. Otherwise the error itself, unchanged.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// fn boom(n: u32) -> u32 {
+    ///     panic!("boom {n}")
+    /// }
+    /// let pool = procpool::Pool::builder().processes(1).build().await?;
+    /// let err = pool.apply(boom, 7).await.unwrap_err();
+    /// let payload = err.try_into_panic().expect("it panicked");
+    /// assert_eq!(payload.downcast_ref::<String>().map(String::as_str), Some("boom 7"));
+    /// // std::panic::resume_unwind(payload) would go on panicking here, with "boom 7".
+    /// # pool.terminate().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// `self`, when the task did not panic.
+    pub fn try_into_panic(self) -> Result<Box<dyn std::any::Any + Send + 'static>, TaskError> {
+        match self {
+            TaskError::Panicked(p) => Ok(Box::new(p.message)),
+            other => Err(other),
+        }
+    }
+
+    /// The panic as a payload for [`std::panic::resume_unwind`]: see
+    /// [`try_into_panic`](Self::try_into_panic), which does not panic.
+    ///
+    /// # Panics
+    ///
+    /// If the task did not panic (as Tokio's `JoinError::into_panic` does).
+    #[track_caller]
+    pub fn into_panic(self) -> Box<dyn std::any::Any + Send + 'static> {
+        match self.try_into_panic() {
+            Ok(payload) => payload,
+            Err(other) => panic!("TaskError::into_panic on an error that is not a panic: {other}"),
+        }
+    }
+
     /// The pid of the worker concerned, when the error is about one.
     pub fn pid(&self) -> Option<u32> {
         match self {
@@ -259,17 +303,102 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
-/// Why a pool could not be built.
+/// What kind of failure a [`BuildError`] is: [`BuildError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BuildErrorKind {
+    /// [`PoolBuilder::build`](crate::PoolBuilder::build) was not called within a Tokio
+    /// runtime.
+    NoRuntime,
+    /// This process was started as a procpool worker but reached the program's `main`
+    /// (a build that dropped procpool's constructor, without [`init`](crate::init) first
+    /// in `main`): it refuses to start children.
+    InWorker,
+    /// This process is a daemon (a pool worker, or a daemon
+    /// [`Process`](crate::Process)), and daemons may not have children.
+    Daemon,
+    /// A function or its argument cannot be sent to a child: an initializer, a preload
+    /// hook or a `Process`'s function that is not in the main executable, or an
+    /// argument that could not be encoded.
+    Task,
+    /// The [`Sandbox`](crate::Sandbox) cannot be applied here: a kernel feature it needs
+    /// is missing, or a path it allows does not exist.
+    Sandbox,
+    /// A child could not be started, or did not become ready: a system call failed
+    /// ([`source`](std::error::Error::source) is the [`std::io::Error`]), it did not
+    /// answer its handshake in time, it runs another build, or its initializer or the
+    /// fork server's preload hook panicked.
+    Start,
+}
+
+impl fmt::Display for BuildErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BuildErrorKind::NoRuntime => "not within a Tokio runtime",
+            BuildErrorKind::InWorker => "started as a procpool worker",
+            BuildErrorKind::Daemon => "a daemon may not have children",
+            BuildErrorKind::Task => "a function or argument cannot be sent to a child",
+            BuildErrorKind::Sandbox => "the sandbox cannot be applied",
+            BuildErrorKind::Start => "a child could not be started",
+        })
+    }
+}
+
+/// Why a pool (or a [`Process`](crate::Process)) could not be built: a
+/// [`kind`](BuildError::kind) to match on, a message for people (its `Display`), and
+/// the underlying error as its [`source`](std::error::Error::source) where there is
+/// one (an [`std::io::Error`] of a failed system call).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use procpool::BuildErrorKind;
+/// fn init(_: ()) {
+///     panic!("no database");
+/// }
+/// let err = procpool::Pool::builder()
+///     .processes(1)
+///     .initializer(init, ())
+///     .build()
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.kind(), BuildErrorKind::Start);
+/// assert!(err.to_string().contains("no database"), "{err}");
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BuildError {
+    kind: BuildErrorKind,
     message: String,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl BuildError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: BuildErrorKind, message: impl Into<String>) -> Self {
         BuildError {
+            kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// An error of `kind` caused by `source`, with `message` for people (which says
+    /// what the source says too: the `Display` stands alone).
+    pub(crate) fn with_source(
+        kind: BuildErrorKind,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        BuildError {
+            kind,
+            message: message.into(),
+            source: Some(std::sync::Arc::new(source)),
+        }
+    }
+
+    /// What kind of failure this is.
+    pub fn kind(&self) -> BuildErrorKind {
+        self.kind
     }
 }
 
@@ -279,4 +408,10 @@ impl fmt::Display for BuildError {
     }
 }
 
-impl std::error::Error for BuildError {}
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}

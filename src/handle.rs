@@ -74,6 +74,26 @@ impl<R> TaskHandle<R> {
     pub fn abort(&self) {
         self.abort.abort();
     }
+
+    /// Whether the task's outcome is in: awaiting the handle now returns at once. True
+    /// once the task has finished (with a value, a panic or a pool error such as a
+    /// timeout or a worker's death), and once an [`abort`](Self::abort) has taken a
+    /// task out of the queue; false while it is queued or runs. Like Tokio's
+    /// `JoinHandle::is_finished`, it never blocks, and a handle already awaited to its
+    /// end reports `true`.
+    pub fn is_finished(&self) -> bool {
+        if !self.rx.is_empty() || self.rx.is_terminated() {
+            return true;
+        }
+        // Only once aborted: then the handle's waker in the signal serves no one any
+        // more (a queued abort has woken it; a taken one never will), so registering
+        // the no-op waker below cannot lose a wake-up.
+        self.abort.is_aborted()
+            && self
+                .abort
+                .poll_cancelled_in_queue(&mut Context::from_waker(std::task::Waker::noop()))
+                .is_ready()
+    }
 }
 
 /// Decodes a reply that holds exactly one result.

@@ -32,6 +32,106 @@
 //! A task that returns `Result<T, E>` gives the caller `Result<Result<T, E>,
 //! TaskError>`: the task's errors and the pool's never mix.
 //!
+//! ## A task captures nothing
+//!
+//! The worker finds the task by its type alone: no bytes of it cross, so it cannot
+//! carry data. Give the task what it needs in its argument. A closure that captures a
+//! variable is refused at compile time; the compiler's message names the captured
+//! type rather than the rule, so here are the two forms it takes. Capturing a value
+//! that is not `Copy` (a `String`) fails `cargo check` with "the trait bound `String:
+//! Copy` is not satisfied":
+//!
+//! ```compile_fail,E0277
+//! # async fn run(pool: procpool::Pool) {
+//! let prefix = String::from("n = ");
+//! let _ = pool.apply(move |n: u64| format!("{prefix}{n}"), 1).await;
+//! # }
+//! ```
+//!
+//! Capturing a `Copy` value (a `u64`) fails `cargo build` (not `cargo check`, which
+//! does not evaluate procpool's compile-time assertion) with "a procpool task must be
+//! a plain `fn` or a closure that captures nothing":
+//!
+//! ```compile_fail,E0080
+//! # async fn run(pool: procpool::Pool) {
+//! let k = 3u64;
+//! let _ = pool.apply(move |n: u64| n * k, 1).await;
+//! # }
+//! ```
+//!
+//! Either way the fix is the same: pass the value in the argument.
+//!
+//! ```
+//! fn scale((n, k): (u64, u64)) -> u64 {
+//!     n * k
+//! }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let pool = procpool::Pool::builder().processes(1).build().await?;
+//! let k = 3u64;
+//! assert_eq!(pool.apply(scale, (7, k)).await?, 21);
+//! // A closure that captures nothing is a task too.
+//! assert_eq!(pool.apply(|(n, k): (u64, u64)| n + k, (7, k)).await?, 10);
+//! # pool.terminate().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Which error type a task returns
+//!
+//! The error crosses from the worker to the caller, so it must implement serde's
+//! `Serialize` and `Deserialize` like any result. Most error types of the standard
+//! library and of other crates do not: a task returning `Result<T, std::io::Error>`
+//! fails to compile (the compiler suggests deriving `Serialize` on `io::Error`, which
+//! you cannot do). Return a `String` (the error's text, `e.to_string()`), or an enum
+//! of your own that derives `Serialize` and `Deserialize`, carrying what the caller
+//! needs to act on:
+//!
+//! ```
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// What can go wrong in `file_len`, as the caller needs to know it.
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum ReadError {
+//!     NotFound(String),
+//!     Other { kind: String, message: String },
+//! }
+//!
+//! fn file_len(path: String) -> Result<u64, ReadError> {
+//!     std::fs::metadata(&path).map(|m| m.len()).map_err(|e| match e.kind() {
+//!         std::io::ErrorKind::NotFound => ReadError::NotFound(path),
+//!         kind => ReadError::Other { kind: format!("{kind:?}"), message: e.to_string() },
+//!     })
+//! }
+//!
+//! // Or just the text.
+//! fn file_text(path: String) -> Result<String, String> {
+//!     std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = procpool::Pool::builder().processes(1).build().await?;
+//! let missing = "/no/such/file".to_string();
+//! // The outer `?` is the pool's error (TaskError); the inner result is the task's.
+//! let len = pool.apply(file_len, missing.clone()).await?;
+//! assert_eq!(len, Err(ReadError::NotFound(missing.clone())));
+//! let text = pool.apply(file_text, missing).await?;
+//! assert!(text.unwrap_err().starts_with("/no/such/file: "));
+//! # pool.terminate().await;
+//! # Ok(()) }
+//! ```
+//!
+//! The same task returning `std::io::Error` is refused at compile time:
+//!
+//! ```compile_fail,E0277
+//! fn file_len(path: String) -> Result<u64, std::io::Error> {
+//!     std::fs::metadata(path).map(|m| m.len())
+//! }
+//! # async fn run(pool: procpool::Pool) {
+//! let _ = pool.apply(file_len, "/etc/hostname".to_string()).await;
+//! # }
+//! ```
+//!
 //! # The worker entry
 //!
 //! With [`StartMethod::Spawn`] a worker is this same executable started again with a
@@ -205,7 +305,7 @@ mod fuzz;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_FRAME_LEN};
 pub use call::{Apply, Map};
-pub use error::{BuildError, Payload, RemotePanic, TaskError, WorkerExit};
+pub use error::{BuildError, BuildErrorKind, Payload, RemotePanic, TaskError, WorkerExit};
 pub use handle::TaskHandle;
 pub use input::{FromIter, FromStream, Input};
 pub use output::{LineSink, OutputLine, OutputStream, WorkerOutput, MAX_LINE};
@@ -234,6 +334,14 @@ macro_rules! enable_test_support {
         }
     };
 }
+
+/// The README's code blocks, compiled and run as doc tests (`cargo test --doc`), so
+/// that what a new user copies from it works as written. Its shell and TOML blocks are
+/// marked as such and skipped; `tests/readme.rs` checks that the quick start's
+/// `[dependencies]` list every crate its code uses.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 #[doc(hidden)]
 pub mod __private {

@@ -11,16 +11,17 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::builder::DEFAULT_MAX_FRAME_LEN;
 use crate::connect::{connect, Setup};
-use crate::error::{BuildError, TaskError, WorkerExit};
+use crate::error::{BuildError, BuildErrorKind, TaskError, WorkerExit};
 use crate::handle::decode_one;
 use crate::outcome::reply_of;
 use crate::output::WorkerOutput;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::encode_chunk;
-use crate::protocol::{Done, ToWorker};
+use crate::protocol::job::write_job_frame;
+use crate::protocol::Done;
 use crate::queue::Reply;
 use crate::start::forkserver::ForkServer;
-use crate::start::{ChildOptions, StartMethod, Starter};
+use crate::start::{ChildKind, ChildOptions, Label, StartMethod, Starter};
 use crate::task_fn::{trampoline, FnRef};
 
 /// One function run once in a child process: Python's `multiprocessing.Process`.
@@ -85,7 +86,12 @@ impl ProcessBuilder {
     }
 
     /// The process's name, as [`current_process`](crate::current_process) reports it
-    /// inside. Default: `procpool-process-<pid of the parent>`.
+    /// inside, and in its command line: `argv[0]` is `procpool-process[name]` (the
+    /// first 32 bytes of the name), except under [`StartMethod::Fork`], where the child
+    /// keeps the command line of the program it was forked from. Its command name
+    /// (`/proc/PID/comm`, what `ps` and `pgrep` show by default) is `procpool-proc`
+    /// under every start method. Default: `procpool-process-<pid of the parent>`
+    /// inside, and `procpool-process` in the command line.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -158,25 +164,38 @@ impl ProcessBuilder {
         let _ = f;
         if crate::worker::is_daemon() {
             return Err(BuildError::new(
+                BuildErrorKind::Daemon,
                 "daemonic processes are not allowed to have children",
             ));
         }
         if let Some(sandbox) = &self.sandbox {
-            sandbox.spec().check().map_err(BuildError::new)?;
+            sandbox
+                .spec()
+                .check()
+                .map_err(|why| BuildError::new(BuildErrorKind::Sandbox, why))?;
         }
         let env = crate::sandbox::env_policy(self.env_clear, &self.env_keys, self.sandbox.as_ref());
-        let func = FnRef::of(trampoline::<F, A, R>()).map_err(BuildError::new)?;
+        let func = FnRef::of(trampoline::<F, A, R>())
+            .map_err(|why| BuildError::new(BuildErrorKind::Task, why))?;
         let mut args = Vec::new();
-        encode_chunk(std::slice::from_ref(&arg), &mut args)
-            .map_err(|e| BuildError::new(format!("the argument could not be encoded: {e}")))?;
+        encode_chunk(std::slice::from_ref(&arg), &mut args).map_err(|e| {
+            BuildError::new(
+                BuildErrorKind::Task,
+                format!("the argument could not be encoded: {e}"),
+            )
+        })?;
         let opts = ChildOptions {
             outlive_parent: !self.daemon,
+            kind: ChildKind::Process,
+            label: self.name.as_deref().map(Label::new).unwrap_or_default(),
             ..ChildOptions::default()
         };
         let (method, timeout) = (self.start_method, self.startup_timeout);
         let spawn_env = env.clone();
-        let (stdio, relays) = crate::output::prepare(&self.stdout, &self.stderr)
-            .map_err(|e| BuildError::new(format!("could not make the process's stdio: {e}")))?;
+        let (stdio, relays) = crate::output::prepare(&self.stdout, &self.stderr).map_err(|e| {
+            let message = format!("could not make the process's stdio: {e}");
+            BuildError::with_source(BuildErrorKind::Start, message, e)
+        })?;
         // Taken before the fork, so that the shared fork server is not let go meanwhile.
         let lease = (method == StartMethod::ForkServer).then(ServerLease::take);
         let start = async move {
@@ -192,9 +211,16 @@ impl ProcessBuilder {
         };
         let started = tokio::time::timeout(self.startup_timeout, start)
             .await
-            .unwrap_or_else(|_| Err(std::io::Error::other("no process started in time")));
-        let (child, sock) =
-            started.map_err(|e| BuildError::new(format!("could not start the process: {e}")))?;
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no process started in time",
+                ))
+            });
+        let (child, sock) = started.map_err(|e| {
+            let message = format!("could not start the process: {e}");
+            BuildError::with_source(BuildErrorKind::Start, message, e)
+        })?;
         let pid = child.pid();
         relays.start(pid);
         let name = self
@@ -212,21 +238,22 @@ impl ProcessBuilder {
             env,
             sandbox: self.sandbox.as_ref().map(|s| s.spec().clone()),
         };
-        let mut worker = connect(child, sock, setup).await.map_err(BuildError::new)?;
+        let mut worker = connect(child, sock, setup)
+            .await
+            .map_err(|why| BuildError::new(BuildErrorKind::Start, why))?;
         if !self.daemon {
             worker.child.detach_on_drop();
         }
-        let mut frame = vec![0u8; 4];
-        frame = postcard::to_extend(&ToWorker::Job { id: 1, func }, frame)
-            .map_err(|e| BuildError::new(e.to_string()))?;
-        frame.extend_from_slice(&args);
-        let len = (frame.len() - 4) as u32;
-        frame[..4].copy_from_slice(&len.to_be_bytes());
-        worker
-            .link
-            .write_all(&frame)
-            .await
-            .map_err(|e| BuildError::new(format!("could not send the function: {e}")))?;
+        let mut frame = Vec::new();
+        write_job_frame(1, func, DEFAULT_MAX_FRAME_LEN, &mut frame, 0, |out| {
+            out.extend_from_slice(&args);
+            Ok(())
+        })
+        .map_err(|e| BuildError::new(BuildErrorKind::Task, e.to_string()))?;
+        worker.link.write_all(&frame).await.map_err(|e| {
+            let message = format!("could not send the function: {e}");
+            BuildError::with_source(BuildErrorKind::Start, message, e)
+        })?;
 
         let (result_tx, result_rx) = oneshot::channel();
         let (exit_tx, exit_rx) = watch::channel(None);
@@ -284,7 +311,10 @@ fn shared_server() -> std::io::Result<&'static SharedServer> {
         let output = (WorkerOutput::Inherit, WorkerOutput::Inherit);
         Ok(SharedServer {
             runtime: handle,
-            server: std::sync::Arc::new(ForkServer::new(None, Duration::from_secs(30), output)),
+            server: std::sync::Arc::new(
+                ForkServer::new(None, Duration::from_secs(30), output)
+                    .with_label(crate::start::Label::default()),
+            ),
             users: std::sync::Mutex::new(0),
         })
     });

@@ -14,6 +14,18 @@ pub(crate) enum FrameError {
     TooLarge { size: usize, limit: usize },
 }
 
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Arguments(why) => write!(f, "the argument did not encode: {why}"),
+            FrameError::TooLarge { size, limit } => write!(
+                f,
+                "the job's frame would be {size} bytes, over the limit of {limit} bytes"
+            ),
+        }
+    }
+}
+
 /// Appends job `id`'s frame to `out`, its arguments written by `chunk`, except for the
 /// last `tail` bytes of the frame, which the caller writes from elsewhere (the length
 /// prefix and the frame `limit` count them). On error `out` is left as it was.

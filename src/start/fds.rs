@@ -83,6 +83,12 @@ fn close_one(fd: RawFd, cloexec: bool) {
 
 /// The fallback: the descriptors listed in /proc/self/fd.
 fn close_listed(first: RawFd, cloexec: bool) -> io::Result<()> {
+    each_listed(first, |fd| close_one(fd, cloexec))
+}
+
+/// Calls `f` on every descriptor from `first` up listed in /proc/self/fd (but the
+/// listing's own). Async-signal-safe: the listing is read into a buffer on the stack.
+fn each_listed(first: RawFd, mut f: impl FnMut(RawFd)) -> io::Result<()> {
     // SAFETY: open with a static NUL-terminated path; returns a new descriptor or -1.
     let dir = unsafe {
         libc::open(
@@ -135,7 +141,7 @@ fn close_listed(first: RawFd, cloexec: bool) -> io::Result<()> {
             if digits > 0 && fd >= i64::from(first) && fd <= i64::from(i32::MAX) {
                 let fd = fd as RawFd;
                 if fd != dir {
-                    close_one(fd, cloexec);
+                    f(fd);
                 }
             }
             at += reclen;
@@ -144,6 +150,125 @@ fn close_listed(first: RawFd, cloexec: bool) -> io::Result<()> {
     // SAFETY: `dir` is the descriptor opened above.
     unsafe { libc::close(dir) };
     result
+}
+
+/// What identifies an open socket: its device and inode numbers.
+pub(crate) type SocketId = (u64, u64);
+
+/// The identity of `fd` if it is a socket. Async-signal-safe (`fstat`).
+fn socket_id(fd: RawFd) -> Option<SocketId> {
+    // SAFETY: a zeroed stat is a valid out-parameter; fstat writes into it only.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat takes an integer and the local above.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
+}
+
+/// The descriptors (and their sockets) open in this process, from the listing.
+fn sockets() -> Vec<(RawFd, SocketId)> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| Some((fd, socket_id(fd)?)))
+        .collect()
+}
+
+/// Tokio's signal pipe in this process, if it has one: the socket that every Tokio
+/// runtime with I/O reads signals from, made once per process and kept in a static
+/// (Tokio holds its number; each runtime registers a copy of it).
+///
+/// A forked worker closes every descriptor it inherits, and that number with them:
+/// a runtime built there then registers whatever holds the number next (or nothing),
+/// and fails (`EINVAL`). [`replace_signal_pipe`] gives the number a socket of the
+/// child's own. Found by building a runtime: its copy is a new descriptor of a socket
+/// that another descriptor holds already. Computed once per process (allocates: call
+/// it before forking).
+pub(crate) fn tokio_signal_pipe() -> Option<SocketId> {
+    static PIPE: crate::per_process::PerProcess<Option<SocketId>> =
+        crate::per_process::PerProcess::new();
+    *PIPE.get_or_init(|| {
+        let before: Vec<RawFd> = sockets().into_iter().map(|(fd, _)| fd).collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .ok()?;
+        let after = sockets();
+        // (May be called on a runtime's thread, where dropping one is refused.)
+        runtime.shutdown_background();
+        after
+            .iter()
+            .filter(|(fd, _)| !before.contains(fd))
+            .map(|&(_, id)| id)
+            .find(|id| after.iter().filter(|(_, other)| other == id).count() >= 2)
+    })
+}
+
+/// The most descriptors of Tokio's signal pipe a forked child gives a socket of its
+/// own: the pipe, and a copy per runtime of the parent.
+pub(crate) const SIGNAL_PIPE_COPIES: usize = 32;
+
+/// In a forked child, before it closes what it inherited: the numbers (from `first`
+/// up) of the descriptors of the socket `id` (Tokio's signal pipe), into `out`;
+/// returns how many. Async-signal-safe.
+pub(crate) fn find_socket(id: SocketId, first: RawFd, out: &mut [RawFd]) -> usize {
+    let mut count = 0;
+    let _ = each_listed(first, |fd| {
+        if count < out.len() && socket_id(fd) == Some(id) {
+            out[count] = fd;
+            count += 1;
+        }
+    });
+    count
+}
+
+/// In a forked child, after it closed what it inherited: puts the reading end of a
+/// fresh socket pair on each of `numbers` (where Tokio's signal pipe was), and keeps
+/// the writing end open (Tokio's driver takes end of file on the pipe for a bug), so
+/// that a runtime built in the child registers a pipe of the child's own rather than
+/// whatever else holds the number. Both ends are close-on-exec and non-blocking, as
+/// Tokio's are. Async-signal-safe. Best effort: on a failure the numbers stay closed
+/// (and a runtime cannot be built in the child, as before).
+///
+/// Signals do not reach such a runtime: the child has reset every handler, and
+/// Tokio, which installs its handler once per signal and process, believes the
+/// parent's still in place.
+pub(crate) fn replace_signal_pipe(numbers: &[RawFd]) {
+    let Some(&highest) = numbers.iter().max() else {
+        return;
+    };
+    let mut pair = [-1; 2];
+    // SAFETY: socketpair writes two descriptors into the local array; fcntl, dup3 and
+    // close take integers. Every descriptor touched is this child's own.
+    unsafe {
+        if libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            pair.as_mut_ptr(),
+        ) != 0
+        {
+            return;
+        }
+        // Above every number to fill, so that placing one cannot close an end.
+        let read = libc::fcntl(pair[0], libc::F_DUPFD_CLOEXEC, highest + 1);
+        let write = libc::fcntl(pair[1], libc::F_DUPFD_CLOEXEC, highest + 1);
+        libc::close(pair[0]);
+        libc::close(pair[1]);
+        if read < 0 || write < 0 {
+            libc::close(read);
+            libc::close(write);
+            return;
+        }
+        for &fd in numbers {
+            libc::dup3(read, fd, libc::O_CLOEXEC);
+        }
+        libc::close(read);
+        // `write` stays open for the life of the child.
+    }
 }
 
 /// The last resort: every number from `first` up to the descriptor limit.

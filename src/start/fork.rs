@@ -20,6 +20,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::output::ChildStdio;
 use crate::start::child::{ChildProc, NewChild};
+use crate::start::fds::SocketId;
 use crate::start::spawn::{on_spawner_thread, WORKER_FD};
 use crate::start::{child_setup, ChildOptions};
 
@@ -44,8 +45,15 @@ pub(crate) async fn fork_worker(
     stdio: ChildStdio,
 ) -> io::Result<(ChildProc, UnixStream)> {
     crate::worker::install_panic_hook();
+    // Found before the fork: the child may not allocate. Only a `Process` child gets a
+    // signal pipe of its own: it may start processes (with a runtime), while a pool's
+    // worker is a daemon that may not, and holds nothing but stdio and its channel.
+    let signal_pipe = match opts.kind {
+        crate::start::ChildKind::Process => crate::start::fds::tokio_signal_pipe(),
+        crate::start::ChildKind::Worker => None,
+    };
     for _ in 0..FORK_ATTEMPTS {
-        if let Some(started) = fork_once(opts, stdio.try_clone()?).await? {
+        if let Some(started) = fork_once(opts, stdio.try_clone()?, signal_pipe).await? {
             return Ok(started);
         }
     }
@@ -59,6 +67,7 @@ pub(crate) async fn fork_worker(
 async fn fork_once(
     opts: ChildOptions,
     stdio: ChildStdio,
+    signal_pipe: Option<SocketId>,
 ) -> io::Result<Option<(ChildProc, UnixStream)>> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let (probe_read, probe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -84,7 +93,14 @@ async fn fork_once(
         match forked.map_err(io::Error::from)? {
             ForkResult::Child => {
                 let probe = Some(probe_write.as_raw_fd());
-                forked_worker(theirs.as_raw_fd(), stdio.raw(), parent, &opts, probe)
+                forked_worker(
+                    theirs.as_raw_fd(),
+                    stdio.raw(),
+                    parent,
+                    &opts,
+                    probe,
+                    signal_pipe,
+                )
             }
             ForkResult::Parent { child } => {
                 drop((theirs, probe_write, stdio, procs));
@@ -188,17 +204,25 @@ fn locks_are_free() -> bool {
 /// that forked it. With `probe`, the child first checks the locks it needs
 /// ([`locks_are_free`]) and writes on `probe` that it did, or exits: a fork of a
 /// multi-threaded process (the fork server forks from one thread, and needs no probe).
+/// `signal_pipe` is the parent's Tokio signal pipe, if it has one: the child gives its
+/// numbers a pipe of its own (see [`replace_signal_pipe`]), so that a task can build a
+/// Tokio runtime (to start a [`Process`](crate::Process), say).
+///
+/// [`replace_signal_pipe`]: crate::start::fds::replace_signal_pipe
 pub(crate) fn forked_worker(
     fd: RawFd,
     stdio: [RawFd; 3],
     parent: Pid,
     opts: &ChildOptions,
     probe: Option<RawFd>,
+    signal_pipe: Option<SocketId>,
 ) -> ! {
     if child_setup(fd, WORKER_FD, stdio, parent, opts).is_err() {
         // SAFETY: _exit ends the process at once; nothing of ours is left to run.
         unsafe { libc::_exit(1) };
     }
+    // Named for `ps`, `top` and `pgrep` (it would show its parent's name otherwise).
+    crate::start::set_comm(opts.kind.comm());
     reset_signal_handlers();
     if let Some(probe) = probe {
         if !locks_are_free() {
@@ -209,6 +233,11 @@ pub(crate) fn forked_worker(
         // inherited from the parent, which closes on exec or exit (close-on-exec).
         unsafe { libc::write(probe, [PROBE_OK].as_ptr().cast(), 1) };
     }
+    // Where the parent's Tokio signal pipe is, to be given a pipe of our own below.
+    let mut pipe_fds = [0 as RawFd; crate::start::fds::SIGNAL_PIPE_COPIES];
+    let pipe_count = signal_pipe.map_or(0, |id| {
+        crate::start::fds::find_socket(id, WORKER_FD + 1, &mut pipe_fds)
+    });
     // Descriptors above the channel are the parent's (its runtime's, its files, its
     // other workers' channels): this process has no use for them, and must not keep
     // the parent's sockets open. If they cannot be closed, it must not run at all.
@@ -216,6 +245,7 @@ pub(crate) fn forked_worker(
         // SAFETY: _exit ends the process at once.
         unsafe { libc::_exit(1) };
     }
+    crate::start::fds::replace_signal_pipe(&pipe_fds[..pipe_count]);
     // SAFETY: `child_setup` put our channel on WORKER_FD and nothing else owns it.
     let channel = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
     let _ = nix::fcntl::fcntl(

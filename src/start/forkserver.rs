@@ -60,6 +60,8 @@ use crate::task_fn::{build_id, FnRef};
 /// The fork server's life: handshake, preload, then serve fork requests until the pool
 /// closes the channel. Returns the exit code.
 pub(crate) fn server_main(ctrl: UnixStream) -> i32 {
+    // Its workers write their own name over the argv[0] they inherit from it.
+    crate::start::record_argv_area();
     crate::worker::ignore_interrupts();
     crate::worker::capture_panics();
     let mut mask = SigSet::empty();
@@ -239,7 +241,13 @@ impl Server {
             // SAFETY: this process is single-threaded (it never starts a thread), so
             // the child inherits no lock held by another thread.
             match unsafe { fork() } {
-                Ok(ForkResult::Child) => forked_worker(fds[0].as_raw_fd(), stdio, me, &opts, None),
+                Ok(ForkResult::Child) => {
+                    // Its own argv[0], not the server's (the command name is set in
+                    // `forked_worker`).
+                    crate::start::rename_argv(opts.kind.role(), &opts.label);
+                    // No Tokio here: no signal pipe to replace.
+                    forked_worker(fds[0].as_raw_fd(), stdio, me, &opts, None, None)
+                }
                 Ok(ForkResult::Parent { child }) => {
                     drop(fds);
                     self.workers.insert(child.as_raw());
@@ -348,6 +356,9 @@ pub(crate) struct ForkServer {
     output: (WorkerOutput, WorkerOutput),
     conn: tokio::sync::Mutex<Option<Conn>>,
     pid: std::sync::atomic::AtomicU32,
+    /// The name in the server's argv[0]; `None`: the one its fork requests carry (the
+    /// pool's).
+    label: Option<crate::start::Label>,
 }
 
 impl std::fmt::Debug for ForkServer {
@@ -368,15 +379,23 @@ impl ForkServer {
             output,
             conn: tokio::sync::Mutex::new(None),
             pid: std::sync::atomic::AtomicU32::new(0),
+            label: None,
         }
+    }
+
+    /// A server named `label` whatever its requests say (the one that every `Process`
+    /// shares, say, whose requests carry each process's name).
+    pub(crate) fn with_label(mut self, label: crate::start::Label) -> Self {
+        self.label = Some(label);
+        self
     }
 
     /// Starts the server now if it is not running (so that a failing preload fails the
     /// pool's build).
-    pub(crate) async fn ensure_started(&self) -> io::Result<()> {
+    pub(crate) async fn ensure_started(&self, label: crate::start::Label) -> io::Result<()> {
         let mut conn = self.conn.lock().await;
         if conn.as_ref().is_none_or(Conn::is_dead) {
-            *conn = Some(self.start_server().await?);
+            *conn = Some(self.start_server(label).await?);
         }
         Ok(())
     }
@@ -402,7 +421,7 @@ impl ForkServer {
         let reply = {
             let mut guard = self.conn.lock().await;
             if guard.as_ref().is_none_or(Conn::is_dead) {
-                *guard = Some(self.start_server().await?);
+                *guard = Some(self.start_server(opts.label).await?);
             }
             let Some(conn) = guard.as_mut() else {
                 return Err(io::Error::other("no fork server"));
@@ -451,10 +470,16 @@ impl ForkServer {
         }
     }
 
-    async fn start_server(&self) -> io::Result<Conn> {
+    async fn start_server(&self, label: crate::start::Label) -> io::Result<Conn> {
         let (stdio, relays) = crate::output::prepare(&self.output.0, &self.output.1)?;
-        let (mut server, sock) =
-            spawn_self(ROLE_FORKSERVER, ChildOptions::default(), stdio, None).await?;
+        let opts = ChildOptions {
+            label: self.label.unwrap_or(label),
+            ..ChildOptions::default()
+        };
+        // A server with a fixed name serves children with names of their own, which
+        // may be longer than its own: they need room.
+        let room = self.label.is_some();
+        let (mut server, sock) = spawn_self(ROLE_FORKSERVER, opts, stdio, None, room).await?;
         relays.start(server.pid());
         sock.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(sock)?;

@@ -28,6 +28,9 @@ pub(crate) const ENV_WORKER: &str = "__PROCPOOL_WORKER";
 /// The role of a spawned worker.
 pub(crate) const ROLE_WORKER: &str = "worker";
 
+/// The role of a spawned [`Process`](crate::Process) child (a worker by another name).
+pub(crate) const ROLE_PROCESS: &str = "process";
+
 /// The role of a fork server.
 pub(crate) const ROLE_FORKSERVER: &str = "forkserver";
 
@@ -75,16 +78,24 @@ pub(crate) async fn spawn_worker(
     stdio: ChildStdio,
     env: Option<Vec<String>>,
 ) -> io::Result<(ChildProc, UnixStream)> {
-    spawn_self(ROLE_WORKER, opts, stdio, env).await
+    let role = match opts.kind {
+        crate::start::ChildKind::Worker => ROLE_WORKER,
+        crate::start::ChildKind::Process => ROLE_PROCESS,
+    };
+    spawn_self(role, opts, stdio, env, false).await
 }
 
 /// Runs this executable again in `role`, with its channel on [`WORKER_FD`], `stdio`
 /// on 0, 1 and 2, and only the environment variables `env` names if it is `Some`.
+/// With `room`, a second argument of blanks follows `argv[0]`: room for the longer
+/// names that a fork server's children write over its arguments (see
+/// [`rename_argv`](crate::start::rename_argv)).
 pub(crate) async fn spawn_self(
     role: &'static str,
     opts: ChildOptions,
     stdio: ChildStdio,
     env: Option<Vec<String>>,
+    room: bool,
 ) -> io::Result<(ChildProc, UnixStream)> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let parent = nix::unistd::getpid();
@@ -95,6 +106,9 @@ pub(crate) async fn spawn_self(
     let procs = leaf.as_ref().and_then(|l| l.procs_copy());
     let mut opts = opts;
     opts.cgroup_procs = procs.as_ref().map(AsRawFd::as_raw_fd);
+    // `ps`, `top` and `pgrep` tell the children apart by this (the command name, set
+    // after the exec, follows the role: see `init`).
+    let arg0 = crate::start::argv0_string(role, &opts.label);
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
             std::path::PathBuf::from("/proc/self/exe")
@@ -102,8 +116,9 @@ pub(crate) async fn spawn_self(
             std::env::current_exe()?
         };
         let mut cmd = Command::new(exe);
-        if let Some(arg0) = std::env::args_os().next() {
-            cmd.arg0(arg0);
+        cmd.arg0(arg0);
+        if room {
+            cmd.arg(" ".repeat(crate::start::Label::MAX));
         }
         if let Some(keys) = env {
             cmd.env_clear();

@@ -18,7 +18,7 @@ use crate::protocol::{
     FromWorker, Hello, InitFailure, Outcome, ToWorker, MAGIC, PROTOCOL_VERSION, TIMED_RUN,
     TINY_JOB_NS,
 };
-use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, WORKER_FD};
+use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, ROLE_PROCESS, WORKER_FD};
 use crate::task_fn::{build_id, FnRef};
 
 use self::conn::BlockingConn;
@@ -57,6 +57,13 @@ pub fn init() {
         &fd,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
+    // Its command name, for `ps`, `top` and `pgrep` (the exec named it `exe`, after
+    // /proc/self/exe); its argv[0] says the same at length, with the pool's name.
+    crate::start::set_comm(match role.as_str() {
+        ROLE_FORKSERVER => crate::start::COMM_FORKSERVER,
+        ROLE_PROCESS => crate::start::COMM_PROCESS,
+        _ => crate::start::COMM_WORKER,
+    });
     let code = match (cloexec, role.as_str()) {
         (Err(_), _) => 2,
         (Ok(_), ROLE_FORKSERVER) => crate::start::forkserver::server_main(UnixStream::from(fd)),
