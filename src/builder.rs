@@ -10,14 +10,17 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::error::{BuildError, BuildErrorKind};
+use crate::image::build_id;
+use crate::launch::Starter;
 use crate::output::WorkerOutput;
 use crate::pool::Pool;
 use crate::protocol::codec::encode_chunk;
+use crate::protocol::FnRef;
 use crate::shared::{Config, Shared};
 use crate::start::spawn::ENV_WORKER;
-use crate::start::{ChildOptions, StartMethod, Starter};
+use crate::start::{ChildOptions, StartMethod};
 use crate::supervisor::run_slot;
-use crate::task_fn::{build_id, trampoline, FnRef};
+use crate::task_fn::trampoline;
 
 /// The default [`PoolBuilder::max_frame_len`]: 256 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 256 << 20;
@@ -30,7 +33,7 @@ where
     A: Serialize + DeserializeOwned + Send + 'static,
 {
     let _ = f;
-    let func = FnRef::of(trampoline::<F, A, ()>())?;
+    let func = FnRef::of(trampoline(f))?;
     let mut args = Vec::new();
     encode_chunk(std::slice::from_ref(&arg), &mut args)?;
     Ok((func, args.into()))

@@ -10,13 +10,14 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use crate::chan;
 use crate::driver::Worker;
 use crate::fdpass::send_with_fds;
+use crate::image::build_id;
 use crate::protocol::codec::{decode_frame, encode_frame, frame_codec, ReplyCodec};
+use crate::protocol::FnRef;
 use crate::protocol::{
     FromWorker, InitFailure, ToWorker, HANDSHAKE_FRAME_LIMIT, MAGIC, PROTOCOL_VERSION,
 };
 use crate::ring::PoolRing;
 use crate::start::child::{ChildProc, REAP_BOUND};
-use crate::task_fn::{build_id, FnRef};
 use crate::transport::local::Local;
 use crate::transport::stream::Stream;
 use crate::transport::Link;

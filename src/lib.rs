@@ -267,16 +267,24 @@ mod outcome;
 mod supervisor;
 mod sync;
 
+// Starting a child by each start method.
+mod launch;
+
 // A worker's connection: local (socketpair and reply ring) or a byte stream.
 mod transport;
 
-// Every byte on the wire, and the functions it names.
-mod protocol;
+// Tasks as a worker runs them, and the functions the wire names.
+#[allow(unsafe_code)]
+mod image;
 #[allow(unsafe_code)]
 mod task_fn;
 
+// Every byte on the wire.
+mod protocol;
+
 // The vocabulary every layer speaks.
 mod error;
+mod panics;
 mod trace;
 
 // OS pieces.

@@ -11,11 +11,12 @@ use crate::builder::PoolBuilder;
 use crate::call::{Apply, Map};
 use crate::handle::TaskHandle;
 use crate::input::Input;
+use crate::protocol::FnRef;
 use crate::shared::Shared;
 use crate::stats::PoolStats;
 use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
 use crate::submit::{JobFrame, Submitter};
-use crate::task_fn::{star_trampoline, trampoline, FnRef, StarFn};
+use crate::task_fn::{star_trampoline, trampoline, StarFn};
 
 /// A pool of worker processes.
 ///
@@ -106,7 +107,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         let _ = f;
-        let func = FnRef::of(trampoline::<F, A, R>());
+        let func = FnRef::of(trampoline(f));
         let job = JobFrame::one(&self.sub, func, arg);
         Apply::new(self.sub.clone(), job)
     }
@@ -178,7 +179,7 @@ impl Pool {
         I: Input<A, M>,
     {
         let _ = f;
-        Map::new(self.feed(FnRef::of(trampoline::<F, A, R>()), input, true))
+        Map::new(self.feed(FnRef::of(trampoline(f)), input, true))
     }
 
     /// Runs `f` on every item of `input` (an iterator or a stream); a [`Stream`] of the
@@ -202,7 +203,7 @@ impl Pool {
         I: Input<A, M>,
     {
         let _ = f;
-        Imap::new(self.feed(FnRef::of(trampoline::<F, A, R>()), input, true))
+        Imap::new(self.feed(FnRef::of(trampoline(f)), input, true))
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete.
@@ -222,7 +223,7 @@ impl Pool {
         I: Input<A, M>,
     {
         let _ = f;
-        ImapUnordered::new(self.feed(FnRef::of(trampoline::<F, A, R>()), input, false))
+        ImapUnordered::new(self.feed(FnRef::of(trampoline(f)), input, false))
     }
 
     /// Like [`map`](Pool::map), for a function of several arguments: each item of
@@ -254,7 +255,7 @@ impl Pool {
         I: Input<Args, M>,
     {
         let _ = f;
-        Map::new(self.feed(FnRef::of(star_trampoline::<F, Args, R>()), input, true))
+        Map::new(self.feed(FnRef::of(star_trampoline(f)), input, true))
     }
 
     /// Refuses new work from now on: submissions fail with [`TaskError::Closed`](crate::TaskError::Closed).

@@ -13,16 +13,18 @@ use crate::builder::DEFAULT_MAX_FRAME_LEN;
 use crate::connect::{connect, Setup};
 use crate::error::{BuildError, BuildErrorKind, TaskError, WorkerExit};
 use crate::handle::decode_one;
+use crate::launch::Starter;
 use crate::outcome::reply_of;
 use crate::output::WorkerOutput;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::job::write_job_frame;
 use crate::protocol::Done;
+use crate::protocol::FnRef;
 use crate::queue::Reply;
 use crate::start::forkserver::ForkServer;
-use crate::start::{ChildKind, ChildOptions, Label, StartMethod, Starter};
-use crate::task_fn::{trampoline, FnRef};
+use crate::start::{ChildKind, ChildOptions, Label, StartMethod};
+use crate::task_fn::trampoline;
 
 /// One function run once in a child process: Python's `multiprocessing.Process`.
 ///
@@ -175,8 +177,8 @@ impl ProcessBuilder {
                 .map_err(|why| BuildError::new(BuildErrorKind::Sandbox, why))?;
         }
         let env = crate::sandbox::env_policy(self.env_clear, &self.env_keys, self.sandbox.as_ref());
-        let func = FnRef::of(trampoline::<F, A, R>())
-            .map_err(|why| BuildError::new(BuildErrorKind::Task, why))?;
+        let func =
+            FnRef::of(trampoline(f)).map_err(|why| BuildError::new(BuildErrorKind::Task, why))?;
         let mut args = Vec::new();
         encode_chunk(std::slice::from_ref(&arg), &mut args).map_err(|e| {
             BuildError::new(

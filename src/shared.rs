@@ -8,13 +8,14 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::launch::Starter;
 use crate::lease::Lease;
 use crate::output::WorkerOutput;
 use crate::policy::{nonzero, Polling, Transport};
+use crate::protocol::FnRef;
 use crate::queue::{Handover, Queue};
-use crate::start::{ChildOptions, StartMethod, Starter};
+use crate::start::{ChildOptions, StartMethod};
 use crate::stats::{PoolStats, WorkerStats};
-use crate::task_fn::FnRef;
 use crate::transport::local::Port;
 
 /// The pool's settings, fixed at build time.

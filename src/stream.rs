@@ -31,7 +31,7 @@ const BATCH: usize = 256;
 /// A batch is queued once its frames are this large: the buffer they share is freed
 /// only when the last of them is done.
 const BATCH_BYTES: usize = 1 << 20;
-use crate::task_fn::FnRef;
+use crate::protocol::FnRef;
 
 /// How far a `map`, `imap`, `imap_unordered` or `starmap` call has come: what a
 /// [progress hook](Imap::progress) receives each time results arrive.

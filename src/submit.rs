@@ -15,9 +15,9 @@ use tokio::sync::oneshot;
 use crate::error::{Payload, TaskError};
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::job::{write_byte_string_chunk, write_job_frame, FrameError};
+use crate::protocol::FnRef;
 use crate::queue::{AbortSignal, ChunkRun, Job, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
-use crate::task_fn::FnRef;
 use crate::trace::event;
 
 /// A handle on the pool's shared state that keeps the pool alive; see the module docs.

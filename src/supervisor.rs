@@ -58,7 +58,7 @@ pub(crate) async fn run_slot(
             Ok(()) => return,
             Err(panic) => {
                 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
-                let message = crate::worker::payload_message(&*panic);
+                let message = crate::panics::payload_message(&*panic);
                 event!(tracing::Level::ERROR, index = slot, error = %message, "slot task panicked; starting it again");
                 Counters::add(&shared.counters.workers_crashed, 1);
                 shared.set_worker(slot, None);
@@ -87,7 +87,7 @@ fn driver_panicked(
     panic: Box<dyn std::any::Any + Send>,
     inflight: &mut VecDeque<Job>,
 ) -> End {
-    let message = crate::worker::payload_message(&*panic);
+    let message = crate::panics::payload_message(&*panic);
     event!(tracing::Level::ERROR, pid, index = slot, error = %message, "driver panicked; replacing the worker");
     shared.set_lease(slot, None);
     shared.queue.unregister(slot);

@@ -1,218 +1,24 @@
-//! Task identity: how a function chosen in the parent is found again in a child.
+//! Tasks as the worker runs them: the *trampoline* of a task type `F`, the one entry
+//! point per `F` that decodes a chunk of arguments, runs `F` on each (catching panics)
+//! and encodes the results. The parent names a trampoline by its offset in the
+//! executable ([`crate::image::FnRef`]); the worker calls it.
 //!
 //! A task is a zero-sized `F: Fn(A) -> R + Copy + 'static`: a plain `fn` item or a
 //! closure that captures nothing. The parent never sends `F` itself (it has no bytes);
-//! it sends the address of the monomorphised *trampoline* [`run_job::<F, A, R>`], as an
-//! offset from the load address of the main executable. The child adds its own load
-//! address and calls the trampoline, which conjures the zero-sized `F` and runs it.
-//!
-//! That address is meaningful only when
-//!
-//! 1. both processes run the same executable: the handshake compares the ELF build-id
-//!    (or, where the linker wrote none, a hash of the executable file), see [`build_id`];
-//! 2. the trampoline lies in the main executable's code, not in a library loaded at
-//!    another address: [`FnRef::of`] refuses anything outside the executable's text
-//!    segments in the parent, and [`FnRef::resolve`] checks again in the child.
-//!
-//! Every `unsafe` step that depends on this is in this module.
+//! the trampoline conjures the zero-sized value in the worker. A trampoline is only
+//! made from a value of `F` ([`trampoline`] takes one), so a value exists.
 
-use std::ffi::{c_int, c_void};
-use std::io::Read;
-use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+use crate::image::Trampoline;
 use crate::protocol::codec;
 use crate::protocol::Outcome;
 
-/// The type-erased entry point of one task type: decodes a chunk of arguments from
-/// `payload`, runs the task on each, and appends the encoded results to `out`.
-pub(crate) type Trampoline = fn(payload: &[u8], out: &mut Vec<u8>) -> Outcome;
-
-/// A reference to a [`Trampoline`] that is valid in every process running the same build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct FnRef(u64);
-
-/// What is known of the main executable's image in this process.
-struct Image {
-    /// Load bias: run-time address minus link-time address.
-    bias: usize,
-    /// Executable segments, as run-time addresses.
-    text: Vec<Range<usize>>,
-    /// The GNU build-id note, when the linker wrote one.
-    build_id: Option<Vec<u8>>,
-}
-
-fn image() -> &'static Image {
-    static IMAGE: OnceLock<Image> = OnceLock::new();
-    IMAGE.get_or_init(read_image)
-}
-
-fn read_image() -> Image {
-    let mut found: Option<Image> = None;
-    // SAFETY: `dl_iterate_phdr` calls `visit_main_program` with pointers that are valid
-    // for the duration of each call; `data` is the `&mut Option<Image>` above, which
-    // outlives the call and is not touched elsewhere meanwhile.
-    unsafe {
-        libc::dl_iterate_phdr(
-            Some(visit_main_program),
-            (&mut found as *mut Option<Image>).cast::<c_void>(),
-        );
-    }
-    found.unwrap_or(Image {
-        bias: 0,
-        text: Vec::new(),
-        build_id: None,
-    })
-}
-
-/// Called by `dl_iterate_phdr`; the first object it reports is the main program
-/// (dl_iterate_phdr(3)), so it records that one and stops.
-unsafe extern "C" fn visit_main_program(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
-    // SAFETY: see `read_image`: `info` is valid during this call and `data` is our
-    // `Option<Image>`.
-    let (info, out) = unsafe { (&*info, &mut *data.cast::<Option<Image>>()) };
-    let bias = info.dlpi_addr as usize;
-    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
-        &[]
-    } else {
-        // SAFETY: the loader guarantees `dlpi_phnum` program headers at `dlpi_phdr`.
-        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
-    };
-    let mut text = Vec::new();
-    let mut build_id = None;
-    for ph in phdrs {
-        let start = bias.wrapping_add(ph.p_vaddr as usize);
-        let len = ph.p_memsz as usize;
-        if ph.p_type == libc::PT_LOAD && ph.p_flags & libc::PF_X != 0 {
-            text.push(start..start + len);
-        } else if ph.p_type == libc::PT_NOTE && build_id.is_none() {
-            // SAFETY: a PT_NOTE segment is mapped readable at `start` for `p_memsz`
-            // bytes for as long as the program runs.
-            let notes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
-            build_id = find_build_id(notes);
-        }
-    }
-    *out = Some(Image {
-        bias,
-        text,
-        build_id,
-    });
-    1
-}
-
-/// Finds the `NT_GNU_BUILD_ID` descriptor in a block of ELF notes.
-fn find_build_id(mut notes: &[u8]) -> Option<Vec<u8>> {
-    const NT_GNU_BUILD_ID: u32 = 3;
-    let align4 = |n: usize| (n + 3) & !3;
-    while notes.len() >= 12 {
-        let word = |i: usize| u32::from_ne_bytes(notes[i..i + 4].try_into().unwrap_or_default());
-        let (namesz, descsz, kind) = (word(0) as usize, word(4) as usize, word(8));
-        let name_end = 12 + align4(namesz);
-        let desc_end = name_end + align4(descsz);
-        if desc_end > notes.len() {
-            return None;
-        }
-        if kind == NT_GNU_BUILD_ID && &notes[12..12 + namesz] == b"GNU\0" {
-            return Some(notes[name_end..name_end + descsz].to_vec());
-        }
-        notes = &notes[desc_end..];
-    }
-    None
-}
-
-/// An identifier of the running executable: two processes with the same `build_id` run
-/// the same code at the same offsets.
-///
-/// The ELF build-id when present; otherwise a hash of the executable's bytes (slower, so
-/// computed once per process).
-pub(crate) fn build_id() -> &'static [u8] {
-    static ID: OnceLock<Vec<u8>> = OnceLock::new();
-    ID.get_or_init(|| {
-        if let Some(id) = &image().build_id {
-            return id.clone();
-        }
-        let mut hasher = std::hash::DefaultHasher::new();
-        let mut len = 0u64;
-        if let Ok(mut file) = std::fs::File::open("/proc/self/exe") {
-            let mut buf = vec![0u8; 1 << 16];
-            while let Ok(n) = file.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                len += n as u64;
-                std::hash::Hash::hash_slice(&buf[..n], &mut hasher);
-            }
-        }
-        let digest = std::hash::Hasher::finish(&hasher);
-        [
-            b"exehash:".as_slice(),
-            &len.to_le_bytes(),
-            &digest.to_le_bytes(),
-        ]
-        .concat()
-    })
-}
-
-impl FnRef {
-    /// The reference as it goes on the wire (see `protocol::ToWorker::write_job`).
-    pub(crate) fn to_bits(self) -> u64 {
-        self.0
-    }
-
-    /// A reference read from the wire; [`resolve`](Self::resolve) checks it.
-    pub(crate) fn from_bits(bits: u64) -> FnRef {
-        FnRef(bits)
-    }
-
-    /// The reference to `trampoline`, or why it cannot be sent to another process.
-    pub(crate) fn of(trampoline: Trampoline) -> Result<FnRef, String> {
-        let addr = trampoline as usize;
-        let image = image();
-        if !image.text.iter().any(|r| r.contains(&addr)) {
-            return Err(format!(
-                "task function at {addr:#x} is not in the main executable's code (is it in a \
-                 dynamic library?); a worker cannot find it"
-            ));
-        }
-        Ok(FnRef((addr - image.bias) as u64))
-    }
-
-    /// The trampoline this reference names in this process.
-    ///
-    /// Only call this after the handshake has established that the sender runs the same
-    /// build ([`build_id`]).
-    pub(crate) fn resolve(self) -> Result<Trampoline, String> {
-        let image = image();
-        let addr = usize::try_from(self.0)
-            .ok()
-            .and_then(|off| off.checked_add(image.bias))
-            .filter(|addr| image.text.iter().any(|r| r.contains(addr)))
-            .ok_or_else(|| {
-                format!(
-                    "task reference {:#x} does not point into this executable's code",
-                    self.0
-                )
-            })?;
-        // SAFETY: the handshake established that the sender runs this same executable
-        // (same build-id), and the sender produced the offset in `FnRef::of` from a
-        // `Trampoline` lying in the executable's text. The same executable maps the same
-        // code at the same offset from its load bias, so `addr` is the address of that
-        // same `Trampoline` function here, and transmuting it back to the fn pointer type
-        // it was taken from is sound.
-        Ok(unsafe { std::mem::transmute::<usize, Trampoline>(addr) })
-    }
-}
-
 /// The trampoline for task type `F`, with a compile-time check that `F` is zero-sized.
-pub(crate) fn trampoline<F, A, R>() -> Trampoline
+pub(crate) fn trampoline<F, A, R>(f: F) -> Trampoline
 where
     F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: DeserializeOwned + 'static,
@@ -224,6 +30,8 @@ where
             "a procpool task must be a plain `fn` or a closure that captures nothing"
         );
     }
+    // The value is the evidence that `F` has one (see `conjure`); it is not needed.
+    let _ = f;
     run_job::<F, A, R>
 }
 
@@ -239,12 +47,15 @@ where
     run_caught(payload, out, f)
 }
 
-/// The value of a zero-sized task type, in the worker.
+/// The value of a zero-sized task type, in the worker. Only called by the trampolines
+/// of `F` (`run_job`, `run_star_job`), whose addresses only [`trampoline`] and
+/// [`star_trampoline`] give out, and only for a value of `F` they are given.
 fn conjure<F: Copy + Send + 'static>() -> F {
     const { assert!(std::mem::size_of::<F>() == 0) };
     // SAFETY: `F` is zero-sized (asserted at compile time above), so a value of it has no
     // bytes to read and any aligned non-null pointer is a valid place to read one from.
-    // A value of `F` exists: the parent held one to take this trampoline's address, and
+    // A value of `F` exists: the parent held one to take this trampoline's address (see
+    // above: `trampoline` takes one), and
     // `F: Copy + Send + 'static` means that value may be duplicated and moved to another
     // thread of execution with no lifetime attached; producing it here is that copy,
     // carried across the process boundary as zero bytes.
@@ -258,7 +69,7 @@ where
     R: Serialize + 'static,
 {
     codec::run_chunk::<A, R>(payload, out, |arg| {
-        catch_unwind(AssertUnwindSafe(|| call(arg))).map_err(crate::worker::panic_from_payload)
+        catch_unwind(AssertUnwindSafe(|| call(arg))).map_err(crate::panics::panic_from_payload)
     })
 }
 
@@ -292,7 +103,7 @@ star_fn!(A, B, C, D, E);
 star_fn!(A, B, C, D, E, G);
 
 /// The trampoline for a [`StarFn`], with the same zero-size check as [`trampoline`].
-pub(crate) fn star_trampoline<F, Args, R>() -> Trampoline
+pub(crate) fn star_trampoline<F, Args, R>(f: F) -> Trampoline
 where
     F: StarFn<Args, R>,
     Args: DeserializeOwned + 'static,
@@ -304,6 +115,8 @@ where
             "a procpool task must be a plain `fn` or a closure that captures nothing"
         );
     }
+    // As in `trampoline`.
+    let _ = f;
     run_star_job::<F, Args, R>
 }
 
@@ -320,53 +133,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::SameBuild;
+    use crate::protocol::FnRef;
 
     fn double(x: u32) -> u32 {
         x * 2
     }
 
-    fn trampoline_of<F, A, R>(_: F) -> Trampoline
-    where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
-        A: DeserializeOwned + 'static,
-        R: Serialize + 'static,
-    {
-        trampoline::<F, A, R>()
-    }
-
     #[test]
     fn round_trips_in_the_same_process() {
-        let t = trampoline_of(double);
+        let t = trampoline(double);
+        let same = SameBuild::check(crate::image::build_id()).expect("this build");
         let r = FnRef::of(t).expect("in the executable");
-        assert_eq!(r.resolve().expect("resolves") as usize, t as usize);
-    }
-
-    #[test]
-    fn refuses_addresses_outside_the_executable() {
-        assert!(FnRef(u64::MAX).resolve().is_err());
-        assert!(FnRef(0).resolve().is_err());
-    }
-
-    #[test]
-    fn has_a_build_id() {
-        assert!(!build_id().is_empty());
-    }
-
-    #[test]
-    fn parses_a_build_id_note() {
-        let mut notes = Vec::new();
-        for (name, kind, desc) in [
-            (&b"XYZ\0"[..], 1u32, &[9u8, 9][..]),
-            (&b"GNU\0"[..], 3u32, &[1u8, 2, 3, 4, 5][..]),
-        ] {
-            notes.extend_from_slice(&(name.len() as u32).to_ne_bytes());
-            notes.extend_from_slice(&(desc.len() as u32).to_ne_bytes());
-            notes.extend_from_slice(&kind.to_ne_bytes());
-            notes.extend_from_slice(name);
-            notes.extend_from_slice(desc);
-            notes.resize(notes.len().next_multiple_of(4), 0);
-        }
-        assert_eq!(find_build_id(&notes), Some(vec![1, 2, 3, 4, 5]));
-        assert_eq!(find_build_id(&notes[..20]), None);
+        assert_eq!(r.resolve(same).expect("resolves") as usize, t as usize);
     }
 }

@@ -432,7 +432,7 @@ where
             Ok(Ok(())) => {}
             Ok(Err(e)) => failure = Some(Outcome::BadResult(e)),
             Err(panic) => {
-                let panic = crate::worker::panic_from_payload(panic);
+                let panic = crate::panics::panic_from_payload(panic);
                 failure = Some(Outcome::BadResult(format!(
                     "encoding the result panicked: {}",
                     panic.message()
@@ -813,7 +813,7 @@ mod tests {
         assert_eq!(out, [42], "the buffer is left as it was");
         assert_eq!(seen, [1, 2, 3]);
 
-        crate::worker::capture_panics();
+        crate::panics::capture_panics();
         let panics = |n: u64| {
             if n == 1 {
                 Touchy::Panic

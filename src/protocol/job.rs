@@ -2,8 +2,8 @@
 //! of arguments; the last bytes of a large byte-string argument may follow from where
 //! they are, without a copy.
 
+use crate::protocol::FnRef;
 use crate::protocol::{put_varint, ToWorker};
-use crate::task_fn::FnRef;
 
 /// Why a job's frame could not be written.
 #[derive(Debug)]

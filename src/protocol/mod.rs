@@ -36,7 +36,6 @@ use serde::{Deserialize, Serialize};
 use crate::error::{RemotePanic, WorkerExit};
 use crate::sandbox::SandboxSpec;
 use crate::start::ChildOptions;
-use crate::task_fn::FnRef;
 
 /// Bumped whenever a message changes shape.
 pub(crate) const PROTOCOL_VERSION: u32 = 5;
@@ -205,6 +204,24 @@ impl Done {
         put_varint(self.ran_ns, out);
         put_varint(u64::from(self.ran_jobs), out);
         true
+    }
+}
+
+/// A task function, as the wire names it: an offset into the executable's code that
+/// every process running the same build resolves to the same trampoline (see
+/// [`crate::image`], where it is made and resolved).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FnRef(u64);
+
+impl FnRef {
+    /// The reference as it goes on the wire (see [`ToWorker::write_job`]).
+    pub(crate) fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// A reference read from the wire; `FnRef::resolve` checks it.
+    pub(crate) fn from_bits(bits: u64) -> FnRef {
+        FnRef(bits)
     }
 }
 

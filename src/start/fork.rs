@@ -43,8 +43,9 @@ const PROBE_BOUND: Duration = Duration::from_millis(250);
 pub(crate) async fn fork_worker(
     opts: ChildOptions,
     stdio: ChildStdio,
+    body: ChildBody,
 ) -> io::Result<(ChildProc, UnixStream)> {
-    crate::worker::install_panic_hook();
+    crate::panics::install_panic_hook();
     // Found before the fork: the child may not allocate. Only a `Process` child gets a
     // signal pipe of its own: it may start processes (with a runtime), while a pool's
     // worker is a daemon that may not, and holds nothing but stdio and its channel.
@@ -53,7 +54,7 @@ pub(crate) async fn fork_worker(
         crate::start::ChildKind::Worker => None,
     };
     for _ in 0..FORK_ATTEMPTS {
-        if let Some(started) = fork_once(opts, stdio.try_clone()?, signal_pipe).await? {
+        if let Some(started) = fork_once(opts, stdio.try_clone()?, signal_pipe, body).await? {
             return Ok(started);
         }
     }
@@ -68,6 +69,7 @@ async fn fork_once(
     opts: ChildOptions,
     stdio: ChildStdio,
     signal_pipe: Option<SocketId>,
+    body: ChildBody,
 ) -> io::Result<Option<(ChildProc, UnixStream)>> {
     let (ours, theirs) = crate::start::channel_pair()?;
     let (probe_read, probe_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
@@ -100,6 +102,7 @@ async fn fork_once(
                     &opts,
                     probe,
                     signal_pipe,
+                    body,
                 )
             }
             ForkResult::Parent { child } => {
@@ -198,6 +201,10 @@ fn locks_are_free() -> bool {
     passed
 }
 
+/// What a forked child runs on its channel, to its exit code: the worker's loop
+/// (`crate::worker::serve`), given by whoever forks.
+pub(crate) type ChildBody = fn(UnixStream) -> i32;
+
 /// The life of a forked worker, from the fork to `_exit`: it never returns.
 ///
 /// `fd` is its channel; `stdio` its stdin, stdout and stderr; `parent` the process
@@ -216,13 +223,14 @@ pub(crate) fn forked_worker(
     opts: &ChildOptions,
     probe: Option<RawFd>,
     signal_pipe: Option<SocketId>,
+    body: ChildBody,
 ) -> ! {
     if child_setup(fd, WORKER_FD, stdio, parent, opts).is_err() {
         // SAFETY: _exit ends the process at once; nothing of ours is left to run.
         unsafe { libc::_exit(1) };
     }
     // Named for `ps`, `top` and `pgrep` (it would show its parent's name otherwise).
-    crate::start::set_comm(opts.kind.comm());
+    crate::start::names::set_comm(opts.kind.comm());
     reset_signal_handlers();
     if let Some(probe) = probe {
         if !locks_are_free() {
@@ -252,7 +260,7 @@ pub(crate) fn forked_worker(
         &channel,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     );
-    let code = crate::worker::serve(UnixStream::from(channel));
+    let code = body(UnixStream::from(channel));
     // What its tasks started dies with it (`_exit` runs no atexit hook).
     crate::start::tree::kill_own_subtree();
     // `_exit`, not `exit`: the parent's atexit handlers and buffers are not ours to run

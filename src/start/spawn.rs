@@ -89,7 +89,7 @@ pub(crate) async fn spawn_worker(
 /// on 0, 1 and 2, and only the environment variables `env` names if it is `Some`.
 /// With `room`, a second argument of blanks follows `argv[0]`: room for the longer
 /// names that a fork server's children write over its arguments (see
-/// [`rename_argv`](crate::start::rename_argv)).
+/// [`rename_argv`](crate::start::names::rename_argv)).
 pub(crate) async fn spawn_self(
     role: &'static str,
     opts: ChildOptions,
@@ -108,7 +108,7 @@ pub(crate) async fn spawn_self(
     opts.cgroup_procs = procs.as_ref().map(AsRawFd::as_raw_fd);
     // `ps`, `top` and `pgrep` tell the children apart by this (the command name, set
     // after the exec, follows the role: see `init`).
-    let arg0 = crate::start::argv0_string(role, &opts.label);
+    let arg0 = crate::start::names::argv0_string(role, &opts.label);
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
             std::path::PathBuf::from("/proc/self/exe")

@@ -5,21 +5,21 @@
 //! the pool closes its end of the channel.
 
 mod conn;
+pub(crate) mod server;
 
-use std::any::Any;
-use std::cell::RefCell;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
-use crate::error::RemotePanic;
+use crate::image::{build_id, SameBuild};
+use crate::panics::capture_panics;
 use crate::per_process::PerProcess;
 use crate::protocol::codec::{decode_frame, decode_results};
+use crate::protocol::FnRef;
 use crate::protocol::{
     FromWorker, Hello, InitFailure, Outcome, ToWorker, MAGIC, PROTOCOL_VERSION, TIMED_RUN,
     TINY_JOB_NS,
 };
 use crate::start::spawn::{ENV_WORKER, ROLE_FORKSERVER, ROLE_PROCESS, WORKER_FD};
-use crate::task_fn::{build_id, FnRef};
 
 use self::conn::BlockingConn;
 use crate::ring::WorkerRing;
@@ -59,14 +59,14 @@ pub fn init() {
     );
     // Its command name, for `ps`, `top` and `pgrep` (the exec named it `exe`, after
     // /proc/self/exe); its argv[0] says the same at length, with the pool's name.
-    crate::start::set_comm(match role.as_str() {
-        ROLE_FORKSERVER => crate::start::COMM_FORKSERVER,
-        ROLE_PROCESS => crate::start::COMM_PROCESS,
-        _ => crate::start::COMM_WORKER,
+    crate::start::names::set_comm(match role.as_str() {
+        ROLE_FORKSERVER => crate::start::names::COMM_FORKSERVER,
+        ROLE_PROCESS => crate::start::names::COMM_PROCESS,
+        _ => crate::start::names::COMM_WORKER,
     });
     let code = match (cloexec, role.as_str()) {
         (Err(_), _) => 2,
-        (Ok(_), ROLE_FORKSERVER) => crate::start::forkserver::server_main(UnixStream::from(fd)),
+        (Ok(_), ROLE_FORKSERVER) => server::server_main(UnixStream::from(fd)),
         (Ok(_), _) => serve(UnixStream::from(fd)),
     };
     std::process::exit(code);
@@ -122,69 +122,6 @@ pub fn current_process() -> Option<ProcessInfo> {
     CURRENT.get().cloned()
 }
 
-thread_local! {
-    /// Set while a task runs on this thread: the panic hook records into it instead of
-    /// printing.
-    static CAPTURE: RefCell<Option<Option<RemotePanic>>> = const { RefCell::new(None) };
-}
-
-/// Turns a caught panic's payload into a [`RemotePanic`], using what the hook recorded.
-pub(crate) fn panic_from_payload(payload: Box<dyn Any + Send>) -> RemotePanic {
-    let recorded = CAPTURE.with(|c| c.borrow_mut().as_mut().and_then(Option::take));
-    recorded.unwrap_or_else(|| RemotePanic::new(payload_message(&*payload), None))
-}
-
-/// The text of a panic's payload.
-pub(crate) fn payload_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_string()
-    }
-}
-
-/// Panics on the task thread are recorded for the caller instead of printed; panics on
-/// other threads (ones a task started) go to the previous hook.
-///
-/// Installed once per process lineage: a `Fork` parent installs it before its first
-/// fork (it passes every panic of the parent's own threads on to the previous hook), so
-/// that a forked child never takes the hook lock, which another thread of the parent
-/// may have held at the fork.
-pub(crate) fn install_panic_hook() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(install_capturing_hook);
-}
-
-fn install_capturing_hook() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let captured = CAPTURE.with(|c| {
-            let mut slot = c.borrow_mut();
-            match slot.as_mut() {
-                Some(inner) => {
-                    let location = info
-                        .location()
-                        .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-                    *inner = Some(RemotePanic::new(payload_message(info.payload()), location));
-                    true
-                }
-                None => false,
-            }
-        });
-        if !captured {
-            previous(info);
-        }
-    }));
-}
-
-/// From now on, panics on this thread are recorded for the caller, not printed.
-pub(crate) fn capture_panics() {
-    install_panic_hook();
-    CAPTURE.with(|c| *c.borrow_mut() = Some(None));
-}
-
 /// glibc serves an allocation as large as the last one freed with a fresh `mmap`, so
 /// a worker echoing 16 MiB payloads faults in two fresh 16 MiB buffers page by page on
 /// every task. A worker is a process that runs the same kind of task again and again:
@@ -210,12 +147,12 @@ pub(crate) fn serve(stream: UnixStream) -> i32 {
     // The pool's setup may carry a large initializer argument; the pool is trusted
     // with it, and the configured limit applies from the first job on.
     let mut conn = BlockingConn::new(stream, u32::MAX as usize);
-    match handshake(&mut conn) {
-        Ok(true) => {}
-        Ok(false) => return 0,
+    let same = match handshake(&mut conn) {
+        Ok(Some(same)) => same,
+        Ok(None) => return 0,
         Err(_) => return 2,
-    }
-    match job_loop(&mut conn) {
+    };
+    match job_loop(&mut conn, same) {
         Ok(()) => 0,
         Err(_) => 2,
     }
@@ -254,8 +191,9 @@ pub(crate) fn ignore_interrupts() {
     }
 }
 
-/// Hello, Setup, initializer, Ready. `Ok(false)`: the pool went away.
-fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
+/// Hello, Setup, initializer, Ready. `Ok(None)`: the pool went away; `Some`: the
+/// proof that the pool runs this build, which running its jobs needs.
+fn handshake(conn: &mut BlockingConn) -> std::io::Result<Option<SameBuild>> {
     let pid = std::process::id();
     conn.send_message(&FromWorker::Hello(Hello {
         magic: MAGIC,
@@ -264,7 +202,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         pid,
     }))?;
     let Some((frame, mut fds)) = conn.recv_with_fds()? else {
-        return Ok(false);
+        return Ok(None);
     };
     let refuse = |conn: &mut BlockingConn, why: String| {
         conn.send_message(&FromWorker::InitFailed(InitFailure::Refused(why)))?;
@@ -290,12 +228,15 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
     else {
         return refuse(conn, "expected Setup".into());
     };
-    if protocol != PROTOCOL_VERSION || parent_build != build_id() {
-        return refuse(
-            conn,
-            "the pool runs another build or protocol version".into(),
-        );
-    }
+    let same = match SameBuild::check(&parent_build) {
+        Some(same) if protocol == PROTOCOL_VERSION => same,
+        _ => {
+            return refuse(
+                conn,
+                "the pool runs another build or protocol version".into(),
+            )
+        }
+    };
     if ring {
         let attached = fds
             .pop_front()
@@ -320,7 +261,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         crate::sandbox::keep_only_env(&keep);
     }
     if let Some(init) = initializer {
-        if let Some(failure) = run_initializer(init, payload) {
+        if let Some(failure) = run_initializer(init, payload, same) {
             conn.send_message(&FromWorker::InitFailed(failure))?;
             return Err(std::io::Error::other("initializer failed"));
         }
@@ -332,11 +273,11 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<bool> {
         }
     }
     conn.send_message(&FromWorker::Ready)?;
-    Ok(true)
+    Ok(Some(same))
 }
 
-pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure> {
-    let trampoline = match init.resolve() {
+pub(crate) fn run_initializer(init: FnRef, payload: &[u8], same: SameBuild) -> Option<InitFailure> {
+    let trampoline = match init.resolve(same) {
         Ok(t) => t,
         Err(e) => return Some(InitFailure::Refused(e)),
     };
@@ -354,7 +295,7 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8]) -> Option<InitFailure
     }
 }
 
-fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
+fn job_loop(conn: &mut BlockingConn, same: SameBuild) -> std::io::Result<()> {
     let mut out = Vec::new();
     let mut clock = Clock::new();
     // Whether the next frame is whole in the buffer, as last seen.
@@ -388,7 +329,7 @@ fn job_loop(conn: &mut BlockingConn) -> std::io::Result<()> {
         // Results are often about as large as the arguments (an echo, a transform):
         // reserve once rather than grow by doubling and copying.
         out.reserve(payload.len());
-        let outcome = match func.resolve() {
+        let outcome = match func.resolve(same) {
             Err(e) => Outcome::Unresolvable(e),
             Ok(trampoline) => trampoline(payload, &mut out),
         };
