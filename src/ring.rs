@@ -140,8 +140,8 @@ impl Mapping {
     /// Copies `out.len()` bytes of records from running position `at`.
     ///
     /// # Safety
-    /// The protocol must give the caller those bytes: published by `write` and not yet
-    /// released by `read`.
+    /// `out.len()` is at most [`CAPACITY`], and the protocol gives the caller those
+    /// bytes: published by `write` and not yet released by `read`.
     unsafe fn copy_out(&self, at: u64, out: &mut [u8]) {
         let pos = (at % CAPACITY as u64) as usize;
         let first = out.len().min(CAPACITY - pos);
@@ -161,8 +161,8 @@ impl Mapping {
     /// Copies `bytes` to running position `at`.
     ///
     /// # Safety
-    /// The protocol must give the caller that room: consumed by `read`, not yet
-    /// published by `write`.
+    /// `bytes.len()` is at most [`CAPACITY`], and the protocol gives the caller that
+    /// room: consumed by `read`, not yet published by `write`.
     unsafe fn copy_in(&self, at: u64, bytes: &[u8]) {
         let pos = (at % CAPACITY as u64) as usize;
         let first = bytes.len().min(CAPACITY - pos);

@@ -389,6 +389,11 @@ impl Clock {
 
 /// Enters the worker loop (or the fork server's) before `main`, and so before any
 /// runtime or thread of the program exists.
+///
+/// # Safety
+///
+/// Only the C runtime calls it, once, before `main` (the `ctor` attribute requires an
+/// `unsafe fn`); it calls nothing that needs `main`'s state.
 #[ctor::ctor]
 unsafe fn enter_before_main() {
     init();
