@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::future::IntoFuture;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -13,14 +12,7 @@ use std::time::Duration;
 
 use procpool::{OutputLine, OutputStream, Process, WorkerOutput, MAX_LINE};
 
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl IntoFuture<Output = T>) -> T {
-    match tokio::time::timeout(BOUND, fut.into_future()).await {
-        Ok(out) => out,
-        Err(_) => panic!("no answer within {BOUND:?}: {what}"),
-    }
-}
+use support::{within, BOUND};
 
 fn getfl(fd: i32) -> i32 {
     // SAFETY: fcntl with integer arguments.

@@ -5,12 +5,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::HashSet;
 
 use procpool::{TaskError, WorkerExit};
-use supervisor_common::*;
+use support::*;
 
 const MIB: u64 = 1 << 20;
 
