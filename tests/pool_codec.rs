@@ -570,7 +570,18 @@ async fn a_result_that_cannot_be_encoded_fails_only_its_task() {
 
 #[tokio::test]
 async fn printing_from_a_task_does_not_disturb_the_protocol() {
-    let pool = support::pool(2).await;
+    // The workers' output is captured into memory, out of the test run's output.
+    let (lines, captured) = support::collector();
+    let pool = within(
+        "build",
+        support::builder()
+            .processes(2)
+            .stdout(captured.clone())
+            .stderr(captured)
+            .build(),
+    )
+    .await
+    .expect("pool builds");
     let got = within("map", pool.map(chatty, 0..6u32).chunk_size(1))
         .await
         .unwrap();
@@ -579,5 +590,23 @@ async fn printing_from_a_task_does_not_disturb_the_protocol() {
     let pids = support::worker_pids(&pool);
     assert!(pids.contains(&within("pid", pool.apply(whoami, ())).await.unwrap()));
     assert_eq!(pool.stats().workers_crashed, 0);
+    // What the tasks printed came through the pipes, each on its stream. (Not under
+    // `Fork`: a forked worker is a copy of a test thread, whose `println!` the test
+    // harness captures in memory.)
+    if support::start_method() != procpool::StartMethod::Fork {
+        for x in [0, 5, 100] {
+            for (stream, name) in [
+                (procpool::OutputStream::Stdout, "stdout"),
+                (procpool::OutputStream::Stderr, "stderr"),
+            ] {
+                let want = format!("procpool test: task {x} prints to {name}");
+                assert!(
+                    support::arrives(&lines, |l| l.1 == stream && l.2 == want).await,
+                    "{want}: {}",
+                    support::shown(&lines)
+                );
+            }
+        }
+    }
     pool.terminate().await;
 }

@@ -6,6 +6,7 @@
 //!   workers are gone;
 //! - [`procs`]: processes as /proc shows them (state, parent, descendants, zombies);
 //! - [`files`]: temporary marker files and directories that tasks and tests share;
+//! - [`output`]: workers' output captured in memory (and so kept out of the run's);
 //! - [`tasks`]: task functions that run in workers.
 //!
 //! Everything is re-exported here, so `support::is_gone` and `support::within` work.
@@ -13,11 +14,13 @@
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
 pub mod files;
+pub mod output;
 pub mod procs;
 pub mod tasks;
 pub mod waits;
 
 pub use files::*;
+pub use output::*;
 pub use procs::*;
 pub use tasks::*;
 pub use waits::*;
