@@ -7,8 +7,6 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
@@ -17,7 +15,7 @@ use procpool::{Payload, TaskError};
 use serde::de::Deserializer;
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
-use supervisor_common::*;
+use support::*;
 
 /// A value whose `Serialize` always fails.
 #[derive(Debug)]

@@ -17,8 +17,6 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod core_util;
-
 use std::collections::HashSet;
 use std::future::IntoFuture;
 use std::time::Duration;
@@ -28,7 +26,7 @@ use futures::StreamExt;
 use procpool::{Payload, Pool, Process, TaskError};
 use serde_bytes::ByteBuf;
 
-use core_util::{assert_all_gone, bounded, wait_until};
+use support::{assert_all_gone, wait_until, within};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -102,14 +100,14 @@ impl Seen {
     /// Terminates the pool and checks that every process noted is gone and reaped.
     async fn finish(mut self, pool: Pool) {
         self.note(&pool);
-        bounded("terminate", pool.terminate()).await;
+        within("terminate", pool.terminate()).await;
         let pids: Vec<u32> = self.0.into_iter().collect();
         assert_all_gone(&pids).await;
     }
 }
 
 async fn pool_of(n: usize) -> Pool {
-    bounded("build", support::builder().processes(n).build())
+    within("build", support::builder().processes(n).build())
         .await
         .expect("pool builds")
 }
@@ -340,7 +338,7 @@ async fn a_16_mib_echo_comes_back_in_its_arguments_buffer() {
         let arg = pattern(16 * MIB, seed);
         let want = arg.clone();
         let (at, cap) = (addr(&arg), arg.capacity());
-        let got = bounded("echo", pool.apply(echo_vec, arg))
+        let got = within("echo", pool.apply(echo_vec, arg))
             .await
             .expect("echo");
         assert_same(&got, &want, "16 MiB echo");
@@ -355,7 +353,7 @@ async fn a_16_mib_echo_comes_back_in_its_arguments_buffer() {
     let arg = resize_arg(16 * MIB, 16 * MIB, 16 * MIB, 4);
     let want = resized(&arg);
     let at = addr(&arg);
-    let got = bounded("to Bytes", pool.apply(resize_to_bytes, arg))
+    let got = within("to Bytes", pool.apply(resize_to_bytes, arg))
         .await
         .expect("to Bytes");
     assert_same(&got, &want, "16 MiB Vec to Bytes");
@@ -402,13 +400,13 @@ async fn a_transform_reuses_its_argument_only_when_the_capacity_fits() {
                 if as_bytes { "Bytes" } else { "Vec<u8>" }
             );
             let (got_at, got_cap) = if as_bytes {
-                let got = bounded(&what, pool.apply(resize_to_bytes, arg))
+                let got = within(&what, pool.apply(resize_to_bytes, arg))
                     .await
                     .expect("task");
                 assert_same(&got, &want, &what);
                 (addr(&got), None)
             } else {
-                let got = bounded(&what, pool.apply(resize, arg)).await.expect("task");
+                let got = within(&what, pool.apply(resize, arg)).await.expect("task");
                 assert_same(&got, &want, &what);
                 (addr(&got), Some(got.capacity()))
             };
@@ -455,22 +453,22 @@ async fn byte_strings_around_the_thresholds_come_back_intact() {
     }
     for &n in &sizes {
         let want = pattern(n, n);
-        let made = bounded("make_bytes", pool.apply(make_bytes, n))
+        let made = within("make_bytes", pool.apply(make_bytes, n))
             .await
             .expect("make_bytes");
         assert_same(&made, &want, &format!("make_bytes({n})"));
-        let made = bounded("make_vec", pool.apply(make_vec, n))
+        let made = within("make_vec", pool.apply(make_vec, n))
             .await
             .expect("make_vec");
         assert_same(&made, &want, &format!("make_vec({n})"));
-        let echoed = bounded(
+        let echoed = within(
             "echo_bytes",
             pool.apply(echo_bytes, Bytes::from(want.clone())),
         )
         .await
         .expect("echo_bytes");
         assert_same(&echoed, &want, &format!("echo_bytes({n})"));
-        let echoed = bounded("echo_vec", pool.apply(echo_vec, want.clone()))
+        let echoed = within("echo_vec", pool.apply(echo_vec, want.clone()))
             .await
             .expect("echo_vec");
         assert_same(&echoed, &want, &format!("echo_vec({n})"));
@@ -484,7 +482,7 @@ async fn byte_strings_around_the_thresholds_come_back_intact() {
         .iter()
         .map(|&n| pool.apply(echo_vec, pattern(n, n)).into_future())
         .collect();
-    let (made, echoed) = bounded(
+    let (made, echoed) = within(
         "all at once",
         futures::future::join(
             futures::future::join_all(made),
@@ -528,7 +526,7 @@ async fn map_and_imap_with_small_and_large_results_alternating() {
         .collect();
     let wants: Vec<Vec<u8>> = specs.iter().map(|&(n, s)| pattern(n, s)).collect();
 
-    let got = bounded("map", pool.map(sized, specs.clone()).chunk_size(1))
+    let got = within("map", pool.map(sized, specs.clone()).chunk_size(1))
         .await
         .expect("map");
     assert_eq!(got.len(), wants.len());
@@ -544,13 +542,13 @@ async fn map_and_imap_with_small_and_large_results_alternating() {
         } else {
             map
         };
-        let got = bounded("map in chunks", map).await.expect("map in chunks");
+        let got = within("map in chunks", map).await.expect("map in chunks");
         for (i, (g, w)) in got.iter().zip(&wants).enumerate() {
             assert_same(g, w, &format!("map, chunk size {chunk}, item {i}"));
         }
     }
 
-    let got: Vec<_> = bounded(
+    let got: Vec<_> = within(
         "imap",
         pool.imap(sized, specs.clone())
             .chunk_size(1)
@@ -563,7 +561,7 @@ async fn map_and_imap_with_small_and_large_results_alternating() {
         assert_same(&g.expect("imap item"), w, &format!("imap, item {i}"));
     }
 
-    let got: Vec<_> = bounded(
+    let got: Vec<_> = within(
         "imap_unordered",
         pool.imap_unordered(sized, specs.clone())
             .chunk_size(1)
@@ -589,7 +587,7 @@ async fn map_and_imap_with_small_and_large_results_alternating() {
 
     // A stream as the input, with large byte arguments too.
     let args = futures::stream::iter(wants.clone());
-    let got: Vec<_> = bounded(
+    let got: Vec<_> = within(
         "imap of echoes",
         pool.imap(echo_vec, args).chunk_size(1).collect::<Vec<_>>(),
     )
@@ -610,7 +608,7 @@ async fn large_results_of_other_types_decode_right() {
     let n = 2 * MIB + 3;
 
     let want = make_string(n);
-    let got = bounded("String", pool.apply(make_string, n))
+    let got = within("String", pool.apply(make_string, n))
         .await
         .expect("String");
     assert!(
@@ -618,7 +616,7 @@ async fn large_results_of_other_types_decode_right() {
         "a {} byte String came back altered",
         want.len()
     );
-    let got = bounded("String echo", pool.apply(echo_string, want.clone()))
+    let got = within("String echo", pool.apply(echo_string, want.clone()))
         .await
         .expect("String echo");
     assert!(
@@ -628,7 +626,7 @@ async fn large_results_of_other_types_decode_right() {
     );
 
     let want = make_u16s(n / 2);
-    let got = bounded("Vec<u16>", pool.apply(make_u16s, n / 2))
+    let got = within("Vec<u16>", pool.apply(make_u16s, n / 2))
         .await
         .expect("Vec<u16>");
     assert!(
@@ -636,7 +634,7 @@ async fn large_results_of_other_types_decode_right() {
         "a Vec<u16> of {} came back altered",
         want.len()
     );
-    let got = bounded("Vec<u16> echo", pool.apply(echo_u16s, want.clone()))
+    let got = within("Vec<u16> echo", pool.apply(echo_u16s, want.clone()))
         .await
         .expect("Vec<u16> echo");
     assert!(
@@ -645,31 +643,31 @@ async fn large_results_of_other_types_decode_right() {
         want.len()
     );
 
-    let got = bounded("ByteBuf", pool.apply(make_byte_buf, n))
+    let got = within("ByteBuf", pool.apply(make_byte_buf, n))
         .await
         .expect("ByteBuf");
     assert_same(&got, &pattern(n, 5), "ByteBuf");
-    let got = bounded("Option", pool.apply(make_option, n))
+    let got = within("Option", pool.apply(make_option, n))
         .await
         .expect("Option");
     assert_same(&got.expect("Some"), &pattern(n, 6), "Option<Vec<u8>>");
-    let (len, got) = bounded("pair", pool.apply(make_pair, n))
+    let (len, got) = within("pair", pool.apply(make_pair, n))
         .await
         .expect("pair");
     assert_eq!(len as usize, n);
     assert_same(&got, &pattern(n, 7), "(u32, Vec<u8>)");
-    let got = bounded("Result", pool.apply(make_result, n))
+    let got = within("Result", pool.apply(make_result, n))
         .await
         .expect("Result");
     assert_same(&got.expect("Ok"), &pattern(n, 8), "Result<Vec<u8>, String>");
-    let got = bounded("nested", pool.apply(make_nested, n))
+    let got = within("nested", pool.apply(make_nested, n))
         .await
         .expect("nested");
     assert_eq!(got.len(), 1);
     assert_same(&got[0], &pattern(n, 9), "Vec<Vec<u8>>");
 
     // And a byte string after them, on the same channel.
-    let got = bounded("after", pool.apply(make_vec, n))
+    let got = within("after", pool.apply(make_vec, n))
         .await
         .expect("after");
     assert_same(&got, &pattern(n, n), "make_vec after the others");
@@ -689,14 +687,14 @@ async fn a_panic_next_to_large_results_fails_only_its_task() {
         let arg = pattern(4 * MIB, round);
         let want = arg.clone();
         let at = addr(&arg);
-        let got = bounded("echo", pool.apply(echo_vec, arg))
+        let got = within("echo", pool.apply(echo_vec, arg))
             .await
             .expect("echo");
         assert_same(&got, &want, "echo before the panic");
         assert_eq!(addr(&got), at, "round {round}: echo before the panic");
 
         // A panic holding a large argument (lent to the pool to read into).
-        let err = bounded("panic", pool.apply(panic_holding, pattern(4 * MIB, 1)))
+        let err = within("panic", pool.apply(panic_holding, pattern(4 * MIB, 1)))
             .await
             .expect_err("the task panics");
         match &err {
@@ -707,7 +705,7 @@ async fn a_panic_next_to_large_results_fails_only_its_task() {
             other => panic!("expected Panicked, got {other:?}"),
         }
         // A panic after a large result was made.
-        let err = bounded("panic", pool.apply(sized_or_panic, (4 * MIB, 13)))
+        let err = within("panic", pool.apply(sized_or_panic, (4 * MIB, 13)))
             .await
             .expect_err("the task panics");
         assert!(err.is_panic(), "{err:?}");
@@ -715,7 +713,7 @@ async fn a_panic_next_to_large_results_fails_only_its_task() {
         let arg = pattern(4 * MIB, 2 + round);
         let want = arg.clone();
         let at = addr(&arg);
-        let got = bounded("echo", pool.apply(echo_vec, arg))
+        let got = within("echo", pool.apply(echo_vec, arg))
             .await
             .expect("echo");
         assert_same(&got, &want, "echo after the panic");
@@ -726,7 +724,7 @@ async fn a_panic_next_to_large_results_fails_only_its_task() {
     // fails.
     let specs: Vec<(usize, usize)> = (0..12).map(|i| ((i % 3) * MIB + 70 * KIB, i + 8)).collect();
     for chunk in [1, 4] {
-        let got: Vec<_> = bounded(
+        let got: Vec<_> = within(
             "imap",
             pool.imap(sized_or_panic, specs.clone())
                 .chunk_size(chunk)
@@ -771,7 +769,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
         let arg = pattern(8 * MIB, seed);
         let want = arg.clone();
         let at = addr(&arg);
-        let got = bounded(what, pool.apply(echo_vec, arg)).await.expect(what);
+        let got = within(what, pool.apply(echo_vec, arg)).await.expect(what);
         assert_same(&got, &want, what);
         assert_eq!(
             addr(&got),
@@ -786,7 +784,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
     let mut doomed = pattern(8 * MIB, 1);
     doomed[0] = 0xAB;
     let pid = support::worker_pids(&pool)[0];
-    let err = bounded("abort", pool.apply(echo_or_abort, doomed))
+    let err = within("abort", pool.apply(echo_or_abort, doomed))
         .await
         .expect_err("the worker aborts");
     assert!(
@@ -806,7 +804,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
         }
         handles.push(pool.apply_async(echo_or_abort, arg));
     }
-    let results = bounded("pipelined", futures::future::join_all(handles)).await;
+    let results = within("pipelined", futures::future::join_all(handles)).await;
     for (i, (r, want)) in results.into_iter().zip(&args).enumerate() {
         if i == 2 {
             assert!(matches!(r, Err(TaskError::WorkerDied { .. })), "{r:?}");
@@ -830,7 +828,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
         let pid = support::worker_pids(&pool)[0];
         let arg = pattern(8 * MIB, 20 + round);
         let want = arg.clone();
-        match bounded(
+        match within(
             "abort mid-reply",
             pool.apply(echo_then_abort_mid_reply, arg),
         )
@@ -846,7 +844,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
         // Wait for the dead worker to be gone and replaced.
         let p = pool.clone();
         assert!(
-            wait_until(core_util::BOUND, move || {
+            wait_until(support::BOUND, move || {
                 let now = support::worker_pids(&p);
                 support::is_gone(pid) && now.len() == 1 && !now.contains(&pid)
             })
@@ -863,7 +861,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
     );
 
     // Killed at its timeout, holding the argument.
-    let err = bounded(
+    let err = within(
         "timeout",
         pool.apply(sleepy_echo, pattern(8 * MIB, 4))
             .timeout(Duration::from_millis(100)),
@@ -893,7 +891,7 @@ async fn concurrent_large_echoes_each_get_their_own_bytes() {
         .into_iter()
         .map(|a| pool.apply(echo_vec, a).into_future())
         .collect();
-    let got = bounded("concurrent echoes", futures::future::join_all(tasks)).await;
+    let got = within("concurrent echoes", futures::future::join_all(tasks)).await;
     for (i, ((g, w), at)) in got.into_iter().zip(&wants).zip(ats).enumerate() {
         let g = g.expect("echo");
         assert_same(&g, w, &format!("concurrent echo {i}"));
@@ -917,7 +915,7 @@ async fn concurrent_large_echoes_each_get_their_own_bytes() {
         small.push(pool.apply_async(plus_one, i as u64));
     }
     for (i, (want, at, h)) in transforms.into_iter().enumerate() {
-        let got = bounded("transform", h).await.expect("transform");
+        let got = within("transform", h).await.expect("transform");
         assert_same(&got, &want, &format!("concurrent transform {i}"));
         assert_eq!(
             addr(&got),
@@ -926,7 +924,7 @@ async fn concurrent_large_echoes_each_get_their_own_bytes() {
         );
     }
     for (i, (want, h)) in echoes.into_iter().enumerate() {
-        let got = bounded("echo", h).await.expect("echo");
+        let got = within("echo", h).await.expect("echo");
         assert_same(
             &got,
             &want,
@@ -934,7 +932,7 @@ async fn concurrent_large_echoes_each_get_their_own_bytes() {
         );
     }
     for (i, h) in small.into_iter().enumerate() {
-        assert_eq!(bounded("small", h).await, Ok(i as u64 + 1));
+        assert_eq!(within("small", h).await, Ok(i as u64 + 1));
     }
     assert_eq!(pool.stats().workers_crashed, 0);
     seen.finish(pool).await;
@@ -951,7 +949,7 @@ async fn replies_piled_up_behind_a_large_one_come_back_whole() {
     let seen = Seen::of(&pool);
     // Quick tasks first: the pool then sends this worker many jobs ahead.
     for x in 0..20 {
-        assert_eq!(bounded("tiny", pool.apply(plus_one, x)).await, Ok(x + 1));
+        assert_eq!(within("tiny", pool.apply(plus_one, x)).await, Ok(x + 1));
     }
     let mut transforms = Vec::new();
     let mut made = Vec::new();
@@ -967,18 +965,18 @@ async fn replies_piled_up_behind_a_large_one_come_back_whole() {
         }
     }
     for (i, (want, at, handle)) in transforms.into_iter().enumerate() {
-        let got = bounded("transform", handle).await.expect("transform");
+        let got = within("transform", handle).await.expect("transform");
         assert_same(&got, &want, &format!("transform {i}"));
         assert_eq!(addr(&got), at, "transform {i}: not its argument's buffer");
         // Blocks this runtime's only thread, the driver's too, while the worker goes on.
         std::thread::sleep(Duration::from_millis(1));
     }
     for (i, (want, handle)) in made.into_iter().enumerate() {
-        let got = bounded("make_vec", handle).await.expect("make_vec");
+        let got = within("make_vec", handle).await.expect("make_vec");
         assert_same(&got, &want, &format!("make_vec {i}"));
     }
     for (i, handle) in small.into_iter().enumerate() {
-        assert_eq!(bounded("small", handle).await, Ok(4 * i as u64 + 1));
+        assert_eq!(within("small", handle).await, Ok(4 * i as u64 + 1));
     }
     assert_eq!(pool.stats().workers_crashed, 0);
     seen.finish(pool).await;
@@ -989,7 +987,7 @@ async fn replies_piled_up_behind_a_large_one_come_back_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_result_over_the_frame_limit_fails_only_its_task() {
     let limit = MIB;
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder().processes(1).max_frame_len(limit).build(),
     )
@@ -1010,17 +1008,17 @@ async fn a_large_result_over_the_frame_limit_fails_only_its_task() {
         other => panic!("expected TooLarge {{ Result }}, got {other:?}"),
     };
     for round in 0..2 {
-        let err = bounded("too large", pool.apply(make_vec, 2 * MIB))
+        let err = within("too large", pool.apply(make_vec, 2 * MIB))
             .await
             .expect_err("over the limit");
         check(err, 2 * MIB);
-        let err = bounded("too large", pool.apply(make_bytes, limit + 1))
+        let err = within("too large", pool.apply(make_bytes, limit + 1))
             .await
             .expect_err("over the limit");
         check(err, limit + 1);
         // An argument under the limit, a result over it.
         let arg = resize_arg(900 * KIB, 900 * KIB, 3 * MIB / 2, round);
-        let err = bounded("grown", pool.apply(resize, arg))
+        let err = within("grown", pool.apply(resize, arg))
             .await
             .expect_err("over the limit");
         check(err, 3 * MIB / 2);
@@ -1029,7 +1027,7 @@ async fn a_large_result_over_the_frame_limit_fails_only_its_task() {
         let arg = pattern(900 * KIB, round);
         let want = arg.clone();
         let at = addr(&arg);
-        let got = bounded("under", pool.apply(echo_vec, arg))
+        let got = within("under", pool.apply(echo_vec, arg))
             .await
             .expect("under");
         assert_same(&got, &want, "an echo under the limit");
@@ -1038,7 +1036,7 @@ async fn a_large_result_over_the_frame_limit_fails_only_its_task() {
             at,
             "an echo under the limit: not the argument's buffer"
         );
-        let got = bounded("under", pool.apply(make_bytes, 900 * KIB))
+        let got = within("under", pool.apply(make_bytes, 900 * KIB))
             .await
             .expect("under");
         assert_same(
@@ -1064,7 +1062,7 @@ async fn a_large_result_over_the_frame_limit_fails_only_its_task() {
 /// socket all the same.
 #[tokio::test(flavor = "current_thread")]
 async fn large_results_between_tiny_tasks_on_the_direct_path() {
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder()
             .processes(1)
@@ -1076,10 +1074,10 @@ async fn large_results_between_tiny_tasks_on_the_direct_path() {
     let seen = Seen::of(&pool);
     for round in 0..20u64 {
         for x in 0..10 {
-            assert_eq!(bounded("tiny", pool.apply(plus_one, x)).await, Ok(x + 1));
+            assert_eq!(within("tiny", pool.apply(plus_one, x)).await, Ok(x + 1));
         }
         let n = [SPLIT_MIN, SPLIT_MIN + 1, 300 * KIB, 2 * MIB][round as usize % 4] + round as usize;
-        let got = bounded("large", pool.apply(zeros_marked, n))
+        let got = within("large", pool.apply(zeros_marked, n))
             .await
             .expect("large");
         assert!(
@@ -1095,7 +1093,7 @@ async fn large_results_between_tiny_tasks_on_the_direct_path() {
 /// every echo arrives whole, in its argument's buffer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_echoes_across_recycled_workers() {
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder()
             .processes(1)
@@ -1113,7 +1111,7 @@ async fn large_echoes_across_recycled_workers() {
         .map(|a| pool.apply_async(echo_vec, a))
         .collect();
     for (i, ((h, want), at)) in handles.into_iter().zip(&wants).zip(ats).enumerate() {
-        let got = bounded("echo", h).await.expect("echo");
+        let got = within("echo", h).await.expect("echo");
         assert_same(&got, want, &format!("echo {i} across recycling"));
         assert_eq!(addr(&got), at, "echo {i}: not its argument's buffer");
         seen.note(&pool);
@@ -1135,31 +1133,31 @@ async fn a_process_returns_large_byte_strings_intact() {
             .daemon(true)
             .name(what)
     };
-    let child = bounded("start", start("vec").start(make_vec, n))
+    let child = within("start", start("vec").start(make_vec, n))
         .await
         .expect("start");
     let pid = child.pid();
-    let got = bounded("join", child.join()).await.expect("Vec<u8>");
+    let got = within("join", child.join()).await.expect("Vec<u8>");
     assert_same(&got, &pattern(n, n), "a Process's Vec<u8>");
     assert_all_gone(&[pid]).await;
 
     let arg = pattern(n, 3);
-    let child = bounded(
+    let child = within(
         "start",
         start("echo").start(echo_bytes, Bytes::from(arg.clone())),
     )
     .await
     .expect("start");
     let pid = child.pid();
-    let got = bounded("join", child.join()).await.expect("Bytes");
+    let got = within("join", child.join()).await.expect("Bytes");
     assert_same(&got, &arg, "a Process's Bytes echo");
     assert_all_gone(&[pid]).await;
 
-    let child = bounded("start", start("string").start(make_string, n))
+    let child = within("start", start("string").start(make_string, n))
         .await
         .expect("start");
     let pid = child.pid();
-    let got = bounded("join", child.join()).await.expect("String");
+    let got = within("join", child.join()).await.expect("String");
     assert!(
         got == make_string(n),
         "a Process's String came back altered"

@@ -6,12 +6,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::time::Duration;
 
 use procpool::{Pool, TaskError};
-use supervisor_common::*;
+use support::*;
 
 /// A pool of one whose worker is busy with a task that waits for `go`.
 async fn busy_pool(scratch: &Scratch) -> (Pool, procpool::TaskHandle<u32>) {
@@ -48,7 +46,7 @@ async fn dropping_a_queued_task_removes_it() {
     let c = pool.apply_async(touch, scratch.path("c"));
     let d = pool.apply_async(touch, scratch.path("d"));
     let p = pool.clone();
-    assert!(eventually(BOUND, move || p.stats().queued == 3).await);
+    assert!(wait_until(BOUND, move || p.stats().queued == 3).await);
     drop(c);
     scratch.touch("go");
     within("busy", busy).await.expect("busy task ends");
@@ -210,7 +208,7 @@ async fn dropping_a_task_behind_a_long_one_removes_it() {
     let b = pool.apply_async(touch, scratch.path("b"));
     let p = pool.clone();
     // `b` waits in the queue, not behind the running task in the worker.
-    assert!(eventually(BOUND, move || p.stats().queued == 1).await);
+    assert!(wait_until(BOUND, move || p.stats().queued == 1).await);
     drop(b);
     scratch.touch("go");
     within("busy", busy).await.expect("busy task ends");
@@ -234,7 +232,7 @@ async fn abort_of_a_task_behind_a_long_one_resolves_at_once() {
     let worker = support::worker_pids(&pool)[0];
     let b = pool.apply_async(touch, scratch.path("b"));
     let p = pool.clone();
-    assert!(eventually(BOUND, move || p.stats().queued == 1).await);
+    assert!(wait_until(BOUND, move || p.stats().queued == 1).await);
     b.abort();
     let resolved = tokio::time::timeout(Duration::from_secs(10), b).await;
     scratch.touch("go");

@@ -14,20 +14,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::path::Path;
-use std::time::Duration;
 
 use procpool::TaskError;
-use supervisor_common::{start_descendants, within};
-
-/// How long a killed tree (and its leaf) may take to be gone.
-const GONE_BOUND: Duration = Duration::from_secs(10);
-
-fn abort_now(_: ()) -> u32 {
-    std::process::abort()
-}
+use support::{abort, start_descendants, wait_until, within, GONE_WITHIN};
 
 /// The last component of the cgroup v2 path of `pid` (the `0::` line).
 fn leaf_of(pid: u32) -> Option<String> {
@@ -55,12 +45,6 @@ fn dead(pid: u32) -> bool {
         unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
     }
     !support::is_running(pid)
-}
-
-async fn eventually(cond: impl FnMut() -> bool + Send + 'static) -> bool {
-    tokio::task::spawn_blocking(move || support::eventually(GONE_BOUND, cond))
-        .await
-        .expect("poller")
 }
 
 fn whoami(_: ()) -> String {
@@ -120,12 +104,12 @@ async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
         assert_eq!(leaf_of(pid).as_deref(), Some(leaf.as_str()), "pid {pid}");
     }
 
-    let err = within("crash", pool.apply(abort_now, ()))
+    let err = within("crash", pool.apply(abort, ()))
         .await
         .expect_err("the worker crashes");
     assert!(matches!(err, TaskError::WorkerDied { .. }), "{err:?}");
     assert!(
-        eventually(move || dead(child) && dead(daemon)).await,
+        wait_until(GONE_WITHIN, move || dead(child) && dead(daemon)).await,
         "a crash left descendants running: {:?}",
         [
             (child, support::proc_state(child)),
@@ -134,7 +118,7 @@ async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
     );
     let (dir, gone_leaf) = (base.clone(), leaf.clone());
     assert!(
-        eventually(move || !dir.join(&gone_leaf).exists()).await,
+        wait_until(GONE_WITHIN, move || !dir.join(&gone_leaf).exists()).await,
         "the crashed worker's leaf {leaf} was not removed"
     );
 
@@ -182,10 +166,10 @@ async fn every_child_runs_in_a_leaf_that_takes_its_escaped_daemon_and_goes() {
 
     within("terminate", pool.terminate()).await;
     assert!(
-        eventually(move || replacement.iter().all(|&p| dead(p))).await,
+        wait_until(GONE_WITHIN, move || replacement.iter().all(|&p| dead(p))).await,
         "terminate left descendants running"
     );
     let dir = base.clone();
-    let left = eventually(move || our_leaves(&dir).is_empty()).await;
+    let left = wait_until(GONE_WITHIN, move || our_leaves(&dir).is_empty()).await;
     assert!(left, "leaves left after terminate: {:?}", our_leaves(&base));
 }

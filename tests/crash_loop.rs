@@ -7,13 +7,11 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::path::Path;
 use std::time::Duration;
 
 use procpool::TaskError;
-use supervisor_common::*;
+use support::*;
 
 /// Records its pid in `dir`, then panics.
 fn record_and_panic(dir: String) {
@@ -78,10 +76,6 @@ fn panic_if_poisoned((dir, poison): (String, String)) {
     }
 }
 
-fn exit_now(code: i32) -> u32 {
-    std::process::exit(code)
-}
-
 /// After a crash, the replacement's initializer panics again and again: callers get
 /// `WorkerStart` with the reason instead of waiting, the supervisor backs off instead
 /// of spinning, and once start-up works again the pool serves.
@@ -101,7 +95,7 @@ async fn failing_replacements_back_off_and_fail_callers() {
     let first = support::worker_pids(&pool)[0];
 
     scratch.touch("poison");
-    let err = within("crash", pool.apply(exit_now, 4))
+    let err = within("crash", pool.apply(exit_with, 4))
         .await
         .expect_err("exit fails the task");
     assert_eq!(err.pid(), Some(first));

@@ -9,8 +9,6 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::future::IntoFuture;
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use procpool::{Apply, Pool, TaskError, WorkerExit};
 use serde::de::DeserializeOwned;
-use supervisor_common::*;
+use support::*;
 
 /// A spin long enough that a tiny task's reply comes within it even on a noisy machine.
 const SPIN: Duration = Duration::from_micros(200);
@@ -192,9 +190,12 @@ async fn timeout_after_handover() {
 
     let after = Duration::from_millis(100);
     let started = Instant::now();
-    let err = within("the stuck task", pool.apply(sleep_ms, 5_000).timeout(after))
-        .await
-        .expect_err("a task of 5 s with a timeout of 100 ms must time out");
+    let err = within(
+        "the stuck task",
+        pool.apply(pid_after_sleep, 5_000).timeout(after),
+    )
+    .await
+    .expect_err("a task of 5 s with a timeout of 100 ms must time out");
     let took = started.elapsed();
     assert_eq!(err, TaskError::TimedOut { pid: first, after });
     assert!(
@@ -263,7 +264,7 @@ async fn pool_task_timeout_after_handover() {
     .expect("pool builds");
     let (first, _) = warm_up(&pool, 200).await;
     let started = Instant::now();
-    let err = within("the stuck task", pool.apply(sleep_ms, 5_000))
+    let err = within("the stuck task", pool.apply(pid_after_sleep, 5_000))
         .await
         .expect_err("the pool's timeout applies");
     let took = started.elapsed();
@@ -551,7 +552,7 @@ async fn recycling_stays_exact(spin: Option<Duration>, max: usize, calls: usize)
     let retired = (calls / max) as u64 - u64::from(calls % max == 0);
     let p = pool.clone();
     assert!(
-        eventually(BOUND, move || p.stats().workers_recycled == retired).await,
+        wait_until(BOUND, move || p.stats().workers_recycled == retired).await,
         "{:?}",
         pool.stats()
     );
@@ -699,7 +700,7 @@ async fn a_dropped_handed_over_call_does_not_confuse_the_next() {
     let p = pool.clone();
     let expected = warm + 1 + 200;
     assert!(
-        eventually(BOUND, move || p.stats().completed == expected).await,
+        wait_until(BOUND, move || p.stats().completed == expected).await,
         "{:?}",
         pool.stats()
     );

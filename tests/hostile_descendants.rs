@@ -22,17 +22,11 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use procpool::{StartMethod, TaskError};
-use supervisor_common::{start_descendants, within, Scratch};
-
-/// How long a killed tree may take to be gone: the tree kill's own bound (1 s, plus the
-/// stop) and the reap bound (5 s), with room for a loaded machine.
-const GONE_BOUND: Duration = Duration::from_secs(10);
+use support::{abort, exit_with, start_descendants, within, Scratch, GONE_WITHIN};
 
 // ---------------------------------------------------------------------------------
 // Tasks. They run in worker processes.
@@ -115,14 +109,6 @@ fn exit_later(_: ()) -> u32 {
     std::process::id()
 }
 
-fn exit_now(code: i32) -> u32 {
-    std::process::exit(code)
-}
-
-fn abort_now(_: ()) -> u32 {
-    std::process::abort()
-}
-
 // ---------------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------------
@@ -199,14 +185,14 @@ impl Drop for Guard {
                 );
             }
             let pid = *pid;
-            support::eventually(GONE_BOUND, || Guard::dead(pid));
+            support::eventually(GONE_WITHIN, || Guard::dead(pid));
         }
     }
 }
 
 async fn assert_all_dead(guard: &Guard, what: &str) {
     assert!(
-        guard.all_dead(GONE_BOUND).await,
+        guard.all_dead(GONE_WITHIN).await,
         "{what}: descendants left running: {:?}",
         guard.describe()
     );
@@ -348,7 +334,7 @@ async fn a_worker_that_exits_takes_every_descendant() {
         .expect("task runs");
     let worker = support::worker_pids(&pool);
     let guard = Guard::watch(&pids);
-    let err = within("exit", pool.apply(exit_now, 3))
+    let err = within("exit", pool.apply(exit_with, 3))
         .await
         .expect_err("the worker exits");
     assert!(matches!(err, TaskError::WorkerDied { .. }), "{err:?}");
@@ -373,14 +359,15 @@ async fn a_crash_takes_the_group_and_under_forkserver_the_daemon() {
         .expect("task runs");
     let (child, daemon) = (pids[0], pids[1]);
     let guard = Guard::watch(&pids);
-    let err = within("crash", pool.apply(abort_now, ()))
+    let err = within("crash", pool.apply(abort, ()))
         .await
         .expect_err("the worker crashes");
     assert!(matches!(err, TaskError::WorkerDied { .. }), "{err:?}");
-    let plain_dead =
-        tokio::task::spawn_blocking(move || support::eventually(GONE_BOUND, || Guard::dead(child)))
-            .await
-            .expect("poller");
+    let plain_dead = tokio::task::spawn_blocking(move || {
+        support::eventually(GONE_WITHIN, || Guard::dead(child))
+    })
+    .await
+    .expect("poller");
     assert!(
         plain_dead,
         "the plain child runs on: {:?}",
@@ -425,7 +412,7 @@ async fn a_walking_chain_is_caught() {
     // for long: it runs.
     let look = name.clone();
     let runs = tokio::task::spawn_blocking(move || {
-        support::eventually(GONE_BOUND, || !named(&look).is_empty())
+        support::eventually(GONE_WITHIN, || !named(&look).is_empty())
     })
     .await
     .expect("poller");
@@ -438,7 +425,7 @@ async fn a_walking_chain_is_caught() {
     let gone = tokio::task::spawn_blocking(move || {
         support::become_subreaper();
         let mut unseen = 0;
-        support::eventually(GONE_BOUND, || {
+        support::eventually(GONE_WITHIN, || {
             let live = named(&poll_name);
             live.iter().for_each(|(pid, _)| {
                 Guard::dead(*pid);
@@ -465,14 +452,14 @@ async fn a_walking_chain_is_caught() {
                 );
             }
         }
-        support::eventually(GONE_BOUND, || Guard::dead(pid));
+        support::eventually(GONE_WITHIN, || Guard::dead(pid));
     }
     assert!(gone, "the chain runs on: {left:?}");
     within("terminate", pool.terminate()).await;
     // Generations that exited were orphans of the worker, and came to us as zombies
     // when it died (under Spawn and Fork): reap them.
     let me = std::process::id();
-    support::eventually(GONE_BOUND, || {
+    support::eventually(GONE_WITHIN, || {
         let mine: Vec<u32> = std::fs::read_dir("/proc")
             .into_iter()
             .flatten()

@@ -8,15 +8,13 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use procpool::{StartMethod, TaskError, WorkerExit};
-use supervisor_common::*;
+use support::*;
 
 /// The tests of this file measure the parent's memory: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -98,7 +96,7 @@ async fn grandchild(scratch: &Scratch) -> u32 {
             .and_then(|s| s.parse().ok())
     };
     assert!(
-        eventually(BOUND, {
+        wait_until(BOUND, {
             let read = read.clone();
             move || read().is_some()
         })
@@ -143,7 +141,7 @@ async fn a_descendant_writing_on_a_dead_worker_s_channel(len: u32, every_ms: u64
         other => panic!("expected WorkerDied with code 3 or Protocol, got {other:?}"),
     }
     assert!(
-        eventually(Duration::from_secs(5), {
+        wait_until(Duration::from_secs(5), {
             let pool = pool.clone();
             move || !support::worker_pids(&pool).contains(&dead)
         })

@@ -12,14 +12,12 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 use procpool::{Pool, StartMethod};
-use supervisor_common::within;
+use support::within;
 
 /// The test switch that makes procpool act as if `close_range` were missing.
 const NO_CLOSE_RANGE: &str = "__PROCPOOL_TEST_NO_CLOSE_RANGE";

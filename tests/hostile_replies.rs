@@ -14,13 +14,11 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::time::{Duration, Instant};
 
 use procpool::{Payload, Pool, TaskError};
 use serde::{Deserialize, Serialize};
-use supervisor_common::*;
+use support::*;
 
 /// The frame limit of the pools here: large enough for a frame read into a buffer of
 /// its own (64 KiB and more), small enough that memory beyond it would show.
@@ -480,7 +478,7 @@ fn gave_up(e: &TaskError) -> bool {
 /// as a task on a worker the pool gives up on does.
 async fn serves(pool: &Pool, what: &str) {
     for _ in 0..3 {
-        match within(what, pool.apply(supervisor_common::double, 21)).await {
+        match within(what, pool.apply(support::double, 21)).await {
             Ok(n) => {
                 assert_eq!(n, 42, "{what}");
                 return;
@@ -539,7 +537,7 @@ async fn run_attack(
             if gave_up(e) {
                 // Replaced: a new worker in its place, the other one untouched.
                 let p = pool.clone();
-                let replaced = eventually(BOUND, move || {
+                let replaced = wait_until(BOUND, move || {
                     let now = support::worker_pids(&p);
                     now.len() == 2 && !now.contains(&victim) && now.contains(&beside_pid)
                 })
@@ -718,7 +716,7 @@ async fn a_chunk_reply_with_too_few_or_too_many_results() {
         let what = format!("{count} results, said {said}, for a chunk of 3");
         let pool = hostile_pool(1).await;
         let pids = support::worker_pids(&pool);
-        let probe = pool.apply_async(supervisor_common::double, 1);
+        let probe = pool.apply_async(support::double, 1);
         let job = probe.id() + 1;
         assert_eq!(within("probe", probe).await, Ok(2));
         let mut frame = done_ok(job, 0, false, 1000, 3);
@@ -740,7 +738,7 @@ async fn a_chunk_reply_with_too_few_or_too_many_results() {
         if said != 3 {
             // The pool gave up on the worker: it is replaced.
             let (p, old) = (pool.clone(), pids.clone());
-            let replaced = eventually(BOUND, move || {
+            let replaced = wait_until(BOUND, move || {
                 let now = support::worker_pids(&p);
                 now.len() == 1 && now != old
             })
@@ -774,7 +772,7 @@ async fn ran_ns_of_u64_max() {
         let what = format!("ran_ns u64::MAX over {ran_jobs} jobs");
         let pool = hostile_pool(1).await;
         let pids = support::worker_pids(&pool);
-        let probe = pool.apply_async(supervisor_common::double, 1);
+        let probe = pool.apply_async(support::double, 1);
         let job = probe.id() + 1;
         assert_eq!(within("probe", probe).await, Ok(2));
         let reply = |id: u64, value: u64| {
@@ -802,8 +800,8 @@ async fn ran_ns_of_u64_max() {
             },
         );
         assert_eq!(first.id(), job);
-        let second = pool.apply_async(supervisor_common::double, 50);
-        let third = pool.apply_async(supervisor_common::double, 50);
+        let second = pool.apply_async(support::double, 50);
+        let third = pool.apply_async(support::double, 50);
         for (handle, forged) in [(first, 100), (second, 101), (third, 102)] {
             match within(&what, handle).await {
                 Ok(v) => assert_eq!(v, forged, "{what}"),
@@ -878,7 +876,7 @@ async fn a_large_frame_that_never_comes_holds_no_memory() {
         .await
         .expect("pool builds");
         let pids = support::worker_pids(&pool);
-        let probe = pool.apply_async(supervisor_common::double, 1);
+        let probe = pool.apply_async(support::double, 1);
         let job = probe.id() + 1;
         assert_eq!(within("probe", probe).await, Ok(2));
         let len = LIMIT as u32 - 1;

@@ -5,22 +5,13 @@
 
 mod support;
 
-use std::future::IntoFuture;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use procpool::{OutputLine, OutputStream, Process, WorkerOutput, MAX_LINE};
+use procpool::{OutputStream, Process, WorkerOutput, MAX_LINE};
 
-const BOUND: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, fut: impl IntoFuture<Output = T>) -> T {
-    match tokio::time::timeout(BOUND, fut.into_future()).await {
-        Ok(out) => out,
-        Err(_) => panic!("no answer within {BOUND:?}: {what}"),
-    }
-}
+use support::{arrives, collector, within, BOUND};
 
 fn getfl(fd: i32) -> i32 {
     // SAFETY: fcntl with integer arguments.
@@ -81,34 +72,6 @@ fn vm_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS")
-}
-
-type Lines = Arc<Mutex<Vec<(u32, OutputStream, String, bool)>>>;
-
-fn collector() -> (Lines, WorkerOutput) {
-    let lines: Lines = Arc::default();
-    let sink = lines.clone();
-    let output = WorkerOutput::capture_with(move |line: &OutputLine<'_>| {
-        sink.lock().unwrap().push((
-            line.pid,
-            line.stream,
-            line.text().into_owned(),
-            line.truncated,
-        ));
-    });
-    (lines, output)
-}
-
-/// Whether `lines` comes to hold a line matching `want`, within the bound.
-async fn arrives(lines: &Lines, want: impl Fn(&(u32, OutputStream, String, bool)) -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while tokio::time::Instant::now() < deadline {
-        if lines.lock().unwrap().iter().any(&want) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
 }
 
 /// The case: a task sets `O_NONBLOCK` on its fds 1 and 2. Under every output
@@ -243,16 +206,19 @@ async fn captured_lines_come_back_tagged_with_the_pid() {
     assert!(support::eventually(BOUND, || support::is_gone(worker)));
 }
 
-/// `Discard` gives the worker `/dev/null`; `Capture` a pipe; `Inherit` never our own
+/// `Discard` gives the worker `/dev/null`; a capture a pipe; `Inherit` never our own
 /// description (checked above); every worker's stdin is `/dev/null`.
 #[tokio::test]
 async fn discard_gives_the_worker_dev_null() {
+    // Captured into memory (not `WorkerOutput::Capture`, which would write the line
+    // to the test run's stderr).
+    let (lines, captured) = collector();
     let pool = within(
         "build",
         support::builder()
             .processes(1)
             .stdout(WorkerOutput::Discard)
-            .stderr(WorkerOutput::Capture)
+            .stderr(captured)
             .build(),
     )
     .await
@@ -263,11 +229,94 @@ async fn discard_gives_the_worker_dev_null() {
             .expect("runs");
         assert!(target.starts_with(want), "fd {fd}: {target}");
     }
-    // Printing into the void is fine.
-    within("task", pool.apply(print_lines, ()))
+    // Printing into the void is fine; the stderr line is captured.
+    let worker = within("task", pool.apply(print_lines, ()))
         .await
         .expect("runs");
+    assert!(
+        arrives(&lines, |l| l.0 == worker
+            && l.1 == OutputStream::Stderr
+            && l.2 == "err one")
+        .await,
+        "the stderr line: {}",
+        support::shown(&lines)
+    );
     within("terminate", pool.terminate()).await;
+}
+
+fn panic_on_the_task_thread(_: ()) -> u32 {
+    panic!("procpool test: a panic on the task thread")
+}
+
+/// Panics on a thread of its own, then writes "done" to stderr (through the raw
+/// stream: see `say`) once that thread has ended.
+fn panic_on_another_thread(_: ()) -> u32 {
+    let joined = std::thread::spawn(|| panic!("procpool test: a panic on another thread")).join();
+    assert!(joined.is_err(), "the thread panicked");
+    say(std::io::stderr(), "done\n");
+    std::process::id()
+}
+
+/// A task's panic comes back to the caller as `TaskError::Panicked` and is not printed
+/// by the worker: nothing of it reaches the worker's stderr (here captured). A panic on
+/// a thread the task started is the task's own business and goes to the default hook,
+/// which prints it: the capture sees panic messages, so the first check can fail.
+#[tokio::test]
+async fn a_task_panic_is_returned_not_printed() {
+    let (lines, captured) = collector();
+    let pool = within(
+        "build",
+        support::builder()
+            .processes(1)
+            .stdout(WorkerOutput::Discard)
+            .stderr(captured)
+            .build(),
+    )
+    .await
+    .expect("pool builds");
+    let err = within("panic", pool.apply(panic_on_the_task_thread, ()))
+        .await
+        .expect_err("the task panics");
+    assert!(
+        matches!(err, procpool::TaskError::Panicked { .. })
+            && err.to_string().contains("a panic on the task thread"),
+        "{err:?}"
+    );
+    // A line written after the panic: once it is here, anything the panic printed
+    // before it is here too (one pipe, read in order).
+    let worker = within("print", pool.apply(print_lines, ()))
+        .await
+        .expect("runs");
+    assert!(
+        arrives(&lines, |l| l.0 == worker && l.2 == "err one").await,
+        "the line after the panic: {}",
+        support::shown(&lines)
+    );
+    let printed = support::shown(&lines);
+    assert!(
+        !printed.contains("panicked") && !printed.contains("a panic on the task thread"),
+        "the task's panic reached the worker's stderr:\n{printed}"
+    );
+
+    // The control. Under `Fork` the default hook of the worker (a copy of a test
+    // thread) writes into the test harness's in-memory capture instead of fd 2.
+    if support::start_method() != procpool::StartMethod::Fork {
+        within("thread panic", pool.apply(panic_on_another_thread, ()))
+            .await
+            .expect("the task itself returns");
+        assert!(
+            arrives(&lines, |l| l.0 == worker && l.2 == "done").await,
+            "the line after the thread's panic: {}",
+            support::shown(&lines)
+        );
+        let printed = support::shown(&lines);
+        assert!(
+            printed.contains("a panic on another thread"),
+            "a panic on another thread is printed by the default hook:\n{printed}"
+        );
+    }
+    within("terminate", pool.terminate()).await;
+    assert!(support::eventually(BOUND, || support::is_gone(worker)));
 }
 
 /// A worker that writes 64 MiB without a newline: the capture delivers the line's

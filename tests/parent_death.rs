@@ -10,12 +10,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::process::Stdio;
 use std::time::Duration;
 
-use supervisor_common::*;
+use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Set in the helper's environment: a scratch directory for its markers.
@@ -35,7 +33,7 @@ async fn helper_parent() {
     let started = format!("{dir}/long-task-started");
     let long = pool.apply_async(start_then_sleep_60, started.clone());
     assert!(
-        eventually(BOUND, move || std::path::Path::new(&started).exists()).await,
+        wait_until(BOUND, move || std::path::Path::new(&started).exists()).await,
         "the long task did not start"
     );
     let pids = support::worker_pids(&pool);
@@ -129,7 +127,7 @@ async fn parent_sigkill_takes_the_workers_down() {
     // The workers die with their parent. Orphaned, they come to this process (a
     // subreaper), which reaps them below.
     let watched = pool_procs.clone();
-    let down = eventually(Duration::from_secs(2), move || {
+    let down = wait_until(Duration::from_secs(2), move || {
         watched.iter().all(|&w| !support::is_running(w))
     })
     .await;

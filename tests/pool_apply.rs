@@ -4,15 +4,13 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::collections::HashSet;
 use std::future::IntoFuture;
 
 use procpool::{Pool, TaskError};
 use serde::{Deserialize, Serialize};
 
-use core_util::{bounded, scripted, square, touch, wait_until, worker_pid, Script, TempPath};
+use support::{scripted, square, touch, wait_until, whoami, within, Script, TempPath};
 
 fn checked_div((a, b): (u64, u64)) -> Result<u64, String> {
     a.checked_div(b)
@@ -58,7 +56,7 @@ fn invoice(order: Order) -> Invoice {
     }
 }
 
-fn whoami(_: ()) -> Option<(u32, Option<usize>, String)> {
+fn process_info(_: ()) -> Option<(u32, Option<usize>, String)> {
     procpool::current_process().map(|p| (p.pid(), p.index(), p.name().to_string()))
 }
 
@@ -66,14 +64,14 @@ fn whoami(_: ()) -> Option<(u32, Option<usize>, String)> {
 async fn apply_returns_the_value_computed_in_a_worker() {
     let pool = support::pool(2).await;
     assert_eq!(pool.processes(), 2);
-    assert_eq!(bounded("apply", pool.apply(square, 12)).await, Ok(144));
+    assert_eq!(within("apply", pool.apply(square, 12)).await, Ok(144));
 
     let order = Order {
         id: 7,
         items: vec![("apple".into(), 3), ("pear".into(), 4)],
         note: Some("fragile".into()),
     };
-    let got = bounded("apply struct", pool.apply(invoice, order)).await;
+    let got = within("apply struct", pool.apply(invoice, order)).await;
     assert_eq!(
         got,
         Ok(Invoice {
@@ -84,7 +82,7 @@ async fn apply_returns_the_value_computed_in_a_worker() {
     );
 
     // A non-capturing closure is a task too; it runs in a worker, not here.
-    let pid = bounded("closure", pool.apply(|_: ()| std::process::id(), ())).await;
+    let pid = within("closure", pool.apply(|_: ()| std::process::id(), ())).await;
     let pid = pid.expect("closure task");
     assert_ne!(pid, std::process::id());
     assert!(support::worker_pids(&pool).contains(&pid));
@@ -95,9 +93,9 @@ async fn apply_returns_the_value_computed_in_a_worker() {
 async fn a_task_returning_result_keeps_its_errors_apart_from_the_pools() {
     let pool = support::pool(2).await;
     let ok: Result<Result<u64, String>, TaskError> =
-        bounded("ok", pool.apply(checked_div, (10, 2))).await;
+        within("ok", pool.apply(checked_div, (10, 2))).await;
     assert_eq!(ok, Ok(Ok(5)));
-    let user_err = bounded("user error", pool.apply(checked_div, (1, 0))).await;
+    let user_err = within("user error", pool.apply(checked_div, (1, 0))).await;
     assert_eq!(user_err, Ok(Err("cannot divide 1 by zero".to_string())));
     let stats = pool.stats();
     assert_eq!(stats.completed, 2, "{stats:?}");
@@ -110,7 +108,7 @@ async fn a_panic_comes_back_with_its_message_and_the_pool_keeps_serving() {
     let pool = support::pool(2).await;
     let pids = support::worker_pids(&pool);
 
-    let err = bounded("panicking task", pool.apply(explode, 7))
+    let err = within("panicking task", pool.apply(explode, 7))
         .await
         .expect_err("the task panicked");
     assert!(err.is_panic(), "{err:?}");
@@ -121,20 +119,20 @@ async fn a_panic_comes_back_with_its_message_and_the_pool_keeps_serving() {
     assert!(err.to_string().contains("boom 7"), "{err}");
     assert!(matches!(err, TaskError::Panicked(_)));
 
-    let err = bounded("non-string panic", pool.apply(explode_with_non_string, ()))
+    let err = within("non-string panic", pool.apply(explode_with_non_string, ()))
         .await
         .expect_err("the task panicked");
     assert!(err.is_panic(), "{err:?}");
 
     // Many panics in a row: the workers catch them and stay.
     for n in 0..10 {
-        let err = bounded("panic", pool.apply(explode, n)).await.unwrap_err();
+        let err = within("panic", pool.apply(explode, n)).await.unwrap_err();
         assert_eq!(
             err.panic().map(|p| p.message().to_string()),
             Some(format!("boom {n}"))
         );
     }
-    assert_eq!(bounded("after panics", pool.apply(square, 9)).await, Ok(81));
+    assert_eq!(within("after panics", pool.apply(square, 9)).await, Ok(81));
     let stats = pool.stats();
     assert_eq!(support::worker_pids(&pool), pids, "no worker was replaced");
     assert_eq!(stats.workers_crashed, 0, "{stats:?}");
@@ -148,16 +146,16 @@ async fn apply_async_submits_even_if_the_handle_is_never_polled() {
     let marker = TempPath::new("apply-async-unpolled");
     let handle = pool.apply_async(touch, marker.arg());
     assert!(handle.id() > 0);
-    let ran = wait_until(core_util::BOUND, || marker.exists()).await;
+    let ran = wait_until(support::BOUND, || marker.exists()).await;
     assert!(ran, "the task did not run although its handle is alive");
     // The handle still holds the result.
-    let pid = bounded("handle", handle).await.expect("task result");
+    let pid = within("handle", handle).await.expect("task result");
     assert!(support::worker_pids(&pool).contains(&pid));
 
     // `apply(..).spawn()` is the same.
     let marker2 = TempPath::new("apply-spawn-unpolled");
     let handle2 = pool.apply(touch, marker2.arg()).spawn();
-    assert!(wait_until(core_util::BOUND, || marker2.exists()).await);
+    assert!(wait_until(support::BOUND, || marker2.exists()).await);
     drop(handle2);
     pool.terminate().await;
 }
@@ -170,7 +168,7 @@ async fn an_apply_dropped_before_it_is_awaited_submits_nothing() {
     let apply = pool.apply(touch, never.arg());
     drop(apply);
     // One worker runs jobs in order: once a later task has run, an earlier one would have.
-    bounded("later task", pool.apply(touch, after.arg()))
+    within("later task", pool.apply(touch, after.arg()))
         .await
         .expect("later task");
     assert!(after.exists());
@@ -187,7 +185,7 @@ async fn busy_single_worker(
     let started = TempPath::new("blocker-started");
     let blocker = pool.apply_async(scripted, Script::new(1).started(&started).wait_for(gate));
     assert!(
-        wait_until(core_util::BOUND, || started.exists()).await,
+        wait_until(support::BOUND, || started.exists()).await,
         "the blocking task did not start"
     );
     let pid = support::worker_pids(pool)[0];
@@ -216,13 +214,13 @@ async fn aborting_a_task_deep_in_the_queue_removes_it() {
     target.abort();
     gate.touch();
 
-    assert_eq!(bounded("blocker", blocker).await, Ok((1, pid)));
+    assert_eq!(within("blocker", blocker).await, Ok((1, pid)));
     for (i, f) in fillers.into_iter().enumerate() {
-        assert_eq!(bounded("filler", f).await, Ok((i * i) as u64));
+        assert_eq!(within("filler", f).await, Ok((i * i) as u64));
     }
-    assert_eq!(bounded("aborted", target).await, Err(TaskError::Cancelled));
+    assert_eq!(within("aborted", target).await, Err(TaskError::Cancelled));
     let after = TempPath::new("abort-deep-after");
-    bounded("after", pool.apply(touch, after.arg()))
+    within("after", pool.apply(touch, after.arg()))
         .await
         .unwrap();
     assert!(!target_file.exists(), "an aborted queued task ran");
@@ -246,10 +244,10 @@ async fn aborting_the_next_queued_task_neither_runs_it_nor_kills_a_worker() {
     target.abort();
     gate.touch();
 
-    assert_eq!(bounded("blocker", blocker).await, Ok((1, pid)));
-    assert_eq!(bounded("aborted", target).await, Err(TaskError::Cancelled));
+    assert_eq!(within("blocker", blocker).await, Ok((1, pid)));
+    assert_eq!(within("aborted", target).await, Err(TaskError::Cancelled));
     let after = TempPath::new("abort-next-after");
-    bounded("after", pool.apply(touch, after.arg()))
+    within("after", pool.apply(touch, after.arg()))
         .await
         .unwrap();
     let stats = pool.stats();
@@ -281,7 +279,7 @@ async fn aborting_a_queued_task_resolves_without_waiting_for_running_work() {
         Ok(Err(TaskError::Cancelled)),
         "the aborted handle did not resolve"
     );
-    bounded("blocker", blocker).await.unwrap();
+    within("blocker", blocker).await.unwrap();
     drop(fillers);
     pool.terminate().await;
 }
@@ -292,15 +290,12 @@ async fn a_task_goes_to_the_idle_worker_not_behind_a_busy_one() {
     let gate = TempPath::new("idle-gate");
     let started = TempPath::new("idle-started");
     let long = pool.apply_async(scripted, Script::new(1).started(&started).wait_for(&gate));
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     // One worker is busy until the gate opens; the other is idle.
-    let short = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        pool.apply(worker_pid, ()),
-    )
-    .await;
+    let short =
+        tokio::time::timeout(std::time::Duration::from_secs(10), pool.apply(whoami, ())).await;
     gate.touch();
-    let (_, long_pid) = bounded("long", long).await.expect("long task");
+    let (_, long_pid) = within("long", long).await.expect("long task");
     let short_pid = short
         .expect("the short task waited for the long one although a worker was idle")
         .expect("short task");
@@ -314,24 +309,22 @@ async fn aborting_a_running_task_kills_and_replaces_its_worker() {
     let started = TempPath::new("abort-running-started");
     let never = TempPath::new("abort-running-never");
     let mut handle = pool.apply_async(scripted, Script::new(3).started(&started).wait_for(&never));
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     let old = support::worker_pids(&pool);
     assert_eq!(old.len(), 1);
 
     handle.abort();
     assert_eq!(
-        bounded("aborted", &mut handle).await,
+        within("aborted", &mut handle).await,
         Err(TaskError::Cancelled)
     );
     assert!(
-        wait_until(core_util::GONE_WITHIN, || support::is_gone(old[0])).await,
+        wait_until(support::GONE_WITHIN, || support::is_gone(old[0])).await,
         "the aborted task's worker is still there"
     );
-    core_util::assert_no_zombies(&old);
+    support::assert_no_zombies(&old);
     // A replacement serves the next task.
-    let new_pid = bounded("after abort", pool.apply(worker_pid, ()))
-        .await
-        .unwrap();
+    let new_pid = within("after abort", pool.apply(whoami, ())).await.unwrap();
     assert_ne!(new_pid, old[0]);
     assert_eq!(support::worker_pids(&pool), vec![new_pid]);
     let stats = pool.stats();
@@ -344,11 +337,11 @@ async fn aborting_a_running_task_kills_and_replaces_its_worker() {
 async fn aborting_a_finished_task_keeps_its_result() {
     let pool = support::pool(1).await;
     let handle = pool.apply_async(square, 6);
-    let done = wait_until(core_util::BOUND, || pool.stats().completed == 1).await;
+    let done = wait_until(support::BOUND, || pool.stats().completed == 1).await;
     assert!(done);
     let pids = support::worker_pids(&pool);
     handle.abort();
-    assert_eq!(bounded("finished", handle).await, Ok(36));
+    assert_eq!(within("finished", handle).await, Ok(36));
     assert_eq!(support::worker_pids(&pool), pids);
     pool.terminate().await;
 }
@@ -362,12 +355,12 @@ async fn dropping_the_handle_of_a_task_deep_in_the_queue_removes_it() {
     let target_file = TempPath::new("drop-deep-target");
     drop(pool.apply_async(touch, target_file.arg()));
     gate.touch();
-    assert_eq!(bounded("blocker", blocker).await, Ok((1, pid)));
+    assert_eq!(within("blocker", blocker).await, Ok((1, pid)));
     for f in fillers {
-        bounded("filler", f).await.unwrap();
+        within("filler", f).await.unwrap();
     }
     let after = TempPath::new("drop-deep-after");
-    bounded("after", pool.apply(touch, after.arg()))
+    within("after", pool.apply(touch, after.arg()))
         .await
         .unwrap();
     assert!(
@@ -390,9 +383,9 @@ async fn dropping_the_handle_of_the_next_queued_task_removes_it() {
     let_the_driver_take_it(&pool).await;
     drop(target);
     gate.touch();
-    assert_eq!(bounded("blocker", blocker).await, Ok((1, pid)));
+    assert_eq!(within("blocker", blocker).await, Ok((1, pid)));
     let after = TempPath::new("drop-next-after");
-    bounded("after", pool.apply(touch, after.arg()))
+    within("after", pool.apply(touch, after.arg()))
         .await
         .unwrap();
     assert!(
@@ -412,18 +405,15 @@ async fn dropping_the_handle_of_a_running_task_detaches_it() {
         scripted,
         Script::new(0).started(&started).wait_for(&gate).done(&done),
     );
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     let pids = support::worker_pids(&pool);
     drop(handle);
     gate.touch();
     assert!(
-        wait_until(core_util::BOUND, || done.exists()).await,
+        wait_until(support::BOUND, || done.exists()).await,
         "a detached running task did not finish"
     );
-    assert_eq!(
-        bounded("after", pool.apply(worker_pid, ())).await,
-        Ok(pids[0])
-    );
+    assert_eq!(within("after", pool.apply(whoami, ())).await, Ok(pids[0]));
     assert_eq!(pool.stats().workers_crashed, 0);
     pool.terminate().await;
 }
@@ -434,7 +424,7 @@ async fn awaiting_a_handle_by_reference_is_cancel_safe() {
     let started = TempPath::new("ref-started");
     let gate = TempPath::new("ref-gate");
     let mut handle = pool.apply_async(scripted, Script::new(11).started(&started).wait_for(&gate));
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     // Give up waiting once; the task goes on and the handle still resolves.
     let first = tokio::time::timeout(std::time::Duration::from_millis(50), &mut handle).await;
     assert!(
@@ -442,7 +432,7 @@ async fn awaiting_a_handle_by_reference_is_cancel_safe() {
         "the task cannot have finished: its gate is closed"
     );
     gate.touch();
-    let (value, _) = bounded("second await", &mut handle).await.expect("result");
+    let (value, _) = within("second await", &mut handle).await.expect("result");
     assert_eq!(value, 11);
     pool.terminate().await;
 }
@@ -459,9 +449,10 @@ async fn current_process_names_the_worker_running_the_task() {
     let stats_workers = pool.stats().workers;
     let mut seen = HashSet::new();
     // Many tasks: the two workers both run some.
-    let results = bounded(
-        "map whoami",
-        pool.map(whoami, std::iter::repeat_n((), 40)).chunk_size(1),
+    let results = within(
+        "map process_info",
+        pool.map(process_info, std::iter::repeat_n((), 40))
+            .chunk_size(1),
     )
     .await
     .expect("map");
@@ -503,15 +494,15 @@ async fn a_pool_clone_works_from_spawned_tasks() {
     let handle = tokio::spawn(pool.apply_async(square, 4));
     let expected: Vec<u64> = (0..20).map(|x| x * x).collect();
     for (i, j) in joins.into_iter().enumerate() {
-        let (one, two, many) = bounded("spawned", j).await.expect("join").expect("tasks");
+        let (one, two, many) = within("spawned", j).await.expect("join").expect("tasks");
         let i = i as u64;
         assert_eq!(one, i * i);
         assert_eq!(two, (i + 100) * (i + 100));
         assert_eq!(many, expected);
     }
-    assert_eq!(bounded("direct", direct).await.unwrap(), Ok(25));
-    assert_eq!(bounded("map", map).await.unwrap(), Ok(vec![0, 1, 4]));
-    assert_eq!(bounded("handle", handle).await.unwrap(), Ok(16));
+    assert_eq!(within("direct", direct).await.unwrap(), Ok(25));
+    assert_eq!(within("map", map).await.unwrap(), Ok(vec![0, 1, 4]));
+    assert_eq!(within("handle", handle).await.unwrap(), Ok(16));
     pool.terminate().await;
 }
 
@@ -519,7 +510,7 @@ async fn a_pool_clone_works_from_spawned_tasks() {
 async fn many_concurrent_applies_all_come_back() {
     let pool = support::pool(2).await;
     let calls = (0..50u64).map(|i| pool.apply(square, i).into_future());
-    let results = bounded("join_all", futures::future::join_all(calls)).await;
+    let results = within("join_all", futures::future::join_all(calls)).await;
     for (i, r) in results.into_iter().enumerate() {
         assert_eq!(r, Ok((i * i) as u64));
     }

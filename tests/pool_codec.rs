@@ -4,8 +4,6 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
@@ -13,7 +11,7 @@ use futures::StreamExt;
 use procpool::{Payload, Pool, TaskError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use core_util::{bounded, worker_pid};
+use support::{whoami, within};
 
 const LIMIT: usize = 64 * 1024;
 
@@ -139,7 +137,7 @@ fn echo_everything(x: Everything) -> Everything {
 }
 
 async fn limited_pool(processes: usize) -> Pool {
-    bounded(
+    within(
         "build",
         support::builder()
             .processes(processes)
@@ -155,7 +153,7 @@ async fn an_argument_over_the_frame_limit_fails_only_its_task() {
     let pool = limited_pool(1).await;
     let pids = support::worker_pids(&pool);
 
-    let err = bounded("too large", pool.apply(byte_len, vec![7u8; 100_000]))
+    let err = within("too large", pool.apply(byte_len, vec![7u8; 100_000]))
         .await
         .expect_err("over the limit");
     match err {
@@ -171,7 +169,7 @@ async fn an_argument_over_the_frame_limit_fails_only_its_task() {
     }
     assert!(err.to_string().contains("argument"), "{err}");
 
-    let err = bounded("string", pool.apply(string_len, "y".repeat(100_000))).await;
+    let err = within("string", pool.apply(string_len, "y".repeat(100_000))).await;
     assert!(
         matches!(
             err,
@@ -185,11 +183,11 @@ async fn an_argument_over_the_frame_limit_fails_only_its_task() {
 
     // The next task on the same pool and worker succeeds, and so does one just under.
     assert_eq!(
-        bounded("next", pool.apply(byte_len, vec![1u8; 1000])).await,
+        within("next", pool.apply(byte_len, vec![1u8; 1000])).await,
         Ok(1000)
     );
     assert_eq!(
-        bounded("under", pool.apply(byte_len, vec![1u8; 60_000])).await,
+        within("under", pool.apply(byte_len, vec![1u8; 60_000])).await,
         Ok(60_000)
     );
     assert_eq!(support::worker_pids(&pool), pids);
@@ -202,7 +200,7 @@ async fn a_result_over_the_frame_limit_fails_only_its_task() {
     let pool = limited_pool(1).await;
     let pids = support::worker_pids(&pool);
 
-    let err = bounded("too large", pool.apply(make_bytes, 100_000))
+    let err = within("too large", pool.apply(make_bytes, 100_000))
         .await
         .expect_err("over");
     match err {
@@ -216,7 +214,7 @@ async fn a_result_over_the_frame_limit_fails_only_its_task() {
         }
         other => panic!("expected TooLarge {{ Result }}, got {other:?}"),
     }
-    let err = bounded("string", pool.apply(make_string, 70_000)).await;
+    let err = within("string", pool.apply(make_string, 70_000)).await;
     assert!(
         matches!(
             err,
@@ -229,10 +227,10 @@ async fn a_result_over_the_frame_limit_fails_only_its_task() {
     );
 
     assert_eq!(
-        bounded("next", pool.apply(make_bytes, 10)).await,
+        within("next", pool.apply(make_bytes, 10)).await,
         Ok(vec![0xa5; 10])
     );
-    let under = bounded("under", pool.apply(make_bytes, 60_000))
+    let under = within("under", pool.apply(make_bytes, 60_000))
         .await
         .expect("under the limit");
     assert_eq!(under.len(), 60_000);
@@ -246,7 +244,7 @@ async fn the_frame_limit_applies_to_a_whole_chunk() {
     let pool = limited_pool(2).await;
     let items = vec![vec![3u8; 20_000]; 8];
     // Eight items of 20 kB in one chunk are over the limit; one per chunk is fine.
-    let err = bounded("big chunk", pool.map(byte_len, items.clone()).chunk_size(8)).await;
+    let err = within("big chunk", pool.map(byte_len, items.clone()).chunk_size(8)).await;
     assert!(
         matches!(
             err,
@@ -257,11 +255,11 @@ async fn the_frame_limit_applies_to_a_whole_chunk() {
         ),
         "{err:?}"
     );
-    let ok = bounded("small chunks", pool.map(byte_len, items).chunk_size(1)).await;
+    let ok = within("small chunks", pool.map(byte_len, items).chunk_size(1)).await;
     assert_eq!(ok, Ok(vec![20_000; 8]));
 
     // Results: a chunk of eight 20 kB results fails as a whole, item by item in imap.
-    let got: Vec<_> = bounded(
+    let got: Vec<_> = within(
         "imap",
         pool.imap(make_bytes, vec![20_000usize; 8])
             .chunk_size(8)
@@ -276,7 +274,7 @@ async fn the_frame_limit_applies_to_a_whole_chunk() {
             ..
         })
     )));
-    let got: Vec<_> = bounded(
+    let got: Vec<_> = within(
         "imap",
         pool.imap(make_bytes, vec![20_000usize; 8])
             .chunk_size(1)
@@ -306,14 +304,14 @@ async fn byte_vectors_of_a_few_mib_round_trip_intact() {
         let data = pattern(n, seed);
         let mut want = data.clone();
         want.reverse();
-        let got = bounded("reverse", pool.apply(reverse, data))
+        let got = within("reverse", pool.apply(reverse, data))
             .await
             .expect("task");
         assert_eq!(got.len(), n);
         assert!(got == want, "{n} bytes came back altered");
     }
     // High bytes only: a byte-per-element encoding would be twice as large.
-    let got = bounded("0xff", pool.apply(byte_len, vec![0xffu8; 4 << 20])).await;
+    let got = within("0xff", pool.apply(byte_len, vec![0xffu8; 4 << 20])).await;
     assert_eq!(got, Ok(4 << 20));
     pool.terminate().await;
 }
@@ -323,7 +321,7 @@ async fn bytes_payloads_of_a_few_mib_round_trip_intact() {
     let pool = support::pool(2).await;
     let data = Bytes::from(pattern(5 << 20, 9));
     let want: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
-    let got = bounded("xor", pool.apply(xor_bytes, data.clone()))
+    let got = within("xor", pool.apply(xor_bytes, data.clone()))
         .await
         .expect("task");
     assert_eq!(got.len(), 5 << 20);
@@ -331,7 +329,7 @@ async fn bytes_payloads_of_a_few_mib_round_trip_intact() {
 
     // Several at once, through map.
     let parts: Vec<Bytes> = (0..6u8).map(|i| Bytes::from(pattern(1 << 20, i))).collect();
-    let got = bounded("map", pool.map(xor_bytes, parts.clone()).chunk_size(1))
+    let got = within("map", pool.map(xor_bytes, parts.clone()).chunk_size(1))
         .await
         .unwrap();
     for (p, g) in parts.iter().zip(&got) {
@@ -373,7 +371,7 @@ async fn large_byte_arguments_sent_in_place_arrive_whole() {
         }
     }
     for (i, (want, handle)) in vecs.into_iter().enumerate() {
-        let got = bounded("Vec<u8> in place", handle).await.expect("task");
+        let got = within("Vec<u8> in place", handle).await.expect("task");
         assert!(
             got == want,
             "Vec argument {i} ({} bytes) came back altered",
@@ -381,7 +379,7 @@ async fn large_byte_arguments_sent_in_place_arrive_whole() {
         );
     }
     for (i, (want, handle)) in bytes.into_iter().enumerate() {
-        let got = bounded("Bytes in place", handle).await.expect("task");
+        let got = within("Bytes in place", handle).await.expect("task");
         assert!(
             got[..] == want[..],
             "Bytes argument {i} ({} bytes) came back altered",
@@ -425,7 +423,7 @@ async fn structured_values_round_trip_intact() {
         .collect(),
         unit: (),
     };
-    let got = bounded("echo", pool.apply(echo_everything, value.clone())).await;
+    let got = within("echo", pool.apply(echo_everything, value.clone())).await;
     assert_eq!(got, Ok(value));
     pool.terminate().await;
 }
@@ -437,7 +435,7 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
 
     // Argument that cannot be encoded (here, in the caller). (postcard reports custom
     // serde errors without their text, so only the kind is checked.)
-    let err = bounded("encode arg", pool.apply(fussy_echo, Fussy(13)))
+    let err = within("encode arg", pool.apply(fussy_echo, Fussy(13)))
         .await
         .unwrap_err();
     match &err {
@@ -449,7 +447,7 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
     }
     // (A result that cannot be encoded: see the next test.)
     // Argument that the worker cannot decode.
-    let err = bounded("decode arg", pool.apply(even_half, Even(3)))
+    let err = within("decode arg", pool.apply(even_half, Even(3)))
         .await
         .unwrap_err();
     assert!(
@@ -463,7 +461,7 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
         "{err:?}"
     );
     // Result that the caller cannot decode.
-    let err = bounded("decode result", pool.apply(even_from, 5))
+    let err = within("decode result", pool.apply(even_from, 5))
         .await
         .unwrap_err();
     assert!(
@@ -477,7 +475,7 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
         "{err:?}"
     );
     // A type the format cannot decode at all.
-    let err = bounded("untagged", pool.apply(loose_echo, Loose::Number(4)))
+    let err = within("untagged", pool.apply(loose_echo, Loose::Number(4)))
         .await
         .unwrap_err();
     assert!(
@@ -493,17 +491,17 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
 
     // Good values still pass, on the same worker.
     assert_eq!(
-        bounded("fussy ok", pool.apply(fussy_echo, Fussy(12))).await,
+        within("fussy ok", pool.apply(fussy_echo, Fussy(12))).await,
         Ok(Fussy(12))
     );
     assert_eq!(
-        bounded("even ok", pool.apply(even_half, Even(8))).await,
+        within("even ok", pool.apply(even_half, Even(8))).await,
         Ok(4)
     );
     assert_eq!(support::worker_pids(&pool), pids);
 
     // In imap with chunks of one, only the bad item fails.
-    let got: Vec<_> = bounded(
+    let got: Vec<_> = within(
         "imap",
         pool.imap(fussy_echo, (10..16).map(Fussy))
             .chunk_size(1)
@@ -527,7 +525,7 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
         }
     }
     // In map, the first error.
-    let err = bounded("map", pool.map(even_from, 0..10u32))
+    let err = within("map", pool.map(even_from, 0..10u32))
         .await
         .unwrap_err();
     assert!(
@@ -549,7 +547,7 @@ async fn values_that_cannot_be_encoded_or_decoded_fail_only_their_task() {
 async fn a_result_that_cannot_be_encoded_fails_only_its_task() {
     let pool = support::pool(1).await;
     let pids = support::worker_pids(&pool);
-    let err = bounded("encode result", pool.apply(fussy_from, 13))
+    let err = within("encode result", pool.apply(fussy_from, 13))
         .await
         .unwrap_err();
     assert!(
@@ -563,7 +561,7 @@ async fn a_result_that_cannot_be_encoded_fails_only_its_task() {
         "expected Codec {{ Result }}, got {err:?}"
     );
     assert_eq!(
-        bounded("next", pool.apply(fussy_from, 12)).await,
+        within("next", pool.apply(fussy_from, 12)).await,
         Ok(Fussy(12))
     );
     assert_eq!(support::worker_pids(&pool), pids, "the worker kept serving");
@@ -572,14 +570,43 @@ async fn a_result_that_cannot_be_encoded_fails_only_its_task() {
 
 #[tokio::test]
 async fn printing_from_a_task_does_not_disturb_the_protocol() {
-    let pool = support::pool(2).await;
-    let got = bounded("map", pool.map(chatty, 0..6u32).chunk_size(1))
+    // The workers' output is captured into memory, out of the test run's output.
+    let (lines, captured) = support::collector();
+    let pool = within(
+        "build",
+        support::builder()
+            .processes(2)
+            .stdout(captured.clone())
+            .stderr(captured)
+            .build(),
+    )
+    .await
+    .expect("pool builds");
+    let got = within("map", pool.map(chatty, 0..6u32).chunk_size(1))
         .await
         .unwrap();
     assert_eq!(got, (1..7).collect::<Vec<_>>());
-    assert_eq!(bounded("apply", pool.apply(chatty, 100)).await, Ok(101));
+    assert_eq!(within("apply", pool.apply(chatty, 100)).await, Ok(101));
     let pids = support::worker_pids(&pool);
-    assert!(pids.contains(&bounded("pid", pool.apply(worker_pid, ())).await.unwrap()));
+    assert!(pids.contains(&within("pid", pool.apply(whoami, ())).await.unwrap()));
     assert_eq!(pool.stats().workers_crashed, 0);
+    // What the tasks printed came through the pipes, each on its stream. (Not under
+    // `Fork`: a forked worker is a copy of a test thread, whose `println!` the test
+    // harness captures in memory.)
+    if support::start_method() != procpool::StartMethod::Fork {
+        for x in [0, 5, 100] {
+            for (stream, name) in [
+                (procpool::OutputStream::Stdout, "stdout"),
+                (procpool::OutputStream::Stderr, "stderr"),
+            ] {
+                let want = format!("procpool test: task {x} prints to {name}");
+                assert!(
+                    support::arrives(&lines, |l| l.1 == stream && l.2 == want).await,
+                    "{want}: {}",
+                    support::shown(&lines)
+                );
+            }
+        }
+    }
     pool.terminate().await;
 }

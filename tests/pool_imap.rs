@@ -4,8 +4,6 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +12,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use procpool::{Pool, TaskError};
 
-use core_util::{bounded, scripted, square, touch, wait_until, Script, TempPath};
+use support::{scripted, square, touch, wait_until, within, Script, TempPath};
 
 fn identity(x: u64) -> u64 {
     x
@@ -29,7 +27,7 @@ fn fail_on_5_and_13(x: u32) -> u32 {
 
 /// Pulls the next item, failing the test if the stream ends or takes too long.
 async fn next<S: futures::Stream + Unpin>(s: &mut S) -> S::Item {
-    bounded("next item", s.next())
+    within("next item", s.next())
         .await
         .expect("the stream ended early")
 }
@@ -45,9 +43,9 @@ async fn imap_yields_in_input_order() {
     let pool = support::pool(2).await;
     // Early items sleep longest, so they finish last.
     let input: Vec<u64> = (0..10).map(|i| (10 - i) * 10).collect();
-    let got: Vec<u64> = bounded(
+    let got: Vec<u64> = within(
         "imap",
-        pool.imap(core_util::sleep_ms, input.clone())
+        pool.imap(support::sleep_ms, input.clone())
             .chunk_size(1)
             .map(|r| r.expect("task result"))
             .collect::<Vec<_>>(),
@@ -55,7 +53,7 @@ async fn imap_yields_in_input_order() {
     .await;
     assert_eq!(got, input);
 
-    let got: Vec<u64> = bounded(
+    let got: Vec<u64> = within(
         "imap range",
         pool.imap(square, 0..500u64)
             .map(Result::unwrap)
@@ -71,12 +69,12 @@ async fn imap_takes_streams_in_order() {
     let pool = support::pool(2).await;
     let want: Vec<u64> = (0..40).map(|x| x * x).collect();
     let s = pool.imap(square, futures::stream::iter(0..40u64));
-    let got: Vec<u64> = bounded("futures stream", s.map(Result::unwrap).collect::<Vec<_>>()).await;
+    let got: Vec<u64> = within("futures stream", s.map(Result::unwrap).collect::<Vec<_>>()).await;
     assert_eq!(got, want);
     let s = pool
         .imap(square, tokio_stream::iter(0..40u64))
         .chunk_size(3);
-    let got: Vec<u64> = bounded("tokio stream", s.map(Result::unwrap).collect::<Vec<_>>()).await;
+    let got: Vec<u64> = within("tokio stream", s.map(Result::unwrap).collect::<Vec<_>>()).await;
     assert_eq!(got, want);
     pool.terminate().await;
 }
@@ -85,7 +83,7 @@ async fn imap_takes_streams_in_order() {
 async fn an_imap_error_fails_only_its_own_item() {
     let pool = support::pool(2).await;
     for chunk in [1, 4] {
-        let got: Vec<Result<u32, TaskError>> = bounded(
+        let got: Vec<Result<u32, TaskError>> = within(
             "imap",
             pool.imap(fail_on_5_and_13, 0..20u32)
                 .chunk_size(chunk)
@@ -116,15 +114,15 @@ async fn a_finished_imap_stays_finished() {
     let mut s = pool.imap(square, vec![1u64, 2]);
     assert_eq!(next(&mut s).await, Ok(1));
     assert_eq!(next(&mut s).await, Ok(4));
-    assert_eq!(bounded("end", s.next()).await, None);
-    assert_eq!(bounded("end again", s.next()).await, None);
+    assert_eq!(within("end", s.next()).await, None);
+    assert_eq!(within("end again", s.next()).await, None);
     pool.terminate().await;
 }
 
 #[tokio::test]
 async fn imap_unordered_from_an_iterator_yields_every_result() {
     let pool = support::pool(2).await;
-    let got: Vec<u64> = bounded(
+    let got: Vec<u64> = within(
         "imap_unordered",
         pool.imap_unordered(square, 0..300u64)
             .map(Result::unwrap)
@@ -142,16 +140,16 @@ async fn imap_unordered_from_a_stream_yields_every_result() {
     let pool = support::pool(2).await;
     let want: HashSet<u64> = (0..100).map(|x| x * x).collect();
     let s = pool.imap_unordered(square, futures::stream::iter(0..100u64));
-    let got: HashSet<u64> = bounded("futures", s.map(Result::unwrap).collect::<HashSet<_>>()).await;
+    let got: HashSet<u64> = within("futures", s.map(Result::unwrap).collect::<HashSet<_>>()).await;
     assert_eq!(got, want);
     let s = pool
         .imap_unordered(square, tokio_stream::iter(0..100u64))
         .chunk_size(7);
-    let got: HashSet<u64> = bounded("tokio", s.map(Result::unwrap).collect::<HashSet<_>>()).await;
+    let got: HashSet<u64> = within("tokio", s.map(Result::unwrap).collect::<HashSet<_>>()).await;
     assert_eq!(got, want);
     let unknown = futures::stream::unfold(0u64, |n| async move { (n < 100).then_some((n, n + 1)) });
     let s = pool.imap_unordered(square, unknown);
-    let got: HashSet<u64> = bounded("unfold", s.map(Result::unwrap).collect::<HashSet<_>>()).await;
+    let got: HashSet<u64> = within("unfold", s.map(Result::unwrap).collect::<HashSet<_>>()).await;
     assert_eq!(got, want);
     pool.terminate().await;
 }
@@ -173,7 +171,7 @@ async fn imap_unordered_yields_in_completion_order() {
     assert!(!early.contains(&0), "{early:?}");
     gate.touch();
     let mut all: Vec<u64> = early;
-    while let Some(r) = bounded("rest", s.next()).await {
+    while let Some(r) = within("rest", s.next()).await {
         all.push(r.expect("task").0);
     }
     all.sort_unstable();
@@ -188,11 +186,11 @@ async fn imap_sends_short_chunks_when_the_input_has_nothing_more_ready() {
     // Chunks of 4 are asked for, but each item must come back before the next is sent.
     let mut s = pool.imap(square, rx).chunk_size(4);
     for i in 0..5u64 {
-        bounded("send", tx.send(i)).await.expect("send");
+        within("send", tx.send(i)).await.expect("send");
         assert_eq!(next(&mut s).await, Ok(i * i));
     }
     drop(tx);
-    assert_eq!(bounded("end", s.next()).await, None);
+    assert_eq!(within("end", s.next()).await, None);
     pool.terminate().await;
 }
 
@@ -201,7 +199,7 @@ async fn an_imap_submits_nothing_until_it_is_polled() {
     let pool = support::pool(1).await;
     let file = TempPath::new("imap-unpolled");
     let mut s = pool.imap(touch, vec![file.arg()]);
-    bounded("other", pool.apply(core_util::worker_pid, ()))
+    within("other", pool.apply(support::whoami, ()))
         .await
         .unwrap();
     assert!(!file.exists(), "an unpolled imap ran its task");
@@ -263,7 +261,7 @@ async fn imap_over_an_endless_stream_pulls_a_bounded_number_of_items() {
     drop(results);
     let at_drop = pulled.load(Ordering::SeqCst);
     assert!(
-        wait_until(core_util::BOUND, || settled(&pool)).await,
+        wait_until(support::BOUND, || settled(&pool)).await,
         "{:?}",
         pool.stats()
     );
@@ -279,7 +277,7 @@ async fn imap_over_an_endless_stream_pulls_a_bounded_number_of_items() {
         submitted,
         "work submitted after the drop"
     );
-    assert_eq!(bounded("after", pool.apply(square, 3)).await, Ok(9));
+    assert_eq!(within("after", pool.apply(square, 3)).await, Ok(9));
     pool.terminate().await;
 }
 
@@ -312,7 +310,7 @@ async fn max_in_flight_bounds_the_items_pulled_ahead() {
         "pulled {max_lead} items ahead with max_in_flight(3), chunk 2"
     );
     drop(results);
-    assert!(wait_until(core_util::BOUND, || settled(&pool)).await);
+    assert!(wait_until(support::BOUND, || settled(&pool)).await);
     pool.terminate().await;
 }
 
@@ -320,14 +318,14 @@ async fn max_in_flight_bounds_the_items_pulled_ahead() {
 async fn dropping_an_imap_of_slow_tasks_empties_the_queue() {
     let pool = support::pool(2).await;
     let input = futures::stream::iter(std::iter::repeat(20u64));
-    let mut results = pool.imap(core_util::sleep_ms, input);
+    let mut results = pool.imap(support::sleep_ms, input);
     for _ in 0..3 {
         assert_eq!(next(&mut results).await, Ok(20));
     }
     let queued = pool.stats().queued;
     drop(results);
     assert!(
-        wait_until(core_util::BOUND, || settled(&pool)).await,
+        wait_until(support::BOUND, || settled(&pool)).await,
         "{:?}",
         pool.stats()
     );
@@ -374,7 +372,7 @@ async fn concurrent_streams_on_one_worker_each_get_their_own_replies() {
             assert_eq!(next(&mut s).await, Ok(i));
         }
     };
-    bounded(
+    within(
         "four streams and a dropped one",
         futures::future::join(futures::future::join_all(streams), dropped),
     )

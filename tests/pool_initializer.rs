@@ -4,8 +4,6 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use core_util::{assert_all_gone, bounded, scripted, wait_until, worker_pid, Script, TempPath};
+use support::{assert_all_gone, scripted, wait_until, whoami, within, Script, TempPath};
 
 /// Set by [`setup`] in a worker.
 static CONFIG: Mutex<Option<Settings>> = Mutex::new(None);
@@ -94,7 +92,7 @@ async fn the_initializer_runs_once_in_each_worker_before_its_first_task() {
         factor: 3,
         log_dir: Some(dir.arg()),
     };
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder()
             .processes(2)
@@ -114,7 +112,7 @@ async fn the_initializer_runs_once_in_each_worker_before_its_first_task() {
         pids.iter().copied().collect::<HashSet<_>>()
     );
 
-    let results = bounded("map", pool.map(use_settings, 0..40u64).chunk_size(1))
+    let results = within("map", pool.map(use_settings, 0..40u64).chunk_size(1))
         .await
         .expect("map");
     let workers = pool.stats().workers;
@@ -145,7 +143,7 @@ async fn a_replacement_worker_runs_the_initializer_too() {
         factor: 1,
         log_dir: Some(dir.arg()),
     };
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder()
             .processes(1)
@@ -158,11 +156,11 @@ async fn a_replacement_worker_runs_the_initializer_too() {
     let started = TempPath::new("init-replace-started");
     let never = TempPath::new("init-replace-never");
     let h = pool.apply_async(scripted, Script::new(0).started(&started).wait_for(&never));
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     h.abort();
-    assert!(bounded("aborted", h).await.unwrap_err().is_cancelled());
+    assert!(within("aborted", h).await.unwrap_err().is_cancelled());
 
-    let (greeting, _, runs, _, pid) = bounded("after", pool.apply(use_settings, 1)).await.unwrap();
+    let (greeting, _, runs, _, pid) = within("after", pool.apply(use_settings, 1)).await.unwrap();
     assert_ne!(pid, old[0], "the worker was replaced");
     assert_eq!(greeting, "again");
     assert_eq!(runs, 1);
@@ -174,7 +172,7 @@ async fn a_replacement_worker_runs_the_initializer_too() {
 async fn a_panicking_initializer_fails_the_build_with_its_message() {
     let dir = TempPath::new("init-fail-log");
     std::fs::create_dir(dir.path()).unwrap();
-    let result = bounded(
+    let result = within(
         "build",
         support::builder()
             .processes(2)
@@ -201,10 +199,10 @@ async fn a_panicking_initializer_fails_the_build_with_its_message() {
 #[tokio::test]
 async fn a_pool_without_initializer_sees_no_state_from_other_pools_initializers() {
     let pool = support::pool(1).await;
-    let got = bounded("task", pool.apply(blob_len, ())).await;
+    let got = within("task", pool.apply(blob_len, ())).await;
     assert_eq!(got, Ok(0));
     assert_ne!(
-        bounded("pid", pool.apply(worker_pid, ())).await.unwrap(),
+        within("pid", pool.apply(whoami, ())).await.unwrap(),
         std::process::id()
     );
     pool.terminate().await;
@@ -213,7 +211,7 @@ async fn a_pool_without_initializer_sees_no_state_from_other_pools_initializers(
 #[tokio::test]
 async fn the_initializer_takes_a_sizeable_argument() {
     let blob = vec![0x5au8; 512 * 1024];
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder()
             .processes(1)
@@ -223,7 +221,7 @@ async fn the_initializer_takes_a_sizeable_argument() {
     .await
     .expect("build");
     assert_eq!(
-        bounded("task", pool.apply(blob_len, ())).await,
+        within("task", pool.apply(blob_len, ())).await,
         Ok(512 * 1024)
     );
     pool.terminate().await;
@@ -232,7 +230,7 @@ async fn the_initializer_takes_a_sizeable_argument() {
 #[tokio::test]
 async fn the_initializer_takes_an_argument_larger_than_one_mib() {
     let blob = vec![0x5au8; 2 << 20];
-    let pool = bounded(
+    let pool = within(
         "build",
         support::builder()
             .processes(1)
@@ -241,6 +239,6 @@ async fn the_initializer_takes_an_argument_larger_than_one_mib() {
     )
     .await
     .expect("build with a 2 MiB initializer argument (the frame limit is 256 MiB)");
-    assert_eq!(bounded("task", pool.apply(blob_len, ())).await, Ok(2 << 20));
+    assert_eq!(within("task", pool.apply(blob_len, ())).await, Ok(2 << 20));
     pool.terminate().await;
 }

@@ -4,15 +4,13 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::future::IntoFuture;
 use std::time::Duration;
 
 use futures::Stream;
 use procpool::Pool;
 
-use core_util::{bounded, scripted, square, touch, wait_until, Script, TempPath};
+use support::{scripted, square, touch, wait_until, within, Script, TempPath};
 
 fn str_len(s: String) -> usize {
     s.chars().count()
@@ -57,12 +55,12 @@ fn jobs(pool: &Pool) -> u64 {
 #[tokio::test]
 async fn map_over_a_range_gives_every_result_in_input_order() {
     let pool = support::pool(2).await;
-    let got = bounded("map", pool.map(square, 0..100u64)).await.unwrap();
+    let got = within("map", pool.map(square, 0..100u64)).await.unwrap();
     let want: Vec<u64> = (0..100).map(|x| x * x).collect();
     assert_eq!(got, want);
 
     let words = ["a", "bb", "ccc", "dddd", "ünïcödé"];
-    let got = bounded(
+    let got = within(
         "map strings",
         pool.map(
             str_len,
@@ -84,9 +82,9 @@ async fn map_keeps_input_order_when_later_items_finish_first() {
     let pool = support::pool(2).await;
     // Early items sleep longest.
     let input: Vec<u64> = (0..8).map(|i| (8 - i) * 15).collect();
-    let got = bounded(
+    let got = within(
         "map",
-        pool.map(core_util::sleep_ms, input.clone()).chunk_size(1),
+        pool.map(support::sleep_ms, input.clone()).chunk_size(1),
     )
     .await
     .unwrap();
@@ -101,13 +99,13 @@ async fn map_takes_a_stream_of_known_or_unknown_length() {
 
     let known = futures::stream::iter(0..50);
     assert_eq!(
-        bounded("known", pool.map(negate, known)).await.unwrap(),
+        within("known", pool.map(negate, known)).await.unwrap(),
         want
     );
 
     let tokio_stream = tokio_stream::iter(0..50);
     assert_eq!(
-        bounded("tokio-stream", pool.map(negate, tokio_stream))
+        within("tokio-stream", pool.map(negate, tokio_stream))
             .await
             .unwrap(),
         want
@@ -123,7 +121,7 @@ async fn map_takes_a_stream_of_known_or_unknown_length() {
     });
     assert_eq!(unknown.size_hint(), (0, None));
     assert_eq!(
-        bounded("unknown", pool.map(negate, unknown)).await.unwrap(),
+        within("unknown", pool.map(negate, unknown)).await.unwrap(),
         want
     );
 
@@ -131,7 +129,7 @@ async fn map_takes_a_stream_of_known_or_unknown_length() {
     let filtered = (0..100).filter(|x| x % 2 == 0);
     let want_even: Vec<i32> = (0..100).filter(|x| x % 2 == 0).map(|x| -x).collect();
     assert_eq!(
-        bounded("filter", pool.map(negate, filtered)).await.unwrap(),
+        within("filter", pool.map(negate, filtered)).await.unwrap(),
         want_even
     );
     pool.terminate().await;
@@ -140,9 +138,9 @@ async fn map_takes_a_stream_of_known_or_unknown_length() {
 #[tokio::test]
 async fn map_of_an_empty_input_is_empty() {
     let pool = support::pool(2).await;
-    let got = bounded("empty", pool.map(square, Vec::<u64>::new())).await;
+    let got = within("empty", pool.map(square, Vec::<u64>::new())).await;
     assert_eq!(got, Ok(vec![]));
-    let got = bounded(
+    let got = within(
         "empty stream",
         pool.map(square, futures::stream::empty::<u64>()),
     )
@@ -156,7 +154,7 @@ async fn map_of_an_empty_input_is_empty() {
 async fn map_fails_with_the_first_error_in_input_order_and_the_pool_serves_on() {
     let pool = support::pool(2).await;
     for chunk in [1, 3, 50] {
-        let err = bounded("map", pool.map(fail_on_tens, 0..50u32).chunk_size(chunk))
+        let err = within("map", pool.map(fail_on_tens, 0..50u32).chunk_size(chunk))
             .await
             .expect_err("items 10, 20, 30, 40 panic");
         assert_eq!(
@@ -165,7 +163,7 @@ async fn map_fails_with_the_first_error_in_input_order_and_the_pool_serves_on() 
             "chunk size {chunk}: {err:?}"
         );
     }
-    let got = bounded("after", pool.map(fail_on_tens, 1..10u32))
+    let got = within("after", pool.map(fail_on_tens, 1..10u32))
         .await
         .unwrap();
     assert_eq!(got, (1..10).collect::<Vec<_>>());
@@ -177,7 +175,7 @@ async fn map_fails_with_the_first_error_in_input_order_and_the_pool_serves_on() 
 async fn map_of_a_result_returning_task_gives_each_items_own_result() {
     let pool = support::pool(2).await;
     let input = vec!["1".to_string(), "x".to_string(), "3".to_string()];
-    let got: Vec<Result<u32, String>> = bounded("map", pool.map(parse, input)).await.unwrap();
+    let got: Vec<Result<u32, String>> = within("map", pool.map(parse, input)).await.unwrap();
     assert_eq!(got[0], Ok(1));
     assert!(
         got[1].as_ref().unwrap_err().starts_with("\"x\":"),
@@ -190,7 +188,7 @@ async fn map_of_a_result_returning_task_gives_each_items_own_result() {
 #[tokio::test]
 async fn starmap_unpacks_two_and_three_arguments() {
     let pool = support::pool(2).await;
-    let sums = bounded(
+    let sums = within(
         "starmap 2",
         pool.starmap(add, vec![(1, 2), (3, 4), (-10, 4)]),
     )
@@ -200,7 +198,7 @@ async fn starmap_unpacks_two_and_three_arguments() {
 
     let triples: Vec<(u64, u64, u64)> = (0..60).map(|i| (i, i + 1, i + 2)).collect();
     let want: Vec<u64> = triples.iter().map(|&(a, b, c)| a * b + c).collect();
-    let got = bounded("starmap 3", pool.starmap(fma, triples))
+    let got = within("starmap 3", pool.starmap(fma, triples))
         .await
         .unwrap();
     assert_eq!(got, want);
@@ -210,7 +208,7 @@ async fn starmap_unpacks_two_and_three_arguments() {
         ("-".to_string(), 0),
         ("x".to_string(), 1),
     ];
-    let got = bounded("starmap mixed", pool.starmap(repeat, mixed))
+    let got = within("starmap mixed", pool.starmap(repeat, mixed))
         .await
         .unwrap();
     assert_eq!(
@@ -219,13 +217,13 @@ async fn starmap_unpacks_two_and_three_arguments() {
     );
 
     let stream = futures::stream::iter((0..20).map(|i| (i, 2 * i)));
-    let got = bounded("starmap stream", pool.starmap(add, stream).chunk_size(3))
+    let got = within("starmap stream", pool.starmap(add, stream).chunk_size(3))
         .await
         .unwrap();
     assert_eq!(got, (0..20).map(|i| 3 * i).collect::<Vec<_>>());
 
     // A non-capturing closure of two arguments.
-    let got = bounded(
+    let got = within(
         "starmap closure",
         pool.starmap(
             |a: u8, b: u8| u16::from(a) * u16::from(b),
@@ -241,7 +239,7 @@ async fn starmap_unpacks_two_and_three_arguments() {
 #[tokio::test]
 async fn chunk_size_sets_how_many_items_go_in_one_job() {
     let pool = support::pool(2).await;
-    let got = bounded("map", pool.map(square, 0..100u64).chunk_size(10))
+    let got = within("map", pool.map(square, 0..100u64).chunk_size(10))
         .await
         .unwrap();
     assert_eq!(got.len(), 100);
@@ -252,7 +250,7 @@ async fn chunk_size_sets_how_many_items_go_in_one_job() {
     assert_eq!(stats.completed, 100, "{stats:?}");
 
     // 7 does not divide 100: 15 jobs, the last one short.
-    let got = bounded(
+    let got = within(
         "starmap",
         pool.starmap(add, (0..100).map(|i| (i, i))).chunk_size(7),
     )
@@ -262,7 +260,7 @@ async fn chunk_size_sets_how_many_items_go_in_one_job() {
     assert_eq!(jobs(&pool), 10 + 15);
 
     // Chunk size 1: one job per item.
-    bounded("map", pool.map(square, 0..9u64).chunk_size(1))
+    within("map", pool.map(square, 0..9u64).chunk_size(1))
         .await
         .unwrap();
     assert_eq!(jobs(&pool), 10 + 15 + 9);
@@ -273,7 +271,7 @@ async fn chunk_size_sets_how_many_items_go_in_one_job() {
 async fn the_automatic_chunk_size_sends_far_fewer_jobs_than_items() {
     let pool = support::pool(2).await;
     let n = 200_000u32;
-    let got = bounded("map 200k", pool.map(tiny, 0..n)).await.unwrap();
+    let got = within("map 200k", pool.map(tiny, 0..n)).await.unwrap();
     assert_eq!(got.len(), n as usize);
     assert!(got
         .iter()
@@ -294,7 +292,7 @@ async fn the_automatic_chunk_size_sends_far_fewer_jobs_than_items() {
 async fn with_an_unknown_length_the_default_chunk_is_one_item() {
     let pool = support::pool(2).await;
     let input = futures::stream::unfold(0u64, |n| async move { (n < 12).then_some((n, n + 1)) });
-    let got = bounded("map", pool.map(square, input)).await.unwrap();
+    let got = within("map", pool.map(square, input)).await.unwrap();
     assert_eq!(got.len(), 12);
     assert_eq!(jobs(&pool), 12);
     pool.terminate().await;
@@ -314,7 +312,7 @@ async fn a_map_dropped_before_it_is_awaited_submits_nothing() {
     let file = TempPath::new("map-not-awaited");
     let map = pool.map(touch, vec![file.arg()]);
     drop(map);
-    bounded("later", pool.apply(core_util::worker_pid, ()))
+    within("later", pool.apply(support::whoami, ()))
         .await
         .unwrap();
     assert!(!file.exists());
@@ -335,12 +333,12 @@ async fn dropping_a_running_map_removes_the_chunks_that_have_not_started() {
     // Poll the map until its first item runs, then drop it.
     let first_started = tokio::select! {
         _ = &mut map => false,
-        ok = wait_until(core_util::BOUND, || started.exists()) => ok,
+        ok = wait_until(support::BOUND, || started.exists()) => ok,
     };
     assert!(first_started, "the first item never started");
     drop(map);
     gate.touch();
-    bounded("later", pool.apply(core_util::worker_pid, ()))
+    within("later", pool.apply(support::whoami, ()))
         .await
         .unwrap();
     assert!(
@@ -371,12 +369,12 @@ async fn dropping_a_running_map_runs_no_chunk_that_had_not_started() {
     let mut map = Box::pin(pool.map(scripted, scripts).chunk_size(1).into_future());
     let first_started = tokio::select! {
         _ = &mut map => false,
-        ok = wait_until(core_util::BOUND, || started.exists()) => ok,
+        ok = wait_until(support::BOUND, || started.exists()) => ok,
     };
     assert!(first_started, "the first item never started");
     drop(map);
     gate.touch();
-    bounded("later", pool.apply(core_util::worker_pid, ()))
+    within("later", pool.apply(support::whoami, ()))
         .await
         .unwrap();
     let ran: Vec<usize> = (0..files.len()).filter(|&i| files[i].exists()).collect();
@@ -391,7 +389,7 @@ async fn dropping_a_running_map_runs_no_chunk_that_had_not_started() {
 async fn a_map_future_can_be_spawned() {
     let pool = support::pool(2).await;
     let fut = pool.map(square, 0..30u64).chunk_size(4).into_future();
-    let got = bounded("spawned map", tokio::spawn(fut))
+    let got = within("spawned map", tokio::spawn(fut))
         .await
         .unwrap()
         .unwrap();
@@ -412,7 +410,7 @@ async fn small_and_large_replies_mixed_in_one_pipeline_arrive_in_order() {
     let pool = support::pool(2).await;
     // Small warm-up so the driver pipelines (it does for jobs under 100 µs).
     let warm: Vec<u32> = (0..2000).collect();
-    let warmed = bounded("warm-up", pool.map(tiny, warm).chunk_size(1)).await;
+    let warmed = within("warm-up", pool.map(tiny, warm).chunk_size(1)).await;
     assert_eq!(warmed.unwrap().len(), 2000);
     let sizes: Vec<usize> = (0..3000)
         .map(|i| match i % 7 {
@@ -422,7 +420,7 @@ async fn small_and_large_replies_mixed_in_one_pipeline_arrive_in_order() {
             _ => i % 300,
         })
         .collect();
-    let out = bounded("mixed", pool.map(bytes_of, sizes.clone()).chunk_size(1))
+    let out = within("mixed", pool.map(bytes_of, sizes.clone()).chunk_size(1))
         .await
         .expect("map");
     assert_eq!(out.len(), sizes.len());
@@ -461,13 +459,13 @@ async fn a_large_map_queues_a_bounded_number_of_chunks() {
             most
         })
     };
-    let out = bounded("map", pool.map(tiny, 0..n).chunk_size(1))
+    let out = within("map", pool.map(tiny, 0..n).chunk_size(1))
         .await
         .expect("map");
     watching.store(false, std::sync::atomic::Ordering::Relaxed);
     assert_eq!(out.len(), n as usize);
     assert!(out.iter().enumerate().all(|(i, &x)| x == tiny(i as u32)));
-    let most = bounded("sampler", sampler).await.expect("sampler");
+    let most = within("sampler", sampler).await.expect("sampler");
     // The window: four times both workers' pipelines (2 x 64), so 512 chunks of one
     // task in flight, queued or sent.
     assert!(most > 0, "the sampler saw the queue");

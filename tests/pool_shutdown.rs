@@ -4,15 +4,13 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::time::Duration;
 
 use futures::StreamExt;
 use procpool::TaskError;
 
-use core_util::{
-    assert_all_gone, assert_no_zombies, bounded, scripted, square, touch, wait_until, Script,
+use support::{
+    assert_all_gone, assert_no_zombies, scripted, square, touch, wait_until, within, Script,
     TempPath,
 };
 
@@ -29,24 +27,24 @@ async fn a_closed_pool_refuses_every_kind_of_submission() {
     assert!(pool.clone().is_closed(), "clones share the state");
 
     assert_eq!(
-        bounded("apply", pool.apply(square, 2)).await,
+        within("apply", pool.apply(square, 2)).await,
         Err(TaskError::Closed)
     );
     assert_eq!(
-        bounded("apply_async", pool.apply_async(square, 2)).await,
+        within("apply_async", pool.apply_async(square, 2)).await,
         Err(TaskError::Closed)
     );
     assert_eq!(
-        bounded("map", pool.map(square, 0..10u64)).await,
+        within("map", pool.map(square, 0..10u64)).await,
         Err(TaskError::Closed)
     );
     assert_eq!(
-        bounded("starmap", pool.starmap(add, vec![(1, 2)])).await,
+        within("starmap", pool.starmap(add, vec![(1, 2)])).await,
         Err(TaskError::Closed)
     );
-    let items: Vec<_> = bounded("imap", pool.imap(square, 0..3u64).collect::<Vec<_>>()).await;
+    let items: Vec<_> = within("imap", pool.imap(square, 0..3u64).collect::<Vec<_>>()).await;
     assert_eq!(items, vec![Err(TaskError::Closed); 3]);
-    let items: Vec<_> = bounded(
+    let items: Vec<_> = within(
         "imap_unordered",
         pool.imap_unordered(square, 0..3u64).collect::<Vec<_>>(),
     )
@@ -55,7 +53,7 @@ async fn a_closed_pool_refuses_every_kind_of_submission() {
     assert!(TaskError::Closed.to_string().contains("closed"));
 
     assert_eq!(pool.stats().submitted, 0);
-    bounded("join", pool.join()).await;
+    within("join", pool.join()).await;
 }
 
 #[tokio::test]
@@ -66,13 +64,13 @@ async fn close_lets_queued_and_running_work_finish() {
     let queued_file = TempPath::new("close-queued");
     let running = pool.apply_async(scripted, Script::new(5).started(&started).wait_for(&gate));
     let queued = pool.apply_async(touch, queued_file.arg());
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     pool.close();
     gate.touch();
-    assert_eq!(bounded("running", running).await.map(|(v, _)| v), Ok(5));
-    assert!(bounded("queued", queued).await.is_ok());
+    assert_eq!(within("running", running).await.map(|(v, _)| v), Ok(5));
+    assert!(within("queued", queued).await.is_ok());
     assert!(queued_file.exists());
-    bounded("join", pool.join()).await;
+    within("join", pool.join()).await;
 }
 
 #[tokio::test]
@@ -83,7 +81,7 @@ async fn after_close_the_idle_workers_exit_by_themselves() {
     pool.close();
     assert_all_gone(&pids).await;
     assert!(pool.stats().workers.is_empty(), "{:?}", pool.stats());
-    bounded("join", pool.join()).await;
+    within("join", pool.join()).await;
 }
 
 #[tokio::test]
@@ -98,10 +96,10 @@ async fn join_waits_for_queued_work_then_the_workers_are_gone() {
         .map(|(i, f)| pool.apply_async(scripted, Script::new(i as u64).done(f)))
         .collect();
     let slow: Vec<_> = (0..4)
-        .map(|_| pool.apply_async(core_util::sleep_ms, 50))
+        .map(|_| pool.apply_async(support::sleep_ms, 50))
         .collect();
 
-    bounded("join", pool.join()).await;
+    within("join", pool.join()).await;
     assert!(pool.is_closed());
     assert!(
         files.iter().all(TempPath::exists),
@@ -118,16 +116,16 @@ async fn join_waits_for_queued_work_then_the_workers_are_gone() {
     assert_no_zombies(&pids);
     assert!(pool.stats().workers.is_empty());
     for (i, h) in handles.into_iter().enumerate() {
-        assert_eq!(bounded("handle", h).await.map(|(v, _)| v), Ok(i as u64));
+        assert_eq!(within("handle", h).await.map(|(v, _)| v), Ok(i as u64));
     }
     for h in slow {
-        assert_eq!(bounded("slow", h).await, Ok(50));
+        assert_eq!(within("slow", h).await, Ok(50));
     }
     // Joining again, or terminating afterwards, returns at once.
-    bounded("join again", pool.join()).await;
-    bounded("terminate after join", pool.terminate()).await;
+    within("join again", pool.join()).await;
+    within("terminate after join", pool.terminate()).await;
     assert_eq!(
-        bounded("apply", pool.apply(square, 1)).await,
+        within("apply", pool.apply(square, 1)).await,
         Err(TaskError::Closed)
     );
 }
@@ -137,12 +135,12 @@ async fn join_from_a_clone_while_a_map_runs() {
     let pool = support::pool(2).await;
     let pids = support::worker_pids(&pool);
     let map = tokio::spawn(std::future::IntoFuture::into_future(
-        pool.map(core_util::sleep_ms, vec![10u64; 20]).chunk_size(1),
+        pool.map(support::sleep_ms, vec![10u64; 20]).chunk_size(1),
     ));
     // The map has submitted its chunks once it has been polled.
-    assert!(wait_until(core_util::BOUND, || pool.stats().submitted == 20).await);
-    bounded("join", pool.clone().join()).await;
-    assert_eq!(bounded("map", map).await.unwrap(), Ok(vec![10u64; 20]));
+    assert!(wait_until(support::BOUND, || pool.stats().submitted == 20).await);
+    within("join", pool.clone().join()).await;
+    assert_eq!(within("map", map).await.unwrap(), Ok(vec![10u64; 20]));
     assert_all_gone(&pids).await;
 }
 
@@ -157,10 +155,10 @@ async fn terminate_kills_running_tasks_and_reaps_the_workers() {
         .iter()
         .map(|s| pool.apply_async(scripted, Script::new(0).started(s).wait_for(&never)))
         .collect();
-    let one_runs = wait_until(core_util::BOUND, || started.iter().any(TempPath::exists)).await;
+    let one_runs = wait_until(support::BOUND, || started.iter().any(TempPath::exists)).await;
     assert!(one_runs, "no task started");
 
-    bounded("terminate", pool.terminate()).await;
+    within("terminate", pool.terminate()).await;
     // terminate reaps: no need to wait.
     for &pid in &pids {
         assert!(
@@ -171,16 +169,16 @@ async fn terminate_kills_running_tasks_and_reaps_the_workers() {
     }
     assert_no_zombies(&pids);
     for h in handles {
-        assert_eq!(bounded("task", h).await, Err(TaskError::Terminated));
+        assert_eq!(within("task", h).await, Err(TaskError::Terminated));
     }
     assert!(pool.is_closed());
     assert!(pool.stats().workers.is_empty());
     assert_eq!(
-        bounded("after", pool.apply(square, 1)).await,
+        within("after", pool.apply(square, 1)).await,
         Err(TaskError::Closed)
     );
-    bounded("terminate again", pool.terminate()).await;
-    bounded("join after terminate", pool.join()).await;
+    within("terminate again", pool.terminate()).await;
+    within("join after terminate", pool.join()).await;
 }
 
 #[tokio::test]
@@ -190,7 +188,7 @@ async fn start_terminate_kills_in_the_background() {
     let never = TempPath::new("start-terminate-never");
     let handle = pool.apply_async(scripted, Script::new(0).wait_for(&never));
     pool.start_terminate();
-    assert_eq!(bounded("handle", handle).await, Err(TaskError::Terminated));
+    assert_eq!(within("handle", handle).await, Err(TaskError::Terminated));
     assert_all_gone(&pids).await;
 }
 
@@ -201,20 +199,17 @@ async fn dropping_the_last_clone_kills_and_reaps_every_worker() {
     let pids = support::worker_pids(&pool);
     drop(pool);
     // A clone keeps the pool alive.
-    assert_eq!(bounded("via clone", clone.apply(square, 4)).await, Ok(16));
+    assert_eq!(within("via clone", clone.apply(square, 4)).await, Ok(16));
     assert!(pids.iter().all(|&p| support::is_running(p)));
 
     let started = TempPath::new("drop-started");
     let never = TempPath::new("drop-never");
     let running = clone.apply_async(scripted, Script::new(0).started(&started).wait_for(&never));
-    assert!(wait_until(core_util::BOUND, || started.exists()).await);
+    assert!(wait_until(support::BOUND, || started.exists()).await);
     drop(clone);
     assert_all_gone(&pids).await;
     // A handle does not keep the pool alive; its task ends with the pool.
-    assert_eq!(
-        bounded("running", running).await,
-        Err(TaskError::Terminated)
-    );
+    assert_eq!(within("running", running).await, Err(TaskError::Terminated));
 }
 
 #[tokio::test]
@@ -224,7 +219,7 @@ async fn a_stream_keeps_its_pool_alive_until_it_is_dropped() {
     let mut s = pool.imap(square, 0..10u64).chunk_size(1);
     drop(pool);
     let mut got = Vec::new();
-    while let Some(r) = bounded("imap", s.next()).await {
+    while let Some(r) = within("imap", s.next()).await {
         got.push(r.expect("task"));
     }
     assert_eq!(got, (0..10).map(|x| x * x).collect::<Vec<_>>());
@@ -246,11 +241,11 @@ fn a_pool_dropped_outside_any_runtime_leaves_no_process() {
     let never = TempPath::new("no-runtime-never");
     let started = TempPath::new("no-runtime-started");
     let handle = pool.apply_async(scripted, Script::new(0).started(&started).wait_for(&never));
-    assert!(rt.block_on(wait_until(core_util::BOUND, || started.exists())));
+    assert!(rt.block_on(wait_until(support::BOUND, || started.exists())));
     drop(rt);
     drop(pool);
     drop(handle);
-    let gone = support::eventually(core_util::GONE_WITHIN, || {
+    let gone = support::eventually(support::GONE_WITHIN, || {
         pids.iter().all(|&p| support::is_gone(p))
     });
     assert!(
@@ -271,7 +266,7 @@ fn a_pool_dropped_outside_any_runtime_leaves_no_process() {
     let pids = support::worker_pids(&pool);
     drop(pool);
     drop(rt);
-    let gone = support::eventually(core_util::GONE_WITHIN, || {
+    let gone = support::eventually(support::GONE_WITHIN, || {
         pids.iter().all(|&p| support::is_gone(p))
     });
     assert!(
@@ -293,7 +288,7 @@ async fn a_panicking_test_body_does_not_leak_its_pool() {
         *inner.lock().unwrap() = support::worker_pids(&pool);
         panic!("the caller panics while holding the pool");
     });
-    let err = bounded("task", task).await.expect_err("the task panicked");
+    let err = within("task", task).await.expect_err("the task panicked");
     assert!(err.is_panic());
     let pids = pids.lock().unwrap().clone();
     assert_eq!(pids.len(), 2);

@@ -8,22 +8,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use procpool::{Process, StartMethod, TaskError, WorkerExit};
+use support::{double, sleep_ms, BOUND};
 
 const METHODS: [StartMethod; 3] = [
     StartMethod::Spawn,
     StartMethod::Fork,
     StartMethod::ForkServer,
 ];
-const BOUND: Duration = Duration::from_secs(30);
-
-fn double(x: u64) -> u64 {
-    x * 2
-}
-
-fn sleep_ms(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
-}
 
 fn panics(_: ()) -> u64 {
     panic!("no luck")

@@ -8,8 +8,7 @@ mod support;
 use std::time::Duration;
 
 use procpool::{Process, StartMethod};
-
-const BOUND: Duration = Duration::from_secs(30);
+use support::{sleep_ms, BOUND};
 
 /// The server lingers 1 s after the last `Process` has ended, then closes its channel
 /// (and is killed if it has not left within 5 s); this leaves room for a slow host.
@@ -39,11 +38,6 @@ async fn one_process(daemon: bool, ms: u64) -> u32 {
     assert_eq!(out, Ok(ms));
     assert!(support::eventually(BOUND, || support::is_gone(pid)));
     server
-}
-
-fn sleep_ms(ms: u64) -> u64 {
-    std::thread::sleep(Duration::from_millis(ms));
-    ms
 }
 
 #[tokio::test]

@@ -6,15 +6,13 @@
 procpool::enable_test_support!();
 mod support;
 
-mod core_util;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use procpool::{Pool, Progress, TaskError};
 
-use core_util::{bounded, wait_until};
+use support::{wait_until, within};
 
 fn fail_on_multiples_of_7(x: u64) -> u64 {
     if x % 7 == 0 {
@@ -73,11 +71,9 @@ async fn map_reports_every_task_and_every_failure() {
     let pool = support::pool(2).await;
     let n = 2_000u64;
     let (hook, seen) = recorder();
-    let results = bounded(
+    let results = within(
         "map",
-        pool.map(core_util::square, 0..n)
-            .chunk_size(3)
-            .progress(hook),
+        pool.map(support::square, 0..n).chunk_size(3).progress(hook),
     )
     .await
     .expect("map");
@@ -92,7 +88,7 @@ async fn map_reports_every_task_and_every_failure() {
 
     // Failures: map stops at the first, the hook counts what came until then.
     let (hook, seen) = recorder();
-    let err = bounded(
+    let err = within(
         "failing map",
         pool.map(fail_on_multiples_of_7, 1..=n)
             .chunk_size(1)
@@ -113,7 +109,7 @@ async fn streams_report_failures_and_an_unknown_total() {
     let failing = (1..=n).filter(|x| x % 7 == 0).count();
 
     let (hook, seen) = recorder();
-    let got: Vec<Result<u64, TaskError>> = bounded(
+    let got: Vec<Result<u64, TaskError>> = within(
         "imap_unordered",
         pool.imap_unordered(fail_on_multiples_of_7, (1..=n).collect::<Vec<_>>())
             .chunk_size(1)
@@ -133,7 +129,7 @@ async fn streams_report_failures_and_an_unknown_total() {
     // A stream whose length is not known in advance (a filter's may be anything).
     let (hook, seen) = recorder();
     let input = futures::stream::iter(1..=n).filter(|_| futures::future::ready(true));
-    let got: Vec<Result<u64, TaskError>> = bounded(
+    let got: Vec<Result<u64, TaskError>> = within(
         "imap over a stream",
         pool.imap(fail_on_multiples_of_7, input)
             .chunk_size(2)

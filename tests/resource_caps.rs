@@ -5,12 +5,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::HashSet;
 
 use procpool::{TaskError, WorkerExit};
-use supervisor_common::*;
+use support::*;
 
 const MIB: u64 = 1 << 20;
 
@@ -74,9 +72,17 @@ async fn memory_limit_fails_the_task_that_exceeds_it() {
     let limit = limit();
     // 2 GiB past a 512 MiB limit; with Fork, as far past the limit.
     let too_much = limit / MIB + 1536;
+    // The worker that runs out of memory prints "memory allocation of N bytes failed"
+    // (and, with RUST_BACKTRACE, tries a backtrace) before it aborts: captured here,
+    // out of the test run's output.
+    let (lines, captured) = collector();
     let pool = within(
         "build",
-        support::builder().processes(1).memory_limit(limit).build(),
+        support::builder()
+            .processes(1)
+            .memory_limit(limit)
+            .stderr(captured)
+            .build(),
     )
     .await
     .expect("pool builds");
@@ -113,8 +119,19 @@ async fn memory_limit_fails_the_task_that_exceeds_it() {
             assert_eq!(reported, limit);
             assert!(
                 matches!(exit, WorkerExit::Signal(6 | 9 | 11)),
-                "unexpected exit {exit}"
+                "unexpected exit {exit}; the worker's stderr: {}",
+                shown(&lines)
             );
+            if exit == WorkerExit::Signal(6) {
+                // The allocator's abort: its message went to the capture.
+                assert!(
+                    arrives(&lines, |l| l.0 == first
+                        && l.2.starts_with("memory allocation of"))
+                    .await,
+                    "the worker's stderr: {}",
+                    shown(&lines)
+                );
+            }
         }
         ref other => panic!("expected MemoryLimit, got {other:?}"),
     }

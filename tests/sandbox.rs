@@ -7,12 +7,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::time::Duration;
 
 use procpool::{Pool, PoolBuilder, Process, Sandbox};
-use supervisor_common::{all_gone, eventually, within, Scratch};
+use support::{all_gone, wait_until, whoami, within, Scratch};
 
 /// A variable the service holds and workers should not see.
 const SECRET: &str = "PROCPOOL_SANDBOX_TEST_SECRET";
@@ -52,10 +50,6 @@ fn errno() -> i32 {
 // ---------------------------------------------------------------------------------
 // Tasks: what a compromised worker would try. Each returns Ok or the errno.
 // ---------------------------------------------------------------------------------
-
-fn whoami(_: ()) -> u32 {
-    std::process::id()
-}
 
 /// `kill(getppid(), 0)`: may this worker signal its parent (the service, or the fork
 /// server)?
@@ -304,7 +298,7 @@ async fn a_worker_cannot_kill_its_sibling() {
     assert_eq!(r, Ok(1), "without a sandbox a worker kills its sibling");
     let victims = pids.clone();
     assert!(
-        eventually(Duration::from_secs(10), move || victims
+        wait_until(Duration::from_secs(10), move || victims
             .iter()
             .any(|&p| !support::is_running(p)))
         .await
@@ -605,10 +599,10 @@ async fn a_sandboxed_process_cannot_signal_its_parent() {
         within("join", child.join()).await.unwrap(),
         Err(libc::EPERM)
     );
-    assert!(eventually(Duration::from_secs(10), move || support::is_gone(pid)).await);
+    assert!(wait_until(Duration::from_secs(10), move || support::is_gone(pid)).await);
 
     let child = within("start", run(None)).await.expect("starts");
     let pid = child.pid();
     assert_eq!(within("join", child.join()).await.unwrap(), Ok(()));
-    assert!(eventually(Duration::from_secs(10), move || support::is_gone(pid)).await);
+    assert!(wait_until(Duration::from_secs(10), move || support::is_gone(pid)).await);
 }

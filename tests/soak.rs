@@ -9,15 +9,13 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use procpool::{TaskError, WorkerExit};
 use serde::{Deserialize, Serialize};
-use supervisor_common::*;
+use support::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 enum Kind {
@@ -253,7 +251,7 @@ async fn soak(functions: Functions) {
     // Once the last replacement is up, every worker that left was replaced once.
     let p = pool.clone();
     assert!(
-        eventually(BOUND, move || {
+        wait_until(BOUND, move || {
             let s = p.stats();
             s.workers.len() == 3 && s.workers_started == 3 + s.workers_crashed + s.workers_recycled
         })

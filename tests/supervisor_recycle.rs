@@ -6,11 +6,9 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::{HashMap, HashSet};
 
-use supervisor_common::*;
+use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_sequential_tasks_are_served_by_at_least_five_pids() {
@@ -57,7 +55,7 @@ async fn ten_sequential_tasks_are_served_by_at_least_five_pids() {
     let p = pool.clone();
     let n = retired.len() as u64;
     assert!(
-        eventually(BOUND, move || p.stats().workers_recycled == n).await,
+        wait_until(BOUND, move || p.stats().workers_recycled == n).await,
         "workers_recycled should be {n}: {:?}",
         pool.stats()
     );
@@ -65,7 +63,7 @@ async fn ten_sequential_tasks_are_served_by_at_least_five_pids() {
     let p = pool.clone();
     let gone = retired.clone();
     assert!(
-        eventually(BOUND, move || {
+        wait_until(BOUND, move || {
             let live = support::worker_pids(&p);
             live.len() == 2 && live.iter().all(|w| !gone.contains(w))
         })
@@ -112,7 +110,7 @@ async fn one_task_per_child_gives_every_task_a_fresh_process() {
     let old = pids.clone();
     assert!(all_gone(old, BOUND).await);
     let p = pool.clone();
-    assert!(eventually(BOUND, move || p.stats().workers_recycled == 6).await);
+    assert!(wait_until(BOUND, move || p.stats().workers_recycled == 6).await);
     within("join", pool.join()).await;
 }
 
@@ -148,7 +146,7 @@ async fn recycling_under_concurrent_load() {
     assert_eq!(stats.workers_crashed, 0, "{stats:?}");
     let p = pool.clone();
     assert!(
-        eventually(BOUND, move || support::worker_pids(&p).len() == 2).await,
+        wait_until(BOUND, move || support::worker_pids(&p).len() == 2).await,
         "{:?}",
         pool.stats()
     );
@@ -200,7 +198,7 @@ async fn retiring_does_not_disturb_other_workers() {
     )
     .await
     .expect("pool builds");
-    let long = pool.apply_async(sleep_ms, 1500);
+    let long = pool.apply_async(pid_after_sleep, 1500);
     // While the long task holds one worker, the other serves and retires repeatedly.
     let mut pids = HashSet::new();
     for _ in 0..6 {

@@ -6,12 +6,10 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::time::Duration;
 
 use procpool::{Pool, PoolStats, TaskError};
-use supervisor_common::*;
+use support::*;
 
 fn fails_politely(x: u64) -> Result<u64, String> {
     Err(format!("no {x}"))
@@ -28,7 +26,7 @@ async fn stats_when(
     check: impl Fn(&PoolStats) -> bool + Send + 'static,
 ) -> PoolStats {
     let p = pool.clone();
-    let ok = eventually(BOUND, move || check(&p.stats())).await;
+    let ok = wait_until(BOUND, move || check(&p.stats())).await;
     let stats = pool.stats();
     assert!(ok, "{what}: {stats:?}");
     stats
@@ -242,9 +240,12 @@ async fn stats_list_every_live_worker() {
         assert!(support::is_running(w.pid), "{w:?}");
         assert_eq!(support::parent_of(w.pid), Some(parent), "{w:?}");
     }
-    let results: Vec<u32> = within("map", pool.map(sleep_ms, vec![50u64; 12]).chunk_size(1))
-        .await
-        .expect("map");
+    let results: Vec<u32> = within(
+        "map",
+        pool.map(pid_after_sleep, vec![50u64; 12]).chunk_size(1),
+    )
+    .await
+    .expect("map");
     let s = pool.stats();
     assert_eq!(s.workers.iter().map(|w| w.tasks).sum::<u64>(), 12, "{s:?}");
     for w in &s.workers {
@@ -287,7 +288,7 @@ async fn terminated_tasks_count_as_failed() {
     let rest: Vec<_> = (0..3u64).map(|x| pool.apply_async(double, x)).collect();
     let p = pool.clone();
     // Nothing is sent ahead to a worker whose job is long or of unknown length.
-    assert!(eventually(BOUND, move || p.stats().queued == 3).await);
+    assert!(wait_until(BOUND, move || p.stats().queued == 3).await);
     within("terminate", pool.terminate()).await;
     assert_eq!(within("busy", busy).await, Err(TaskError::Terminated));
     for h in rest {

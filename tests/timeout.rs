@@ -7,13 +7,11 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use procpool::TaskError;
-use supervisor_common::*;
+use support::*;
 
 const QUICK: Duration = Duration::from_secs(30);
 
@@ -87,7 +85,7 @@ async fn per_call_timeout() {
     assert!(all_gone(vec![pid], BOUND).await);
     let p = pool.clone();
     assert!(
-        eventually(BOUND, move || {
+        wait_until(BOUND, move || {
             let live = support::worker_pids(&p);
             live.len() == 2 && !live.contains(&pid)
         })
@@ -95,7 +93,9 @@ async fn per_call_timeout() {
     );
     // Calls without a timeout are not affected.
     assert_eq!(
-        within("plain", pool.apply(sleep_ms, 400)).await.map(|_| ()),
+        within("plain", pool.apply(pid_after_sleep, 400))
+            .await
+            .map(|_| ()),
         Ok(())
     );
     within("terminate", pool.terminate()).await;
@@ -114,12 +114,12 @@ async fn per_call_timeout_overrides_the_pool_timeout() {
     .expect("pool builds");
     let pid = within(
         "longer than the pool's timeout",
-        pool.apply(sleep_ms, 1000).timeout(QUICK),
+        pool.apply(pid_after_sleep, 1000).timeout(QUICK),
     )
     .await
     .expect("the call's own timeout applies, not the pool's");
     // And the pool's own applies to calls that set none.
-    let err = within("pool timeout", pool.apply(sleep_ms, 10_000))
+    let err = within("pool timeout", pool.apply(pid_after_sleep, 10_000))
         .await
         .expect_err("the pool's timeout applies");
     assert_eq!(
@@ -147,7 +147,9 @@ async fn timeout_counts_from_the_start_of_the_task() {
     .await
     .expect("pool builds");
     let submitted = Instant::now();
-    let handles: Vec<_> = (0..4).map(|_| pool.apply_async(sleep_ms, 1000)).collect();
+    let handles: Vec<_> = (0..4)
+        .map(|_| pool.apply_async(pid_after_sleep, 1000))
+        .collect();
     for (i, h) in handles.into_iter().enumerate() {
         within("queued sleeper", h)
             .await

@@ -6,13 +6,11 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use procpool::{TaskError, WorkerExit};
-use supervisor_common::*;
+use support::*;
 
 /// Runs `crash` alone on a pool of two and checks what the issue promises about the
 /// error and the worker's replacement. Returns how the worker ended.
@@ -54,7 +52,7 @@ where
     );
     let p = pool.clone();
     assert!(
-        eventually(BOUND, move || {
+        wait_until(BOUND, move || {
             let now = support::worker_pids(&p);
             now.len() == 2 && !now.contains(&pid)
         })

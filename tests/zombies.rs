@@ -6,13 +6,11 @@ procpool::enable_test_support!();
 
 mod support;
 
-mod supervisor_common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
 use procpool::{Pool, TaskError};
-use supervisor_common::*;
+use support::*;
 
 /// Notes the pool's live workers and, with the fork server start method, its server.
 fn note_live(pool: &Pool, seen: &mut HashSet<u32>) {
@@ -92,7 +90,7 @@ async fn no_zombies_after_a_storm() {
     // Once things settle, every former worker is reaped: not a zombie, not there.
     let pool2 = pool.clone();
     let watched = seen.clone();
-    let settled = eventually(BOUND, move || {
+    let settled = wait_until(BOUND, move || {
         let mut live = support::worker_pids(&pool2);
         live.extend(pool2.stats().forkserver_pid);
         watched

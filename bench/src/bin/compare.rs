@@ -5,17 +5,15 @@
 //! its reference and the targets of the performance issue, met or not.
 //!
 //! ```text
-//! cargo run --release --example compare                    # about a minute
-//! cargo run --release --example compare -- --quick         # about 20 s, for CI
-//! cargo run --release --example compare -- --python /tmp/pools.json
+//! cargo run --release -p procpool-bench --bin compare                  # about a minute
+//! cargo run --release -p procpool-bench --bin compare -- --quick       # about 20 s, for CI
+//! cargo run --release -p procpool-bench --bin compare -- --python /tmp/pools.json
 //! ```
 //!
 //! `--python FILE` reads the JSON that `../shared/anchors/python/bench_pools.py --json
-//! FILE` wrote (run it in the same session) and judges the targets set relative to
-//! Python's pools; nothing of Python is measured here.
-
-#[path = "../benches/common/mod.rs"]
-mod common;
+//! FILE` wrote (run from the repository root, in the same session) and judges the
+//! targets set relative to Python's pools; nothing of Python is measured here. `FILE`
+//! is relative to the current directory, which `cargo run` does not change.
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -28,7 +26,7 @@ use procpool::{Pool, StartMethod};
 use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
-use common::{echo_bytes, echo_vec, identity, median, spin, Channel, RawPeer};
+use procpool_bench::{echo_bytes, echo_vec, identity, median, spin, Channel, RawPeer};
 
 /// How much of everything to run.
 #[derive(Debug, Clone, Copy)]
@@ -423,8 +421,14 @@ fn memory(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&Py
             let _ = pool.map(identity, 0..100u64).await.expect("map");
             tokio::time::sleep(s.idle).await;
             let pids: Vec<u32> = pool.stats().workers.iter().map(|w| w.pid).collect();
-            let rss: Vec<f64> = pids.iter().filter_map(|&p| common::rss_mib(p)).collect();
-            let pss: Vec<f64> = pids.iter().filter_map(|&p| common::pss_mib(p)).collect();
+            let rss: Vec<f64> = pids
+                .iter()
+                .filter_map(|&p| procpool_bench::rss_mib(p))
+                .collect();
+            let pss: Vec<f64> = pids
+                .iter()
+                .filter_map(|&p| procpool_bench::pss_mib(p))
+                .collect();
             pool.terminate().await;
             (mean(&rss), mean(&pss))
         });
@@ -571,7 +575,8 @@ fn latency(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
             ("across 2 CPUs", [0], [1]),
         ] {
             let mut peer = RawPeer::start(Channel::Pipe, 8, 8).expect("fork the raw peer");
-            let pinned = common::pin_process(me, &ours) && common::pin_process(peer.pid(), &theirs);
+            let pinned = procpool_bench::pin_process(me, &ours)
+                && procpool_bench::pin_process(peer.pid(), &theirs);
             let out = 1u64.to_ne_bytes();
             let mut back = [0u8; 8];
             let raw_d = us(median_of(s.lat_warm, s.lat_calls, || {
@@ -582,8 +587,8 @@ fn latency(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
                 let pool = pool_of(1, StartMethod::ForkServer).await;
                 let worker = pool.stats().workers.first().map_or(0, |w| w.pid);
                 let pinned = pinned
-                    && common::pin_process(me, &ours)
-                    && common::pin_process(worker, &theirs);
+                    && procpool_bench::pin_process(me, &ours)
+                    && procpool_bench::pin_process(worker, &theirs);
                 let d = median_of_async(s.lat_warm, s.lat_calls, || async {
                     black_box(pool.apply(identity, black_box(1u64)).await.expect("apply"));
                 })
@@ -591,7 +596,7 @@ fn latency(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
                 pool.terminate().await;
                 (us(d), pinned)
             });
-            common::pin_process(me, &all);
+            procpool_bench::pin_process(me, &all);
             let warn = if pinned { "" } else { " (pinning failed)" };
             t.info(
                 &format!("raw pipe round trip, pinned {label}{warn}"),
@@ -845,7 +850,7 @@ fn throughput(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option
 }
 
 fn cpu(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
-    let iters = common::calibrate_spin(Duration::from_millis(25));
+    let iters = procpool_bench::calibrate_spin(Duration::from_millis(25));
     let n = s.cpu_tasks;
     t.section(&format!(
         "cpu scaling: {n} tasks of ~25 ms integer work (map, chunk size 1); speedup over the serial loop, median of {}",
@@ -885,7 +890,7 @@ fn cpu(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
         }
         black_box(acc);
         serial.push(start.elapsed());
-        forked.push(common::forked_spin(&[n / 2, n - n / 2], iters));
+        forked.push(procpool_bench::forked_spin(&[n / 2, n - n / 2], iters));
         let start = Instant::now();
         let sum: u64 = rayon.install(|| {
             (0..n as usize)
@@ -1015,8 +1020,8 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
         let worker = pool.stats().workers.first().map(|w| w.pid);
         let faults = || {
             (
-                common::minor_faults(std::process::id()).unwrap_or(0),
-                worker.and_then(common::minor_faults).unwrap_or(0),
+                procpool_bench::minor_faults(std::process::id()).unwrap_or(0),
+                worker.and_then(procpool_bench::minor_faults).unwrap_or(0),
             )
         };
         let f0 = faults();
@@ -1137,8 +1142,12 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
 /// Measures exec'ing this binary and forking this process, adds the reference row
 /// (two execs) and the rows beside it; returns the reference in ms.
 fn exec_reference(s: &Sizes, t: &mut Table, with_one_exec: bool) -> f64 {
-    let exec1 = ms(median_of(2, s.startup_reps * 2, common::exec_self));
-    let fork = ms(median_of(2, s.startup_reps * 2, common::fork_and_wait));
+    let exec1 = ms(median_of(2, s.startup_reps * 2, procpool_bench::exec_self));
+    let fork = ms(median_of(
+        2,
+        s.startup_reps * 2,
+        procpool_bench::fork_and_wait,
+    ));
     let exec2 = 2.0 * exec1;
     t.reference(
         "exec of this binary, twice (2 x median)",
@@ -1241,7 +1250,7 @@ fn sandbox(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
 }
 
 fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&Python>) {
-    let rss = common::rss_mib(std::process::id()).unwrap_or(0.0);
+    let rss = procpool_bench::rss_mib(std::process::id()).unwrap_or(0.0);
     t.section(&format!(
         "start-up: time to a ready pool (every worker has answered), this process at {rss:.0} MiB RSS, median"
     ));
@@ -1346,7 +1355,7 @@ fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
 /// that forks this process (`StartMethod::Fork`, and `Command` with a `pre_exec`
 /// hook, which cannot use `vfork`/`posix_spawn`).
 fn grown(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
-    let rss = common::rss_mib(std::process::id()).unwrap_or(0.0);
+    let rss = procpool_bench::rss_mib(std::process::id()).unwrap_or(0.0);
     t.section(&format!(
         "start-up again at the end of the run, this process now at {rss:.0} MiB RSS, median"
     ));
@@ -1441,7 +1450,7 @@ fn parse_args() -> Args {
 
 fn main() {
     // The exec'd copy that measures the cost of exec: leave at once.
-    if common::is_exec_probe() {
+    if procpool_bench::is_exec_probe() {
         return;
     }
     // procspawn's children re-enter main: this must come before anything else runs.

@@ -5,11 +5,8 @@
 //! filters once at start-up, and a seccomp filter run on every system call after it.
 //!
 //! ```text
-//! cargo bench --bench sandbox
+//! cargo bench -p procpool-bench --bench sandbox
 //! ```
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::time::{Duration, Instant};
 
@@ -55,7 +52,7 @@ fn sandbox(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .block_on(builder(sandboxed).build())
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("apply_round_trip", name), |b| {
-            b.iter_custom(|n| common::time_applies(rt, &pool, n))
+            b.iter_custom(|n| procpool_bench::time_applies(rt, &pool, n))
         });
         rt.block_on(pool.terminate());
     }
@@ -63,5 +60,5 @@ fn sandbox(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    common::run(&[sandbox]);
+    procpool_bench::run(&[sandbox]);
 }

@@ -4,11 +4,8 @@
 //! socketpair) and Tokio's `spawn_blocking` round trip.
 //!
 //! ```text
-//! cargo bench --bench latency
+//! cargo bench -p procpool-bench --bench latency
 //! ```
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -16,7 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion};
 use procpool::{Pool, StartMethod};
 
-use common::{identity, Channel, RawPeer};
+use procpool_bench::{identity, Channel, RawPeer};
 
 fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     let mut g = c.benchmark_group("latency");
@@ -64,7 +61,7 @@ fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .block_on(Pool::builder().processes(1).start_method(method).build())
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("apply", name), |b| {
-            b.iter_custom(|iters| common::time_applies(rt, &pool, iters))
+            b.iter_custom(|iters| procpool_bench::time_applies(rt, &pool, iters))
         });
         rt.block_on(pool.terminate());
     }
@@ -72,5 +69,5 @@ fn latency(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    common::run(&[latency]);
+    procpool_bench::run(&[latency]);
 }

@@ -1,4 +1,5 @@
-//! What the benches and `examples/compare.rs` share: the tasks, the raw two-process
+//! What the Criterion benches (`benches/`) and the comparison program
+//! (`src/bin/compare.rs`) share: the tasks, the raw two-process
 //! references (a forked child echoing over a pipe or a socketpair, forked children
 //! doing CPU work without IPC, fork + waitpid, exec of this binary), and small
 //! measurement helpers.
@@ -6,18 +7,17 @@
 //! Every forked child here runs only syscalls and arithmetic on memory allocated
 //! before the fork, then `_exit`s: the parent may run Tokio threads, and a child of a
 //! multi-threaded process must not take locks (no allocation, no stdio).
-#![allow(dead_code)]
 
 use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 /// Set in the environment of the exec'd copy of a bench binary: it exits at once.
-pub(crate) const EXIT_ENV: &str = "PROCPOOL_BENCH_EXIT";
+pub const EXIT_ENV: &str = "PROCPOOL_BENCH_EXIT";
 
 /// Whether this process is the exec'd copy that only measures the cost of exec.
 /// Check it first thing in `main` and return if true.
-pub(crate) fn is_exec_probe() -> bool {
+pub fn is_exec_probe() -> bool {
     std::env::var_os(EXIT_ENV).is_some()
 }
 
@@ -26,23 +26,23 @@ pub(crate) fn is_exec_probe() -> bool {
 // ---------------------------------------------------------------------------------
 
 /// The trivial task.
-pub(crate) fn identity(x: u64) -> u64 {
+pub fn identity(x: u64) -> u64 {
     x
 }
 
 /// Echo of a byte vector.
-pub(crate) fn echo_vec(v: Vec<u8>) -> Vec<u8> {
+pub fn echo_vec(v: Vec<u8>) -> Vec<u8> {
     v
 }
 
 /// Echo of a `Bytes`.
-pub(crate) fn echo_bytes(b: bytes::Bytes) -> bytes::Bytes {
+pub fn echo_bytes(b: bytes::Bytes) -> bytes::Bytes {
     b
 }
 
 /// Integer work: `iters` rounds of a xorshift generator folded into a sum. No memory
 /// traffic, nothing the compiler can shortcut.
-pub(crate) fn spin(iters: u64) -> u64 {
+pub fn spin(iters: u64) -> u64 {
     let mut x = iters | 1;
     let mut acc = 0u64;
     for i in 0..iters {
@@ -56,7 +56,7 @@ pub(crate) fn spin(iters: u64) -> u64 {
 
 /// The number of `spin` iterations that take about `target` on this machine (the
 /// fastest of a few trials, so a busy moment does not inflate it).
-pub(crate) fn calibrate_spin(target: Duration) -> u64 {
+pub fn calibrate_spin(target: Duration) -> u64 {
     let probe = 2_000_000u64;
     let mut best = Duration::MAX;
     for _ in 0..5 {
@@ -73,7 +73,7 @@ pub(crate) fn calibrate_spin(target: Duration) -> u64 {
 
 /// The channel between the bench and its raw peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Channel {
+pub enum Channel {
     /// Two default pipes, one each way (64 KiB buffer each).
     Pipe,
     /// One `AF_UNIX` `SOCK_STREAM` socketpair with default buffers (what procpool uses).
@@ -89,7 +89,7 @@ pub(crate) enum Channel {
 /// pipe or a socketpair: the raw limit of a two-process round trip. `resp == req` is
 /// an echo; `resp == 1` measures one-way bandwidth.
 #[derive(Debug)]
-pub(crate) struct RawPeer {
+pub struct RawPeer {
     pid: libc::pid_t,
     tx: RawFd,
     rx: RawFd,
@@ -154,7 +154,7 @@ unsafe fn die_with_parent(parent: libc::pid_t) {
 
 impl RawPeer {
     /// Forks the peer.
-    pub(crate) fn start(channel: Channel, req: usize, resp: usize) -> io::Result<RawPeer> {
+    pub fn start(channel: Channel, req: usize, resp: usize) -> io::Result<RawPeer> {
         let mut fds = [0 as RawFd; 4];
         // (ours to write, ours to read, theirs to read, theirs to write)
         let mut shm = None;
@@ -265,12 +265,12 @@ impl RawPeer {
     }
 
     /// The peer's pid.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.pid as u32
     }
 
     /// Sends `out` (`req` bytes) and reads the answer (`resp` bytes) into `back`.
-    pub(crate) fn round_trip(&mut self, out: &[u8], back: &mut [u8]) {
+    pub fn round_trip(&mut self, out: &[u8], back: &mut [u8]) {
         assert_eq!(out.len(), self.req);
         assert_eq!(back.len(), self.resp);
         if let Some((addr, len)) = self.shm {
@@ -318,7 +318,7 @@ impl Drop for RawPeer {
 /// Forks one child per entry of `parts`; child `i` runs `spin(iters)` `parts[i]` times
 /// and exits, with no IPC at all. Returns the time from the first fork to the last
 /// reap: the ideal a process pool would reach for the same work.
-pub(crate) fn forked_spin(parts: &[u64], iters: u64) -> Duration {
+pub fn forked_spin(parts: &[u64], iters: u64) -> Duration {
     // SAFETY: getpid takes nothing.
     let parent = unsafe { libc::getpid() };
     let start = Instant::now();
@@ -350,7 +350,7 @@ pub(crate) fn forked_spin(parts: &[u64], iters: u64) -> Duration {
 }
 
 /// One `fork()` of this process whose child `_exit`s at once, and its `waitpid`.
-pub(crate) fn fork_and_wait() {
+pub fn fork_and_wait() {
     // SAFETY: the child only `_exit`s.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
@@ -365,7 +365,7 @@ pub(crate) fn fork_and_wait() {
 
 /// Runs this very binary again with [`EXIT_ENV`] set (its `main` returns at once) and
 /// waits for it: the raw cost of exec'ing the binary that a spawned worker pays.
-pub(crate) fn exec_self() {
+pub fn exec_self() {
     let exe = std::env::current_exe().expect("current_exe");
     let status = std::process::Command::new(exe)
         .env(EXIT_ENV, "1")
@@ -381,7 +381,7 @@ pub(crate) fn exec_self() {
 
 /// A field in kB of `/proc/<pid>/<file>` (`VmRSS` of `status`, `Pss` of
 /// `smaps_rollup`), in MiB.
-pub(crate) fn proc_kib_field(pid: u32, file: &str, field: &str) -> Option<f64> {
+pub fn proc_kib_field(pid: u32, file: &str, field: &str) -> Option<f64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     let line = text
         .lines()
@@ -395,19 +395,19 @@ pub(crate) fn proc_kib_field(pid: u32, file: &str, field: &str) -> Option<f64> {
 }
 
 /// `VmRSS` of a process, in MiB.
-pub(crate) fn rss_mib(pid: u32) -> Option<f64> {
+pub fn rss_mib(pid: u32) -> Option<f64> {
     proc_kib_field(pid, "status", "VmRSS")
 }
 
 /// `Pss` of a process, in MiB.
-pub(crate) fn pss_mib(pid: u32) -> Option<f64> {
+pub fn pss_mib(pid: u32) -> Option<f64> {
     proc_kib_field(pid, "smaps_rollup", "Pss")
 }
 
 /// Pins every thread of process `pid` (as listed in `/proc/<pid>/task`) to `cpus`;
 /// threads it starts later inherit the mask of the thread that starts them. Returns
 /// false if any thread could not be pinned.
-pub(crate) fn pin_process(pid: u32, cpus: &[usize]) -> bool {
+pub fn pin_process(pid: u32, cpus: &[usize]) -> bool {
     // SAFETY: a cpu_set_t is plain bits; CPU_ZERO and CPU_SET write inside it.
     let set = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
@@ -437,7 +437,7 @@ pub(crate) fn pin_process(pid: u32, cpus: &[usize]) -> bool {
 }
 
 /// Minor page faults of a process so far (`minflt` of `/proc/<pid>/stat`).
-pub(crate) fn minor_faults(pid: u32) -> Option<u64> {
+pub fn minor_faults(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = text.rsplit_once(')')?;
     // state ppid pgrp session tty_nr tpgid flags minflt
@@ -445,7 +445,7 @@ pub(crate) fn minor_faults(pid: u32) -> Option<u64> {
 }
 
 /// The median of some durations.
-pub(crate) fn median(mut xs: Vec<Duration>) -> Duration {
+pub fn median(mut xs: Vec<Duration>) -> Duration {
     assert!(!xs.is_empty());
     xs.sort_unstable();
     let n = xs.len();
@@ -458,7 +458,7 @@ pub(crate) fn median(mut xs: Vec<Duration>) -> Duration {
 
 /// A bench binary's `main`: exits at once when it is the exec'd probe of
 /// [`is_exec_probe`], else runs `groups` with Criterion on one Tokio runtime.
-pub(crate) fn run(groups: &[fn(&mut criterion::Criterion, &tokio::runtime::Runtime)]) {
+pub fn run(groups: &[fn(&mut criterion::Criterion, &tokio::runtime::Runtime)]) {
     if is_exec_probe() {
         return;
     }
@@ -471,7 +471,7 @@ pub(crate) fn run(groups: &[fn(&mut criterion::Criterion, &tokio::runtime::Runti
 }
 
 /// The time of `n` sequential `apply(identity, 1)` round trips on `pool`.
-pub(crate) fn time_applies(
+pub fn time_applies(
     rt: &tokio::runtime::Runtime,
     pool: &procpool::Pool,
     n: u64,
@@ -490,7 +490,7 @@ pub(crate) fn time_applies(
 }
 
 /// The time of `n` runs of a `map` of `tasks` tasks of `spin(iters)`, chunk size 1.
-pub(crate) fn time_spin_maps(
+pub fn time_spin_maps(
     rt: &tokio::runtime::Runtime,
     pool: &procpool::Pool,
     iters: u64,

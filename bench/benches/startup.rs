@@ -6,11 +6,8 @@
 //! exec'ing this same binary (which exits at once when it sees `PROCPOOL_BENCH_EXIT`).
 //!
 //! ```text
-//! cargo bench --bench startup
+//! cargo bench -p procpool-bench --bench startup
 //! ```
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::time::{Duration, Instant};
 
@@ -30,8 +27,10 @@ fn startup(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
 
-    g.bench_function("raw_fork_waitpid", |b| b.iter(common::fork_and_wait));
-    g.bench_function("raw_exec_self", |b| b.iter(common::exec_self));
+    g.bench_function("raw_fork_waitpid", |b| {
+        b.iter(procpool_bench::fork_and_wait)
+    });
+    g.bench_function("raw_exec_self", |b| b.iter(procpool_bench::exec_self));
 
     for (name, method) in METHODS {
         for workers in [1usize, 2, 4] {
@@ -72,7 +71,7 @@ fn startup(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             )
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("replace_worker", name), |b| {
-            b.iter_custom(|n| common::time_applies(rt, &pool, n))
+            b.iter_custom(|n| procpool_bench::time_applies(rt, &pool, n))
         });
         rt.block_on(pool.terminate());
     }
@@ -80,5 +79,5 @@ fn startup(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    common::run(&[startup]);
+    procpool_bench::run(&[startup]);
 }

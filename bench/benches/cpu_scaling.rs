@@ -4,11 +4,8 @@
 //! The speedups are ratios of these times: serial / pool and serial / forked.
 //!
 //! ```text
-//! cargo bench --bench cpu_scaling
+//! cargo bench -p procpool-bench --bench cpu_scaling
 //! ```
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -16,12 +13,12 @@ use std::time::Duration;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use procpool::Pool;
 
-use common::spin;
+use procpool_bench::spin;
 
 const TASKS: u64 = 64;
 
 fn cpu_scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
-    let iters = common::calibrate_spin(Duration::from_millis(25));
+    let iters = procpool_bench::calibrate_spin(Duration::from_millis(25));
     let mut g = c.benchmark_group("cpu_scaling");
     g.sample_size(10)
         .sampling_mode(SamplingMode::Flat)
@@ -42,7 +39,7 @@ fn cpu_scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     g.bench_function("forked_2_children_no_ipc", |b| {
         b.iter_custom(|n| {
             (0..n)
-                .map(|_| common::forked_spin(&[TASKS / 2, TASKS / 2], iters))
+                .map(|_| procpool_bench::forked_spin(&[TASKS / 2, TASKS / 2], iters))
                 .sum()
         })
     });
@@ -52,7 +49,7 @@ fn cpu_scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             .block_on(Pool::builder().processes(workers).build())
             .expect("build the pool");
         g.bench_function(BenchmarkId::new("pool_map_chunk_1", workers), |b| {
-            b.iter_custom(|n| common::time_spin_maps(rt, &pool, iters, TASKS as usize, n))
+            b.iter_custom(|n| procpool_bench::time_spin_maps(rt, &pool, iters, TASKS as usize, n))
         });
         rt.block_on(pool.terminate());
     }
@@ -60,5 +57,5 @@ fn cpu_scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    common::run(&[cpu_scaling]);
+    procpool_bench::run(&[cpu_scaling]);
 }

@@ -5,11 +5,8 @@
 //! `bench_pools.py` counts it.
 //!
 //! ```text
-//! cargo bench --bench payload
+//! cargo bench -p procpool-bench --bench payload
 //! ```
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -18,7 +15,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use procpool::Pool;
 
-use common::{echo_bytes, echo_vec, Channel, RawPeer};
+use procpool_bench::{echo_bytes, echo_vec, Channel, RawPeer};
 
 const SIZES: [(&str, usize); 4] = [
     ("1KiB", 1 << 10),
@@ -91,5 +88,5 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    common::run(&[payload]);
+    procpool_bench::run(&[payload]);
 }

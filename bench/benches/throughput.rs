@@ -5,11 +5,8 @@
 //! 4) and as the task grows (identity, then about 10 µs and 100 µs of integer work).
 //!
 //! ```text
-//! cargo bench --bench throughput
+//! cargo bench -p procpool-bench --bench throughput
 //! ```
-
-#[path = "common/mod.rs"]
-mod common;
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use futures::StreamExt;
 use procpool::Pool;
 
-use common::identity;
+use procpool_bench::identity;
 
 const TASKS: usize = 200_000;
 
@@ -126,7 +123,7 @@ fn scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         .sampling_mode(SamplingMode::Flat)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    let per_us = common::calibrate_spin(Duration::from_micros(1000)) / 1000;
+    let per_us = procpool_bench::calibrate_spin(Duration::from_micros(1000)) / 1000;
     for workers in [1usize, 2, 4] {
         let pool = rt
             .block_on(Pool::builder().processes(workers).build())
@@ -139,7 +136,9 @@ fn scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             let iters = per_us * work_us;
             g.throughput(Throughput::Elements(tasks));
             g.bench_function(BenchmarkId::new(format!("{label}_chunk_1"), workers), |b| {
-                b.iter_custom(|n| common::time_spin_maps(rt, &pool, iters, tasks as usize, n))
+                b.iter_custom(|n| {
+                    procpool_bench::time_spin_maps(rt, &pool, iters, tasks as usize, n)
+                })
             });
         }
         rt.block_on(pool.terminate());
@@ -148,5 +147,5 @@ fn scaling(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 }
 
 fn main() {
-    common::run(&[tiny_tasks, scaling]);
+    procpool_bench::run(&[tiny_tasks, scaling]);
 }
