@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::FromRawFd;
 use std::time::Duration;
 
-use procpool::{Payload, TaskError};
+use procpool::{Payload, TaskError, Transport};
 use serde::de::Deserializer;
 use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
@@ -67,9 +67,16 @@ fn takes_unserializable(_: Unserializable) -> u32 {
 
 /// A pool of one and its worker's pid.
 async fn pool_of_one() -> (procpool::Pool, u32) {
-    let pool = within("build", support::builder().processes(1).build())
-        .await
-        .expect("pool builds");
+    pool_of_one_over(None).await
+}
+
+/// A pool of one over `transport` (the test run's default if `None`), and its pid.
+async fn pool_of_one_over(transport: Option<Transport>) -> (procpool::Pool, u32) {
+    let mut builder = support::builder().processes(1);
+    if let Some(transport) = transport {
+        builder = builder.transport(transport);
+    }
+    let pool = within("build", builder.build()).await.expect("pool builds");
     let pid = support::worker_pids(&pool)[0];
     (pool, pid)
 }
@@ -324,15 +331,18 @@ fn scramble_ring_index(_: Vec<u8>) -> u32 {
 }
 
 async fn garbage_is_a_protocol_error(bytes: Vec<u8>, what: &str) -> String {
-    garbage_through(write_on_channel, bytes, what).await
+    garbage_through(None, write_on_channel, bytes, what).await
 }
 
+/// What a worker that writes `bytes` with `f` gets: a protocol error, and its worker
+/// is replaced. Over `transport`; the attacks on the reply ring need a local one.
 async fn garbage_through(
+    transport: Option<Transport>,
     f: impl Fn(Vec<u8>) -> u32 + Copy + Send + Sync + 'static,
     bytes: Vec<u8>,
     what: &str,
 ) -> String {
-    let (pool, pid) = pool_of_one().await;
+    let (pool, pid) = pool_of_one_over(transport).await;
     let broken = pool.apply_async(f, bytes);
     let behind = pool.apply_async(double, 21);
     let err = within(what, broken)
@@ -368,6 +378,7 @@ async fn garbage_through(
 async fn corrupt_reply_in_the_ring() {
     // A well-formed record of five bytes whose header does not decode.
     let why = garbage_through(
+        Some(Transport::Local),
         write_into_ring,
         vec![0, 0, 0, 5, 0xff, 0xff, 0xff, 0xff, 0xff],
         "corrupt record",
@@ -379,13 +390,25 @@ async fn corrupt_reply_in_the_ring() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_record_in_the_ring() {
     // A length prefix beyond what the ring may hold.
-    let why = garbage_through(write_into_ring, vec![0, 0x10, 0, 0, 1, 2], "big record").await;
+    let why = garbage_through(
+        Some(Transport::Local),
+        write_into_ring,
+        vec![0, 0x10, 0, 0, 1, 2],
+        "big record",
+    )
+    .await;
     assert!(why.contains("ring corrupt"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrambled_ring_index() {
-    let why = garbage_through(scramble_ring_index, vec![], "scrambled index").await;
+    let why = garbage_through(
+        Some(Transport::Local),
+        scramble_ring_index,
+        vec![],
+        "scrambled index",
+    )
+    .await;
     assert!(why.contains("ring corrupt"), "{why}");
 }
 

@@ -14,7 +14,7 @@ use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use procpool::{Apply, Pool, TaskError, WorkerExit};
+use procpool::{Apply, Pool, TaskError, Transport, WorkerExit};
 use serde::de::DeserializeOwned;
 use support::*;
 
@@ -60,7 +60,7 @@ fn len_and_sum(v: Vec<u8>) -> (usize, u64) {
 
 /// A pool of one worker (the machine has two CPUs: below that, the pool polls).
 async fn pool_of_one(spin: Option<Duration>) -> Pool {
-    let mut b = support::builder().processes(1);
+    let mut b = support::builder().transport(Transport::Local).processes(1);
     if let Some(spin) = spin {
         b = b.spin(spin);
     }
@@ -255,6 +255,7 @@ async fn pool_task_timeout_after_handover() {
     let pool = within(
         "build",
         support::builder()
+            .transport(Transport::Local)
             .processes(1)
             .spin(SPIN)
             .task_timeout(after)
@@ -523,7 +524,10 @@ async fn concurrent_callers_and_a_map_current_thread() {
 // ---------------------------------------------------------------------------------
 
 async fn recycling_stays_exact(spin: Option<Duration>, max: usize, calls: usize) {
-    let mut b = support::builder().processes(1).max_tasks_per_child(max);
+    let mut b = support::builder()
+        .transport(Transport::Local)
+        .processes(1)
+        .max_tasks_per_child(max);
     if let Some(spin) = spin {
         b = b.spin(spin);
     }

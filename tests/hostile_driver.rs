@@ -194,7 +194,10 @@ fn tiny_or_stuck((x, stop): (u64, String)) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_sent_ahead_to_a_stuck_worker_run_elsewhere() {
     let _serial = SERIAL.lock().await;
-    let pool = within("build", support::builder().processes(2).build())
+    // Jobs already written are taken back through the reply ring's gate: a local link.
+    // (A stream link takes back only what it has not written; see `Transport::Stream`.)
+    let builder = support::builder().transport(procpool::Transport::Local);
+    let pool = within("build", builder.processes(2).build())
         .await
         .expect("pool builds");
     let scratch = Scratch::new("stall");

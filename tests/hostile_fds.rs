@@ -134,7 +134,9 @@ fn assert_server_fds(pid: u32, leaked: &[String]) {
 /// The checks of this file, on one pool.
 async fn check_descriptors() {
     let (_pipe, _listener, leaked) = leak_descriptors();
-    let pool: Pool = within("build", support::builder().processes(2).build())
+    // A local link: the worker's reply ring is one of the mappings checked.
+    let builder = support::builder().transport(procpool::Transport::Local);
+    let pool: Pool = within("build", builder.processes(2).build())
         .await
         .expect("pool builds");
     let workers = support::worker_pids(&pool);

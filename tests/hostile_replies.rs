@@ -16,7 +16,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use procpool::{Payload, Pool, TaskError};
+use procpool::{Payload, Pool, TaskError, Transport};
 use serde::{Deserialize, Serialize};
 use support::*;
 
@@ -424,10 +424,17 @@ fn generate(seed: u64, job: u64) -> (Attack, Forged) {
 // Checks.
 // ---------------------------------------------------------------------------------
 
+/// A pool whose workers have reply rings (what most cases attack), or, with
+/// `Transport::Stream`, whose replies all come on the channel.
 async fn hostile_pool(processes: usize) -> Pool {
+    hostile_pool_over(Transport::Local, processes).await
+}
+
+async fn hostile_pool_over(transport: Transport, processes: usize) -> Pool {
     within(
         "build",
         support::builder()
+            .transport(transport)
             .processes(processes)
             .max_frame_len(MAX_FRAME)
             .task_timeout(TASK_TIMEOUT)
@@ -508,7 +515,15 @@ async fn run_attack(
     what: &str,
     make: impl FnOnce(u64) -> (Attack, Forged),
 ) -> Result<u64, TaskError> {
-    let pool = hostile_pool(2).await;
+    run_attack_over(Transport::Local, what, make).await
+}
+
+async fn run_attack_over(
+    transport: Transport,
+    what: &str,
+    make: impl FnOnce(u64) -> (Attack, Forged),
+) -> Result<u64, TaskError> {
+    let pool = hostile_pool_over(transport, 2).await;
     let before = support::worker_pids(&pool);
     // Neither worker has run a job, so each takes one: the two tasks run on different
     // workers.
@@ -637,6 +652,46 @@ async fn a_reply_for_another_job() {
             other => panic!("{what}: {other:?}"),
         }
     }
+}
+
+/// Over a stream link (no ring: every reply comes on the channel), what a worker
+/// writes on its channel is all the pool reads: an oversized frame, a reply for
+/// another job, and an empty frame (a ring's wake-up call, a bad reply here) each fail
+/// the running task with a protocol error, and the worker is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_link_takes_no_oversized_forged_or_empty_frame() {
+    let channel_attack = |bytes: Vec<u8>| {
+        (
+            Attack {
+                acts: vec![Act::Channel(bytes)],
+                then: Then::Hang,
+            },
+            Forged::default(),
+        )
+    };
+    let mut huge = u32::MAX.to_be_bytes().to_vec();
+    huge.extend([1; 100]);
+    let got = run_attack_over(Transport::Stream, "u32::MAX on a stream", |_| {
+        channel_attack(huge)
+    })
+    .await;
+    assert!(
+        matches!(&got, Err(TaskError::Protocol(why)) if why.contains("over the limit")),
+        "{got:?}"
+    );
+    let got = run_attack_over(Transport::Stream, "a reply for another job", |job| {
+        channel_attack(forged_reply(job + 1, 5))
+    })
+    .await;
+    assert!(
+        matches!(&got, Err(TaskError::Protocol(why)) if why.contains("not the one running")),
+        "{got:?}"
+    );
+    let got = run_attack_over(Transport::Stream, "an empty frame", |_| {
+        channel_attack(WAKE.to_vec())
+    })
+    .await;
+    assert!(matches!(got, Err(TaskError::Protocol(_))), "{got:?}");
 }
 
 /// A length prefix of u32::MAX: on the channel, a frame over the limit; in the ring,
