@@ -9,6 +9,7 @@ use bytes::{Bytes, BytesMut};
 use crate::error::TaskError;
 use crate::queue::cancel::AbortSignal;
 use crate::queue::route::{FeedReply, Inbox, ReplyTo};
+use crate::transport::Outgoing;
 
 /// One unit of work for a worker: a chunk of one or more tasks.
 #[derive(Debug)]
@@ -62,6 +63,12 @@ impl Job {
     /// Whether this is a ghost (see [`make_ghost`](Self::make_ghost)).
     pub(crate) fn is_ghost(&self) -> bool {
         matches!(self.reply, ReplyTo::Nobody)
+    }
+}
+
+impl Outgoing for Job {
+    fn parts(&self) -> [&[u8]; 2] {
+        [&self.frame, &self.tail]
     }
 }
 

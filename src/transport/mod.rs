@@ -21,7 +21,6 @@ use tokio::io::AsyncWriteExt;
 
 use crate::chan::IoBatch;
 use crate::protocol::codec::{ReplyCodec, ReplyFrame};
-use crate::queue::Job;
 use local::{Local, Port};
 use stream::Stream;
 
@@ -219,6 +218,16 @@ impl Link {
     }
 }
 
+/// A frame to write: its bytes in one or two parts (a large argument follows its
+/// header from where it lies).
+pub(crate) trait Outgoing {
+    fn parts(&self) -> [&[u8]; 2];
+
+    fn wire_len(&self) -> usize {
+        self.parts().iter().map(|p| p.len()).sum()
+    }
+}
+
 /// What of the jobs in flight is still to be written: the last `unsent` of them, the
 /// first of those from byte `offset` on. (The frames stay in the jobs, which keep them
 /// to requeue: nothing is copied or reference-counted per write.)
@@ -230,10 +239,10 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Writes what it can to `link`; `Ready(Ok)` once everything is written.
-    pub(crate) fn poll_flush(
+    pub(crate) fn poll_flush<J: Outgoing>(
         &mut self,
         link: &mut Link,
-        inflight: &VecDeque<Job>,
+        inflight: &VecDeque<J>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         // A local link's socket takes neighbouring frames as one segment.
@@ -244,7 +253,7 @@ impl Outbox {
             let mut batch = IoBatch::new(join);
             let mut skip = self.offset;
             'fill: for job in inflight.range(first..) {
-                for part in [&job.frame, &job.tail] {
+                for part in job.parts() {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -287,7 +296,7 @@ mod tests {
     use tokio_util::codec::FramedRead;
 
     use super::*;
-    use crate::queue::ReplyTo;
+    use crate::queue::{Job, ReplyTo};
     use crate::ring::PoolRing;
 
     fn job(id: u64, frame: Bytes, tail: Bytes) -> Job {
