@@ -122,6 +122,7 @@ impl ChanWrite {
     }
 
     /// Writes what it can of `batch`, in order, like `poll_write_vectored`.
+    #[inline]
     pub(crate) fn poll_write_batch(
         &mut self,
         cx: &mut Context<'_>,
@@ -242,6 +243,7 @@ impl<'a> IoBatch<'a> {
     pub(crate) const MAX: usize = 64;
 
     /// An empty batch; `join`: see the type's docs.
+    #[inline]
     pub(crate) fn new(join: bool) -> Self {
         IoBatch {
             iov: [libc::iovec {
@@ -255,6 +257,7 @@ impl<'a> IoBatch<'a> {
     }
 
     /// Adds `part`; `false` (and nothing added) if the batch is full.
+    #[inline]
     pub(crate) fn push(&mut self, part: &'a [u8]) -> bool {
         if self.join {
             if let Some(last) = self.count.checked_sub(1).map(|i| &mut self.iov[i]) {
@@ -276,12 +279,14 @@ impl<'a> IoBatch<'a> {
         true
     }
 
+    #[inline]
     fn iovecs(&self) -> &[libc::iovec] {
         &self.iov[..self.count]
     }
 
     /// The batch as `IoSlice`s, for any `AsyncWrite`: only for a batch made without
     /// `join` (`None` otherwise), whose every segment is one borrowed slice.
+    #[inline]
     pub(crate) fn io_slices(&self) -> Option<&[IoSlice<'a>]> {
         if self.join {
             return None;

@@ -8,6 +8,7 @@ use crate::protocol::Outcome;
 
 /// The caller's reply to a job whose reply `frame` says `outcome`, its payload the
 /// frame's last `payload_len` bytes; `max_frame_len` is the limit a result went over.
+#[inline]
 pub(crate) fn reply_of(
     outcome: Outcome,
     frame: ReplyFrame,

@@ -44,6 +44,7 @@ impl std::ops::AddAssign for Tally {
 
 impl Tally {
     /// Adds the counts to the pool's stats, as slot `slot`'s worker's.
+    #[inline]
     pub(crate) fn count(self, shared: &Shared, slot: usize) {
         if self.jobs > 0 {
             shared.count_worker_task(slot, self.jobs);
@@ -72,6 +73,7 @@ impl<'a> Deliveries<'a> {
     }
 
     /// Counts and hands over what it holds.
+    #[inline]
     pub(crate) fn flush(&mut self) {
         std::mem::take(&mut self.tally).count(self.shared, self.slot);
         if let Some(inbox) = self.inbox.take() {
@@ -82,6 +84,7 @@ impl<'a> Deliveries<'a> {
     /// Sends a job's `reply`, whose tasks `tally` counts: a single task's at once
     /// (its caller may read the stats as soon as it has its result), a stream's with
     /// the others here.
+    #[inline]
     pub(crate) fn send(&mut self, to: ReplyTo, reply: Reply, tally: Tally) {
         match to {
             ReplyTo::One(tx) => {
@@ -127,6 +130,7 @@ pub(crate) fn trace_sent(pid: u32, job: &Job) {
 /// `payload_len` bytes) to its job, and counts it (as the worker of `deliveries`'
 /// slot); a stream's reply goes with `deliveries`.
 #[cfg_attr(not(feature = "tracing"), allow(unused_variables))]
+#[inline]
 pub(crate) fn deliver(
     shared: &Shared,
     pid: u32,

@@ -40,6 +40,7 @@ impl Pace {
 
     /// Whether this worker's jobs take microseconds (less than [`SPIN_JOB`]): those
     /// are worth polling for.
+    #[inline]
     pub(super) fn is_tiny(&self) -> bool {
         self.service_ns
             .is_some_and(|ns| ns < SPIN_JOB.as_nanos() as u64)
@@ -50,6 +51,7 @@ impl Pace {
     /// worker taking more, whatever the average says: a job sent ahead would wait
     /// behind it (where another worker might run it at once), and could no longer be
     /// taken back if its caller gives up on it.
+    #[inline]
     pub(super) fn depth(&self, in_flight: usize) -> usize {
         let depth = self.nominal_depth();
         // (The clock is read only where it can change the answer.)
@@ -64,6 +66,7 @@ impl Pace {
     /// so that tiny jobs go in large batches (a wake-up of the worker, and of this
     /// driver, per batch) while what one worker has been sent ahead stays a short time
     /// of work, which another worker could not take over.
+    #[inline]
     pub(super) fn nominal_depth(&self) -> usize {
         match self.service_ns {
             None => 1,
@@ -82,6 +85,7 @@ impl Pace {
     /// Whether to take more jobs with `in_flight` in flight: a deep pipeline is
     /// refilled once it is half empty, not at every reply, so that the worker wakes for
     /// a batch of jobs, not for each one.
+    #[inline]
     pub(super) fn may_take(&self, in_flight: usize) -> bool {
         let nominal = self.nominal_depth();
         if in_flight > nominal / 2 {
@@ -95,6 +99,7 @@ impl Pace {
     /// the last `ran_jobs` of its jobs ran `ran_ns` (none: it did not time this one),
     /// which is what paces the worker: the pool's own clock would add the time it
     /// took to wake up for the reply.
+    #[inline]
     pub(super) fn finished_head(&mut self, now: Instant, ran_ns: u64, ran_jobs: u32) {
         if ran_jobs > 0 {
             let ran_ns = ran_ns / u64::from(ran_jobs);

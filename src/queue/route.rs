@@ -115,11 +115,13 @@ impl FeedReply {
 
 impl FeedReply {
     /// The stream's inbox.
+    #[inline]
     pub(crate) fn inbox(&self) -> &Arc<Inbox> {
         &self.inbox
     }
 
     /// Marks the reply as sent elsewhere (in a batch), and gives its sequence number.
+    #[inline]
     pub(crate) fn settle(mut self) -> u64 {
         self.sent = true;
         self.seq

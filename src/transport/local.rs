@@ -27,16 +27,19 @@ pub(crate) struct Port {
 
 impl Port {
     /// Writes what it can of `frame` without waiting; how many bytes went.
+    #[inline]
     pub(crate) fn try_send(&self, frame: &[u8]) -> usize {
         self.writer.try_send(frame)
     }
 
     /// See [`PoolRing::note_sent`].
+    #[inline]
     pub(crate) fn note_sent(&mut self, n: i64) {
         self.ring.note_sent(n);
     }
 
     /// See [`PoolRing::pop_frame`].
+    #[inline]
     pub(crate) fn pop_frame(&mut self) -> Result<Option<BytesMut>, String> {
         self.ring.pop_frame()
     }
@@ -71,6 +74,7 @@ impl Local {
         }
     }
 
+    #[inline]
     fn port(&mut self) -> &mut Port {
         self.port
             .as_mut()
@@ -78,29 +82,35 @@ impl Local {
     }
 
     /// Takes the port out, to lend it; `None` if it is out already.
+    #[inline]
     pub(crate) fn take_port(&mut self) -> Option<Port> {
         self.port.take()
     }
 
     /// Puts the port back.
+    #[inline]
     pub(crate) fn put_port(&mut self, port: Port) {
         debug_assert!(self.port.is_none());
         self.port = Some(port);
     }
 
+    #[inline]
     pub(crate) fn holds_port(&self) -> bool {
         self.port.is_some()
     }
 
     /// Whether nothing is half-read: no frame waits, none is announced.
+    #[inline]
     pub(crate) fn is_quiet(&self) -> bool {
         self.socket_frames.is_empty() && self.on_socket == 0
     }
 
+    #[inline]
     pub(crate) fn codec_mut(&mut self) -> &mut ReplyCodec {
         self.reader.decoder_mut()
     }
 
+    #[inline]
     pub(crate) fn poll_write(
         &mut self,
         cx: &mut Context<'_>,
@@ -109,6 +119,7 @@ impl Local {
         self.port().writer.poll_write_batch(cx, batch)
     }
 
+    #[inline]
     pub(crate) fn write_idle(&mut self) {
         self.port().writer.idle();
     }
@@ -127,6 +138,7 @@ impl Local {
 
     /// The next reply that needs no reading from the socket: from the ring, or from
     /// frames already read where the ring says the reply went over the socket.
+    #[inline]
     pub(crate) fn next_ready(&mut self) -> Result<Option<ReplyFrame>, String> {
         loop {
             if self.on_socket > 0 {
@@ -151,12 +163,14 @@ impl Local {
     /// Whether frames read from the socket break the protocol: the worker marks a
     /// reply's place in the ring before it sends the reply over the socket, so once
     /// the ring has nothing more to say, a frame waiting here is one no mark announced.
+    #[inline]
     pub(crate) fn unannounced(&self) -> Option<&'static str> {
         (self.on_socket == 0 && !self.socket_frames.is_empty())
             .then_some("a reply frame came over the channel without its place in the ring")
     }
 
     /// See [`Link::poll_reply`](crate::transport::Link::poll_reply).
+    #[inline]
     pub(crate) fn poll_reply(&mut self, cx: &mut Context<'_>, waiting: bool) -> Poll<Incoming> {
         let mut reads = 0;
         loop {

@@ -48,6 +48,7 @@ pub(crate) enum Link {
 impl Link {
     /// The next reply, or the end of the channel. `waiting`: jobs are in flight, so a
     /// local link asks the worker for a wake-up before it sleeps.
+    #[inline]
     pub(crate) fn poll_reply(&mut self, cx: &mut Context<'_>, waiting: bool) -> Poll<Incoming> {
         match self {
             Link::Local(l) => l.poll_reply(cx, waiting),
@@ -57,6 +58,7 @@ impl Link {
 
     /// The next reply already here, without reading; an error if the link no longer
     /// makes sense.
+    #[inline]
     pub(crate) fn next_ready(&mut self) -> Result<Option<ReplyFrame>, String> {
         match self {
             Link::Local(l) => l.next_ready(),
@@ -65,6 +67,7 @@ impl Link {
     }
 
     /// Why frames read so far break the protocol, if they do.
+    #[inline]
     pub(crate) fn unannounced(&self) -> Option<&'static str> {
         match self {
             Link::Local(l) => l.unannounced(),
@@ -73,6 +76,7 @@ impl Link {
     }
 
     /// Nothing half-read.
+    #[inline]
     pub(crate) fn is_quiet(&self) -> bool {
         match self {
             Link::Local(l) => l.is_quiet(),
@@ -80,6 +84,7 @@ impl Link {
         }
     }
 
+    #[inline]
     pub(crate) fn codec_mut(&mut self) -> &mut ReplyCodec {
         match self {
             Link::Local(l) => l.codec_mut(),
@@ -88,6 +93,7 @@ impl Link {
     }
 
     /// Counts `n` more jobs sent (negative: taken back unwritten).
+    #[inline]
     pub(crate) fn note_sent(&mut self, n: i64) {
         if let Link::Local(l) = self {
             l.note_sent(n);
@@ -105,6 +111,7 @@ impl Link {
     }
 
     /// Polls for the next reply until `until`, where replies can be polled for.
+    #[inline]
     pub(crate) fn spin_for_reply(&mut self, until: std::time::Instant) -> Option<ReplyFrame> {
         match self {
             Link::Local(l) => l.spin_for_reply(until),
@@ -118,6 +125,7 @@ impl Link {
     }
 
     /// The port, to lend; `None` for a stream, or if it is out.
+    #[inline]
     pub(crate) fn take_port(&mut self) -> Option<Port> {
         match self {
             Link::Local(l) => l.take_port(),
@@ -125,6 +133,7 @@ impl Link {
         }
     }
 
+    #[inline]
     pub(crate) fn put_port(&mut self, port: Port) {
         if let Link::Local(l) = self {
             l.put_port(port);
@@ -132,6 +141,7 @@ impl Link {
     }
 
     /// Whether the driver has all of its link (nothing is lent).
+    #[inline]
     pub(crate) fn is_whole(&self) -> bool {
         match self {
             Link::Local(l) => l.holds_port(),
@@ -200,6 +210,7 @@ impl Link {
         }
     }
 
+    #[inline]
     fn poll_write(&mut self, cx: &mut Context<'_>, batch: &IoBatch<'_>) -> Poll<io::Result<usize>> {
         match self {
             Link::Local(l) => l.poll_write(cx, batch),
@@ -207,6 +218,7 @@ impl Link {
         }
     }
 
+    #[inline]
     fn poll_write_done(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Link::Local(l) => {

@@ -48,10 +48,12 @@ impl Stream {
         }
     }
 
+    #[inline]
     pub(crate) fn is_quiet(&self) -> bool {
         self.frames.is_empty()
     }
 
+    #[inline]
     pub(crate) fn codec_mut(&mut self) -> &mut ReplyCodec {
         self.reader.decoder_mut()
     }
@@ -71,12 +73,14 @@ impl Stream {
         Pin::new(&mut self.writer).poll_flush(cx)
     }
 
+    #[inline]
     pub(crate) fn next_ready(&mut self) -> Option<ReplyFrame> {
         self.frames.pop_front()
     }
 
     /// A worker has no business sending a second reply before the first is taken: the
     /// driver takes each as it is read, so a second one waiting is a flood.
+    #[inline]
     pub(crate) fn unannounced(&self) -> Option<&'static str> {
         (self.frames.len() > 1).then_some("a reply frame came before the one before it was taken")
     }
