@@ -16,7 +16,7 @@ use crate::queue::AbortSignal;
 use crate::stream::Lazy;
 use crate::submit::{JobFrame, Submitter};
 
-/// One task, ready to submit: returned by [`Pool::apply`].
+/// One task, ready to submit: returned by [`Pool::apply`](crate::Pool::apply).
 ///
 /// Await it for the result, or call [`spawn`](Apply::spawn) to submit it now and get a
 /// [`TaskHandle`]. Nothing is submitted before either.
@@ -92,7 +92,7 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
     }
 }
 
-/// A parallel map, ready to run: returned by [`Pool::map`] and [`Pool::starmap`].
+/// A parallel map, ready to run: returned by [`Pool::map`](crate::Pool::map) and [`Pool::starmap`](crate::Pool::starmap).
 ///
 /// Await it for every result in input order, or the first error. Set
 /// [`chunk_size`](Map::chunk_size) or [`timeout`](Map::timeout) before awaiting.

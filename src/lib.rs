@@ -311,6 +311,11 @@ mod worker;
 #[allow(unsafe_code)]
 mod fuzz;
 
+// Model checks of the hand-made synchronisation, under `--cfg procpool_loom` (see `sync`).
+#[cfg(all(test, procpool_loom))]
+#[allow(unsafe_code)]
+mod loom_tests;
+
 pub use builder::{PoolBuilder, DEFAULT_MAX_FRAME_LEN};
 pub use call::{Apply, Map};
 pub use error::{BuildError, BuildErrorKind, Payload, RemotePanic, TaskError, WorkerExit};

@@ -407,6 +407,12 @@ impl PoolRing {
     /// compare-and-swap on the gate, so exactly one of them decides each job's fate.
     pub(crate) fn revoke(&mut self, head: u64, through: u64) -> bool {
         let h = self.map.header();
+        // Not while an earlier revocation is being skipped through (the gate holds
+        // REVOKED, or a job before `head`): the worker reads `revoked_through` for it.
+        // (Only the pool sets REVOKED, so a gate seen at `head` stays free of it.)
+        if h.gate.load(SeqCst) != head {
+            return false;
+        }
         h.revoked_through.store(through, SeqCst);
         h.gate
             .compare_exchange(head, head | REVOKED, SeqCst, SeqCst)
@@ -605,6 +611,25 @@ mod tests {
         assert!(pool.revoke(8, 8));
         pool.note_sent(1);
         assert_eq!(worker.begin_job(), Begin::Run); // 9
+    }
+
+    /// A revocation that fails because the worker is still skipping the jobs of an
+    /// earlier one leaves that one's bound alone: the worker skips those jobs, and
+    /// runs the later ones, which the pool did not take back.
+    #[test]
+    fn a_failed_revocation_leaves_an_earlier_one_alone() {
+        let (mut pool, worker) = pair();
+        pool.note_sent(3);
+        assert_eq!(worker.begin_job(), Begin::Run); // 1
+        assert!(pool.revoke(1, 3)); // 2 and 3 go elsewhere
+        assert_eq!(worker.begin_job(), Begin::Skip); // 2
+                                                     // Job 1's reply is in: the pool's head is now job 4, sent with 5, and it takes
+                                                     // back 5, before the worker has skipped 3 and begun 4.
+        pool.note_sent(2);
+        assert!(!pool.revoke(4, 5));
+        assert_eq!(worker.begin_job(), Begin::Skip); // 3
+        assert_eq!(worker.begin_job(), Begin::Run); // 4
+        assert_eq!(worker.begin_job(), Begin::Run); // 5: not taken back
     }
 
     /// Both sides race on the gate from two threads, many times: each job behind the

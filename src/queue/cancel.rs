@@ -1,9 +1,9 @@
 //! Cancellation of one job: its handle's `abort()` against a driver's take.
 
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
-use futures::task::AtomicWaker;
+use crate::sync::atomic::{AtomicU8, Ordering};
+use crate::sync::AtomicWaker;
 
 /// Where a job with a handle stands, and its handle's `abort()`.
 ///
@@ -26,21 +26,24 @@ const ABORTED_TAKEN: u8 = 3;
 
 impl AbortSignal {
     pub(crate) fn abort(&self) {
-        match self.state.compare_exchange(
-            QUEUED,
-            ABORTED_QUEUED,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => self.handle.wake(),
-            Err(_) => {
-                let _ = self.state.compare_exchange(
-                    TAKEN,
-                    ABORTED_TAKEN,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-                self.waker.wake();
+        let mut state = self.state.load(Ordering::Acquire);
+        loop {
+            // Lands on whatever the state is when the swap succeeds: a driver may take
+            // the job, or put it back (`requeue`) between a look and a swap, and an
+            // abort that gave up on a failed swap was lost (the job ran later, nobody
+            // woken: found by the loom model, `loom_tests::cancel`).
+            let aborted = match state {
+                QUEUED => ABORTED_QUEUED,
+                TAKEN => ABORTED_TAKEN,
+                _ => return, // Aborted already.
+            };
+            match self
+                .state
+                .compare_exchange(state, aborted, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) if aborted == ABORTED_QUEUED => return self.handle.wake(),
+                Ok(_) => return self.waker.wake(),
+                Err(now) => state = now,
             }
         }
     }
@@ -55,7 +58,7 @@ impl AbortSignal {
     /// Puts a job that a driver took, but whose worker never started it, back in the
     /// queued state (unless it was aborted meanwhile: then it stays aborted, and the
     /// next driver to pop it skips it).
-    pub(super) fn requeue(&self) {
+    pub(crate) fn requeue(&self) {
         let _ = self
             .state
             .compare_exchange(TAKEN, QUEUED, Ordering::AcqRel, Ordering::Acquire);

@@ -1,11 +1,11 @@
 //! Where a job's reply goes: a single task's oneshot, or a `map`-family stream's inbox.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use futures::task::AtomicWaker;
+use crate::sync::atomic::{AtomicBool, Ordering};
+use crate::sync::{AtomicWaker, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -37,7 +37,7 @@ pub(crate) struct Inbox {
     replies: Mutex<VecDeque<(u64, Reply)>>,
     waker: AtomicWaker,
     /// The stream is gone: nobody listens.
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
 }
 
 impl Inbox {
