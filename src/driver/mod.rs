@@ -285,7 +285,7 @@ impl Driver<'_> {
                     taken += new;
                     #[cfg(feature = "tracing")]
                     for job in self.inflight.range(before..) {
-                        trace_sent(w.pid, job);
+                        deliver::trace_sent(w.pid, job);
                     }
                     if before == 0 {
                         self.pace.head_started = Instant::now();
