@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RemotePanic, WorkerExit};
 use crate::sandbox::SandboxSpec;
-use crate::start::ChildOptions;
+use crate::start::options::ChildOptions;
 
 /// Bumped whenever a message changes shape.
 pub(crate) const PROTOCOL_VERSION: u32 = 5;
