@@ -102,7 +102,13 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
 /// Dropping a `Map` before awaiting it submits nothing. Dropping the future while it
 /// runs removes the chunks that have not started from the queue; chunks already running
 /// finish and their results are discarded.
-#[must_use = "a Map does nothing until it is awaited"]
+///
+/// # Panics
+///
+/// If the input (its iterator or stream) panics, the future resumes that panic once the
+/// results of every item before it have come (unless one of them failed first: then
+/// the future resolves to that error).
+#[must_use = "a Map does nothing until it is awaited or spawned"]
 pub struct Map<R> {
     inner: Lazy<R>,
 }
