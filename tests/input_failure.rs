@@ -17,11 +17,10 @@ const FAILS_AT: u64 = 50;
 /// 0..100, panicking when it reaches item 50. Its size hint is exact (100), so the
 /// default chunk size is Python's (several items per chunk).
 fn failing_input() -> impl Iterator<Item = u64> + Send + 'static {
-    (0..100u64).map(|x| {
+    (0..100u64).inspect(|&x| {
         if x == FAILS_AT {
             panic!("input fails at {x}");
         }
-        x
     })
 }
 
