@@ -460,6 +460,21 @@ impl<R> Lazy<R> {
         &mut self.opts
     }
 
+    /// Builds the stream now and polls it once, without a waker: it pulls every input
+    /// item that is ready, up to its window, and submits their chunks before this
+    /// returns. Results that came meanwhile are kept for the next poll.
+    ///
+    /// # Panics
+    ///
+    /// If the input panics before any item was taken from it (a later panic is
+    /// resumed at its place, by a later poll).
+    pub(crate) fn start(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if let Poll::Ready(Some(chunk)) = self.poll_chunk(&mut cx) {
+            self.ready = chunk.into_iter();
+        }
+    }
+
     /// The next chunks' results (after any left over from the last ones).
     pub(crate) fn poll_chunk(
         &mut self,
@@ -588,6 +603,11 @@ map_stream!(
     /// pulls more input only as results are taken, so an endless input runs in constant
     /// memory.
     ///
+    /// So it has no eager form: what it has not submitted when the pool is
+    /// [closed](crate::Pool::close) fails with [`TaskError::Closed`]. To submit a whole
+    /// input now (Python's `map_async`, before `close` and `join`), use
+    /// [`Map::spawn`](crate::Map::spawn).
+    ///
     /// # Cancel safety
     ///
     /// `next()` is cancel safe: no result is lost if it is dropped before completing.
@@ -610,7 +630,8 @@ map_stream!(
     ///
     /// Nothing is submitted until the stream is first polled. It then keeps at most
     /// [`max_in_flight`](ImapUnordered::max_in_flight) chunks submitted ahead of the
-    /// consumer and pulls more input only as results are taken.
+    /// consumer and pulls more input only as results are taken. As [`Imap`], it has no
+    /// eager form (see [`Map::spawn`](crate::Map::spawn)).
     ///
     /// # Cancel safety
     ///
