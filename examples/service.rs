@@ -380,10 +380,11 @@ async fn self_test(state: AppState) -> Result<(), String> {
     let stats = pool.stats();
     print!("{report}");
     println!(
-        "requests served: {}; workers started {}, crashed or killed and replaced {}; {:.1?} in all",
+        "requests served: {}; workers started {}, crashed and replaced {}, killed on a timeout and replaced {}; {:.1?} in all",
         served.load(Ordering::Relaxed),
         stats.workers_started,
         stats.workers_crashed,
+        stats.workers_killed_on_timeout,
         started.elapsed()
     );
     println!("self-test passed");
@@ -529,12 +530,14 @@ async fn run_checks(addr: SocketAddr, pool: &Pool) -> Result<String, String> {
             pool.processes()
         ));
     }
-    if stats.workers_crashed < crashes + 1 || stats.timed_out < 1 {
+    if stats.workers_crashed < crashes || stats.timed_out < 1 || stats.workers_killed_on_timeout < 1
+    {
         return Err(format!(
-            "the pool counted {} crashed workers and {} timeouts; expected at least {} and 1",
+            "the pool counted {} crashed workers, {} timeouts and {} workers killed on a timeout; expected at least {}, 1 and 1",
             stats.workers_crashed,
             stats.timed_out,
-            crashes + 1
+            stats.workers_killed_on_timeout,
+            crashes
         ));
     }
     if stats.workers_started < pool.processes() as u64 + crashes + 1 {

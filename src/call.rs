@@ -1,9 +1,12 @@
-//! [`Apply`] and [`Map`]: calls whose options can be set before they are awaited.
+//! [`Apply`] and [`Map`]: calls whose options can be set before they are awaited or
+//! spawned; [`MapHandle`], a spawned `Map`.
 
 use std::fmt;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -94,15 +97,22 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
 
 /// A parallel map, ready to run: returned by [`Pool::map`](crate::Pool::map) and [`Pool::starmap`](crate::Pool::starmap).
 ///
-/// Await it for every result in input order, or the first error. Set
-/// [`chunk_size`](Map::chunk_size) or [`timeout`](Map::timeout) before awaiting.
+/// Await it for every result in input order, or the first error; or call
+/// [`spawn`](Map::spawn) to submit it now and get a [`MapHandle`]. Set
+/// [`chunk_size`](Map::chunk_size) or [`timeout`](Map::timeout) before either.
 ///
 /// # Cancel safety
 ///
-/// Dropping a `Map` before awaiting it submits nothing. Dropping the future while it
+/// Dropping a `Map` before awaiting or spawning it submits nothing. Dropping the future while it
 /// runs removes the chunks that have not started from the queue; chunks already running
 /// finish and their results are discarded.
-#[must_use = "a Map does nothing until it is awaited"]
+///
+/// # Panics
+///
+/// If the input (its iterator or stream) panics, the future resumes that panic once the
+/// results of every item before it have come (unless one of them failed first: then
+/// the future resolves to that error).
+#[must_use = "a Map does nothing until it is awaited or spawned"]
 pub struct Map<R> {
     inner: Lazy<R>,
 }
@@ -145,6 +155,114 @@ impl<R: Send + 'static> Map<R> {
     pub fn progress(mut self, hook: impl Fn(crate::Progress) + Send + Sync + 'static) -> Self {
         self.inner.opts().progress = Some(Arc::new(hook));
         self
+    }
+
+    /// Submits the map now, before this returns, and returns a [`MapHandle`]: a future
+    /// of its results. Python's `map_async`.
+    ///
+    /// Every item of the input that is ready is taken and queued in this call: the
+    /// whole of an iterator (with no bound on the chunks in flight, as a `Map` holds
+    /// every result anyway), and of a stream the items it has ready. So the work is
+    /// accepted even if [`Pool::close`](crate::Pool::close) comes next, and
+    /// [`Pool::join`](crate::Pool::join) waits for it:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = procpool::Pool::builder().processes(2).build().await?;
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let squares = pool.map(square, 0..100).spawn();
+    /// pool.close();
+    /// pool.join().await;
+    /// assert_eq!(squares.await?[9], 81);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// The rest of the work (collecting the results, and the items of a stream that
+    /// were not ready yet) runs in a task spawned on the current Tokio runtime, or,
+    /// outside one, when the handle is awaited. Items of a stream that come after the
+    /// pool was closed fail with [`TaskError::Closed`].
+    ///
+    /// # Panics
+    ///
+    /// If the input panics, the handle resumes that panic when awaited, after the
+    /// results of every item before it have come (see [`Map`]).
+    pub fn spawn(mut self) -> MapHandle<R> {
+        self.inner.opts().max_in_flight = Some(usize::MAX);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.start()));
+        let rest = match started {
+            Ok(()) => self.into_future(),
+            Err(panic) => async move { std::panic::resume_unwind(panic) }.boxed(),
+        };
+        MapHandle::new(rest)
+    }
+}
+
+/// A [`Map`] submitted by [`Map::spawn`]: a future of its results in input order, or
+/// its first error.
+///
+/// # Errors
+///
+/// As for [`Pool::map`](crate::Pool::map); [`TaskError::Terminated`] if the runtime
+/// that ran the map's task shut down first.
+///
+/// # Cancel safety
+///
+/// Awaiting `&mut MapHandle` is cancel safe: the map goes on and the handle can be
+/// awaited again. Dropping the handle stops the map, as dropping a `Map`'s future
+/// does: its chunks that have not started are removed from the queue; chunks already
+/// running finish and their results are discarded.
+#[must_use = "dropping a MapHandle cancels the chunks of its map that have not started"]
+pub struct MapHandle<R> {
+    inner: MapTask<R>,
+}
+
+enum MapTask<R> {
+    /// Collecting in a task of its own.
+    Spawned(tokio::task::JoinHandle<Result<Vec<R>, TaskError>>),
+    /// No runtime when it was spawned: collected when awaited.
+    Here(BoxFuture<'static, Result<Vec<R>, TaskError>>),
+}
+
+impl<R> fmt::Debug for MapHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapHandle").finish_non_exhaustive()
+    }
+}
+
+impl<R: Send + 'static> MapHandle<R> {
+    fn new(rest: BoxFuture<'static, Result<Vec<R>, TaskError>>) -> Self {
+        let inner = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => MapTask::Spawned(runtime.spawn(rest)),
+            Err(_) => MapTask::Here(rest),
+        };
+        MapHandle { inner }
+    }
+}
+
+impl<R> Future for MapHandle<R> {
+    type Output = Result<Vec<R>, TaskError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.get_mut().inner {
+            MapTask::Here(rest) => rest.as_mut().poll(cx),
+            MapTask::Spawned(task) => match ready!(Pin::new(task).poll(cx)) {
+                Ok(result) => Poll::Ready(result),
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Cancelled: the runtime is shutting down.
+                    Err(_) => Poll::Ready(Err(TaskError::Terminated)),
+                },
+            },
+        }
+    }
+}
+
+impl<R> Drop for MapHandle<R> {
+    fn drop(&mut self) {
+        if let MapTask::Spawned(task) = &self.inner {
+            task.abort();
+        }
     }
 }
 

@@ -317,7 +317,7 @@ mod fuzz;
 mod loom_tests;
 
 pub use builder::{PoolBuilder, DEFAULT_MAX_FRAME_LEN};
-pub use call::{Apply, Map};
+pub use call::{Apply, Map, MapHandle};
 pub use error::{BuildError, BuildErrorKind, Payload, RemotePanic, TaskError, WorkerExit};
 pub use handle::TaskHandle;
 pub use input::{FromIter, FromStream, Input};

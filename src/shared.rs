@@ -87,6 +87,8 @@ pub(crate) struct Counters {
     pub(crate) workers_started: AtomicU64,
     pub(crate) workers_recycled: AtomicU64,
     pub(crate) workers_crashed: AtomicU64,
+    pub(crate) workers_killed_on_timeout: AtomicU64,
+    pub(crate) workers_killed_on_abort: AtomicU64,
     pub(crate) start_failures: AtomicU64,
 }
 
@@ -221,6 +223,8 @@ impl Shared {
             workers_started: get(&c.workers_started),
             workers_recycled: get(&c.workers_recycled),
             workers_crashed: get(&c.workers_crashed),
+            workers_killed_on_timeout: get(&c.workers_killed_on_timeout),
+            workers_killed_on_abort: get(&c.workers_killed_on_abort),
             start_failures: get(&c.start_failures),
             start_error: self
                 .start_error

@@ -22,8 +22,19 @@ pub struct PoolStats {
     pub workers_started: u64,
     /// Workers retired after `max_tasks_per_child`.
     pub workers_recycled: u64,
-    /// Workers that died, timed out or broke the protocol, and were replaced.
+    /// Workers that died by themselves (an exit, a signal, a memory limit) or broke the
+    /// protocol, and were replaced. Workers the pool killed on a task's timeout or on an
+    /// abort are not counted here, but in
+    /// [`workers_killed_on_timeout`](PoolStats::workers_killed_on_timeout) and
+    /// [`workers_killed_on_abort`](PoolStats::workers_killed_on_abort).
     pub workers_crashed: u64,
+    /// Workers killed (and replaced) because a task they ran passed its timeout: one per
+    /// kill, whatever the number of tasks in the chunk (those are in
+    /// [`timed_out`](PoolStats::timed_out)).
+    pub workers_killed_on_timeout: u64,
+    /// Workers killed (and replaced) because the task they ran was aborted
+    /// ([`TaskHandle::abort`](crate::TaskHandle::abort)).
+    pub workers_killed_on_abort: u64,
     /// Attempts to start a worker that failed.
     pub start_failures: u64,
     /// Why the last attempt to start a worker failed, while the pool is still trying

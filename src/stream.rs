@@ -218,6 +218,9 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     func: Result<FnRef, String>,
     input: BoxStream<'static, A>,
     input_done: bool,
+    /// The input panicked: its panic, resumed once the results of every item before it
+    /// have been yielded.
+    input_panic: Option<Box<dyn std::any::Any + Send>>,
     chunk: Vec<A>,
     chunk_size: usize,
     /// `None`: see [`Feed::room`].
@@ -259,6 +262,7 @@ where
             func,
             input,
             input_done: false,
+            input_panic: None,
             chunk: Vec::new(),
             chunk_size,
             max_in_flight,
@@ -347,14 +351,26 @@ where
         while !self.input_done && self.in_flight.len() < room {
             let mut pending = false;
             while self.chunk.len() < self.chunk_size {
-                match self.input.poll_next_unpin(cx) {
-                    Poll::Ready(Some(item)) => self.chunk.push(item),
-                    Poll::Ready(None) => {
+                // The input is the caller's code: a panic in it ends the input here,
+                // and is resumed at its place in the results (see `poll_next`).
+                let input = &mut self.input;
+                let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    input.poll_next_unpin(cx)
+                }));
+                match next {
+                    Ok(Poll::Ready(Some(item))) => self.chunk.push(item),
+                    Ok(Poll::Ready(None)) => {
                         self.input_done = true;
                         break;
                     }
-                    Poll::Pending => {
+                    Ok(Poll::Pending) => {
                         pending = true;
+                        break;
+                    }
+                    Err(panic) => {
+                        // It is not polled again, nor dropped before the feed.
+                        self.input_panic = Some(panic);
+                        self.input_done = true;
                         break;
                     }
                 }
@@ -395,7 +411,12 @@ where
                 }
                 Poll::Ready(Some(results))
             }
-            Poll::Ready(None) if this.input_done => Poll::Ready(None),
+            Poll::Ready(None) if this.input_done => match this.input_panic.take() {
+                // Every item before the panic has been answered and yielded: the
+                // panic comes at its place, after them.
+                Some(panic) => std::panic::resume_unwind(panic),
+                None => Poll::Ready(None),
+            },
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
@@ -437,6 +458,21 @@ impl<R> Lazy<R> {
 
     pub(crate) fn opts(&mut self) -> &mut FeedOptions {
         &mut self.opts
+    }
+
+    /// Builds the stream now and polls it once, without a waker: it pulls every input
+    /// item that is ready, up to its window, and submits their chunks before this
+    /// returns. Results that came meanwhile are kept for the next poll.
+    ///
+    /// # Panics
+    ///
+    /// If the input panics before any item was taken from it (a later panic is
+    /// resumed at its place, by a later poll).
+    pub(crate) fn start(&mut self) {
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        if let Poll::Ready(Some(chunk)) = self.poll_chunk(&mut cx) {
+            self.ready = chunk.into_iter();
+        }
     }
 
     /// The next chunks' results (after any left over from the last ones).
@@ -567,11 +603,23 @@ map_stream!(
     /// pulls more input only as results are taken, so an endless input runs in constant
     /// memory.
     ///
+    /// So it has no eager form: what it has not submitted when the pool is
+    /// [closed](crate::Pool::close) fails with [`TaskError::Closed`]. To submit a whole
+    /// input now (Python's `map_async`, before `close` and `join`), use
+    /// [`Map::spawn`](crate::Map::spawn).
+    ///
     /// # Cancel safety
     ///
     /// `next()` is cancel safe: no result is lost if it is dropped before completing.
     /// Dropping the stream stops feeding work: queued chunks are removed from the queue
     /// and chunks already running finish with their results discarded.
+    ///
+    /// # Panics
+    ///
+    /// If the input (its iterator or stream) panics, the panic is resumed in the
+    /// consumer's `next()` at its place: after the results of every item before it.
+    /// (A stream of `Result`s is a stream of items like any other: an `Err` item goes
+    /// to the task as its argument, and does not end the input.)
     Imap,
     "imap"
 );
@@ -582,13 +630,19 @@ map_stream!(
     ///
     /// Nothing is submitted until the stream is first polled. It then keeps at most
     /// [`max_in_flight`](ImapUnordered::max_in_flight) chunks submitted ahead of the
-    /// consumer and pulls more input only as results are taken.
+    /// consumer and pulls more input only as results are taken. As [`Imap`], it has no
+    /// eager form (see [`Map::spawn`](crate::Map::spawn)).
     ///
     /// # Cancel safety
     ///
     /// `next()` is cancel safe: no result is lost if it is dropped before completing.
     /// Dropping the stream stops feeding work: queued chunks are removed from the queue
     /// and chunks already running finish with their results discarded.
+    ///
+    /// # Panics
+    ///
+    /// If the input (its iterator or stream) panics, the panic is resumed in the
+    /// consumer's `next()` after the results of every item before it.
     ImapUnordered,
     "imap_unordered"
 );

@@ -7,8 +7,8 @@ use std::future::{Future, IntoFuture};
 
 use futures::Stream;
 use procpool::{
-    Apply, BuildError, Imap, ImapUnordered, Map, Pool, PoolBuilder, PoolStats, ProcessInfo,
-    TaskError, TaskHandle,
+    Apply, BuildError, Imap, ImapUnordered, Map, MapHandle, Pool, PoolBuilder, PoolStats,
+    ProcessInfo, TaskError, TaskHandle,
 };
 
 fn assert_send<T: Send>() {}
@@ -57,6 +57,10 @@ fn the_futures_of_apply_and_map_are_send() {
     assert_unpin::<<Map<u64> as IntoFuture>::IntoFuture>();
     assert_future::<<Map<u64> as IntoFuture>::IntoFuture, Result<Vec<u64>, TaskError>>();
     assert_send::<<Map<Vec<u8>> as IntoFuture>::IntoFuture>();
+    assert_send::<MapHandle<u64>>();
+    assert_static::<MapHandle<u64>>();
+    assert_unpin::<MapHandle<u64>>();
+    assert_future::<MapHandle<u64>, Result<Vec<u64>, TaskError>>();
 }
 
 #[test]

@@ -873,7 +873,12 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
     echo_reuses(&pool, 5, "echo after the timeout").await;
 
     let stats = pool.stats();
-    assert!(stats.workers_crashed >= 3, "{stats:?}");
+    assert!(
+        stats.workers_crashed + stats.workers_killed_on_timeout + stats.workers_killed_on_abort
+            >= 3,
+        "{stats:?}"
+    );
+    assert_eq!(stats.workers_killed_on_timeout, 1, "{stats:?}");
     assert_eq!(stats.timed_out, 1, "{stats:?}");
     seen.finish(pool).await;
 }

@@ -244,8 +244,8 @@ async fn soak(functions: Functions) {
         "{stats:?}"
     );
     assert_eq!(
-        stats.workers_crashed,
-        c(Kind::Exit) + c(Kind::Hang),
+        (stats.workers_crashed, stats.workers_killed_on_timeout),
+        (c(Kind::Exit), c(Kind::Hang)),
         "one replacement per crash and per timeout: {stats:?}"
     );
     // Once the last replacement is up, every worker that left was replaced once.
@@ -253,7 +253,9 @@ async fn soak(functions: Functions) {
     assert!(
         wait_until(BOUND, move || {
             let s = p.stats();
-            s.workers.len() == 3 && s.workers_started == 3 + s.workers_crashed + s.workers_recycled
+            s.workers.len() == 3
+                && s.workers_started
+                    == 3 + s.workers_crashed + s.workers_killed_on_timeout + s.workers_recycled
         })
         .await,
         "{:?}",

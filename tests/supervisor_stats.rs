@@ -124,7 +124,8 @@ async fn stats_follow_a_scripted_sequence() {
         "{s:?}"
     );
 
-    // A timeout: counted as timed out, not failed; the worker counts as crashed.
+    // A timeout: counted as timed out, not failed; the worker counts as killed on a
+    // timeout, not as crashed.
     let err = within(
         "6",
         pool.apply(sleep_forever, ())
@@ -143,9 +144,10 @@ async fn stats_follow_a_scripted_sequence() {
             s.completed,
             s.failed,
             s.timed_out,
-            s.workers_crashed
+            s.workers_crashed,
+            s.workers_killed_on_timeout
         ),
-        (6, 4, 1, 1, 2),
+        (6, 4, 1, 1, 1, 1),
         "{s:?}"
     );
 
@@ -179,6 +181,15 @@ async fn stats_follow_a_scripted_sequence() {
         (10, 6, 1, 1, 2),
         "{s:?}"
     );
+    assert_eq!(
+        (
+            s.workers_crashed,
+            s.workers_killed_on_timeout,
+            s.workers_killed_on_abort
+        ),
+        (1, 1, 1),
+        "{s:?}"
+    );
 
     // One more completion on the last worker.
     assert_eq!(within("last", pool.apply(double, 1)).await, Ok(2));
@@ -198,9 +209,11 @@ async fn stats_follow_a_scripted_sequence() {
             s.workers_started,
             s.workers_recycled,
             s.workers_crashed,
+            s.workers_killed_on_timeout,
+            s.workers_killed_on_abort,
             s.start_failures
         ),
-        (5, 1, 3, 0),
+        (5, 1, 1, 1, 1, 0),
         "{s:?}"
     );
     assert_eq!(s.workers[0].tasks, 1, "{s:?}");

@@ -59,11 +59,20 @@ impl Driver<'_> {
     }
 
     /// Kills the worker if `kill`, fails the head job with `error`, requeues the others.
+    /// The loss counts as a kill on a timeout (`error` is [`TaskError::TimedOut`]), on an
+    /// abort ([`TaskError::Cancelled`]), or else as a crash.
     pub(super) async fn lose(&mut self, w: &mut Worker, error: TaskError, kill: bool) -> End {
         if kill {
             w.child.kill_and_reap(REAP_BOUND).await;
         }
-        Counters::add(&self.shared.counters.workers_crashed, 1);
+        // A worker killed on a timeout or an abort did nothing wrong by itself.
+        let counters = &self.shared.counters;
+        let lost = match error {
+            TaskError::TimedOut { .. } => &counters.workers_killed_on_timeout,
+            TaskError::Cancelled => &counters.workers_killed_on_abort,
+            _ => &counters.workers_crashed,
+        };
+        Counters::add(lost, 1);
         event!(tracing::Level::WARN, pid = w.pid, job = self.inflight.front().map(|j| j.id), error = %error, "worker lost");
         // (Ghosts were skipped by the worker: the job it ran is the first real one.)
         while self.inflight.front().is_some_and(Job::is_ghost) {
