@@ -10,14 +10,20 @@ mod support;
 use std::time::Duration;
 
 use procpool::{BuildErrorKind, Process};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 fn double(n: u64) -> u64 {
     n * 2
 }
 
-/// Builds a runtime and starts a `Process` running `double(n)` from it, with the
-/// start method under test; joins it. What happened, as text.
-fn start_nested(n: u64) -> Result<u64, String> {
+/// Builds a runtime and starts a `Process` running `f(n)` from it, with the start
+/// method under test; joins it. What happened, as text.
+fn start_and_join<F, R>(f: F, n: u64) -> Result<R, String>
+where
+    F: Fn(u64) -> R + Copy + Send + Sync + 'static,
+    R: Serialize + DeserializeOwned + Send + 'static,
+{
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -25,7 +31,7 @@ fn start_nested(n: u64) -> Result<u64, String> {
     runtime.block_on(async {
         let child = Process::builder()
             .start_method(support::start_method())
-            .start(double, n)
+            .start(f, n)
             .await
             .map_err(|e| match e.kind() {
                 BuildErrorKind::Daemon => "daemon".to_string(),
@@ -38,23 +44,14 @@ fn start_nested(n: u64) -> Result<u64, String> {
     })
 }
 
+/// One level: starts a `Process` running `double(n)`.
+fn start_nested(n: u64) -> Result<u64, String> {
+    start_and_join(double, n)
+}
+
 /// Two levels: a Process that starts a Process that starts one.
 fn start_nested_twice(n: u64) -> Result<u64, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    runtime.block_on(async {
-        let child = Process::builder()
-            .start_method(support::start_method())
-            .start(start_nested, n)
-            .await
-            .map_err(|e| format!("start: {e}"))?;
-        tokio::time::timeout(Duration::from_secs(30), child.join())
-            .await
-            .map_err(|_| "join timed out".to_string())?
-            .map_err(|e| format!("join: {e}"))?
-    })
+    start_and_join(start_nested, n)?
 }
 
 #[tokio::test]
