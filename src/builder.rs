@@ -20,20 +20,18 @@ use crate::shared::{Config, Shared};
 use crate::start::spawn::ENV_WORKER;
 use crate::start::{ChildOptions, StartMethod};
 use crate::supervisor::run_slot;
-use crate::task_fn::trampoline;
+use crate::task_fn::task_ref;
 
 /// The default [`PoolBuilder::max_frame_len`]: 256 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 256 << 20;
 
 /// A hook run once in a process (an initializer, a preload): its function and its
 /// encoded argument.
-fn encode_hook<F, A>(f: F, arg: A) -> Result<(FnRef, Bytes), String>
+fn encode_hook<A>(f: fn(A), arg: A) -> Result<(FnRef, Bytes), String>
 where
-    F: Fn(A) + Copy + Send + Sync + 'static,
     A: Serialize + DeserializeOwned + Send + 'static,
 {
-    let _ = f;
-    let func = FnRef::of(trampoline(f))?;
+    let func = task_ref(f)?;
     let mut args = Vec::new();
     encode_chunk(std::slice::from_ref(&arg), &mut args)?;
     Ok((func, args.into()))
@@ -113,6 +111,8 @@ impl PoolBuilder {
                 sandbox: None,
                 stdout: WorkerOutput::default(),
                 stderr: WorkerOutput::default(),
+                remote: Vec::new(),
+                heartbeat: crate::remote::DEFAULT_HEARTBEAT,
             },
             initializer: Ok(()),
             preload: Ok(()),
@@ -121,16 +121,48 @@ impl PoolBuilder {
         }
     }
 
-    /// The number of worker processes. Default: the number of CPUs
-    /// ([`std::thread::available_parallelism`]).
+    /// The number of local worker processes. Default: the number of CPUs
+    /// ([`std::thread::available_parallelism`]). Workers on other machines are added
+    /// with [`remote`](Self::remote); with some, `n` may be 0.
+    pub fn processes(mut self, n: usize) -> Self {
+        self.config.processes = n;
+        self
+    }
+
+    /// Adds `n` workers on other machines, started by `launcher` (`ssh HOST`, `srun`,
+    /// a command prefix: see [`Launcher`](crate::Launcher)), after the local ones.
+    /// They run the same tasks with the same guarantees, over their launcher's stdin
+    /// and stdout: a crash fails only its task, with the remote pid and exit status;
+    /// timeouts, aborts and `max_tasks_per_child` kill or retire the remote worker;
+    /// a lost link (the launcher ended, or silent for the [`heartbeat`](Self::heartbeat)
+    /// bound) fails the task in flight on it with
+    /// [`TaskError::LinkLost`](crate::TaskError::LinkLost), requeues the rest, and a
+    /// replacement is started with back-off. When the pool is dropped or its process
+    /// dies, the link ends and the remote worker, with every process it started, is
+    /// killed by its keeper at once. Call it again for more groups.
+    ///
+    /// Replies of remote workers come over their link: no shared memory, no polling.
+    pub fn remote(mut self, launcher: crate::Launcher, n: usize) -> Self {
+        if n > 0 {
+            self.config.remote.push((launcher, n));
+        }
+        self
+    }
+
+    /// How long the link to a remote worker may stay silent before it is lost: the
+    /// worker's end sends a heartbeat every third of it. Default:
+    /// [`DEFAULT_HEARTBEAT`](crate::DEFAULT_HEARTBEAT) (10 s).
     ///
     /// # Panics
     ///
-    /// If `n` is 0.
+    /// If `bound` is under 30 ms.
     #[track_caller]
-    pub fn processes(mut self, n: usize) -> Self {
-        assert!(n > 0, "a pool needs at least one process");
-        self.config.processes = n;
+    pub fn heartbeat(mut self, bound: Duration) -> Self {
+        assert!(
+            bound >= Duration::from_millis(30),
+            "the heartbeat bound must be at least 30 ms"
+        );
+        self.config.heartbeat = bound;
         self
     }
 
@@ -171,9 +203,8 @@ impl PoolBuilder {
     /// Runs `f(arg)` once in every worker, before its first task (Python's
     /// `initializer` and `initargs`). If it panics, the worker does not start: `build`
     /// fails with the panic's message. Default: none.
-    pub fn initializer<F, A>(mut self, f: F, arg: A) -> Self
+    pub fn initializer<A>(mut self, f: fn(A), arg: A) -> Self
     where
-        F: Fn(A) + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
         let hook = encode_hook(f, arg);
@@ -185,9 +216,8 @@ impl PoolBuilder {
     /// Runs `f(arg)` once in the fork server, before it forks any worker, so that every
     /// worker starts with what it loaded (a big table, say), shared copy-on-write. Only
     /// for [`StartMethod::ForkServer`]; a panic in it fails `build`. Default: none.
-    pub fn forkserver_preload<F, A>(mut self, f: F, arg: A) -> Self
+    pub fn forkserver_preload<A>(mut self, f: fn(A), arg: A) -> Self
     where
-        F: Fn(A) + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
     {
         let hook = encode_hook(f, arg);
@@ -393,6 +423,12 @@ impl PoolBuilder {
                 format!("bad preload hook: {why}"),
             ));
         }
+        if self.config.slots() == 0 {
+            return Err(BuildError::new(
+                BuildErrorKind::Config,
+                "a pool needs at least one worker: processes(0) and no remote workers",
+            ));
+        }
         if crate::worker::is_daemon() {
             return Err(BuildError::new(
                 BuildErrorKind::Daemon,
@@ -419,7 +455,8 @@ impl PoolBuilder {
         config.transport = config.transport.or(transport);
         let shared = Arc::new(Shared::new(config));
         let pool = Pool::from_shared(shared.clone());
-        if let Starter::ForkServer(server) = &shared.starter {
+        // (A pool of remote workers alone has no use for a fork server.)
+        if let (Starter::ForkServer(server), 1..) = (&shared.starter, shared.config.processes) {
             if let Err(e) = server.ensure_started(shared.config.child.label).await {
                 pool.terminate().await;
                 return Err(BuildError::with_source(
@@ -430,7 +467,7 @@ impl PoolBuilder {
             }
         }
         let mut first = Vec::new();
-        for slot in 0..shared.config.processes {
+        for slot in 0..shared.config.slots() {
             let (tx, rx) = oneshot::channel();
             shared
                 .tracker

@@ -188,13 +188,8 @@ impl<R: Send + 'static> Map<R> {
     /// If the input panics, the handle resumes that panic when awaited, after the
     /// results of every item before it have come (see [`Map`]).
     pub fn spawn(mut self) -> MapHandle<R> {
-        self.inner.opts().max_in_flight = Some(usize::MAX);
-        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.start()));
-        let rest = match started {
-            Ok(()) => self.into_future(),
-            Err(panic) => async move { std::panic::resume_unwind(panic) }.boxed(),
-        };
-        MapHandle::new(rest)
+        self.inner.spawn();
+        MapHandle::new(self.into_future())
     }
 }
 

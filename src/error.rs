@@ -174,6 +174,19 @@ pub enum TaskError {
         /// What the pool's task said when it failed.
         message: String,
     },
+    /// The link to a worker on another machine (see
+    /// [`PoolBuilder::remote`](crate::PoolBuilder::remote)) was lost while it ran the
+    /// task: the launcher (`ssh`, `srun`) ended, or the link went silent for longer
+    /// than the heartbeat bound. The worker's end kills the worker when its link ends;
+    /// the pool started a replacement.
+    LinkLost {
+        /// The remote worker's process id (on its host).
+        pid: u32,
+        /// The host it ran on, as its keeper reported it.
+        host: String,
+        /// What was seen of the loss.
+        reason: String,
+    },
 }
 
 impl TaskError {
@@ -199,6 +212,11 @@ impl TaskError {
             self,
             TaskError::WorkerDied { .. } | TaskError::MemoryLimit { .. }
         )
+    }
+
+    /// Whether the link to the worker running the task (on another machine) was lost.
+    pub fn is_link_lost(&self) -> bool {
+        matches!(self, TaskError::LinkLost { .. })
     }
 
     /// The panic, when the task panicked.
@@ -259,7 +277,8 @@ impl TaskError {
             TaskError::WorkerDied { pid, .. }
             | TaskError::MemoryLimit { pid, .. }
             | TaskError::TimedOut { pid, .. }
-            | TaskError::Internal { pid, .. } => Some(*pid),
+            | TaskError::Internal { pid, .. }
+            | TaskError::LinkLost { pid, .. } => Some(*pid),
             _ => None,
         }
     }
@@ -297,6 +316,10 @@ impl fmt::Display for TaskError {
                 f,
                 "the pool failed while it served worker {pid}, which was replaced: {message}"
             ),
+            TaskError::LinkLost { pid, host, reason } => write!(
+                f,
+                "the link to worker {pid} on {host} was lost while it ran the task: {reason}"
+            ),
         }
     }
 }
@@ -329,12 +352,16 @@ pub enum BuildErrorKind {
     /// answer its handshake in time, it runs another build, or its initializer or the
     /// fork server's preload hook panicked.
     Start,
+    /// The builder's settings make no pool: no worker at all (`processes(0)` and no
+    /// [`remote`](crate::PoolBuilder::remote) workers).
+    Config,
 }
 
 impl fmt::Display for BuildErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             BuildErrorKind::NoRuntime => "not within a Tokio runtime",
+            BuildErrorKind::Config => "settings that make no pool",
             BuildErrorKind::InWorker => "started as a procpool worker",
             BuildErrorKind::Daemon => "a daemon may not have children",
             BuildErrorKind::Task => "a function or argument cannot be sent to a child",

@@ -1,17 +1,18 @@
 //! This program's image: its build id, and how a function chosen in the parent is found
 //! again in a child.
 //!
-//! A task is a zero-sized `F: Fn(A) -> R + Copy + 'static`: a plain `fn` item or a
-//! closure that captures nothing. The parent never sends `F` itself (it has no bytes);
-//! it sends the address of the monomorphised *trampoline* [`run_job::<F, A, R>`], as an
-//! offset from the load address of the main executable. The child adds its own load
-//! address and calls the trampoline, which conjures the zero-sized `F` and runs it.
+//! A task is a `fn(A) -> R` pointer: a plain `fn` item or a closure that captures
+//! nothing, coerced (a [`StarFn`](crate::StarFn) of `starmap` is a zero-sized type
+//! instead). The parent sends the address of the monomorphised *trampoline*
+//! (`task_fn::run_job::<A, R>`) and of the task, each as an offset from the load address
+//! of the main executable. The child adds its own load address and calls the
+//! trampoline, which runs the task.
 //!
-//! That address is meaningful only when
+//! Those addresses are meaningful only when
 //!
 //! 1. both processes run the same executable: the handshake compares the ELF build-id
 //!    (or, where the linker wrote none, a hash of the executable file), see [`build_id`];
-//! 2. the trampoline lies in the main executable's code, not in a library loaded at
+//! 2. the trampoline and the task lie in the main executable's code, not in a library loaded at
 //!    another address: [`FnRef::of`] refuses anything outside the executable's text
 //!    segments in the parent, and [`FnRef::resolve`] checks again in the child.
 //!
@@ -27,9 +28,24 @@ use std::sync::OnceLock;
 use crate::protocol::{FnRef, Outcome};
 
 /// The type-erased entry point of one task type: decodes a chunk of arguments from
-/// `payload`, runs the task on each, and appends the encoded results to `out` (see
-/// `crate::task_fn`).
-pub(crate) type Trampoline = fn(payload: &[u8], out: &mut Vec<u8>) -> Outcome;
+/// `payload`, runs the task (at address `task`, for a task sent as a `fn` pointer) on
+/// each, and appends the encoded results to `out` (see `crate::task_fn`).
+pub(crate) type Trampoline = fn(task: Option<usize>, payload: &[u8], out: &mut Vec<u8>) -> Outcome;
+
+/// A task resolved in this process: its trampoline and, for a task sent as a `fn`
+/// pointer, the task's address (made only by [`FnRef::resolve`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resolved {
+    run: Trampoline,
+    task: Option<usize>,
+}
+
+impl Resolved {
+    /// Runs the chunk of encoded arguments in `payload`, appending the results to `out`.
+    pub(crate) fn run(self, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
+        (self.run)(self.task, payload, out)
+    }
+}
 
 /// Proof that a peer runs this same build: made only by [`SameBuild::check`].
 #[derive(Debug, Clone, Copy)]
@@ -168,38 +184,54 @@ pub(crate) fn build_id() -> &'static [u8] {
 }
 
 impl FnRef {
-    /// The reference to `trampoline`, or why it cannot be sent to another process.
-    pub(crate) fn of(trampoline: Trampoline) -> Result<FnRef, String> {
-        let addr = trampoline as usize;
+    /// The reference to the trampoline `run` and the task at address `task` (for a
+    /// task sent as a `fn` pointer), or why they cannot be sent to another process.
+    pub(crate) fn of(run: Trampoline, task: Option<usize>) -> Result<FnRef, String> {
         let image = image();
-        if !image.text.iter().any(|r| r.contains(&addr)) {
-            return Err(format!(
-                "task function at {addr:#x} is not in the main executable's code (is it in a \
-                 dynamic library?); a worker cannot find it"
-            ));
-        }
-        Ok(FnRef::from_bits((addr - image.bias) as u64))
+        let offset = |addr: usize| {
+            if image.text.iter().any(|r| r.contains(&addr)) {
+                Ok((addr - image.bias) as u64)
+            } else {
+                Err(format!(
+                    "task function at {addr:#x} is not in the main executable's code (is it \
+                     in a dynamic library?); a worker cannot find it"
+                ))
+            }
+        };
+        let task = match task {
+            Some(addr) => offset(addr)?.saturating_add(1),
+            None => 0,
+        };
+        Ok(FnRef::from_bits(offset(run as usize)?, task))
     }
 
-    /// The trampoline this reference names in this process, sent by a peer that runs
-    /// the same build (`_same`).
-    pub(crate) fn resolve(self, _same: SameBuild) -> Result<Trampoline, String> {
+    /// The trampoline and task this reference names in this process, sent by a peer
+    /// that runs the same build (`_same`).
+    pub(crate) fn resolve(self, _same: SameBuild) -> Result<Resolved, String> {
         let image = image();
-        let bits = self.to_bits();
-        let addr = usize::try_from(bits)
-            .ok()
-            .and_then(|off| off.checked_add(image.bias))
-            .filter(|addr| image.text.iter().any(|r| r.contains(addr)))
-            .ok_or_else(|| {
-                format!("task reference {bits:#x} does not point into this executable's code")
-            })?;
+        let (run, task) = self.to_bits();
+        let address = |bits: u64| {
+            usize::try_from(bits)
+                .ok()
+                .and_then(|off| off.checked_add(image.bias))
+                .filter(|addr| image.text.iter().any(|r| r.contains(addr)))
+                .ok_or_else(|| {
+                    format!("task reference {bits:#x} does not point into this executable's code")
+                })
+        };
+        let addr = address(run)?;
+        let task = match task {
+            0 => None,
+            plus_one => Some(address(plus_one - 1)?),
+        };
         // SAFETY: the sender runs this same executable (same build-id: `_same` proves
         // it), and the sender produced the offset in `FnRef::of` from a
         // `Trampoline` lying in the executable's text. The same executable maps the same
         // code at the same offset from its load bias, so `addr` is the address of that
         // same `Trampoline` function here, and transmuting it back to the fn pointer type
         // it was taken from is sound.
-        Ok(unsafe { std::mem::transmute::<usize, Trampoline>(addr) })
+        let run = unsafe { std::mem::transmute::<usize, Trampoline>(addr) };
+        Ok(Resolved { run, task })
     }
 }
 
@@ -210,8 +242,15 @@ mod tests {
     #[test]
     fn refuses_addresses_outside_the_executable() {
         let same = SameBuild::check(build_id()).expect("this build");
-        assert!(FnRef::from_bits(u64::MAX).resolve(same).is_err());
-        assert!(FnRef::from_bits(0).resolve(same).is_err());
+        assert!(FnRef::from_bits(u64::MAX, 0).resolve(same).is_err());
+        assert!(FnRef::from_bits(0, 0).resolve(same).is_err());
+        let run = FnRef::of(crate::task_fn::tests::trampoline_for_tests(), None)
+            .expect("in the executable")
+            .to_bits()
+            .0;
+        assert!(FnRef::from_bits(run, 0).resolve(same).is_ok());
+        assert!(FnRef::from_bits(run, u64::MAX).resolve(same).is_err());
+        assert!(FnRef::from_bits(run, 1 << 62).resolve(same).is_err());
     }
 
     #[test]

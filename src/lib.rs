@@ -34,28 +34,46 @@
 //!
 //! ## A task captures nothing
 //!
-//! The worker finds the task by its type alone: no bytes of it cross, so it cannot
-//! carry data. Give the task what it needs in its argument. A closure that captures a
-//! variable is refused at compile time; the compiler's message names the captured
-//! type rather than the rule, so here are the two forms it takes. Capturing a value
-//! that is not `Copy` (a `String`) fails `cargo check` with "the trait bound `String:
-//! Copy` is not satisfied":
+//! The worker finds the task by its address in the executable alone: no bytes of it
+//! cross, so it cannot carry data. Give the task what it needs in its argument. The
+//! calls take the task as a `fn` pointer, so a closure that captures a variable is a
+//! type error that `cargo check` reports, naming the captured variable: "closures can
+//! only be coerced to `fn` types if they do not capture any variables". Capturing a
+//! value that is not `Copy` (a `String`):
 //!
-//! ```compile_fail,E0277
+//! ```compile_fail,E0308
 //! # async fn run(pool: procpool::Pool) {
 //! let prefix = String::from("n = ");
 //! let _ = pool.apply(move |n: u64| format!("{prefix}{n}"), 1).await;
 //! # }
 //! ```
 //!
-//! Capturing a `Copy` value (a `u64`) fails `cargo build` (not `cargo check`, which
-//! does not evaluate procpool's compile-time assertion) with "a procpool task must be
-//! a plain `fn` or a closure that captures nothing":
+//! Capturing a `Copy` value (a `u64`), the same:
+//!
+//! ```compile_fail,E0308
+//! # async fn run(pool: procpool::Pool) {
+//! let k = 3u64;
+//! let _ = pool.map(move |n: u64| n * k, 0..10).await;
+//! # }
+//! ```
+//!
+//! [`Pool::starmap`] takes a task of several arguments, which Rust cannot coerce to a
+//! `fn` pointer of any arity, so there `cargo check` reports a captured `String` as
+//! "the trait bound `String: Copy` is not satisfied", and a captured `u64` is caught by
+//! `cargo build` with "a procpool task must be a plain `fn` or a closure that captures
+//! nothing" (see [`StarFn`]):
+//!
+//! ```compile_fail,E0277
+//! # async fn run(pool: procpool::Pool) {
+//! let s = String::from("x");
+//! let _ = pool.starmap(move |a: u64, b: u64| a + b + s.len() as u64, [(1, 2)]).await;
+//! # }
+//! ```
 //!
 //! ```compile_fail,E0080
 //! # async fn run(pool: procpool::Pool) {
 //! let k = 3u64;
-//! let _ = pool.apply(move |n: u64| n * k, 1).await;
+//! let _ = pool.starmap(move |a: u64, b: u64| a + b + k, [(1, 2)]).await;
 //! # }
 //! ```
 //!
@@ -269,6 +287,9 @@ mod sync;
 
 // Starting a child by each start method.
 mod launch;
+// Launchers of workers on other machines, their keeper there, and the link's rules.
+#[allow(unsafe_code)]
+mod remote;
 
 // A worker's connection: local (socketpair and reply ring) or a byte stream.
 mod transport;
@@ -325,6 +346,7 @@ pub use output::{LineSink, OutputLine, OutputStream, WorkerOutput, MAX_LINE};
 pub use policy::{Polling, Transport};
 pub use pool::Pool;
 pub use process::{Process, ProcessBuilder, ProcessHandle};
+pub use remote::{Launcher, DEFAULT_HEARTBEAT};
 pub use sandbox::{Sandbox, SANDBOX_ENV};
 pub use start::StartMethod;
 pub use stats::{PoolStats, WorkerStats};

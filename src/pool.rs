@@ -16,7 +16,7 @@ use crate::shared::Shared;
 use crate::stats::PoolStats;
 use crate::stream::{Feed, Imap, ImapUnordered, Lazy};
 use crate::submit::{JobFrame, Submitter};
-use crate::task_fn::{star_trampoline, trampoline, StarFn};
+use crate::task_fn::{star_trampoline, task_ref, StarFn};
 
 /// A pool of worker processes.
 ///
@@ -69,9 +69,9 @@ impl Pool {
         self.sub.shared()
     }
 
-    /// The number of worker processes.
+    /// The number of worker processes: the local ones and those on other machines.
     pub fn processes(&self) -> usize {
-        self.shared().config.processes
+        self.shared().config.slots()
     }
 
     /// Runs `f(arg)` in a worker: await the returned [`Apply`] for the result.
@@ -100,14 +100,12 @@ impl Pool {
     ///
     /// See [`Apply`]: dropping it before it is awaited submits nothing; dropping the
     /// awaiting future removes a task that has not started, and detaches a running one.
-    pub fn apply<F, A, R>(&self, f: F, arg: A) -> Apply<R>
+    pub fn apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Apply<R>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let _ = f;
-        let func = FnRef::of(trampoline(f));
+        let func = task_ref(f);
         let job = JobFrame::one(&self.sub, func, arg);
         Apply::new(self.sub.clone(), job)
     }
@@ -124,9 +122,8 @@ impl Pool {
     /// # Cancel safety
     ///
     /// See [`TaskHandle`].
-    pub fn apply_async<F, A, R>(&self, f: F, arg: A) -> TaskHandle<R>
+    pub fn apply_async<A, R>(&self, f: fn(A) -> R, arg: A) -> TaskHandle<R>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
@@ -171,15 +168,13 @@ impl Pool {
     /// # Cancel safety
     ///
     /// See [`Map`].
-    pub fn map<F, A, R, I, M>(&self, f: F, input: I) -> Map<R>
+    pub fn map<A, R, I, M>(&self, f: fn(A) -> R, input: I) -> Map<R>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: Input<A, M>,
     {
-        let _ = f;
-        Map::new(self.feed(FnRef::of(trampoline(f)), input, true))
+        Map::new(self.feed(task_ref(f), input, true))
     }
 
     /// Runs `f` on every item of `input` (an iterator or a stream); a [`Stream`] of the
@@ -195,15 +190,13 @@ impl Pool {
     /// # Cancel safety
     ///
     /// See [`Imap`].
-    pub fn imap<F, A, R, I, M>(&self, f: F, input: I) -> Imap<R>
+    pub fn imap<A, R, I, M>(&self, f: fn(A) -> R, input: I) -> Imap<R>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: Input<A, M>,
     {
-        let _ = f;
-        Imap::new(self.feed(FnRef::of(trampoline(f)), input, true))
+        Imap::new(self.feed(task_ref(f), input, true))
     }
 
     /// Like [`imap`](Pool::imap), but yields results as they complete.
@@ -215,15 +208,13 @@ impl Pool {
     /// # Cancel safety
     ///
     /// See [`ImapUnordered`].
-    pub fn imap_unordered<F, A, R, I, M>(&self, f: F, input: I) -> ImapUnordered<R>
+    pub fn imap_unordered<A, R, I, M>(&self, f: fn(A) -> R, input: I) -> ImapUnordered<R>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
         I: Input<A, M>,
     {
-        let _ = f;
-        ImapUnordered::new(self.feed(FnRef::of(trampoline(f)), input, false))
+        ImapUnordered::new(self.feed(task_ref(f), input, false))
     }
 
     /// Like [`map`](Pool::map), for a function of several arguments: each item of
@@ -254,8 +245,7 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
         I: Input<Args, M>,
     {
-        let _ = f;
-        Map::new(self.feed(FnRef::of(star_trampoline(f)), input, true))
+        Map::new(self.feed(FnRef::of(star_trampoline(f), None), input, true))
     }
 
     /// Refuses new work from now on: submissions fail with [`TaskError::Closed`](crate::TaskError::Closed).

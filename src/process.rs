@@ -20,11 +20,10 @@ use crate::per_process::PerProcess;
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::job::write_job_frame;
 use crate::protocol::Done;
-use crate::protocol::FnRef;
 use crate::queue::Reply;
 use crate::start::forkserver::ForkServer;
 use crate::start::{ChildKind, ChildOptions, Label, StartMethod};
-use crate::task_fn::trampoline;
+use crate::task_fn::task_ref;
 
 /// One function run once in a child process: Python's `multiprocessing.Process`.
 ///
@@ -157,13 +156,11 @@ impl ProcessBuilder {
     /// # Cancel safety
     ///
     /// Dropping the future before it completes kills the child if it was started.
-    pub async fn start<F, A, R>(self, f: F, arg: A) -> Result<ProcessHandle<R>, BuildError>
+    pub async fn start<A, R>(self, f: fn(A) -> R, arg: A) -> Result<ProcessHandle<R>, BuildError>
     where
-        F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
         R: Serialize + DeserializeOwned + Send + 'static,
     {
-        let _ = f;
         if crate::worker::is_daemon() {
             return Err(BuildError::new(
                 BuildErrorKind::Daemon,
@@ -177,8 +174,7 @@ impl ProcessBuilder {
                 .map_err(|why| BuildError::new(BuildErrorKind::Sandbox, why))?;
         }
         let env = crate::sandbox::env_policy(self.env_clear, &self.env_keys, self.sandbox.as_ref());
-        let func =
-            FnRef::of(trampoline(f)).map_err(|why| BuildError::new(BuildErrorKind::Task, why))?;
+        let func = task_ref(f).map_err(|why| BuildError::new(BuildErrorKind::Task, why))?;
         let mut args = Vec::new();
         encode_chunk(std::slice::from_ref(&arg), &mut args).map_err(|e| {
             BuildError::new(
@@ -240,7 +236,7 @@ impl ProcessBuilder {
             env,
             sandbox: self.sandbox.as_ref().map(|s| s.spec().clone()),
         };
-        let mut worker = connect(child, sock, setup)
+        let mut worker = connect(child, crate::connect::Channel::Socket(sock), setup)
             .await
             .map_err(|why| BuildError::new(BuildErrorKind::Start, why))?;
         if !self.daemon {

@@ -42,9 +42,33 @@ pub(crate) struct Config {
     /// Where workers' (and the fork server's) stdout and stderr go.
     pub(crate) stdout: WorkerOutput,
     pub(crate) stderr: WorkerOutput,
+    /// Groups of workers on other machines, after the local ones: their launcher and
+    /// how many.
+    pub(crate) remote: Vec<(crate::remote::Launcher, usize)>,
+    /// How long a remote worker's link may be silent before it is lost.
+    pub(crate) heartbeat: Duration,
 }
 
 impl Config {
+    /// How many workers the pool has: the local ones, then the remote groups'.
+    pub(crate) fn slots(&self) -> usize {
+        self.remote
+            .iter()
+            .fold(self.processes, |n, (_, count)| n.saturating_add(*count))
+    }
+
+    /// The launcher of `slot`'s workers, if they run on another machine.
+    pub(crate) fn launcher(&self, slot: usize) -> Option<&crate::remote::Launcher> {
+        let mut first = self.processes;
+        for (launcher, count) in &self.remote {
+            if slot >= first && slot < first + count {
+                return Some(launcher);
+            }
+            first += count;
+        }
+        None
+    }
+
     fn polling(&self) -> Polling {
         self.polling.unwrap_or(Polling::OFF)
     }
@@ -129,7 +153,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Self {
-        let slots = config.processes;
+        let slots = config.slots();
         Shared {
             starter: Starter::new(
                 config.start_method,
@@ -178,13 +202,15 @@ impl Shared {
         self.workers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn set_worker(&self, slot: usize, pid: Option<u32>) {
+    /// Records `slot`'s worker: its pid and, for a remote one, its host.
+    pub(crate) fn set_worker(&self, slot: usize, worker: Option<(u32, Option<String>)>) {
         let mut workers = self.workers();
         self.worker_tasks[slot].store(0, Ordering::Relaxed);
-        workers[slot] = pid.map(|pid| WorkerStats {
+        workers[slot] = worker.map(|(pid, host)| WorkerStats {
             index: slot,
             pid,
             tasks: 0,
+            host,
         });
     }
 

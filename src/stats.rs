@@ -52,8 +52,11 @@ pub struct PoolStats {
 pub struct WorkerStats {
     /// Its slot, from 0 to `processes - 1`.
     pub index: usize,
-    /// Its process id.
+    /// Its process id (on its host, for a worker on another machine).
     pub pid: u32,
     /// Jobs it has completed (a chunk counts once).
     pub tasks: u64,
+    /// The host it runs on, for a worker on another machine (see
+    /// [`PoolBuilder::remote`](crate::PoolBuilder::remote)); `None` for a local one.
+    pub host: Option<String>,
 }

@@ -16,7 +16,7 @@ use futures::FutureExt;
 
 use tokio::sync::oneshot;
 
-use crate::connect::{connect, Setup};
+use crate::connect::{connect, Channel, Setup};
 use crate::driver::{drive, End, Worker};
 use crate::error::TaskError;
 use crate::queue::Job;
@@ -149,7 +149,8 @@ async fn supervise_slot(
         );
         *shared.start_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Counters::add(&shared.counters.workers_started, 1);
-        shared.set_worker(slot, Some(worker.pid));
+        let host = worker.remote.as_ref().and_then(|r| r.host());
+        shared.set_worker(slot, Some((worker.pid, host)));
         if let Some(first) = first.take() {
             let _ = first.send(Ok(()));
         }
@@ -223,11 +224,27 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
     // by whoever holds it (`NewChild`, or the fork server when its channel closes).
     let (stdio, relays) = crate::output::prepare(&cfg.stdout, &cfg.stderr)
         .map_err(|e| format!("could not make a worker's stdio: {e}"))?;
-    let start = shared.starter.start(cfg.child, stdio);
-    let (child, sock) = tokio::time::timeout(cfg.startup_timeout, start)
+    let launcher = cfg.launcher(slot);
+    let start = async {
+        match launcher {
+            Some(launcher) => launcher
+                .start(stdio, cfg.heartbeat, cfg.startup_timeout)
+                .await
+                .map(|(child, link)| (child, Channel::Remote(link))),
+            None => shared
+                .starter
+                .start(cfg.child, stdio)
+                .await
+                .map(|(child, sock)| (child, Channel::Socket(sock))),
+        }
+    };
+    let (child, channel) = tokio::time::timeout(cfg.startup_timeout, start)
         .await
         .map_err(|_| format!("no worker process started within {:?}", cfg.startup_timeout))?
-        .map_err(|e| format!("could not start a worker process: {e}"))?;
+        .map_err(|e| match launcher {
+            Some(l) => format!("could not start a worker through {}: {e}", l.describe()),
+            None => format!("could not start a worker process: {e}"),
+        })?;
     relays.start(child.pid());
     let setup = Setup {
         index: Some(slot),
@@ -237,11 +254,11 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         initializer: cfg.initializer.clone(),
         startup_timeout: cfg.startup_timeout,
         worker_spin: cfg.worker_polling(),
-        ring: cfg.transport() == crate::Transport::Local,
+        ring: launcher.is_none() && cfg.transport() == crate::Transport::Local,
         env: cfg.env.clone(),
         sandbox: cfg.sandbox.as_ref().map(|s| s.spec().clone()),
     };
-    connect(child, sock, setup).await
+    connect(child, channel, setup).await
 }
 
 #[cfg(test)]

@@ -1,12 +1,15 @@
-//! Tasks as the worker runs them: the *trampoline* of a task type `F`, the one entry
-//! point per `F` that decodes a chunk of arguments, runs `F` on each (catching panics)
-//! and encodes the results. The parent names a trampoline by its offset in the
-//! executable ([`crate::image::FnRef`]); the worker calls it.
+//! Tasks as the worker runs them: the *trampoline* of a task type, the one entry point
+//! per type that decodes a chunk of arguments, runs the task on each (catching panics)
+//! and encodes the results. The parent names a trampoline and its task by their offsets
+//! in the executable ([`crate::image`]'s `FnRef`); the worker calls it.
 //!
-//! A task is a zero-sized `F: Fn(A) -> R + Copy + 'static`: a plain `fn` item or a
-//! closure that captures nothing. The parent never sends `F` itself (it has no bytes);
-//! the trampoline conjures the zero-sized value in the worker. A trampoline is only
-//! made from a value of `F` ([`trampoline`] takes one), so a value exists.
+//! A task is a `fn(A) -> R` pointer: a plain `fn` item or a closure that captures
+//! nothing, coerced where the API takes it, so that a capturing closure is a type error
+//! that `cargo check` reports ("closures can only be coerced to `fn` types if they do
+//! not capture any variables"). A [`StarFn`] (`starmap`'s task of several arguments) is
+//! a zero-sized `F` instead: the parent never sends `F` itself (it has no bytes); the
+//! trampoline conjures the zero-sized value in the worker. Such a trampoline is only
+//! made from a value of `F` ([`star_trampoline`] takes one), so a value exists.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -15,47 +18,49 @@ use serde::Serialize;
 
 use crate::image::Trampoline;
 use crate::protocol::codec;
-use crate::protocol::Outcome;
+use crate::protocol::{FnRef, Outcome};
 
-/// The trampoline for task type `F`, with a compile-time check that `F` is zero-sized.
-pub(crate) fn trampoline<F, A, R>(f: F) -> Trampoline
+/// The wire's reference to task `f`, or why it cannot be sent to another process.
+pub(crate) fn task_ref<A, R>(f: fn(A) -> R) -> Result<FnRef, String>
 where
-    F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    const {
-        assert!(
-            std::mem::size_of::<F>() == 0,
-            "a procpool task must be a plain `fn` or a closure that captures nothing"
-        );
-    }
-    // The value is the evidence that `F` has one (see `conjure`); it is not needed.
-    let _ = f;
-    run_job::<F, A, R>
+    FnRef::of(run_job::<A, R>, Some(f as usize))
 }
 
-/// Runs one job of task type `F`: the payload is a chunk of encoded arguments; the output
-/// a chunk of encoded `Result<R, RemotePanic>`, one per argument, in order.
-fn run_job<F, A, R>(payload: &[u8], out: &mut Vec<u8>) -> Outcome
+/// Runs one job of a task of type `fn(A) -> R` at address `task`: the payload is a
+/// chunk of encoded arguments; the output a chunk of encoded `Result<R, RemotePanic>`,
+/// one per argument, in order.
+fn run_job<A, R>(task: Option<usize>, payload: &[u8], out: &mut Vec<u8>) -> Outcome
 where
-    F: Fn(A) -> R + Copy + Send + Sync + 'static,
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    let f: F = conjure();
+    let Some(addr) = task else {
+        return Outcome::Unresolvable("the job names no task function".into());
+    };
+    // SAFETY: `run_job::<A, R>` is only named on the wire by `task_ref::<A, R>`, which
+    // pairs it with the address of a `fn(A) -> R`; `FnRef::resolve` turned that pair's
+    // offsets back into addresses in this same build (its `SameBuild` proof), where the
+    // same code lies at the same offsets, and checked that `addr` is in the
+    // executable's text. So `addr` is the address of that `fn(A) -> R` here (non-null),
+    // and transmuting it back to the fn pointer type it was taken from is sound. The
+    // jobs come from the pool, which is trusted (the trust boundary runs the other way:
+    // see DESIGN.md).
+    let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) };
     run_caught(payload, out, f)
 }
 
-/// The value of a zero-sized task type, in the worker. Only called by the trampolines
-/// of `F` (`run_job`, `run_star_job`), whose addresses only [`trampoline`] and
-/// [`star_trampoline`] give out, and only for a value of `F` they are given.
+/// The value of a zero-sized task type, in the worker. Only called by the trampoline
+/// of `F` (`run_star_job`), whose address only [`star_trampoline`] gives out, and only
+/// for a value of `F` it is given.
 fn conjure<F: Copy + Send + 'static>() -> F {
     const { assert!(std::mem::size_of::<F>() == 0) };
     // SAFETY: `F` is zero-sized (asserted at compile time above), so a value of it has no
     // bytes to read and any aligned non-null pointer is a valid place to read one from.
     // A value of `F` exists: the parent held one to take this trampoline's address (see
-    // above: `trampoline` takes one), and
+    // above: `star_trampoline` takes one), and
     // `F: Copy + Send + 'static` means that value may be duplicated and moved to another
     // thread of execution with no lifetime attached; producing it here is that copy,
     // carried across the process boundary as zero bytes.
@@ -76,6 +81,18 @@ where
 /// A function of several arguments that [`Pool::starmap`](crate::Pool::starmap) can run:
 /// implemented for every zero-sized `Fn(A, B, ...) -> R` of up to six arguments (plain
 /// `fn` items and closures that capture nothing), called with a tuple.
+///
+/// A closure that captures a value that is not `Copy` is refused by `cargo check`; one
+/// that captures only `Copy` values (a `u64`) passes `cargo check` and is refused by
+/// `cargo build` with "a procpool task must be a plain `fn` or a closure that captures
+/// nothing" (Rust has no way to coerce a generic closure of any arity to a `fn`
+/// pointer, which is how the other calls catch it earlier).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a procpool task of the arguments `{Args}`",
+    label = "not a plain `fn` of these arguments, or a closure that captures variables",
+    note = "a procpool task must be a plain `fn` or a closure that captures nothing: pass \
+            what it needs in its arguments"
+)]
 pub trait StarFn<Args, R>: Copy + Send + Sync + 'static {
     /// Calls the function with the tuple's fields as arguments.
     fn call_star(&self, args: Args) -> R;
@@ -102,7 +119,7 @@ star_fn!(A, B, C, D);
 star_fn!(A, B, C, D, E);
 star_fn!(A, B, C, D, E, G);
 
-/// The trampoline for a [`StarFn`], with the same zero-size check as [`trampoline`].
+/// The trampoline for a [`StarFn`], with a compile-time check that `F` is zero-sized.
 pub(crate) fn star_trampoline<F, Args, R>(f: F) -> Trampoline
 where
     F: StarFn<Args, R>,
@@ -115,12 +132,12 @@ where
             "a procpool task must be a plain `fn` or a closure that captures nothing"
         );
     }
-    // As in `trampoline`.
+    // The value is the evidence that `F` has one (see `conjure`); it is not needed.
     let _ = f;
     run_star_job::<F, Args, R>
 }
 
-fn run_star_job<F, Args, R>(payload: &[u8], out: &mut Vec<u8>) -> Outcome
+fn run_star_job<F, Args, R>(_: Option<usize>, payload: &[u8], out: &mut Vec<u8>) -> Outcome
 where
     F: StarFn<Args, R>,
     Args: DeserializeOwned + 'static,
@@ -131,20 +148,46 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::image::SameBuild;
-    use crate::protocol::FnRef;
 
     fn double(x: u32) -> u32 {
         x * 2
     }
 
+    /// A trampoline of this build, for the tests of `image`.
+    pub(crate) fn trampoline_for_tests() -> Trampoline {
+        run_job::<u32, u32>
+    }
+
     #[test]
     fn round_trips_in_the_same_process() {
-        let t = trampoline(double);
         let same = SameBuild::check(crate::image::build_id()).expect("this build");
-        let r = FnRef::of(t).expect("in the executable");
-        assert_eq!(r.resolve(same).expect("resolves") as usize, t as usize);
+        let r = task_ref(double).expect("in the executable");
+        let mut args = Vec::new();
+        codec::encode_chunk(&[21u32], &mut args).expect("encodes");
+        let mut out = Vec::new();
+        let outcome = r.resolve(same).expect("resolves").run(&args, &mut out);
+        assert!(
+            matches!(outcome, Outcome::Ok { panicked: 0, .. }),
+            "{outcome:?}"
+        );
+        let results = codec::decode_results::<u32>(&out).expect("decodes");
+        assert_eq!(
+            results.into_iter().map(|r| r.ok()).collect::<Vec<_>>(),
+            [Some(42)]
+        );
+    }
+
+    #[test]
+    fn a_job_without_its_task_is_refused() {
+        let same = SameBuild::check(crate::image::build_id()).expect("this build");
+        let (run, _) = task_ref(double).expect("in the executable").to_bits();
+        let outcome = FnRef::from_bits(run, 0)
+            .resolve(same)
+            .expect("resolves")
+            .run(&[], &mut Vec::new());
+        assert!(matches!(outcome, Outcome::Unresolvable(_)), "{outcome:?}");
     }
 }

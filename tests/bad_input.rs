@@ -338,7 +338,7 @@ async fn garbage_is_a_protocol_error(bytes: Vec<u8>, what: &str) -> String {
 /// is replaced. Over `transport`; the attacks on the reply ring need a local one.
 async fn garbage_through(
     transport: Option<Transport>,
-    f: impl Fn(Vec<u8>) -> u32 + Copy + Send + Sync + 'static,
+    f: fn(Vec<u8>) -> u32,
     bytes: Vec<u8>,
     what: &str,
 ) -> String {

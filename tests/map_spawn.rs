@@ -129,3 +129,92 @@ async fn dropping_the_handle_cancels_what_has_not_started() {
     );
     within("terminate", pool.terminate()).await;
 }
+
+/// `Imap::spawn` and `ImapUnordered::spawn`, Python's `imap`: the whole input is
+/// submitted before `spawn` returns, past the stream's window, so `close()` and
+/// `join()` right after it lose nothing; the results wait to be taken.
+#[tokio::test(flavor = "current_thread")]
+async fn imap_spawn_then_close_then_join_on_a_current_thread_runtime() {
+    use futures::StreamExt;
+    let pool = within("build", support::builder().processes(2).build())
+        .await
+        .expect("pool builds");
+    let pids = worker_pids(&pool);
+    // 500 chunks of one: far more than the lazy stream's window (16 × processes).
+    let ordered = pool.imap(square, 0..500u64).chunk_size(1).spawn();
+    let unordered = pool.imap_unordered(square, 0..500u64).chunk_size(1).spawn();
+    pool.close();
+    within("join", pool.join()).await;
+    assert_eq!(pool.stats().completed, 1000, "{:?}", pool.stats());
+    let got: Vec<_> = within("ordered", ordered.collect::<Vec<_>>()).await;
+    assert_eq!(got, squares(500).into_iter().map(Ok).collect::<Vec<_>>());
+    let mut got: Vec<u64> = within("unordered", unordered.collect::<Vec<_>>())
+        .await
+        .into_iter()
+        .map(|r| r.expect("succeeds"))
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, squares(500));
+    assert_all_gone(&pids).await;
+}
+
+/// Without `spawn`, the same lazy stream submits nothing before it is polled, and a
+/// pool closed first refuses it: the difference `spawn` makes.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lazy_imap_after_close_fails_closed() {
+    use futures::StreamExt;
+    let pool = within("build", support::builder().processes(1).build())
+        .await
+        .expect("pool builds");
+    let lazy = pool.imap(square, 0..10u64);
+    pool.close();
+    within("join", pool.join()).await;
+    let got: Vec<_> = within("lazy", lazy.collect::<Vec<_>>()).await;
+    assert!(!got.is_empty());
+    assert!(
+        got.iter()
+            .all(|r| matches!(r, Err(procpool::TaskError::Closed))),
+        "{got:?}"
+    );
+}
+
+/// An input that panics before its first item: `spawn` returns, and the stream's
+/// first `next()` resumes the panic.
+#[tokio::test(flavor = "current_thread")]
+async fn imap_spawn_resumes_an_early_input_panic_in_next() {
+    use futures::StreamExt;
+    let pool = within("build", support::builder().processes(1).build())
+        .await
+        .expect("pool builds");
+    let input = (0..10u64).inspect(|_| panic!("input fails at once"));
+    let mut results = pool.imap(square, input).spawn();
+    let panic = within("next", AssertUnwindSafe(results.next()).catch_unwind())
+        .await
+        .expect_err("the input panicked");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"input fails at once"));
+    within("terminate", pool.terminate()).await;
+}
+
+/// An input that panics mid-way: the results before it come first, then the panic.
+#[tokio::test(flavor = "current_thread")]
+async fn imap_spawn_yields_the_results_before_an_input_panic() {
+    use futures::StreamExt;
+    let pool = within("build", support::builder().processes(2).build())
+        .await
+        .expect("pool builds");
+    let input = (0..100u64).inspect(|&x| {
+        if x == 30 {
+            panic!("input fails at 30");
+        }
+    });
+    let mut results = pool.imap(square, input).chunk_size(1).spawn();
+    pool.close();
+    within("join", pool.join()).await;
+    for x in 0..30u64 {
+        assert_eq!(within("next", results.next()).await, Some(Ok(x * x)));
+    }
+    let panic = within("next", AssertUnwindSafe(results.next()).catch_unwind())
+        .await
+        .expect_err("the input panicked");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"input fails at 30"));
+}

@@ -19,9 +19,8 @@ fn double(n: u64) -> u64 {
 
 /// Builds a runtime and starts a `Process` running `f(n)` from it, with the start
 /// method under test; joins it. What happened, as text.
-fn start_and_join<F, R>(f: F, n: u64) -> Result<R, String>
+fn start_and_join<R>(f: fn(u64) -> R, n: u64) -> Result<R, String>
 where
-    F: Fn(u64) -> R + Copy + Send + Sync + 'static,
     R: Serialize + DeserializeOwned + Send + 'static,
 {
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -14,10 +14,7 @@ use support::*;
 
 /// Runs `crash` alone on a pool of two and checks what the issue promises about the
 /// error and the worker's replacement. Returns how the worker ended.
-async fn crash_alone<F>(crash: F, what: &str) -> WorkerExit
-where
-    F: Fn(()) -> u32 + Copy + Send + Sync + 'static,
-{
+async fn crash_alone(crash: fn(()) -> u32, what: &str) -> WorkerExit {
     let pool = within("build", support::builder().processes(2).build())
         .await
         .expect("pool builds");
@@ -83,10 +80,7 @@ where
 
 /// Runs `crash` on a pool of two next to twenty ordinary tasks submitted at once: only
 /// the crashing task fails, and whatever was queued or pipelined behind it succeeds.
-async fn crash_among_others<F>(crash: F, what: &str, expected: WorkerExit)
-where
-    F: Fn(()) -> u32 + Copy + Send + Sync + 'static,
-{
+async fn crash_among_others(crash: fn(()) -> u32, what: &str, expected: WorkerExit) {
     let pool = within("build", support::builder().processes(2).build())
         .await
         .expect("pool builds");

@@ -49,6 +49,11 @@ impl Driver<'_> {
             }
         }
         let pid = self.pid;
+        if w.remote.as_ref().is_some_and(|r| r.exit().is_none()) {
+            // The launcher ended, and the keeper never said how the worker did.
+            let error = self.link_lost(w, format!("its launcher ended ({exit})"));
+            return self.lose(w, error, false).await;
+        }
         let error = match (self.shared.config.child.memory_limit, exit) {
             (Some(limit), WorkerExit::Signal(libc::SIGABRT | libc::SIGSEGV | libc::SIGKILL)) => {
                 TaskError::MemoryLimit { pid, exit, limit }
@@ -56,6 +61,19 @@ impl Driver<'_> {
             _ => TaskError::WorkerDied { pid, exit },
         };
         self.lose(w, error, false).await
+    }
+
+    /// The error of a task whose remote worker's link was lost, for `why`.
+    pub(super) fn link_lost(&self, w: &Worker, why: String) -> TaskError {
+        TaskError::LinkLost {
+            pid: self.pid,
+            host: w
+                .remote
+                .as_ref()
+                .and_then(|r| r.host())
+                .unwrap_or_else(|| "an unknown host".into()),
+            reason: why,
+        }
     }
 
     /// Kills the worker if `kill`, fails the head job with `error`, requeues the others.

@@ -39,9 +39,13 @@ use pace::Pace;
 /// A started worker that has passed its handshake.
 #[derive(Debug)]
 pub(crate) struct Worker {
+    /// Its pid (on its host, for a worker on another machine).
     pub(crate) pid: u32,
+    /// The process the pool owns: the worker, or its launcher (`ssh`, `srun`).
     pub(crate) child: ChildProc,
     pub(crate) link: Link,
+    /// For a worker on another machine: what its keeper said.
+    pub(crate) remote: Option<std::sync::Arc<crate::remote::link::RemoteInfo>>,
 }
 
 /// Why a driver stopped.
@@ -346,6 +350,11 @@ impl Driver<'_> {
                 Event::Closed(Some(e)) if e.kind() == io::ErrorKind::InvalidData => {
                     let why = format!("unreadable frame: {e}");
                     return self.lose(w, TaskError::Protocol(why), true).await;
+                }
+                // A remote worker's link went silent past the heartbeat bound.
+                Event::Closed(Some(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    let error = self.link_lost(w, e.to_string());
+                    return self.lose(w, error, true).await;
                 }
                 // A read error other than a bad frame is the channel failing: a worker
                 // that dies with unread jobs in its socket resets it. Either way the

@@ -207,21 +207,27 @@ impl Done {
     }
 }
 
-/// A task function, as the wire names it: an offset into the executable's code that
-/// every process running the same build resolves to the same trampoline (see
-/// [`crate::image`], where it is made and resolved).
+/// A task function, as the wire names it: offsets into the executable's code that every
+/// process running the same build resolves to the same functions (see
+/// [`crate::image`], where they are made and resolved): the *trampoline* that decodes a
+/// chunk, runs the task on each argument and encodes the results, and, for a task
+/// passed as a `fn` pointer, the task itself (its offset plus one; 0 for none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct FnRef(u64);
+pub(crate) struct FnRef {
+    run: u64,
+    task: u64,
+}
 
 impl FnRef {
-    /// The reference as it goes on the wire (see [`ToWorker::write_job`]).
-    pub(crate) fn to_bits(self) -> u64 {
-        self.0
+    /// The reference as it goes on the wire (see [`ToWorker::write_job`]): the
+    /// trampoline's offset and the task's (plus one; 0 for none).
+    pub(crate) fn to_bits(self) -> (u64, u64) {
+        (self.run, self.task)
     }
 
     /// A reference read from the wire; `FnRef::resolve` checks it.
-    pub(crate) fn from_bits(bits: u64) -> FnRef {
-        FnRef(bits)
+    pub(crate) fn from_bits(run: u64, task: u64) -> FnRef {
+        FnRef { run, task }
     }
 }
 
@@ -235,7 +241,9 @@ impl ToWorker {
     pub(crate) fn write_job(id: u64, func: FnRef, out: &mut Vec<u8>) {
         out.push(JOB_TAG);
         put_varint(id, out);
-        put_varint(func.to_bits(), out);
+        let (run, task) = func.to_bits();
+        put_varint(run, out);
+        put_varint(task, out);
     }
 
     /// Reads a `ToWorker::Job` header straight from the bytes, with its length;
@@ -247,7 +255,7 @@ impl ToWorker {
             return None;
         }
         let id = bytes.varint()?;
-        let func = FnRef::from_bits(bytes.varint()?);
+        let func = FnRef::from_bits(bytes.varint()?, bytes.varint()?);
         Some((id, func, bytes.at))
     }
 }
@@ -456,7 +464,7 @@ mod tests {
                         postcard::to_allocvec(&FromWorker::Done(done)).unwrap()
                     );
                 }
-                let func = FnRef::from_bits(ran_ns);
+                let func = FnRef::from_bits(ran_ns, id);
                 let mut fast = vec![7];
                 ToWorker::write_job(id, func, &mut fast);
                 let slow = postcard::to_allocvec(&ToWorker::Job { id, func }).unwrap();

@@ -43,6 +43,20 @@ pub(crate) struct ChildProc {
     /// The child's cgroup leaf, if it has one: killed first at every kill, killed again
     /// and removed once the child is seen gone.
     leaf: Option<Leaf>,
+    /// For a launcher of a worker on another machine: how the worker there ended, once
+    /// its keeper said, which is the exit this child reports.
+    reported: Option<Reported>,
+}
+
+/// How a process this child stands for ended, once known (see
+/// [`ChildProc::with_reported_exit`]).
+#[derive(Clone)]
+pub(crate) struct Reported(pub(crate) std::sync::Arc<dyn Fn() -> Option<WorkerExit> + Send + Sync>);
+
+impl std::fmt::Debug for Reported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reported")
+    }
 }
 
 impl ChildProc {
@@ -97,11 +111,25 @@ impl ChildProc {
             remote,
             kill_on_drop: true,
             leaf: None,
+            reported: None,
         })
     }
 
     pub(crate) fn pid(&self) -> u32 {
         self.pid.as_raw() as u32
+    }
+
+    /// Makes the exit this child reports the one `reported` gives, when it gives one by
+    /// the time the child is reaped: the child is a launcher (`ssh`, `srun`) of a
+    /// worker on another machine, whose exit is what matters.
+    pub(crate) fn with_reported_exit(mut self, reported: Reported) -> Self {
+        self.reported = Some(reported);
+        self
+    }
+
+    /// `exit`, or the reported exit of the process this child stands for.
+    fn as_reported(&self, exit: WorkerExit) -> WorkerExit {
+        self.reported.as_ref().and_then(|r| (r.0)()).unwrap_or(exit)
     }
 
     /// Gives the child its cgroup leaf (which it entered, or will enter, itself).
@@ -129,7 +157,7 @@ impl ChildProc {
     pub(crate) fn try_wait(&mut self) -> Option<WorkerExit> {
         if self.exit.is_none() {
             self.exit = match &mut self.remote {
-                None => try_reap(self.pid),
+                None => try_reap(self.pid).map(|exit| self.as_reported(exit)),
                 Some(Some(status)) => match status.try_recv() {
                     Ok(exit) => Some(exit),
                     Err(oneshot::error::TryRecvError::Empty) => None,
@@ -199,6 +227,7 @@ impl ChildProc {
             match ready!(self.pidfd.poll_read_ready(cx)) {
                 Ok(mut guard) => {
                     if let Some(exit) = try_reap(self.pid) {
+                        let exit = self.as_reported(exit);
                         self.exit = Some(exit);
                         return Poll::Ready(exit);
                     }

@@ -31,6 +31,10 @@ pub(crate) const ROLE_WORKER: &str = "worker";
 /// The role of a spawned [`Process`](crate::Process) child (a worker by another name).
 pub(crate) const ROLE_PROCESS: &str = "process";
 
+/// The role of a keeper: what a launcher starts on another machine (see
+/// [`crate::remote`]).
+pub(crate) const ROLE_REMOTE: &str = "remote";
+
 /// The role of a fork server.
 pub(crate) const ROLE_FORKSERVER: &str = "forkserver";
 

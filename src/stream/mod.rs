@@ -109,7 +109,7 @@ where
         opts: FeedOptions,
         ordered: bool,
     ) -> Self {
-        let processes = pool.shared().config.processes;
+        let processes = pool.shared().config.slots();
         let chunk_size = opts.chunk_size.unwrap_or_else(|| match len {
             // Python's rule: about four chunks per worker.
             Some(len) => len.div_ceil(4 * processes).max(1),
@@ -194,7 +194,7 @@ where
     fn room(&self) -> usize {
         self.max_in_flight.unwrap_or_else(|| {
             let shared = self.pool.shared();
-            (16 * shared.config.processes).max(4 * shared.pipelines())
+            (16 * shared.config.slots()).max(4 * shared.pipelines())
         })
     }
 
@@ -297,6 +297,8 @@ pub(crate) struct Lazy<R> {
     make: Option<MakeStream<R>>,
     stream: Option<Chunks<R>>,
     ready: std::vec::IntoIter<Result<R, TaskError>>,
+    /// A panic of the input caught by [`spawn`](Lazy::spawn), resumed by the next poll.
+    panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 impl<R> Lazy<R> {
@@ -307,6 +309,18 @@ impl<R> Lazy<R> {
             make: Some(make),
             stream: None,
             ready: Vec::new().into_iter(),
+            panic: None,
+        }
+    }
+
+    /// Submits the whole input now (every item of an iterator, the ready items of a
+    /// stream), with no window: the eager form of the streams, as [`Map::spawn`](crate::Map::spawn).
+    /// A panic of the input before any item was taken is resumed by the next poll.
+    pub(crate) fn spawn(&mut self) {
+        self.opts.max_in_flight = Some(usize::MAX);
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.start()));
+        if let Err(panic) = started {
+            self.panic = Some(panic);
         }
     }
 
@@ -339,6 +353,9 @@ impl<R> Lazy<R> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Vec<Result<R, TaskError>>>> {
+        if let Some(panic) = self.panic.take() {
+            std::panic::resume_unwind(panic);
+        }
         if self.ready.len() > 0 {
             return Poll::Ready(Some(std::mem::take(&mut self.ready).collect()));
         }
@@ -436,6 +453,40 @@ macro_rules! map_stream {
                 self.inner.opts().progress = Some(Arc::new(hook));
                 self
             }
+
+            /// Submits the whole input now, before this returns, with no window
+            /// (Python's `imap`, which takes its whole input at once), and returns
+            /// the stream of its results: the work is accepted even if
+            /// [`Pool::close`](crate::Pool::close) comes next, and
+            /// [`Pool::join`](crate::Pool::join) waits for it. Every item of an
+            /// iterator is taken in this call, so do not spawn an endless one (the
+            /// lazy stream is the form for those); of a stream, the items it has
+            /// ready, and the rest as the stream is polled (those that come after
+            /// the pool was closed fail with [`TaskError::Closed`]). The results wait
+            /// in memory until they are taken.
+            ///
+            /// ```
+            /// # #[tokio::main(flavor = "current_thread")]
+            /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+            /// use futures::StreamExt;
+            /// # let pool = procpool::Pool::builder().processes(2).build().await?;
+            /// fn square(x: u64) -> u64 { x * x }
+            #[doc = concat!("let results = pool.", $method, "(square, 0..100).spawn();")]
+            /// pool.close();
+            /// pool.join().await;
+            /// let all: Vec<_> = results.collect().await;
+            /// assert_eq!(all.len(), 100);
+            /// # Ok(()) }
+            /// ```
+            ///
+            /// # Panics
+            ///
+            /// Never here: a panic of the input is resumed in the consumer's `next()`
+            /// at its place (the first, if it panicked before its first item).
+            pub fn spawn(mut self) -> Self {
+                self.inner.spawn();
+                self
+            }
         }
 
         impl<R> Stream for $name<R> {
@@ -462,10 +513,9 @@ map_stream!(
     /// pulls more input only as results are taken, so an endless input runs in constant
     /// memory.
     ///
-    /// So it has no eager form: what it has not submitted when the pool is
-    /// [closed](crate::Pool::close) fails with [`TaskError::Closed`]. To submit a whole
-    /// input now (Python's `map_async`, before `close` and `join`), use
-    /// [`Map::spawn`](crate::Map::spawn).
+    /// What it has not submitted when the pool is [closed](crate::Pool::close) fails
+    /// with [`TaskError::Closed`]. To submit a whole input now (Python's `imap`, before
+    /// `close` and `join`), use its eager form, [`spawn`](Imap::spawn).
     ///
     /// # Cancel safety
     ///
@@ -489,8 +539,8 @@ map_stream!(
     ///
     /// Nothing is submitted until the stream is first polled. It then keeps at most
     /// [`max_in_flight`](ImapUnordered::max_in_flight) chunks submitted ahead of the
-    /// consumer and pulls more input only as results are taken. As [`Imap`], it has no
-    /// eager form (see [`Map::spawn`](crate::Map::spawn)).
+    /// consumer and pulls more input only as results are taken. As [`Imap`], its eager
+    /// form is [`spawn`](ImapUnordered::spawn).
     ///
     /// # Cancel safety
     ///

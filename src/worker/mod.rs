@@ -50,6 +50,19 @@ pub fn init() {
     // Not inherited by processes that a task starts.
     std::env::remove_var(ENV_WORKER);
     crate::start::fds::read_test_switch();
+    if role == crate::start::spawn::ROLE_REMOTE {
+        // Started by a launcher on another machine: its link is stdin and stdout.
+        let interval = std::env::var(crate::remote::ENV_HEARTBEAT_MS)
+            .ok()
+            .and_then(|ms| ms.parse::<u64>().ok())
+            .map_or(
+                crate::remote::DEFAULT_HEARTBEAT / 3,
+                std::time::Duration::from_millis,
+            );
+        std::env::remove_var(crate::remote::ENV_HEARTBEAT_MS);
+        crate::start::names::set_comm(crate::start::names::COMM_KEEPER);
+        std::process::exit(crate::remote::keeper::keeper_main(interval));
+    }
     // SAFETY: a spawned worker or fork server receives its channel on WORKER_FD (see
     // `start::child_setup`), and nothing else in this process owns that descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
@@ -277,12 +290,12 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<Option<SameBuild>> {
 }
 
 pub(crate) fn run_initializer(init: FnRef, payload: &[u8], same: SameBuild) -> Option<InitFailure> {
-    let trampoline = match init.resolve(same) {
+    let init = match init.resolve(same) {
         Ok(t) => t,
         Err(e) => return Some(InitFailure::Refused(e)),
     };
     let mut out = Vec::new();
-    match trampoline(payload, &mut out) {
+    match init.run(payload, &mut out) {
         Outcome::Ok { .. } => {}
         other => return Some(InitFailure::Refused(format!("{other:?}"))),
     }
@@ -331,7 +344,7 @@ fn job_loop(conn: &mut BlockingConn, same: SameBuild) -> std::io::Result<()> {
         out.reserve(payload.len());
         let outcome = match func.resolve(same) {
             Err(e) => Outcome::Unresolvable(e),
-            Ok(trampoline) => trampoline(payload, &mut out),
+            Ok(task) => task.run(payload, &mut out),
         };
         conn.consume(len);
         // (A bad next frame is reported after this job's reply, not instead of it.)

@@ -1,0 +1,492 @@
+//! The keeper: what a launcher (`ssh`, `srun`, a command prefix) starts on the other
+//! machine. It is this same executable, entered before `main` with the role
+//! [`ROLE_REMOTE`](crate::start::spawn::ROLE_REMOTE), and it stands between the link
+//! (its stdin and stdout, carried by the launcher) and a worker it forks over a
+//! socketpair, exactly as a local worker is forked:
+//!
+//! - it relays bytes both ways, with bounded buffers and without blocking either way;
+//! - it tells the pool who it is (host and the worker's pid) in a meta frame, and sends
+//!   a heartbeat (an empty frame, between the worker's frames) whenever the link
+//!   toward the pool has been quiet for the heartbeat interval, so that the pool can
+//!   tell a silent link from a long task;
+//! - when its stdin ends (the pool dropped the link, killed the launcher, or died), it
+//!   kills the worker with its whole tree and exits: nothing outlives the link;
+//! - when the worker dies, it passes on what the worker sent, reaps it, sends its exit
+//!   status (code or signal) and the pid in a meta frame, kills what the worker left,
+//!   and exits.
+//!
+//! It is single-threaded and runs before any runtime exists, so forking is safe.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+use crate::remote::wire::{self, Meta};
+use crate::start::tree;
+
+/// How much the keeper holds for each direction before it stops reading that way.
+const BUFFER_LIMIT: usize = 1 << 20;
+/// How much it reads at once.
+const READ_CHUNK: usize = 64 << 10;
+/// How long it waits for a worker whose channel closed to exit, before killing it.
+const EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs the keeper; returns its exit code. `heartbeat` is the interval of its
+/// heartbeats toward the pool.
+pub(crate) fn keeper_main(heartbeat: Duration) -> i32 {
+    match run(heartbeat) {
+        Ok(code) => code,
+        Err(_) => {
+            tree::kill_own_subtree();
+            3
+        }
+    }
+}
+
+fn run(heartbeat: Duration) -> io::Result<i32> {
+    crate::worker::ignore_interrupts();
+    // The link is stdin and stdout: keep them above the standard numbers, and give the
+    // standard numbers /dev/null and stderr, so that nothing written to stdout by this
+    // process or the worker's tasks can corrupt the link.
+    let link_in = dup_high(0)?;
+    let link_out = dup_high(1)?;
+    let null = std::fs::File::open("/dev/null")?;
+    dup2(null.as_raw_fd(), 0)?;
+    dup2(2, 1)?;
+    drop(null);
+    for fd in [&link_in, &link_out] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )?;
+    }
+    // The reaper of whatever the worker's tasks leave behind, so that it can kill it.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (ours, theirs) = crate::start::channel_pair()?;
+    let worker = fork_worker(theirs)?;
+    let worker_fd = OwnedFd::from(ours);
+    nix::fcntl::fcntl(
+        &worker_fd,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let pidfd = tree::pidfd_open(worker).ok_or_else(io::Error::last_os_error)?;
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    let mut relay = Relay::new(heartbeat);
+    relay.to_pool.push_meta(&Meta::Hello {
+        host,
+        pid: worker as u32,
+    });
+    let end = relay.run(&link_in, &link_out, &worker_fd, pidfd.as_fd_ref())?;
+    match end {
+        End::LinkClosed => {
+            tree::kill_tree(pidfd.as_fd_ref(), worker, true);
+            let _ = reap(worker, Duration::ZERO);
+            tree::kill_own_subtree();
+            Ok(0)
+        }
+        End::WorkerGone => {
+            drop(worker_fd);
+            let exit = reap(worker, EXIT_WAIT).unwrap_or_else(|| {
+                tree::kill_tree(pidfd.as_fd_ref(), worker, true);
+                reap(worker, EXIT_WAIT).unwrap_or(Meta::Exit {
+                    pid: worker as u32,
+                    kind: wire::EXIT_UNKNOWN,
+                    value: 0,
+                })
+            });
+            tree::kill_own_subtree();
+            relay.to_pool.push_meta(&exit);
+            relay.flush(&link_out, Instant::now() + EXIT_WAIT);
+            Ok(0)
+        }
+    }
+}
+
+trait AsFdRef {
+    fn as_fd_ref(&self) -> BorrowedFd<'_>;
+}
+
+impl AsFdRef for OwnedFd {
+    fn as_fd_ref(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self)
+    }
+}
+
+/// Forks the worker on `channel`: the same child set-up as a local worker's (its own
+/// group, a subreaper, dies with the keeper), then the worker's loop.
+fn fork_worker(channel: std::os::unix::net::UnixStream) -> io::Result<i32> {
+    let parent = nix::unistd::getpid();
+    let opts = crate::start::ChildOptions::default();
+    // SAFETY: the keeper is single-threaded (it runs before `main`, in a process that
+    // started no thread), so the child may do anything the parent could.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => crate::start::fork::forked_worker(
+            channel.as_raw_fd(),
+            [0, 2, 2],
+            parent,
+            &opts,
+            None,
+            None,
+            crate::worker::serve,
+        ),
+        pid => Ok(pid),
+    }
+}
+
+/// Waits up to `bound` for the worker to exit, and reaps it: its exit as a meta frame.
+fn reap(pid: i32, bound: Duration) -> Option<Meta> {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = Instant::now() + bound;
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                return Some(Meta::Exit {
+                    pid: pid as u32,
+                    kind: wire::EXIT_CODE,
+                    value: code,
+                })
+            }
+            Ok(WaitStatus::Signaled(_, signal, _)) => {
+                return Some(Meta::Exit {
+                    pid: pid as u32,
+                    kind: wire::EXIT_SIGNAL,
+                    value: signal as i32,
+                })
+            }
+            Ok(_) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Why the relay stopped.
+enum End {
+    LinkClosed,
+    WorkerGone,
+}
+
+/// Bytes on their way toward the pool, with the frame boundaries of the worker's
+/// frames tracked so that heartbeats and meta frames go only between frames.
+struct ToPool {
+    buf: Vec<u8>,
+    /// Where `buf` starts in the worker's byte stream is irrelevant; what matters is
+    /// how much of the current worker frame is still to come (after `buf`).
+    frame_left: u64,
+    /// A partly read frame header of the worker's.
+    header: [u8; 4],
+    header_len: usize,
+    /// Meta frames waiting for a frame boundary.
+    meta: Vec<u8>,
+}
+
+impl ToPool {
+    fn at_boundary(&self) -> bool {
+        self.frame_left == 0 && self.header_len == 0
+    }
+
+    fn push_meta(&mut self, meta: &Meta) {
+        wire::write_meta(meta, &mut self.meta);
+        self.release_meta();
+    }
+
+    fn release_meta(&mut self) {
+        if self.at_boundary() && !self.meta.is_empty() {
+            self.buf.append(&mut self.meta);
+        }
+    }
+
+    /// Takes bytes the worker sent, tracking its frames. A frame of the length the
+    /// link reserves is the worker's breach of the protocol: `Err`.
+    fn push_worker(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
+        while !bytes.is_empty() {
+            if self.frame_left > 0 {
+                let n = (self.frame_left.min(bytes.len() as u64)) as usize;
+                self.buf.extend_from_slice(&bytes[..n]);
+                self.frame_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (4 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == 4 {
+                let len = u32::from_be_bytes(self.header);
+                if wire::is_reserved(len) {
+                    return Err(());
+                }
+                self.buf.extend_from_slice(&self.header);
+                self.header_len = 0;
+                self.frame_left = u64::from(len);
+            }
+        }
+        self.release_meta();
+        Ok(())
+    }
+}
+
+struct Relay {
+    heartbeat: Duration,
+    to_pool: ToPool,
+    to_worker: Vec<u8>,
+    last_to_pool: Instant,
+}
+
+impl Relay {
+    fn new(heartbeat: Duration) -> Self {
+        Relay {
+            heartbeat,
+            to_pool: ToPool {
+                buf: Vec::new(),
+                frame_left: 0,
+                header: [0; 4],
+                header_len: 0,
+                meta: Vec::new(),
+            },
+            to_worker: Vec::new(),
+            last_to_pool: Instant::now(),
+        }
+    }
+
+    fn run(
+        &mut self,
+        link_in: &OwnedFd,
+        link_out: &OwnedFd,
+        worker: &OwnedFd,
+        pidfd: BorrowedFd<'_>,
+    ) -> io::Result<End> {
+        let mut chunk = vec![0u8; READ_CHUNK];
+        let mut worker_open = true;
+        loop {
+            if self.last_to_pool.elapsed() >= self.heartbeat
+                && self.to_pool.buf.is_empty()
+                && self.to_pool.at_boundary()
+            {
+                self.to_pool.buf.extend_from_slice(&wire::HEARTBEAT);
+            }
+            let want_in = self.to_worker.len() < BUFFER_LIMIT;
+            let want_worker = worker_open && self.to_pool.buf.len() < BUFFER_LIMIT;
+            let mut fds = [
+                pollfd(link_in.as_raw_fd(), if want_in { libc::POLLIN } else { 0 }),
+                pollfd(
+                    link_out.as_raw_fd(),
+                    if self.to_pool.buf.is_empty() {
+                        0
+                    } else {
+                        libc::POLLOUT
+                    },
+                ),
+                pollfd(
+                    worker.as_raw_fd(),
+                    (if want_worker { libc::POLLIN } else { 0 })
+                        | (if self.to_worker.is_empty() || !worker_open {
+                            0
+                        } else {
+                            libc::POLLOUT
+                        }),
+                ),
+                pollfd(pidfd.as_raw_fd(), libc::POLLIN),
+            ];
+            let wait = self
+                .heartbeat
+                .saturating_sub(self.last_to_pool.elapsed())
+                .max(Duration::from_millis(1));
+            let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+            // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let ready = |i: usize, what: libc::c_short| fds[i].revents & what != 0;
+            let hangup = libc::POLLHUP | libc::POLLERR;
+            // From the pool: to the worker.
+            if ready(0, libc::POLLIN | hangup) {
+                match read(link_in.as_raw_fd(), &mut chunk)? {
+                    Some(0) => return Ok(End::LinkClosed),
+                    Some(n) => self.to_worker.extend_from_slice(&chunk[..n]),
+                    None => {}
+                }
+            }
+            if ready(2, libc::POLLOUT) && !self.to_worker.is_empty() {
+                match write(worker.as_raw_fd(), &self.to_worker) {
+                    Ok(Some(n)) => {
+                        self.to_worker.drain(..n);
+                    }
+                    Ok(None) => {}
+                    // The worker is gone; its exit is seen through the pidfd.
+                    Err(_) => worker_open = false,
+                }
+            }
+            // From the worker: toward the pool.
+            if worker_open && ready(2, libc::POLLIN | hangup) {
+                match read(worker.as_raw_fd(), &mut chunk) {
+                    Ok(Some(0)) | Err(_) => worker_open = false,
+                    Ok(Some(n)) => {
+                        if self.to_pool.push_worker(&chunk[..n]).is_err() {
+                            // A frame the link cannot carry: the worker is broken.
+                            tree::pidfd_signal(pidfd, libc::SIGKILL);
+                            worker_open = false;
+                        }
+                    }
+                    Ok(None) => {}
+                }
+            }
+            if ready(1, libc::POLLOUT | hangup) && !self.to_pool.buf.is_empty() {
+                match write(link_out.as_raw_fd(), &self.to_pool.buf) {
+                    Ok(Some(n)) => {
+                        self.to_pool.buf.drain(..n);
+                        self.last_to_pool = Instant::now();
+                    }
+                    Ok(None) => {}
+                    Err(_) => return Ok(End::LinkClosed),
+                }
+            }
+            if ready(3, libc::POLLIN) {
+                // The worker exited: pass on what it sent before it did.
+                while worker_open {
+                    match read(worker.as_raw_fd(), &mut chunk) {
+                        Ok(Some(n)) if n > 0 => {
+                            if self.to_pool.push_worker(&chunk[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        _ => worker_open = false,
+                    }
+                }
+                return Ok(End::WorkerGone);
+            }
+        }
+    }
+
+    /// Writes what is left toward the pool, until `deadline`.
+    fn flush(&mut self, link_out: &OwnedFd, deadline: Instant) {
+        while !self.to_pool.buf.is_empty() && Instant::now() < deadline {
+            let mut fds = [pollfd(link_out.as_raw_fd(), libc::POLLOUT)];
+            // SAFETY: as in `run`.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, 100) };
+            match write(link_out.as_raw_fd(), &self.to_pool.buf) {
+                Ok(Some(n)) => {
+                    self.to_pool.buf.drain(..n);
+                }
+                Ok(None) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// A non-blocking read: `None` when nothing is there yet.
+fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for writes of its length for the duration of the call.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Ok(None)
+        }
+        e => Err(e),
+    }
+}
+
+/// A non-blocking write: `None` when nothing could be written yet.
+fn write(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
+    // SAFETY: `buf` is valid for reads of its length for the duration of the call.
+    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    if n >= 0 {
+        return Ok(Some(n as usize));
+    }
+    match io::Error::last_os_error() {
+        e if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+            Ok(None)
+        }
+        e => Err(e),
+    }
+}
+
+/// A close-on-exec copy of `fd` above the standard numbers and the worker's channel.
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on an integer; the result is a new descriptor that only we own.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
+    if copy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `copy` is a fresh descriptor owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on integers.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let mut v = (body.len() as u32).to_be_bytes().to_vec();
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn meta_frames_wait_for_a_frame_boundary() {
+        let mut relay = Relay::new(Duration::from_secs(1));
+        let whole = frame(b"hello world");
+        // Half a frame, then a meta frame is asked for: it must wait.
+        relay.to_pool.push_worker(&whole[..6]).unwrap();
+        relay.to_pool.push_meta(&Meta::Exit {
+            pid: 7,
+            kind: wire::EXIT_SIGNAL,
+            value: 9,
+        });
+        assert_eq!(relay.to_pool.buf, whole[..6]);
+        relay.to_pool.push_worker(&whole[6..]).unwrap();
+        assert_eq!(&relay.to_pool.buf[..whole.len()], &whole[..]);
+        let mut parser = wire::Parser::default();
+        let mut out = Vec::new();
+        let metas = parser.feed(&relay.to_pool.buf, &mut out).unwrap();
+        assert_eq!(out, whole);
+        assert_eq!(
+            metas,
+            [Meta::Exit {
+                pid: 7,
+                kind: wire::EXIT_SIGNAL,
+                value: 9
+            }]
+        );
+    }
+
+    #[test]
+    fn a_frame_of_a_reserved_length_is_refused() {
+        let mut relay = Relay::new(Duration::from_secs(1));
+        assert!(relay.to_pool.push_worker(&u32::MAX.to_be_bytes()).is_err());
+    }
+}
