@@ -41,7 +41,10 @@ pub enum StartMethod {
     /// lock held by a parent thread can be inherited. Static constructors that run
     /// before procpool's run in every worker too (and, where constructors are dropped,
     /// what runs before an explicit `init()` in `main`). Starting a worker costs an
-    /// `exec` and the program's start-up.
+    /// `exec` and the program's start-up, whatever the parent's size: the child is
+    /// started with `posix_spawn`, which does not copy the parent's page tables, and
+    /// sets itself up (its cgroup leaf, dying with the parent, niceness, memory limit)
+    /// in procpool's constructor, before the program's code runs.
     Spawn,
     /// Fork the calling process for each worker.
     ///

@@ -20,6 +20,6 @@ pub(crate) struct ChildOptions {
     /// What the child is, for its process name.
     pub(crate) kind: ChildKind,
     /// The pool's (or the `Process`'s) name, shown in the child's `argv[0]` where it
-    /// has one of its own (see [`argv0`]).
+    /// has one of its own (see [`argv0`](super::names::argv0)).
     pub(crate) label: Label,
 }
