@@ -14,7 +14,9 @@
 //! A child is moved into its leaf before it runs anything of its own: the pool opens the
 //! leaf's `cgroup.procs` before the fork and the child writes `0` to it first thing in
 //! [`child_setup`](super::child_setup) (a fork server's worker gets the descriptor with
-//! its fork request).
+//! its fork request), or, if it was spawned, first thing after its exec (see
+//! [`after_exec`](super::after_exec): it finds the descriptor on
+//! [`CGROUP_FD`](super::after_exec::CGROUP_FD)).
 //!
 //! The leaves are used only if a probe, once per process, finds them usable: the
 //! cgroup2 mount (from `/proc/self/mountinfo`) joined with this process's cgroup (the

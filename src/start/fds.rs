@@ -4,9 +4,9 @@
 //! over by systemd's socket activation, a file a C library opened) would otherwise be
 //! open in every worker and in the fork server for their whole lives. Every child
 //! procpool starts closes all descriptors above its channel ([`WORKER_FD`]) before it
-//! runs anything: a spawned child (and the fork server) marks them close-on-exec in
-//! its `pre_exec` hook, so that `exec` closes them (and the standard library's own
-//! exec-error pipe still works); a forked worker closes them outright. The ring and
+//! runs anything: a spawned child (and the fork server) has them closed by
+//! `posix_spawn`'s file actions before its exec (see
+//! [`posix_spawn`](super::posix_spawn)); a forked worker closes them outright. The ring and
 //! anything else a worker needs come afterwards, over its channel.
 //!
 //! `close_range` (Linux 5.9; `CLOSE_RANGE_CLOEXEC` 5.11) does it in one call; where it
@@ -22,7 +22,8 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Test switch: with it set in the environment, procpool acts as if `close_range` were
-/// missing (the fallback runs). Read in the pool and in the fork server, never in a
+/// missing (the fallback runs), and a spawn as if the C library could not close a range
+/// of descriptors. Read in the pool and in the fork server, never in a
 /// forked child.
 pub(crate) const ENV_NO_CLOSE_RANGE: &str = "__PROCPOOL_TEST_NO_CLOSE_RANGE";
 
@@ -33,6 +34,25 @@ pub(crate) fn read_test_switch() {
     if std::env::var_os(ENV_NO_CLOSE_RANGE).is_some() {
         NO_CLOSE_RANGE.store(true, Ordering::Relaxed);
     }
+}
+
+/// Whether the test switch [`ENV_NO_CLOSE_RANGE`] is on: a spawn then closes the
+/// child's descriptors by listing them, as where the C library cannot close a range.
+pub(crate) fn close_range_disabled() -> bool {
+    NO_CLOSE_RANGE.load(Ordering::Relaxed)
+}
+
+/// The descriptors from `first` up open in this process now, as listed in
+/// `/proc/self/fd` (allocates; the listing's own descriptor may be among them, closed
+/// by the time this returns).
+pub(crate) fn open_from(first: RawFd) -> Vec<RawFd> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter(|&fd| fd >= first)
+        .collect()
 }
 
 /// Closes every descriptor from `first` up, or with `cloexec` marks it close-on-exec.

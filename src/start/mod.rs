@@ -1,5 +1,6 @@
 //! How worker processes are started, and what every child does before it runs.
 
+pub(crate) mod after_exec;
 pub(crate) mod cgroup;
 pub(crate) mod child;
 pub(crate) mod fds;
@@ -7,6 +8,7 @@ pub(crate) mod fork;
 pub(crate) mod forkserver;
 pub(crate) mod names;
 pub(crate) mod options;
+pub(crate) mod posix_spawn;
 pub(crate) mod spawn;
 pub(crate) mod tree;
 
@@ -39,7 +41,10 @@ pub enum StartMethod {
     /// lock held by a parent thread can be inherited. Static constructors that run
     /// before procpool's run in every worker too (and, where constructors are dropped,
     /// what runs before an explicit `init()` in `main`). Starting a worker costs an
-    /// `exec` and the program's start-up.
+    /// `exec` and the program's start-up, whatever the parent's size: the child is
+    /// started with `posix_spawn`, which does not copy the parent's page tables, and
+    /// sets itself up (its cgroup leaf, dying with the parent, niceness, memory limit)
+    /// in procpool's constructor, before the program's code runs.
     Spawn,
     /// Fork the calling process for each worker.
     ///
@@ -91,10 +96,12 @@ pub(crate) fn channel_pair() -> io::Result<(UnixStream, UnixStream)> {
     Ok((a, b))
 }
 
-/// Runs in a freshly forked child: moves it into its cgroup leaf if it has one, puts `stdio` on descriptors 0, 1 and 2 and its
-/// channel on `target`, arranges to die with the parent, makes it the leader of a
-/// process group of its own and a child subreaper (so that its descendants can be
-/// found and killed with it: see [`tree`]), and applies the resource settings.
+/// Runs in a freshly forked child that will not exec (`StartMethod::Fork`, a fork
+/// server's workers): moves it into its cgroup leaf if it has one, puts `stdio` on
+/// descriptors 0, 1 and 2 and its channel on `target`, makes it the leader of a
+/// process group of its own, and [`settle`]s it (a child subreaper, so that its
+/// descendants can be found and killed with it: see [`tree`]; dying with the parent;
+/// the resource settings).
 ///
 /// Only async-signal-safe calls are allowed here: the parent may have had other threads,
 /// which do not exist in the child, holding locks (of the allocator, say).
@@ -136,14 +143,37 @@ pub(crate) fn child_setup(
         if libc::dup2(channel, target) < 0 {
             return Err(io::Error::last_os_error());
         }
-        // Its own group, and the reaper of its orphaned descendants: every process it
-        // starts stays in its subtree while it lives.
-        if libc::setpgid(0, 0) < 0
-            || libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) < 0
-        {
+        // Its own group (a spawned child's is set by `posix_spawn`).
+        if libc::setpgid(0, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
-        if !opts.outlive_parent {
+    }
+    settle(parent, opts.outlive_parent, opts.nice, opts.memory_limit)
+}
+
+/// What every child does for itself once it is in its own process group: becomes the
+/// reaper of its orphaned descendants (so that every process it starts stays in its
+/// subtree while it lives), arranges to die with `parent` unless it is to outlive it,
+/// and applies its niceness and memory limit. A forked child calls it from
+/// [`child_setup`]; a spawned one first thing after the exec (see [`after_exec`]).
+///
+/// If `parent` is gone by the time the parent-death signal is armed, no signal will
+/// ever come: the child exits at once (`_exit(1)`).
+///
+/// Async-signal-safe: it makes plain syscalls and allocates nothing.
+pub(crate) fn settle(
+    parent: Pid,
+    outlive_parent: bool,
+    nice: Option<i32>,
+    memory_limit: Option<u64>,
+) -> io::Result<()> {
+    // SAFETY: each call below is a plain syscall wrapper on integers, or on a local
+    // `rlimit` passed by reference for the call only.
+    unsafe {
+        if libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if !outlive_parent {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -153,12 +183,12 @@ pub(crate) fn child_setup(
                 libc::_exit(1);
             }
         }
-        if let Some(nice) = opts.nice {
+        if let Some(nice) = nice {
             if libc::setpriority(libc::PRIO_PROCESS, 0, nice) < 0 {
                 return Err(io::Error::last_os_error());
             }
         }
-        if let Some(bytes) = opts.memory_limit {
+        if let Some(bytes) = memory_limit {
             let limit = libc::rlimit {
                 rlim_cur: bytes as libc::rlim_t,
                 rlim_max: bytes as libc::rlim_t,

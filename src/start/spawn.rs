@@ -6,19 +6,24 @@
 //! [`crate::enable_test_support!`] registers) sees the marker and enters the worker loop
 //! before the user's program runs.
 //!
-//! Children are forked from one long-lived thread, the spawner: Linux sends the
-//! parent-death signal when the *thread* that forked a child exits, and Tokio's
+//! It is started with `posix_spawn` ([`posix_spawn`](super::posix_spawn)), which runs no
+//! code of ours before the exec and so costs the same whatever this process's size; the
+//! child applies its settings to itself after the exec ([`after_exec`]).
+//!
+//! Children are started from one long-lived thread, the spawner: Linux sends the
+//! parent-death signal when the *thread* that started a child exits, and Tokio's
 //! blocking threads come and go.
 
+use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 
 use crate::output::ChildStdio;
 use crate::per_process::PerProcess;
+use crate::start::after_exec::{self, AfterExec, ENV_SETUP};
 use crate::start::child::{ChildProc, NewChild};
 use crate::start::ChildOptions;
 
@@ -106,51 +111,51 @@ pub(crate) async fn spawn_self(
     let mut leaf = crate::start::cgroup::Leaf::create();
     // Every descriptor the child is given is owned by the job on the spawner thread,
     // which runs even if this future is dropped meanwhile: a number closed under it
-    // could by then name another file (std's exec-error pipe, say).
+    // could by then name another file (one of the spawn's own copies, say).
     let procs = leaf.as_ref().and_then(|l| l.procs_copy());
-    let mut opts = opts;
-    opts.cgroup_procs = procs.as_ref().map(AsRawFd::as_raw_fd);
     // `ps`, `top` and `pgrep` tell the children apart by this (the command name, set
     // after the exec, follows the role: see `init`).
     let arg0 = crate::start::names::argv0_string(role, &opts.label);
+    let settings = AfterExec {
+        parent,
+        outlive_parent: opts.outlive_parent,
+        nice: opts.nice,
+        memory_limit: opts.memory_limit,
+        cgroup: procs.is_some(),
+    };
+    let list_fds = crate::start::fds::close_range_disabled();
     let pid = on_spawner_thread(move || -> io::Result<NewChild> {
         let exe = if std::path::Path::new("/proc/self/exe").exists() {
             std::path::PathBuf::from("/proc/self/exe")
         } else {
             std::env::current_exe()?
         };
-        let mut cmd = Command::new(exe);
-        cmd.arg0(arg0);
+        let mut argv = vec![c_string(arg0.as_bytes())?];
         if room {
-            cmd.arg(" ".repeat(crate::start::Label::MAX));
+            argv.push(c_string(" ".repeat(crate::start::Label::MAX).as_bytes())?);
         }
-        if let Some(keys) = env {
-            cmd.env_clear();
-            for key in keys {
-                if let Some(value) = std::env::var_os(&key) {
-                    cmd.env(key, value);
-                }
-            }
+        let env = child_env(env, role, &settings)?;
+        // Descriptor i of the child is fds[i]: stdio, the channel on WORKER_FD, and
+        // the leaf's cgroup.procs on CGROUP_FD. The descriptors live (in `stdio`,
+        // `theirs` and `procs`) until the spawn has returned.
+        let mut fds = stdio.raw().to_vec();
+        fds.push(theirs.as_raw_fd());
+        debug_assert_eq!(fds.len(), WORKER_FD as usize + 1);
+        if let Some(procs) = &procs {
+            fds.push(procs.as_raw_fd());
+            debug_assert_eq!(fds.len(), after_exec::CGROUP_FD as usize + 1);
         }
-        cmd.env(ENV_WORKER, role).stdin(Stdio::null());
-        let fd = theirs.as_raw_fd();
-        // The descriptors live (in `stdio`) until `spawn` has returned.
-        let raw = stdio.raw();
-        // SAFETY: `child_setup` and `close_from` make only async-signal-safe calls
-        // (write, fcntl, dup2, setpgid, prctl, getppid, setpriority, setrlimit, close_range,
-        // open, getdents64, close, getrlimit, _exit) and allocate nothing, as a
-        // pre_exec hook in a possibly multi-threaded parent must.
-        unsafe {
-            cmd.pre_exec(move || {
-                crate::start::child_setup(fd, WORKER_FD, raw, parent, &opts)?;
-                // Every descriptor but stdio and the channel closes at the exec: the
-                // parent's listening sockets and files are not the child's.
-                crate::start::fds::close_from(WORKER_FD + 1, true)
-            });
-        }
-        let child = cmd.spawn()?;
+        let pid = crate::start::posix_spawn::spawn(
+            &crate::start::posix_spawn::Spawn {
+                path: &c_string(exe.as_os_str().as_bytes())?,
+                argv: &argv,
+                env: &env,
+                fds: &fds,
+            },
+            list_fds,
+        )?;
         drop((theirs, stdio, procs));
-        Ok(NewChild::new(child.id()))
+        Ok(NewChild::new(pid as u32))
     })
     .await;
     if let Some(leaf) = &mut leaf {
@@ -159,4 +164,45 @@ pub(crate) async fn spawn_self(
     // (Dropping the leaf on an error kills what may have entered it.)
     let pid = pid??;
     Ok((ChildProc::new(pid.claim())?.with_leaf(leaf), ours))
+}
+
+/// `bytes` as a C string.
+fn c_string(bytes: &[u8]) -> io::Result<CString> {
+    CString::new(bytes).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte"))
+}
+
+/// A spawned child's environment: this process's (or only the variables `keep` names),
+/// with its role in [`ENV_WORKER`] and its start-up settings in [`ENV_SETUP`].
+fn child_env(
+    keep: Option<Vec<String>>,
+    role: &str,
+    settings: &AfterExec,
+) -> io::Result<Vec<CString>> {
+    let ours = |key: &OsStr| key == ENV_WORKER || key == ENV_SETUP;
+    let inherited: Vec<(std::ffi::OsString, std::ffi::OsString)> = match keep {
+        Some(keys) => keys
+            .into_iter()
+            .filter_map(|key| Some((key.clone().into(), std::env::var_os(&key)?)))
+            .collect(),
+        None => std::env::vars_os().collect(),
+    };
+    let mut env = Vec::with_capacity(inherited.len() + 2);
+    for (key, value) in inherited {
+        // (A variable whose name holds `=` could not be set, nor read back.)
+        if ours(&key) || key.is_empty() || key.as_bytes().contains(&b'=') {
+            continue;
+        }
+        let mut entry = key.into_vec();
+        entry.push(b'=');
+        entry.extend_from_slice(value.as_bytes());
+        // A NUL cannot be in a variable of ours: skip it rather than fail the start.
+        if let Ok(entry) = CString::new(entry) {
+            env.push(entry);
+        }
+    }
+    env.push(c_string(format!("{ENV_WORKER}={role}").as_bytes())?);
+    env.push(c_string(
+        format!("{ENV_SETUP}={}", settings.encode()).as_bytes(),
+    )?);
+    Ok(env)
 }

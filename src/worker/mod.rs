@@ -47,6 +47,13 @@ pub fn init() {
         Ok(role) => role,
         Err(_) => return,
     };
+    // Into its cgroup leaf, a subreaper, dying with its parent, with its niceness and
+    // memory limit, before anything else: what `posix_spawn` could not do before the
+    // exec (see `start::after_exec`).
+    if let Err(why) = crate::start::after_exec::apply_from_env() {
+        eprintln!("procpool: this {role} cannot run: {why}");
+        std::process::exit(2);
+    }
     // Not inherited by processes that a task starts.
     std::env::remove_var(ENV_WORKER);
     crate::start::fds::read_test_switch();
@@ -64,7 +71,7 @@ pub fn init() {
         std::process::exit(crate::remote::keeper::keeper_main(interval));
     }
     // SAFETY: a spawned worker or fork server receives its channel on WORKER_FD (see
-    // `start::child_setup`), and nothing else in this process owns that descriptor.
+    // `start::spawn`), and nothing else in this process owns that descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
     let cloexec = nix::fcntl::fcntl(
         &fd,

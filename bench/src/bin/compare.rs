@@ -1185,6 +1185,26 @@ fn ready_pool_ms(rt: &tokio::runtime::Runtime, s: &Sizes, method: StartMethod) -
     }))
 }
 
+/// The median time, in ms, of a task's round trip on a one-worker pool with `method`
+/// that replaces its worker after every task: the replacement plus one round trip.
+fn replace_ms(rt: &tokio::runtime::Runtime, s: &Sizes, method: StartMethod) -> f64 {
+    ms(rt.block_on(async {
+        let pool = Pool::builder()
+            .processes(1)
+            .start_method(method)
+            .max_tasks_per_child(1)
+            .build()
+            .await
+            .expect("build a pool");
+        let d = median_of_async(3, s.replace_reps, || async {
+            black_box(pool.apply(identity, 1u64).await.expect("apply"));
+        })
+        .await;
+        pool.terminate().await;
+        d
+    }))
+}
+
 /// What the opt-in sandbox costs: a ready pool of 2 and the round trip of an `apply`
 /// on one worker, each with and without it (fork server, median).
 fn sandbox(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
@@ -1294,21 +1314,7 @@ fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
     );
     for (name, method) in METHODS {
         say(&format!("worker replacement ({name})"));
-        let d = ms(rt.block_on(async {
-            let pool = Pool::builder()
-                .processes(1)
-                .start_method(method)
-                .max_tasks_per_child(1)
-                .build()
-                .await
-                .expect("build a pool");
-            let d = median_of_async(3, s.replace_reps, || async {
-                black_box(pool.apply(identity, 1u64).await.expect("apply"));
-            })
-            .await;
-            pool.terminate().await;
-            d
-        }));
+        let d = replace_ms(rt, s, method);
         let figure = format!("replace a worker, {name} (next task's round trip)");
         if method == StartMethod::ForkServer {
             t.judged(
@@ -1350,26 +1356,77 @@ fn startup(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
     }
 }
 
-/// Start-up again at the end of the run, when this process has grown: `fork` copies
-/// the page tables of the whole parent, and so does every way of starting a child
-/// that forks this process (`StartMethod::Fork`, and `Command` with a `pre_exec`
-/// hook, which cannot use `vfork`/`posix_spawn`).
+/// The resident size that [`grown`] brings this process to before it measures.
+const GROWN_MIB: usize = 1024;
+
+/// Grows this process to at least `mib` MiB resident: a buffer of the difference,
+/// every page written (an untouched allocation is mapped but not resident). The caller
+/// keeps it alive while it measures.
+fn grow_to(mib: usize) -> Vec<u8> {
+    let now = procpool_bench::rss_mib(std::process::id()).unwrap_or(0.0) as usize;
+    let bytes = mib.saturating_sub(now) << 20;
+    let mut buf = vec![0u8; bytes];
+    for page in buf.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    black_box(&buf);
+    buf
+}
+
+/// Start-up again at the end of the run, with this process grown to 1 GiB resident:
+/// `fork` copies the page tables of the whole parent, and so would every way of
+/// starting a child that forks this process (`StartMethod::Fork`, and a `Command`
+/// with a `pre_exec` hook, which cannot use `vfork`/`posix_spawn`). A spawned worker
+/// (`posix_spawn`) and a fork-server worker (forked by the small server) should not
+/// care how large the parent is.
 fn grown(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table) {
+    let ballast = grow_to(GROWN_MIB);
     let rss = procpool_bench::rss_mib(std::process::id()).unwrap_or(0.0);
     t.section(&format!(
-        "start-up again at the end of the run, this process now at {rss:.0} MiB RSS, median"
+        "start-up again at the end of the run, this process grown to {rss:.0} MiB RSS, median"
     ));
     say("start-up again with a grown parent");
     let exec2 = exec_reference(s, t, false);
     for (name, method) in METHODS {
+        say(&format!("ready pool of 2 ({name}, grown parent)"));
         let d = ready_pool_ms(rt, s, method);
-        t.info(
-            &format!("procpool ready pool of 2, {name}"),
-            Some(d),
-            Unit::Millis,
-            Some((d / exec2, "exec x2")),
-        );
+        let figure = format!("procpool ready pool of 2, {name}");
+        if method == StartMethod::Spawn {
+            t.judged(
+                &figure,
+                d,
+                Unit::Millis,
+                Some((d / exec2, "exec x2")),
+                "<= 1.5x exec x2",
+                Some(d <= 1.5 * exec2),
+            );
+        } else {
+            t.info(&figure, Some(d), Unit::Millis, Some((d / exec2, "exec x2")));
+        }
     }
+    for (name, method) in METHODS {
+        say(&format!("worker replacement ({name}, grown parent)"));
+        let d = replace_ms(rt, s, method);
+        let figure = format!("replace a worker, {name} (next task's round trip)");
+        if method == StartMethod::ForkServer {
+            t.judged(
+                &figure,
+                d,
+                Unit::Millis,
+                Some((d / (exec2 / 2.0), "exec x1")),
+                "< 1 ms",
+                Some(d < 1.0),
+            );
+        } else {
+            t.info(
+                &figure,
+                Some(d),
+                Unit::Millis,
+                Some((d / (exec2 / 2.0), "exec x1")),
+            );
+        }
+    }
+    drop(black_box(ballast));
 }
 
 // ---------------------------------------------------------------------------------
@@ -1419,22 +1476,26 @@ fn busy_pct(window: Duration) -> f64 {
 
 struct Args {
     quick: bool,
+    grown_only: bool,
     python: Option<String>,
 }
 
 fn parse_args() -> Args {
     let mut args = Args {
         quick: false,
+        grown_only: false,
         python: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
+            "--grown-only" => args.grown_only = true,
             "--python" => args.python = it.next(),
             "-h" | "--help" => {
                 println!(
-                    "usage: compare [--quick] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
+                    "usage: compare [--quick] [--grown-only] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
+                     --grown-only   only the start-up with this process grown to 1 GiB\n  \
                      --python FILE  judge Python-relative targets with bench_pools.py's JSON"
                 );
                 std::process::exit(0);
@@ -1488,13 +1549,15 @@ fn main() {
     );
     // Memory first: a forked worker's RSS counts the parent's pages, so measure it
     // while the parent is small.
-    memory(&rt, &s, &mut t, py.as_ref());
-    startup(&rt, &s, &mut t, py.as_ref());
-    latency(&rt, &s, &mut t, py.as_ref());
-    throughput(&rt, &s, &mut t, py.as_ref());
-    cpu(&rt, &s, &mut t);
-    payload(&rt, &s, &mut t, py.as_ref());
-    sandbox(&rt, &s, &mut t);
+    if !args.grown_only {
+        memory(&rt, &s, &mut t, py.as_ref());
+        startup(&rt, &s, &mut t, py.as_ref());
+        latency(&rt, &s, &mut t, py.as_ref());
+        throughput(&rt, &s, &mut t, py.as_ref());
+        cpu(&rt, &s, &mut t);
+        payload(&rt, &s, &mut t, py.as_ref());
+        sandbox(&rt, &s, &mut t);
+    }
     grown(&rt, &s, &mut t);
     drop(rt);
 
