@@ -47,18 +47,11 @@ pub fn init() {
         Ok(role) => role,
         Err(_) => return,
     };
-    // Into its cgroup leaf, a subreaper, dying with its parent, with its niceness and
-    // memory limit, before anything else: what `posix_spawn` could not do before the
-    // exec (see `start::after_exec`).
-    if let Err(why) = crate::start::after_exec::apply_from_env() {
-        eprintln!("procpool: this {role} cannot run: {why}");
-        std::process::exit(2);
-    }
-    // Not inherited by processes that a task starts.
-    std::env::remove_var(ENV_WORKER);
-    crate::start::fds::read_test_switch();
     if role == crate::start::spawn::ROLE_REMOTE {
-        // Started by a launcher on another machine: its link is stdin and stdout.
+        std::env::remove_var(ENV_WORKER);
+        crate::start::fds::read_test_switch();
+        // Started by a launcher on another machine: its link is stdin and stdout, and
+        // it has no settings from a local parent (see `crate::remote::keeper`).
         let interval = std::env::var(crate::remote::ENV_HEARTBEAT_MS)
             .ok()
             .and_then(|ms| ms.parse::<u64>().ok())
@@ -70,6 +63,16 @@ pub fn init() {
         crate::start::names::set_comm(crate::start::names::COMM_KEEPER);
         std::process::exit(crate::remote::keeper::keeper_main(interval));
     }
+    // Into its cgroup leaf, a subreaper, dying with its parent, with its niceness and
+    // memory limit, before anything else: what `posix_spawn` could not do before the
+    // exec (see `start::after_exec`).
+    if let Err(why) = crate::start::after_exec::apply_from_env() {
+        eprintln!("procpool: this {role} cannot run: {why}");
+        std::process::exit(2);
+    }
+    // Not inherited by processes that a task starts.
+    std::env::remove_var(ENV_WORKER);
+    crate::start::fds::read_test_switch();
     // SAFETY: a spawned worker or fork server receives its channel on WORKER_FD (see
     // `start::spawn`), and nothing else in this process owns that descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(WORKER_FD) };
