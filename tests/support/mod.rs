@@ -8,11 +8,14 @@
 //! - [`files`]: temporary marker files and directories that tasks and tests share;
 //! - [`output`]: workers' output captured in memory (and so kept out of the run's);
 //! - [`tasks`]: task functions that run in workers.
+//! - [`cluster`]: real sshd and Slurm daemons on loopback for the remote launcher's
+//!   tests (issue 14), each a fixture started and stopped by the test.
 //!
 //! Everything is re-exported here, so `support::is_gone` and `support::within` work.
 // Each test crate uses a part of this module, and its items are `pub` for them.
 #![allow(dead_code, unreachable_pub, unused_imports)]
 
+pub mod cluster;
 pub mod files;
 pub mod output;
 pub mod procs;
