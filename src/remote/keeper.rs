@@ -65,6 +65,17 @@ fn run(heartbeat: Duration) -> io::Result<i32> {
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // A launcher that ends its far side (srun cancelling its step, sshd its session)
+    // signals the keeper: it must end its worker first. Blocked here and read from a
+    // signalfd in the relay's loop; the worker unblocks every signal after its fork.
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::Signal::SIGTERM);
+    mask.add(nix::sys::signal::Signal::SIGHUP);
+    mask.thread_block()?;
+    let signals = nix::sys::signalfd::SignalFd::with_flags(
+        &mask,
+        nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
+    )?;
     let (ours, theirs) = crate::start::channel_pair()?;
     let worker = fork_worker(theirs)?;
     let worker_fd = OwnedFd::from(ours);
@@ -82,7 +93,13 @@ fn run(heartbeat: Duration) -> io::Result<i32> {
         host,
         pid: worker as u32,
     });
-    let end = relay.run(&link_in, &link_out, &worker_fd, pidfd.as_fd_ref())?;
+    let end = relay.run(
+        &link_in,
+        &link_out,
+        &worker_fd,
+        pidfd.as_fd_ref(),
+        signals.as_fd_ref(),
+    )?;
     match end {
         End::LinkClosed => {
             tree::kill_tree(pidfd.as_fd_ref(), worker, true);
@@ -112,9 +129,9 @@ trait AsFdRef {
     fn as_fd_ref(&self) -> BorrowedFd<'_>;
 }
 
-impl AsFdRef for OwnedFd {
+impl<T: std::os::fd::AsFd> AsFdRef for T {
     fn as_fd_ref(&self) -> BorrowedFd<'_> {
-        std::os::fd::AsFd::as_fd(self)
+        self.as_fd()
     }
 }
 
@@ -264,6 +281,7 @@ impl Relay {
         link_out: &OwnedFd,
         worker: &OwnedFd,
         pidfd: BorrowedFd<'_>,
+        signals: BorrowedFd<'_>,
     ) -> io::Result<End> {
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut worker_open = true;
@@ -296,6 +314,7 @@ impl Relay {
                         }),
                 ),
                 pollfd(pidfd.as_raw_fd(), libc::POLLIN),
+                pollfd(signals.as_raw_fd(), libc::POLLIN),
             ];
             let wait = self
                 .heartbeat
@@ -313,6 +332,10 @@ impl Relay {
             }
             let ready = |i: usize, what: libc::c_short| fds[i].revents & what != 0;
             let hangup = libc::POLLHUP | libc::POLLERR;
+            if ready(4, libc::POLLIN) {
+                // SIGTERM or SIGHUP: the far side of the link is ending.
+                return Ok(End::LinkClosed);
+            }
             // From the pool: to the worker.
             if ready(0, libc::POLLIN | hangup) {
                 match read(link_in.as_raw_fd(), &mut chunk)? {

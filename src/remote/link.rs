@@ -75,6 +75,9 @@ pub(crate) struct KeeperRead<R> {
     raw: Vec<u8>,
     silence: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// Whether the keeper has been heard: the silence bound counts from then (until
+    /// then, the launcher may be queueing, and the pool's start-up timeout bounds it).
+    heard: bool,
     ended: bool,
 }
 
@@ -87,8 +90,8 @@ impl<R> std::fmt::Debug for KeeperRead<R> {
 }
 
 impl<R: AsyncRead + Unpin> KeeperRead<R> {
-    /// Reads `inner`, noting what the keeper says in `info`; a read fails with
-    /// `TimedOut` after `silence` without a byte.
+    /// Reads `inner`, noting what the keeper says in `info`; once the keeper has been
+    /// heard, a read fails with `TimedOut` after `silence` without a byte.
     pub(crate) fn new(inner: R, info: Arc<RemoteInfo>, silence: Duration) -> Self {
         KeeperRead {
             inner,
@@ -99,6 +102,7 @@ impl<R: AsyncRead + Unpin> KeeperRead<R> {
             raw: vec![0; READ_CHUNK],
             silence,
             deadline: Box::pin(tokio::time::sleep(silence)),
+            heard: false,
             ended: false,
         }
     }
@@ -133,6 +137,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for KeeperRead<R> {
                         this.ended = true;
                         continue;
                     }
+                    this.heard = true;
                     this.deadline.as_mut().reset(Instant::now() + this.silence);
                     let metas = this
                         .parser
@@ -144,6 +149,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for KeeperRead<R> {
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
+                    if !this.heard {
+                        return Poll::Pending;
+                    }
                     ready!(this.deadline.as_mut().poll(cx));
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,

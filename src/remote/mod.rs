@@ -62,6 +62,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 pub struct Launcher {
     kind: Kind,
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     program: Option<PathBuf>,
     /// The program's path on the other end, once copied there (ssh).
     copied: Arc<OnceCell<Result<String, String>>>,
@@ -79,6 +80,7 @@ impl fmt::Debug for Launcher {
         f.debug_struct("Launcher")
             .field("kind", &self.kind)
             .field("args", &self.args)
+            .field("env", &self.env)
             .field("program", &self.program)
             .finish_non_exhaustive()
     }
@@ -89,6 +91,7 @@ impl Launcher {
         Launcher {
             kind,
             args: Vec::new(),
+            env: Vec::new(),
             program: None,
             copied: Arc::new(OnceCell::new()),
         }
@@ -146,6 +149,13 @@ impl Launcher {
         self
     }
 
+    /// Sets an environment variable for the launcher program here (`SLURM_CONF`,
+    /// `KUBECONFIG`), not for the worker there.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// The path of this build on the other end (a shared file system), instead of the
     /// default (see [`Launcher`]).
     pub fn program(mut self, path: impl Into<PathBuf>) -> Self {
@@ -186,7 +196,8 @@ impl Launcher {
     /// The ssh command line up to the remote command.
     fn ssh_command(&self, host: &str) -> Command {
         let mut cmd = Command::new("ssh");
-        cmd.args(&self.args)
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(&self.args)
             .args(["-T", "-e", "none", "-o", "BatchMode=yes"])
             .arg(host)
             .arg("--");
@@ -274,7 +285,9 @@ impl Launcher {
             }
             Kind::Srun => {
                 let mut cmd = Command::new("srun");
-                cmd.args(["--nodes=1", "--ntasks=1", "--quiet", "--kill-on-bad-exit=1"])
+                cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .args(["--nodes=1", "--ntasks=1", "--quiet", "--unbuffered"])
+                    .arg("--kill-on-bad-exit=1")
                     .arg(format!(
                         "--export=ALL,{ENV_WORKER}={ROLE_REMOTE},{ENV_HEARTBEAT_MS}={ms}"
                     ))
@@ -284,7 +297,8 @@ impl Launcher {
             }
             Kind::Prefix(prefix) => {
                 let mut cmd = Command::new(&prefix[0]);
-                cmd.args(&prefix[1..])
+                cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+                    .args(&prefix[1..])
                     .args(&self.args)
                     .arg("env")
                     .arg(format!("{ENV_WORKER}={ROLE_REMOTE}"))

@@ -119,9 +119,12 @@ impl ChildProc {
         self.pid.as_raw() as u32
     }
 
-    /// Makes the exit this child reports the one `reported` gives, when it gives one by
-    /// the time the child is reaped: the child is a launcher (`ssh`, `srun`) of a
-    /// worker on another machine, whose exit is what matters.
+    /// Marks the child as the launcher (`ssh`, `srun`) of a worker on another machine:
+    /// the exit it reports is the one `reported` gives, when it gives one by the time
+    /// the child is reaped; and it is killed as a launcher must be, with `SIGTERM`
+    /// alone first (on which `ssh` closes its connection and `srun` cancels its step,
+    /// and so the far end ends the worker), then `SIGKILL` to it alone (never to its
+    /// tree: `srun`'s own helper cancels the job when `srun` is killed).
     pub(crate) fn with_reported_exit(mut self, reported: Reported) -> Self {
         self.reported = Some(reported);
         self
@@ -259,6 +262,10 @@ impl ChildProc {
     /// Kills the child, its descendants and its group (bounded by
     /// [`TREE_KILL_BOUND`](crate::start::tree::TREE_KILL_BOUND)).
     fn kill_tree(&self) {
+        if self.reported.is_some() {
+            send_signal(&self.pidfd, Signal::SIGTERM);
+            return;
+        }
         self.kill_leaf();
         // Its group may be killed even after it exited while we, its parent, have not
         // reaped it; a fork server's child is reaped by the server, which kills the
@@ -281,6 +288,14 @@ impl ChildProc {
     /// The tree kill (up to [`TREE_KILL_BOUND`](tree::TREE_KILL_BOUND) for a large
     /// tree) runs on a blocking thread, not on the runtime's.
     pub(crate) async fn kill_and_reap(&mut self, bound: Duration) -> Option<WorkerExit> {
+        if self.exit.is_none() && self.reported.is_some() {
+            send_signal(&self.pidfd, Signal::SIGTERM);
+            if let Ok(exit) = tokio::time::timeout(LAUNCHER_GRACE.min(bound), self.wait()).await {
+                return Some(exit);
+            }
+            send_signal(&self.pidfd, Signal::SIGKILL);
+            return tokio::time::timeout(bound, self.wait()).await.ok();
+        }
         if self.exit.is_none() {
             self.kill_leaf();
             let (pid, group_safe) = (self.pid.as_raw(), self.remote.is_none());
@@ -324,6 +339,10 @@ impl ChildProc {
         exit
     }
 }
+
+/// How long a launcher of a remote worker has to leave after `SIGTERM` before it is
+/// killed (see [`ChildProc::with_reported_exit`]).
+const LAUNCHER_GRACE: Duration = Duration::from_secs(3);
 
 /// How long we wait for a SIGKILLed child to be reapable before leaving it to the
 /// reaper thread.

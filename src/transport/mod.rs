@@ -176,6 +176,12 @@ impl Link {
             }
             Link::Stream(s) => {
                 let _ = s.writer_mut().shutdown().await;
+                // Closed, not only shut down: a pipe (a launcher's stdin) has no
+                // half-close, and the far end must see its end now.
+                drop(std::mem::replace(
+                    s.writer_mut(),
+                    Box::new(tokio::io::sink()),
+                ));
             }
         }
     }
