@@ -257,6 +257,9 @@ struct Relay {
     to_pool: ToPool,
     to_worker: Vec<u8>,
     last_to_pool: Instant,
+    /// The pool's frames, followed to take out its heartbeats.
+    from_pool: wire::FrameTrack,
+    last_from_pool: Instant,
 }
 
 impl Relay {
@@ -272,7 +275,15 @@ impl Relay {
             },
             to_worker: Vec::new(),
             last_to_pool: Instant::now(),
+            from_pool: wire::FrameTrack::default(),
+            last_from_pool: Instant::now(),
         }
+    }
+
+    /// How long the pool may be silent: three of its heartbeat intervals, which are
+    /// the keeper's (the pool's silence bound, the same way).
+    fn silence(&self) -> Duration {
+        self.heartbeat.saturating_mul(3)
     }
 
     fn run(
@@ -316,9 +327,15 @@ impl Relay {
                 pollfd(pidfd.as_raw_fd(), libc::POLLIN),
                 pollfd(signals.as_raw_fd(), libc::POLLIN),
             ];
+            if self.last_from_pool.elapsed() >= self.silence() {
+                // Nothing from the pool, not even a heartbeat: the link is dead though
+                // its end never came (a launcher killed while its far side lives on).
+                return Ok(End::LinkClosed);
+            }
             let wait = self
                 .heartbeat
                 .saturating_sub(self.last_to_pool.elapsed())
+                .min(self.silence().saturating_sub(self.last_from_pool.elapsed()))
                 .max(Duration::from_millis(1));
             let timeout = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
             // SAFETY: `fds` is a valid array of pollfds for the duration of the call.
@@ -340,7 +357,11 @@ impl Relay {
             if ready(0, libc::POLLIN | hangup) {
                 match read(link_in.as_raw_fd(), &mut chunk)? {
                     Some(0) => return Ok(End::LinkClosed),
-                    Some(n) => self.to_worker.extend_from_slice(&chunk[..n]),
+                    Some(n) => {
+                        self.last_from_pool = Instant::now();
+                        self.from_pool
+                            .follow(&chunk[..n], true, &mut self.to_worker);
+                    }
                     None => {}
                 }
             }

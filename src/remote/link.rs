@@ -10,11 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, ReadBuf};
+use std::os::fd::AsRawFd;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use crate::error::WorkerExit;
-use crate::remote::wire::{Meta, Parser};
+use crate::remote::wire::{FrameTrack, Meta, Parser, HEARTBEAT};
 
 /// What the keeper said about its worker.
 #[derive(Debug, Default)]
@@ -163,10 +165,124 @@ impl<R: AsyncRead + Unpin> AsyncRead for KeeperRead<R> {
     }
 }
 
+/// Writes to a keeper (the launcher's stdin), and sends it a heartbeat (an empty
+/// frame, between the pool's frames) whenever nothing was written for `interval`, so
+/// that a keeper whose link died without an end it can see (a launcher killed while
+/// its far side lives on) ends its worker within its silence bound.
+pub(crate) struct KeeperWrite<W> {
+    state: Arc<Mutex<WriteState<W>>>,
+}
+
+struct WriteState<W> {
+    inner: W,
+    track: FrameTrack,
+    last: std::time::Instant,
+}
+
+impl<W> std::fmt::Debug for KeeperWrite<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeeperWrite").finish_non_exhaustive()
+    }
+}
+
+impl<W: AsyncWrite + AsRawFd + Send + Unpin + 'static> KeeperWrite<W> {
+    /// Writes to `inner`, a pipe; heartbeats every `interval` of quiet, from a task of
+    /// the current runtime that ends with this writer.
+    pub(crate) fn new(inner: W, interval: Duration) -> Self {
+        let state = Arc::new(Mutex::new(WriteState {
+            inner,
+            track: FrameTrack::default(),
+            last: std::time::Instant::now(),
+        }));
+        let weak = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(state) = weak.upgrade() else { return };
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                if s.track.at_boundary() && s.last.elapsed() >= interval {
+                    // Four bytes into a pipe go whole or not at all (under PIPE_BUF);
+                    // a full pipe means the keeper hears from us anyway.
+                    // SAFETY: write(2) of a 4-byte array we own to a descriptor the
+                    // writer owns for as long as `s` is held.
+                    let n = unsafe {
+                        libc::write(
+                            s.inner.as_raw_fd(),
+                            HEARTBEAT.as_ptr().cast(),
+                            HEARTBEAT.len(),
+                        )
+                    };
+                    if n == HEARTBEAT.len() as isize {
+                        s.last = std::time::Instant::now();
+                    }
+                }
+            }
+        });
+        KeeperWrite { state }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriteState<W>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl<W: AsyncWrite + Unpin> WriteState<W> {
+    /// Notes that the first `n` bytes of `bufs` were written.
+    fn wrote(&mut self, bufs: &[io::IoSlice<'_>], mut n: usize) {
+        let mut sink = Vec::new();
+        for buf in bufs {
+            if n == 0 {
+                break;
+            }
+            let k = n.min(buf.len());
+            self.track.follow(&buf[..k], false, &mut sink);
+            sink.clear();
+            n -= k;
+        }
+        self.last = std::time::Instant::now();
+    }
+}
+
+impl<W: AsyncWrite + AsRawFd + Send + Unpin + 'static> AsyncWrite for KeeperWrite<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.lock();
+        let n = ready!(Pin::new(&mut s.inner).poll_write(cx, buf))?;
+        s.wrote(&[io::IoSlice::new(buf)], n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let mut s = self.lock();
+        let n = ready!(Pin::new(&mut s.inner).poll_write_vectored(cx, bufs))?;
+        s.wrote(bufs, n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.lock().inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::wire::{write_meta, HEARTBEAT};
+    use crate::remote::wire::write_meta;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test(start_paused = true)]

@@ -28,7 +28,7 @@ use crate::output::ChildStdio;
 use crate::start::child::{ChildProc, NewChild, Reported};
 use crate::start::spawn::{on_spawner_thread, ENV_WORKER, ROLE_REMOTE};
 use crate::transport::stream::{BoxRead, BoxWrite};
-use link::{KeeperRead, RemoteInfo};
+use link::{KeeperRead, KeeperWrite, RemoteInfo};
 
 /// The environment variable that gives a keeper its heartbeat interval, in ms.
 pub(crate) const ENV_HEARTBEAT_MS: &str = "__PROCPOOL_HEARTBEAT_MS";
@@ -364,7 +364,7 @@ impl Launcher {
         let stdin = tokio::process::ChildStdin::from_std(stdin)?;
         let stdout = tokio::process::ChildStdout::from_std(stdout)?;
         let read: BoxRead = Box::new(KeeperRead::new(stdout, info.clone(), silence));
-        let write: BoxWrite = Box::new(stdin);
+        let write: BoxWrite = Box::new(KeeperWrite::new(stdin, silence / 3));
         Ok((
             child,
             RemoteLink {

@@ -63,6 +63,48 @@ pub(crate) fn write_meta(meta: &Meta, out: &mut Vec<u8>) {
     out.extend_from_slice(&body);
 }
 
+/// Follows the frames of a byte stream, to tell where one ends: heartbeats may only go
+/// between frames.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct FrameTrack {
+    /// What is left of the current frame's body.
+    left: u64,
+    header: [u8; 4],
+    header_len: usize,
+}
+
+impl FrameTrack {
+    /// Whether the bytes so far end at a frame's end.
+    pub(crate) fn at_boundary(&self) -> bool {
+        self.left == 0 && self.header_len == 0
+    }
+
+    /// Follows `bytes`, keeping those that `keep` says to (every byte but those of
+    /// empty frames when `strip` is set) in `out`.
+    pub(crate) fn follow(&mut self, mut bytes: &[u8], strip: bool, out: &mut Vec<u8>) {
+        while !bytes.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(bytes.len() as u64) as usize;
+                out.extend_from_slice(&bytes[..n]);
+                self.left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (4 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len == 4 {
+                self.header_len = 0;
+                self.left = u64::from(u32::from_be_bytes(self.header));
+                if self.left > 0 || !strip {
+                    out.extend_from_slice(&self.header);
+                }
+            }
+        }
+    }
+}
+
 /// Where the parser is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -219,6 +261,27 @@ mod tests {
             assert_eq!(out, want, "split {split}");
             assert_eq!(metas, [hello.clone(), exit.clone()], "split {split}");
         }
+    }
+
+    /// The pool's heartbeats are taken out of its stream at any split, and its frames
+    /// pass whole; the track knows where frames end.
+    #[test]
+    fn a_frame_track_strips_empty_frames_at_any_split() {
+        let a = frame(b"job one");
+        let b = frame(&[0u8; 40]);
+        let stream = [HEARTBEAT.to_vec(), a.clone(), HEARTBEAT.to_vec(), b.clone()].concat();
+        for split in 1..stream.len() {
+            let mut track = FrameTrack::default();
+            let mut out = Vec::new();
+            for piece in stream.chunks(split) {
+                track.follow(piece, true, &mut out);
+            }
+            assert_eq!(out, [a.clone(), b.clone()].concat(), "split {split}");
+            assert!(track.at_boundary());
+        }
+        let mut track = FrameTrack::default();
+        track.follow(&a[..5], false, &mut Vec::new());
+        assert!(!track.at_boundary());
     }
 
     #[test]
