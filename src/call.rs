@@ -107,9 +107,9 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
     /// # Errors
     ///
     /// At once, with nothing submitted: [`TaskError::QueueFull`] if the bound is
-    /// reached (counted in [`PoolStats::rejected`](crate::PoolStats::rejected)),
-    /// [`TaskError::Closed`] if the pool is closed (whatever its queue holds) and
-    /// [`TaskError::Terminated`] if it was terminated.
+    /// reached (counted in [`PoolStats::rejected`](crate::PoolStats::rejected)), and
+    /// [`TaskError::Closed`] if the pool is closed or terminated, whatever its queue
+    /// holds.
     pub fn try_spawn(mut self) -> Result<TaskHandle<R>, TaskError> {
         self.wait = false;
         self.start(false)
@@ -125,7 +125,7 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
         let admission = match shared.try_admit(!self.wait) {
             Admit::Unbounded => Admission::default(),
             Admit::Admitted(permit) => Admission::new(permit),
-            Admit::Closed if !self.wait => return Err(shared.closed_error()),
+            Admit::Closed if !self.wait => return Err(TaskError::Closed),
             // Submitted all the same: the closed queue fails it as `Closed`.
             Admit::Closed => Admission::default(),
             Admit::Full if !self.wait => {

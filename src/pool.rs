@@ -165,7 +165,7 @@ impl Pool {
     ///
     /// [`TaskError::QueueFull`](crate::TaskError::QueueFull) when the bound is reached
     /// (counted in [`PoolStats::rejected`]); [`TaskError::Closed`](crate::TaskError::Closed)
-    /// on a closed pool, whatever its queue holds; otherwise as for
+    /// on a closed or terminated pool, whatever its queue holds; otherwise as for
     /// [`apply`](Pool::apply).
     ///
     /// # Cancel safety
@@ -187,10 +187,10 @@ impl Pool {
     /// # Errors
     ///
     /// At once, with nothing submitted: [`TaskError::QueueFull`](crate::TaskError::QueueFull)
-    /// when the bound is reached (counted in [`PoolStats::rejected`]),
-    /// [`TaskError::Closed`](crate::TaskError::Closed) on a closed pool and
-    /// [`TaskError::Terminated`](crate::TaskError::Terminated) on a terminated one. The
-    /// handle's own errors are those of [`apply`](Pool::apply).
+    /// when the bound is reached (counted in [`PoolStats::rejected`]), and
+    /// [`TaskError::Closed`](crate::TaskError::Closed) on a closed or terminated pool,
+    /// whatever its queue holds. The handle's own errors are those of
+    /// [`apply`](Pool::apply).
     ///
     /// # Cancel safety
     ///

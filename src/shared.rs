@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     /// Cancelled by terminate (or the last handle's drop): every driver kills its
     /// worker and every slot stops.
     pub(crate) terminate: CancellationToken,
+    /// Set first thing by terminate (see [`Shared::closed_error`]).
+    terminating: std::sync::atomic::AtomicBool,
     /// Slot tasks and background reaps: `join` waits for all of them.
     pub(crate) tracker: TaskTracker,
     /// The live worker of each slot.
@@ -165,6 +167,7 @@ impl Shared {
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             terminate: CancellationToken::new(),
+            terminating: Default::default(),
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),
             worker_tasks: (0..slots).map(|_| AtomicU64::new(0)).collect(),
@@ -307,7 +310,7 @@ impl Shared {
     /// The error of a task that was refused a place, or waited for one, when the pool
     /// closed.
     pub(crate) fn closed_error(&self) -> crate::TaskError {
-        if self.terminate.is_cancelled() {
+        if self.terminating.load(Ordering::Relaxed) {
             crate::TaskError::Terminated
         } else {
             crate::TaskError::Closed
@@ -316,12 +319,14 @@ impl Shared {
 
     /// Stops everything now: refuse and fail queued work, tell drivers to kill.
     pub(crate) fn start_terminate(&self) {
-        self.queue.close();
+        // First: a task waiting for room, or refused, from now on hears `Terminated`;
+        // and the queue bound is closed before `fail_all` frees places, which would
+        // otherwise let such a task in.
+        self.terminating.store(true, Ordering::Relaxed);
+        self.close();
         let failed = self.queue.fail_all(&crate::TaskError::Terminated);
         Counters::add(&self.counters.failed, failed);
         self.terminate.cancel();
-        // After the cancel: a task waiting for room hears `Terminated`.
-        self.close();
         self.tracker.close();
     }
 }
