@@ -254,8 +254,11 @@ impl<R: Send + 'static> Map<R> {
     ///
     /// Every item of the input that is ready is taken and queued in this call: the
     /// whole of an iterator (with no bound on the chunks in flight, as a `Map` holds
-    /// every result anyway), and of a stream the items it has ready. So the work is
-    /// accepted even if [`Pool::close`](crate::Pool::close) comes next, and
+    /// every result anyway), and of a stream the items it has ready; in a pool with a
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound), only as many as it has room
+    /// for (the rest wait for room, and fail with [`TaskError::Closed`] if the pool
+    /// closes first). So the work is accepted even if
+    /// [`Pool::close`](crate::Pool::close) comes next, and
     /// [`Pool::join`](crate::Pool::join) waits for it:
     ///
     /// ```

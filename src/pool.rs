@@ -195,11 +195,7 @@ impl Pool {
     /// # Cancel safety
     ///
     /// See [`TaskHandle`].
-    pub fn try_apply_async<F, A, R>(
-        &self,
-        f: F,
-        arg: A,
-    ) -> Result<TaskHandle<R>, crate::TaskError>
+    pub fn try_apply_async<F, A, R>(&self, f: F, arg: A) -> Result<TaskHandle<R>, crate::TaskError>
     where
         F: Fn(A) -> R + Copy + Send + Sync + 'static,
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -226,7 +222,11 @@ impl Pool {
     /// Runs `f` on every item of `input` (an iterator or a stream) and collects the
     /// results in input order: await the returned [`Map`].
     ///
-    /// Work goes to the workers in chunks; see [`Map::chunk_size`].
+    /// Work goes to the workers in chunks; see [`Map::chunk_size`]. In a pool with a
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound), each item takes a place as it
+    /// is fed: a map larger than the room waits for room as it goes, and never fails
+    /// for want of it (the same for [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered)
+    /// and [`starmap`](Pool::starmap)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

@@ -78,7 +78,11 @@ async fn the_task_past_the_bound_waits_until_one_finishes_and_nothing_is_lost() 
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stats = pool.stats();
     assert_eq!(stats.submitted, 2, "only the two that fit: {stats:?}");
-    assert_eq!((stats.admitted, stats.queue_bound), (2, Some(2)), "{stats:?}");
+    assert_eq!(
+        (stats.admitted, stats.queue_bound),
+        (2, Some(2)),
+        "{stats:?}"
+    );
     assert!(!third.is_finished() && !fourth.is_finished() && !map.is_finished());
     assert!(!scratch.exists("b-started"), "the second has not started");
     scratch.touch("go");
@@ -110,7 +114,11 @@ async fn try_apply_is_refused_at_the_bound_and_admitted_once_room_frees() {
     let refused = pool.try_apply_async(double, 2).map(|_| ());
     assert_eq!(refused, Err(TaskError::QueueFull));
     let stats = pool.stats();
-    assert_eq!((stats.rejected, stats.submitted, stats.admitted), (2, 2, 2), "{stats:?}");
+    assert_eq!(
+        (stats.rejected, stats.submitted, stats.admitted),
+        (2, 2, 2),
+        "{stats:?}"
+    );
     scratch.touch("go");
     within("first", first).await.expect("first");
     // The place is given back before the caller hears of the result: room at once.
@@ -167,7 +175,9 @@ async fn a_place_comes_back_when_a_task_is_aborted_running_or_queued() {
     assert_eq!(pool.stats().admitted, 2);
     queued.abort();
     assert_eq!(pool.stats().admitted, 1, "{:?}", pool.stats());
-    let taken = pool.try_apply_async(double, 7).expect("the aborted task's place");
+    let taken = pool
+        .try_apply_async(double, 7)
+        .expect("the aborted task's place");
     assert_eq!(within("aborted", queued).await, Err(TaskError::Cancelled));
     scratch.touch("go");
     within("busy", busy).await.expect("busy");
@@ -222,7 +232,11 @@ async fn a_detached_running_task_keeps_its_place_until_it_ends() {
     let pool = bounded(1, 1).await;
     let running = started_blocker(&pool, &scratch, "a").await;
     drop(running);
-    assert_eq!(pool.stats().admitted, 1, "a running task is still in the pool");
+    assert_eq!(
+        pool.stats().admitted,
+        1,
+        "a running task is still in the pool"
+    );
     assert!(!has_room(&pool).await);
     scratch.touch("go");
     admitted_becomes(&pool, 0).await;
@@ -248,7 +262,10 @@ async fn terminate_fails_what_is_in_the_pool_and_what_waits_for_room() {
     assert_eq!(within("busy", busy).await, Err(TaskError::Terminated));
     assert_eq!(within("queued", queued).await, Err(TaskError::Terminated));
     assert_eq!(within("waiting", waiting).await, Err(TaskError::Terminated));
-    assert_eq!(within("awaiting", awaiting).await, Err(TaskError::Terminated));
+    assert_eq!(
+        within("awaiting", awaiting).await,
+        Err(TaskError::Terminated)
+    );
     let mapped = within("map", map).await.expect("joins");
     assert!(
         matches!(mapped, Err(TaskError::Terminated | TaskError::Closed)),
@@ -329,8 +346,14 @@ async fn a_closed_pool_says_closed_not_queue_full() {
     // The task waiting for room was not accepted: it fails; the running one finishes.
     assert_eq!(within("waiting", waiting).await, Err(TaskError::Closed));
     scratch.touch("go");
-    within("busy", busy).await.expect("accepted work still runs");
-    assert_eq!(pool.stats().rejected, 0, "Closed is not counted as rejected");
+    within("busy", busy)
+        .await
+        .expect("accepted work still runs");
+    assert_eq!(
+        pool.stats().rejected,
+        0,
+        "Closed is not counted as rejected"
+    );
     within("join", pool.join()).await;
 }
 

@@ -38,7 +38,9 @@ impl Admission {
         Admission(Some(Arc::default()))
     }
 
-    fn lock(slot: &Mutex<Option<OwnedSemaphorePermit>>) -> MutexGuard<'_, Option<OwnedSemaphorePermit>> {
+    fn lock(
+        slot: &Mutex<Option<OwnedSemaphorePermit>>,
+    ) -> MutexGuard<'_, Option<OwnedSemaphorePermit>> {
         // Nothing panics under the lock; recover the data if something did.
         slot.lock().unwrap_or_else(|e| e.into_inner())
     }

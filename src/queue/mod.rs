@@ -311,7 +311,13 @@ mod tests {
                 tasks: 1,
             })
             .collect();
-        ChunkRun::new(frames.into(), inbox.clone(), None, chunks, Admission::default())
+        ChunkRun::new(
+            frames.into(),
+            inbox.clone(),
+            None,
+            chunks,
+            Admission::default(),
+        )
     }
 
     fn take_replies(inbox: &Inbox) -> Vec<(u64, Reply)> {

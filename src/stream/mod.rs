@@ -334,12 +334,14 @@ where
                 }
                 Poll::Ready(Some(results))
             }
-            Poll::Ready(None) if this.input_done && this.waiting.is_none() => match this.input_panic.take() {
-                // Every item before the panic has been answered and yielded: the
-                // panic comes at its place, after them.
-                Some(panic) => std::panic::resume_unwind(panic),
-                None => Poll::Ready(None),
-            },
+            Poll::Ready(None) if this.input_done && this.waiting.is_none() => {
+                match this.input_panic.take() {
+                    // Every item before the panic has been answered and yielded: the
+                    // panic comes at its place, after them.
+                    Some(panic) => std::panic::resume_unwind(panic),
+                    None => Poll::Ready(None),
+                }
+            }
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
