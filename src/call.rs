@@ -128,15 +128,15 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
             Admit::Closed if !self.wait => return Err(TaskError::Closed),
             // Submitted all the same: the closed queue fails it as `Closed`.
             Admit::Closed => Admission::default(),
-            Admit::Full if !self.wait => {
+            Admit::Full(_) if !self.wait => {
                 Counters::add(&shared.counters.rejected, 1);
                 return Err(TaskError::QueueFull);
             }
-            Admit::Full => {
+            Admit::Full(room) => {
                 let admission = Admission::shared();
                 let mut wait = WaitForRoom::new(
                     shared.clone(),
-                    shared.bound.clone().expect("a full pool has a bound"),
+                    room,
                     (self.job, self.timeout),
                     abort.clone(),
                     (admission.clone(), tx),

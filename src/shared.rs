@@ -86,8 +86,8 @@ pub(crate) enum Admit {
     Unbounded,
     /// A place, held by this permit.
     Admitted(OwnedSemaphorePermit),
-    /// The bound is reached.
-    Full,
+    /// The bound is reached; its semaphore, to wait for room.
+    Full(Arc<Semaphore>),
     /// The pool is closed.
     Closed,
 }
@@ -302,7 +302,7 @@ impl Shared {
             Ok(permit) => Admit::Admitted(permit),
             // Closed first, then the semaphore: a full pool that is closing is closed.
             Err(TryAcquireError::NoPermits) if self.queue.is_closed() => Admit::Closed,
-            Err(TryAcquireError::NoPermits) => Admit::Full,
+            Err(TryAcquireError::NoPermits) => Admit::Full(sem.clone()),
             Err(TryAcquireError::Closed) => Admit::Closed,
         }
     }

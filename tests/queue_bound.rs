@@ -385,3 +385,54 @@ async fn without_a_bound_the_try_forms_never_refuse() {
     );
     within("join", pool.join()).await;
 }
+
+/// Every way a task can end, many at once against a small bound: when all is done,
+/// every place has come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_place_leaks_whatever_the_tasks_do() {
+    let pool = bounded(2, 3).await;
+    let mut joins = Vec::new();
+    let mut dropped = Vec::new();
+    for i in 0..60u64 {
+        let p = pool.clone();
+        match i % 6 {
+            0 => joins.push(tokio::spawn(async move {
+                assert_eq!(p.apply(double, i).await, Ok(2 * i));
+            })),
+            1 => joins.push(tokio::spawn(async move {
+                let r = p.try_apply(double, i).await;
+                assert!(r == Ok(2 * i) || r == Err(TaskError::QueueFull), "{r:?}");
+            })),
+            // Dropped at once: queued, waiting for room, or running, detached.
+            2 => dropped.push(p.apply_async(pid_after_sleep, 5)),
+            3 => joins.push(tokio::spawn(async move {
+                let handle = p.apply_async(pid_after_sleep, 5);
+                handle.abort();
+                let r = handle.await;
+                assert!(r.is_ok() || r == Err(TaskError::Cancelled), "{r:?}");
+            })),
+            4 => joins.push(tokio::spawn(async move {
+                let r = p.apply(abort, ()).await;
+                assert!(r.is_err_and(|e| e.is_worker_died()));
+            })),
+            _ => joins.push(tokio::spawn(async move {
+                let r = p
+                    .apply(sleep_forever, ())
+                    .timeout(Duration::from_millis(50));
+                assert!(r.await.is_err_and(|e| e.is_timeout()));
+            })),
+        }
+        if i % 12 == 11 {
+            dropped.clear();
+        }
+    }
+    drop(dropped);
+    for join in joins {
+        within("a task of the mix", join)
+            .await
+            .expect("its checks hold");
+    }
+    admitted_becomes(&pool, 0).await;
+    assert!(has_room(&pool).await);
+    within("terminate", pool.terminate()).await;
+}
