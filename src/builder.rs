@@ -157,7 +157,10 @@ impl PoolBuilder {
     ///
     /// - **Backpressure.** [`apply`](Pool::apply), [`apply_async`](Pool::apply_async),
     ///   [`map`](Pool::map), [`imap`](Pool::imap) and the rest wait for room (an async
-    ///   wait, first come first served) and never fail for want of it.
+    ///   wait, first come first served) and never fail for want of it. (`apply_async`
+    ///   returns at once, so it cannot slow its caller down: its task waits for room
+    ///   in a Tokio task of its own, held in memory outside the pool. To push back on
+    ///   a producer, await [`apply`](Pool::apply) or use `try_apply_async`.)
     /// - **Load shedding.** [`try_apply`](Pool::try_apply) and
     ///   [`try_apply_async`](Pool::try_apply_async) fail at once with
     ///   [`TaskError::QueueFull`](crate::TaskError::QueueFull) when the bound is reached:
