@@ -436,3 +436,27 @@ async fn no_place_leaks_whatever_the_tasks_do() {
     assert!(has_room(&pool).await);
     within("terminate", pool.terminate()).await;
 }
+
+/// A stream's results that wait for its consumer hold no place: a place comes back
+/// when its task ends, not when its result is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_waiting_for_a_slow_consumer_hold_no_place() {
+    let pool = bounded(1, 3).await;
+    let mut stream = pool.imap(double, 0..3u64).chunk_size(1);
+    let first = futures::poll!(stream.next());
+    assert!(
+        first.is_pending() || first == std::task::Poll::Ready(Some(Ok(0))),
+        "{first:?}"
+    );
+    // Not polled again until every task has ended.
+    admitted_becomes(&pool, 0).await;
+    assert!(has_room(&pool).await);
+    let rest: Vec<u64> = within("the rest", stream.map(|r| r.expect("task")).collect()).await;
+    let expected: &[u64] = if first.is_pending() {
+        &[0, 2, 4]
+    } else {
+        &[2, 4]
+    };
+    assert_eq!(rest, expected);
+    within("terminate", pool.terminate()).await;
+}
