@@ -10,6 +10,14 @@
 //! - `GET /health` answers at once, without the pool.
 //! - `GET /stats` shows the pool's counters, without the pool.
 //!
+//! **Load shedding.** The pool has a queue bound ([`PoolBuilder::queue_bound`]: at most
+//! `4 × processes` tasks, and at least 16, in the pool at once, queued or running), and
+//! the handlers submit with [`Pool::try_apply`]: past the bound a request gets a 503
+//! with `Retry-After` at once ([`TaskError::QueueFull`]) instead of waiting in a queue
+//! that only grows. So a request the service accepts waits behind at most the bound's
+//! worth of work: its latency stays near `bound / processes` task times, whatever the
+//! load.
+//!
 //! The workers run at a lower priority ([`PoolBuilder::niceness`]), so on a busy machine
 //! the service's own threads still get the CPU when a request comes in.
 //!
@@ -26,10 +34,16 @@
 //! `/health` while the service is idle, then while 8 clients keep `/primes` busy (and a
 //! ninth crashes workers in the middle of that load), then checks that every crash was a
 //! 500 naming the worker's death, that a request past its timeout was a 504, that every
-//! other request got the right answer, and that the pool replaced each dead worker. It
-//! exits 0 only if every check holds.
+//! other request got the right answer, and that the pool replaced each dead worker.
+//! Then it sends a burst of `4 × bound` concurrent `/primes` requests: some must be
+//! shed (503), some accepted, and the slowest accepted one must have waited no more
+//! than a few times `bound / processes` task times (the task's time measured in the
+//! same run). It prints the accepted and rejected counts, the latencies of the
+//! accepted requests, and the names the OS gives the pool's processes. It exits 0 only
+//! if every check holds.
 //!
 //! [`PoolBuilder::niceness`]: procpool::PoolBuilder::niceness
+//! [`PoolBuilder::queue_bound`]: procpool::PoolBuilder::queue_bound
 
 #[path = "common/primes.rs"]
 mod primes;
@@ -43,7 +57,8 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use axum::Router;
 use procpool::{Pool, TaskError};
@@ -90,21 +105,31 @@ struct AppState {
     served: Arc<AtomicU64>,
 }
 
-type Reply = (StatusCode, String);
+type Reply = HttpResponse;
 
-/// A task's outcome as an HTTP reply: its value, a 504 past its timeout, a 503 when the
-/// pool is shutting down, and a 500 with the error's text for the rest (a dead worker,
-/// a panic).
+/// A task's outcome as an HTTP reply: its value; a 503 with `Retry-After` when the
+/// pool's queue is full (the request was shed, nothing ran) or the pool is shutting
+/// down; a 504 past its timeout; and a 500 with the error's text for the rest (a dead
+/// worker, a panic).
 fn reply<T: ToString>(state: &AppState, result: Result<T, TaskError>) -> Reply {
     state.served.fetch_add(1, Ordering::Relaxed);
     match result {
-        Ok(value) => (StatusCode::OK, value.to_string()),
-        Err(e) if e.is_timeout() => (StatusCode::GATEWAY_TIMEOUT, e.to_string()),
-        Err(e @ (TaskError::Closed | TaskError::Terminated)) => {
-            (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
-        }
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Ok(value) => (StatusCode::OK, value.to_string()).into_response(),
+        Err(e @ (TaskError::QueueFull | TaskError::Closed | TaskError::Terminated)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            e.to_string(),
+        )
+            .into_response(),
+        Err(e) if e.is_timeout() => (StatusCode::GATEWAY_TIMEOUT, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// The service's queue bound for a pool of `processes`: enough to keep every worker
+/// busy with a few requests queued behind each, and at least 16.
+fn queue_bound(processes: usize) -> usize {
+    (4 * processes).max(16)
 }
 
 #[derive(Deserialize)]
@@ -117,15 +142,16 @@ struct PrimesQuery {
 async fn primes(State(state): State<AppState>, Query(q): Query<PrimesQuery>) -> Reply {
     if q.from > q.to {
         state.served.fetch_add(1, Ordering::Relaxed);
-        return (StatusCode::BAD_REQUEST, "from must not exceed to".into());
+        return (StatusCode::BAD_REQUEST, "from must not exceed to").into_response();
     }
     let limit = q
         .timeout_ms
         .map_or(DEFAULT_TIMEOUT, Duration::from_millis)
         .min(MAX_TIMEOUT);
+    // `try_apply`: shed the request (503) rather than wait when the pool is full.
     let result = state
         .pool
-        .apply(count_primes, (q.from, q.to))
+        .try_apply(count_primes, (q.from, q.to))
         .timeout(limit)
         .await;
     reply(&state, result)
@@ -134,25 +160,29 @@ async fn primes(State(state): State<AppState>, Query(q): Query<PrimesQuery>) -> 
 async fn hash(State(state): State<AppState>, body: Bytes) -> Reply {
     let result = state
         .pool
-        .apply(fnv1a, body.to_vec())
+        .try_apply(fnv1a, body.to_vec())
         .timeout(DEFAULT_TIMEOUT)
         .await;
     reply(&state, result.map(|h| format!("{h:016x}")))
 }
 
 async fn crash_handler(State(state): State<AppState>) -> Reply {
-    let result = state.pool.apply(crash, ()).timeout(DEFAULT_TIMEOUT).await;
+    let result = state
+        .pool
+        .try_apply(crash, ())
+        .timeout(DEFAULT_TIMEOUT)
+        .await;
     reply(&state, result)
 }
 
 async fn health(State(state): State<AppState>) -> Reply {
     state.served.fetch_add(1, Ordering::Relaxed);
-    (StatusCode::OK, "ok".into())
+    (StatusCode::OK, "ok").into_response()
 }
 
 async fn stats(State(state): State<AppState>) -> Reply {
     state.served.fetch_add(1, Ordering::Relaxed);
-    (StatusCode::OK, format!("{:#?}\n", state.pool.stats()))
+    (StatusCode::OK, format!("{:#?}\n", state.pool.stats())).into_response()
 }
 
 fn app(state: AppState) -> Router {
@@ -175,7 +205,14 @@ async fn main() {
             std::process::exit(2);
         }
     };
-    let pool = match Pool::builder().niceness(10).build().await {
+    let processes = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pool = Pool::builder()
+        .processes(processes)
+        .queue_bound(queue_bound(processes))
+        .niceness(10)
+        .build()
+        .await;
+    let pool = match pool {
         Ok(pool) => pool,
         Err(e) => {
             eprintln!("could not start the pool: {e}");
@@ -208,8 +245,10 @@ async fn serve(state: AppState) -> Result<(), String> {
         .await
         .map_err(|e| format!("cannot listen on 127.0.0.1:3000: {e}"))?;
     println!(
-        "serving on http://127.0.0.1:3000 with {} worker processes; Ctrl-C stops",
-        state.pool.processes()
+        "serving on http://127.0.0.1:3000 with {} worker processes and a queue bound of {}; \
+         Ctrl-C stops",
+        state.pool.processes(),
+        queue_bound(state.pool.processes())
     );
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async {
@@ -236,6 +275,16 @@ const PROBE_GAP: Duration = Duration::from_millis(10);
 /// Crashes sent in the middle of the load, and after it.
 const CRASHES_UNDER_LOAD: usize = 2;
 const CRASHES_AFTER: usize = 3;
+/// The burst: this many concurrent requests per place under the queue bound, each
+/// counting the primes in this many numbers (about 20 ms of work for one core); the
+/// slowest accepted request may take this many times what the bound allows it (its
+/// own task time and `bound / processes` tasks' worth of waiting): room for a busy
+/// machine, and still below what an unbounded queue would make the last request of
+/// the burst wait (`BURST_PER_PLACE × bound / processes` task times: 64 against 36 on
+/// 2 CPUs, 32 against 20 from 4 CPUs on).
+const BURST_PER_PLACE: usize = 8;
+const BURST_SPAN: u64 = 80_000;
+const BURST_SLACK: f64 = 4.0;
 /// The bound on any one request of the self-test, and on the whole of it.
 const REQUEST_LIMIT: Duration = Duration::from_secs(15);
 const SELFTEST_LIMIT: Duration = Duration::from_secs(60);
@@ -379,6 +428,7 @@ async fn self_test(state: AppState) -> Result<(), String> {
         outcome.map_err(|_| format!("the self-test took longer than {SELFTEST_LIMIT:?}"))??;
     let stats = pool.stats();
     print!("{report}");
+    println!("{}", process_names(&stats));
     println!(
         "requests served: {}; workers started {}, crashed and replaced {}, killed on a timeout and replaced {}; {:.1?} in all",
         served.load(Ordering::Relaxed),
@@ -553,5 +603,155 @@ async fn run_checks(addr: SocketAddr, pool: &Pool) -> Result<String, String> {
          afterwards /primes and /hash answered right and all {} workers are alive",
         pool.processes()
     );
+    report.push_str(&burst(addr, pool).await?);
     Ok(report)
+}
+
+/// A burst of concurrent `/primes` requests, many more than the queue bound: some are
+/// shed with a 503 at once, the rest answered right, within what the bound allows.
+async fn burst(addr: SocketAddr, pool: &Pool) -> Result<String, String> {
+    let bound = queue_bound(pool.processes());
+    let path = format!("/primes?from={LOAD_FROM}&to={}", LOAD_FROM + BURST_SPAN);
+    let expected = count_primes((LOAD_FROM, LOAD_FROM + BURST_SPAN)).to_string();
+    // One request's time, alone (the median of 5): the unit of the latency bound.
+    let mut alone = Vec::new();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let body = expect(addr, "GET", &path, b"", 200).await?;
+        alone.push(started.elapsed());
+        if body != expected {
+            return Err(format!("GET {path}: counted {body}, expected {expected}"));
+        }
+    }
+    alone.sort();
+    let task = alone[alone.len() / 2];
+    let rejected_before = pool.stats().rejected;
+
+    // Two descriptors per request in flight (the client's and the server's end): on a
+    // machine of many CPUs (a large bound) the burst may need more than the soft
+    // limit, so raise it to the hard one, and shrink the burst to what fits.
+    let files = open_files_limit();
+    let requests = (BURST_PER_PLACE * bound).min(files.saturating_sub(256) / 2);
+    if requests < 2 * bound {
+        return Err(format!(
+            "a burst needs twice the queue bound of {bound} in requests at once, but the \
+             limit of {files} open files allows only {requests}"
+        ));
+    }
+    let mut all = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let path = path.clone();
+        all.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let response = request(addr, "GET", &path, b"").await?;
+            Ok::<_, String>((response, started.elapsed()))
+        }));
+    }
+    let mut accepted = Vec::new();
+    let mut rejected = 0u64;
+    for one in all {
+        let (response, latency) = one
+            .await
+            .map_err(|e| format!("a burst client failed: {e}"))??;
+        match response.status {
+            200 if response.body == expected => accepted.push(latency),
+            503 if response.body == TaskError::QueueFull.to_string() => rejected += 1,
+            status => {
+                return Err(format!(
+                    "GET {path} in the burst: {status} with body {:?}",
+                    response.body
+                ))
+            }
+        }
+    }
+    accepted.sort();
+    let stats = pool.stats();
+    if rejected == 0 || accepted.is_empty() {
+        return Err(format!(
+            "a burst of {requests} requests against a bound of {bound}: {} accepted and \
+             {rejected} rejected; expected some of each",
+            accepted.len()
+        ));
+    }
+    // Refused only while `bound` tasks were in the pool, and those were accepted.
+    if accepted.len() < bound {
+        return Err(format!(
+            "only {} requests of the burst accepted, under a bound of {bound}",
+            accepted.len()
+        ));
+    }
+    if stats.rejected - rejected_before != rejected {
+        return Err(format!(
+            "{rejected} requests got a 503 but the pool counted {} rejected",
+            stats.rejected - rejected_before
+        ));
+    }
+    // An accepted request waits for at most the bound's worth of work ahead of it,
+    // shared by the workers, then runs.
+    let allowed = task.mul_f64(BURST_SLACK * (bound.div_ceil(pool.processes()) + 1) as f64);
+    let (p50, p99) = percentiles(&accepted);
+    let max = accepted[accepted.len() - 1];
+    let mut report = format!(
+        "burst: {requests} concurrent /primes requests (about {task:.1?} each alone) against a \
+         queue bound of {bound} on {} workers: {} accepted (latency median {p50:.1?}, p99 \
+         {p99:.1?}, max {max:.1?}: {:.1} task times at most, allowed {:.0}, where an \
+         unbounded queue would take about {}), {rejected} rejected with a 503 at once\n",
+        pool.processes(),
+        accepted.len(),
+        max.as_secs_f64() / task.as_secs_f64(),
+        allowed.as_secs_f64() / task.as_secs_f64(),
+        requests.div_ceil(pool.processes()),
+    );
+    if max > allowed {
+        return Err(format!(
+            "{report}the slowest accepted request took {max:.1?}, over the {allowed:.1?} \
+             that the bound allows"
+        ));
+    }
+    // Every place is free again once the burst is answered.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.stats().admitted != 0 {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "places still taken after the burst: {:?}",
+                pool.stats()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _ = writeln!(report, "all places free again after the burst");
+    Ok(report)
+}
+
+/// Raises this process's soft limit of open files to its hard limit; the limit now.
+fn open_files_limit() -> usize {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 1024;
+    };
+    let now = match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(_) => soft,
+    };
+    usize::try_from(now).unwrap_or(usize::MAX)
+}
+
+/// The names the OS gives the pool's processes (`/proc/PID/comm`, what `ps` and
+/// `top` show).
+fn process_names(stats: &procpool::PoolStats) -> String {
+    let comm = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_else(|e| format!("<{e}>"))
+    };
+    let names: Vec<String> = stats
+        .workers
+        .iter()
+        .map(|w| format!("{} {}", w.pid, comm(w.pid)))
+        .collect();
+    let mut out = format!("worker processes: {}", names.join(", "));
+    if let Some(pid) = stats.forkserver_pid {
+        let _ = write!(out, "; fork server: {pid} {}", comm(pid));
+    }
+    out
 }

@@ -113,6 +113,7 @@ impl PoolBuilder {
                 stderr: WorkerOutput::default(),
                 remote: Vec::new(),
                 heartbeat: crate::remote::DEFAULT_HEARTBEAT,
+                queue_bound: None,
             },
             initializer: Ok(()),
             preload: Ok(()),
@@ -177,6 +178,62 @@ impl PoolBuilder {
     /// name (`procpool-worker`, `procpool-forkserver`).
     pub fn name(mut self, name: impl AsRef<str>) -> Self {
         self.config.child.label = crate::start::Label::new(name.as_ref());
+        self
+    }
+
+    /// Bounds the pool's queue: at most `n` tasks may be **in the pool** at once, that
+    /// is submitted and not yet resolved, whether they wait in the queue or run on a
+    /// worker. Default: no bound.
+    ///
+    /// Then, as with a bounded Tokio `mpsc` channel, submitting has two forms:
+    ///
+    /// - **Backpressure.** [`apply`](Pool::apply), [`apply_async`](Pool::apply_async),
+    ///   [`map`](Pool::map), [`imap`](Pool::imap) and the rest wait for room (an async
+    ///   wait, first come first served) and never fail for want of it. (`apply_async`
+    ///   returns at once, so it cannot slow its caller down: its task waits for room
+    ///   in a Tokio task of its own, held in memory outside the pool. To push back on
+    ///   a producer, await [`apply`](Pool::apply) or use `try_apply_async`.)
+    /// - **Load shedding.** [`try_apply`](Pool::try_apply) and
+    ///   [`try_apply_async`](Pool::try_apply_async) fail at once with
+    ///   [`TaskError::QueueFull`](crate::TaskError::QueueFull) when the bound is reached:
+    ///   the "503 Service Unavailable" of a service (see the `service` example).
+    ///
+    /// **Why tasks in the pool, not only the queued ones.** What a service protects by
+    /// shedding load is the latency of the requests it accepts and the memory they
+    /// hold. A request admitted behind `k` others waits for about `k / processes` task
+    /// times, and `k` is below `n`: so `n` bounds that wait (about `n / processes` task
+    /// times), and the arguments held, whatever the tasks do; a task that hangs until
+    /// its timeout still holds its place, as it holds its worker. It is also the count
+    /// of admission control (Tower's `ConcurrencyLimit` with `LoadShed`). Choose `n` at
+    /// least `processes`, or workers stay idle: `processes` plus the queue a request
+    /// may wait behind.
+    ///
+    /// **What counts.** Each task counts once: an `apply` takes one place; the `map`
+    /// family takes one place per item as it feeds its input, so a `map` larger than
+    /// the bound waits for room item by item rather than failing (and a `map` or
+    /// stream whose chunks are waiting in the queue holds their places). A place is
+    /// given back when the task resolves, just before its caller hears of it (a value,
+    /// a panic, a crash, a timeout), or when it is cancelled (a queued task whose
+    /// handle or future is dropped or aborted, a stream dropped), and on
+    /// [`close`](Pool::close) and [`terminate`](Pool::terminate) for the tasks waiting
+    /// for room, which fail with [`TaskError::Closed`](crate::TaskError::Closed) or
+    /// [`TaskError::Terminated`](crate::TaskError::Terminated). A running task whose
+    /// handle is dropped runs on, detached, and keeps its place until it ends.
+    /// [`PoolStats::admitted`](crate::PoolStats::admitted) is the number of places
+    /// taken, [`PoolStats::rejected`](crate::PoolStats::rejected) the tasks refused.
+    ///
+    /// # Panics
+    ///
+    /// If `n` is 0, or above Tokio's semaphore limit (`usize::MAX >> 3`).
+    #[track_caller]
+    pub fn queue_bound(mut self, n: usize) -> Self {
+        assert!(n > 0, "queue_bound must be at least 1");
+        assert!(
+            n <= tokio::sync::Semaphore::MAX_PERMITS,
+            "queue_bound must be at most {}",
+            tokio::sync::Semaphore::MAX_PERMITS
+        );
+        self.config.queue_bound = Some(n);
         self
     }
 

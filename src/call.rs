@@ -12,12 +12,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
 
 use crate::error::TaskError;
 use crate::handle::TaskHandle;
-use crate::queue::AbortSignal;
+use crate::queue::{AbortSignal, Admission};
+use crate::shared::{Admit, Counters};
 use crate::stream::Lazy;
-use crate::submit::{JobFrame, Submitter};
+use crate::submit::{submit_one, JobFrame, Submitter, WaitForRoom};
 
 /// One task, ready to submit: returned by [`Pool::apply`](crate::Pool::apply).
 ///
@@ -34,12 +36,16 @@ use crate::submit::{JobFrame, Submitter};
 ///
 /// Dropping an `Apply` before awaiting it submits nothing. Once awaited, it is a
 /// [`TaskHandle`], whose drop rules apply: a task that has not started is removed from
-/// the queue; a running one finishes and its result is discarded.
+/// the queue (or, waiting for room under the pool's
+/// [`queue_bound`](crate::PoolBuilder::queue_bound), gives up its place in line); a
+/// running one finishes and its result is discarded.
 #[must_use = "an Apply does nothing until it is awaited or spawned"]
 pub struct Apply<R> {
     pool: Submitter,
     job: JobFrame,
     timeout: Option<Duration>,
+    /// Whether to wait for room under the queue bound (`false`: the `try_` form).
+    wait: bool,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -57,8 +63,16 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
             pool,
             job,
             timeout: None,
+            wait: true,
             _result: PhantomData,
         }
+    }
+
+    /// The form of [`Pool::try_apply`](crate::Pool::try_apply): awaited, it fails at
+    /// once with [`TaskError::QueueFull`] when the pool's queue bound is reached.
+    pub(crate) fn no_wait(mut self) -> Self {
+        self.wait = false;
+        self
     }
 
     /// Sets this task's timeout, overriding the pool's
@@ -71,16 +85,89 @@ impl<R: DeserializeOwned + Send + 'static> Apply<R> {
     }
 
     /// Submits the task now.
+    ///
+    /// In a pool with a [`queue_bound`](crate::PoolBuilder::queue_bound) that is
+    /// reached, the task waits for room without blocking this call: in a task spawned
+    /// on the current Tokio runtime (or, outside one, when the handle is polled), in
+    /// line behind the tasks that waited before it. It is submitted once a place frees,
+    /// whether or not the handle is polled; dropping or aborting the handle meanwhile
+    /// gives up the wait. (An `Apply` from [`Pool::try_apply`](crate::Pool::try_apply)
+    /// does not wait: its handle resolves to [`TaskError::QueueFull`].)
     pub fn spawn(self) -> TaskHandle<R> {
-        self.submit(false)
+        let id = self.job.id;
+        self.start(false)
+            .unwrap_or_else(|e| TaskHandle::failed(id, e))
     }
 
-    fn submit(self, direct: bool) -> TaskHandle<R> {
+    /// Submits the task now if the pool has room for it under its
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound) (always, without a bound): the
+    /// shedding form of [`spawn`](Apply::spawn). This is what
+    /// [`Pool::try_apply_async`](crate::Pool::try_apply_async) does.
+    ///
+    /// # Errors
+    ///
+    /// At once, with nothing submitted: [`TaskError::QueueFull`] if the bound is
+    /// reached (counted in [`PoolStats::rejected`](crate::PoolStats::rejected)), and
+    /// [`TaskError::Closed`] if the pool is closed or terminated, whatever its queue
+    /// holds.
+    pub fn try_spawn(mut self) -> Result<TaskHandle<R>, TaskError> {
+        self.wait = false;
+        self.start(false)
+    }
+
+    /// Submits the task (see [`spawn`](Apply::spawn)), or, in the `try_` form, fails
+    /// at once if there is no room.
+    fn start(self, direct: bool) -> Result<TaskHandle<R>, TaskError> {
+        let shared = self.pool.shared_arc();
         let abort = Arc::new(AbortSignal::default());
-        let (rx, id) = self
-            .pool
-            .submit(self.job, self.timeout, Some(abort.clone()), direct);
-        TaskHandle::new(id, rx, abort)
+        let (tx, rx) = oneshot::channel();
+        let id = self.job.id;
+        let admission = match shared.try_admit(!self.wait) {
+            Admit::Unbounded => Admission::default(),
+            Admit::Admitted(permit) => Admission::new(permit),
+            Admit::Closed if !self.wait => return Err(TaskError::Closed),
+            // Submitted all the same: the closed queue fails it as `Closed`.
+            Admit::Closed => Admission::default(),
+            Admit::Full(_) if !self.wait => {
+                Counters::add(&shared.counters.rejected, 1);
+                return Err(TaskError::QueueFull);
+            }
+            Admit::Full(room) => {
+                let admission = Admission::shared();
+                let mut wait = WaitForRoom::new(
+                    shared.clone(),
+                    room,
+                    (self.job, self.timeout),
+                    abort.clone(),
+                    (admission.clone(), tx),
+                    direct,
+                );
+                // In line now, first come first served, whoever polls it next.
+                let noop = &mut Context::from_waker(std::task::Waker::noop());
+                if wait.poll(noop).is_ready() {
+                    return Ok(TaskHandle::new(id, rx, abort, admission, None));
+                }
+                let runtime = tokio::runtime::Handle::try_current();
+                let wait = match (direct, runtime) {
+                    (false, Ok(runtime)) => {
+                        runtime.spawn(std::future::poll_fn(move |cx| wait.poll(cx)));
+                        None
+                    }
+                    // Awaited now (or no runtime to wait in): the handle waits.
+                    _ => Some(wait),
+                };
+                return Ok(TaskHandle::new(id, rx, abort, admission, wait));
+            }
+        };
+        submit_one(
+            shared,
+            self.job,
+            self.timeout,
+            abort.clone(),
+            (admission.clone(), tx),
+            direct,
+        );
+        Ok(TaskHandle::new(id, rx, abort, admission, None))
     }
 }
 
@@ -90,8 +177,13 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
 
     /// Submits the task; a worker that is idle and runs tiny tasks may run it at
     /// once, in this call, for up to the pool's [`spin`](crate::PoolBuilder::spin).
+    /// Under a reached [`queue_bound`](crate::PoolBuilder::queue_bound), the returned
+    /// future waits for room first (or, from [`Pool::try_apply`](crate::Pool::try_apply),
+    /// resolves to [`TaskError::QueueFull`] at once).
     fn into_future(self) -> TaskHandle<R> {
-        self.submit(true)
+        let id = self.job.id;
+        self.start(true)
+            .unwrap_or_else(|e| TaskHandle::failed(id, e))
     }
 }
 
@@ -162,8 +254,11 @@ impl<R: Send + 'static> Map<R> {
     ///
     /// Every item of the input that is ready is taken and queued in this call: the
     /// whole of an iterator (with no bound on the chunks in flight, as a `Map` holds
-    /// every result anyway), and of a stream the items it has ready. So the work is
-    /// accepted even if [`Pool::close`](crate::Pool::close) comes next, and
+    /// every result anyway), and of a stream the items it has ready; in a pool with a
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound), only as many as it has room
+    /// for (the rest wait for room, and fail with [`TaskError::Closed`] if the pool
+    /// closes first). So the work is accepted even if
+    /// [`Pool::close`](crate::Pool::close) comes next, and
     /// [`Pool::join`](crate::Pool::join) waits for it:
     ///
     /// ```

@@ -135,8 +135,16 @@ pub enum TaskError {
     },
     /// The task was cancelled before it finished (see [`TaskHandle::abort`](crate::TaskHandle::abort)).
     Cancelled,
-    /// The task was submitted to a pool that was closed or terminated.
+    /// The task was submitted to a pool that was closed or terminated (or waited for
+    /// room under its [queue bound](crate::PoolBuilder::queue_bound) until it closed).
     Closed,
+    /// The pool's [queue bound](crate::PoolBuilder::queue_bound) was reached: the
+    /// task was refused at once, and nothing was submitted. Only the `try_` forms
+    /// ([`Pool::try_apply`](crate::Pool::try_apply),
+    /// [`Pool::try_apply_async`](crate::Pool::try_apply_async)) return it; a service
+    /// answers it with "503 Service Unavailable" (and `Retry-After`). See
+    /// [`is_queue_full`](TaskError::is_queue_full).
+    QueueFull,
     /// The pool was terminated (or dropped) before the task finished.
     Terminated,
     /// An encoded argument or result exceeds the frame size limit; nothing was sent
@@ -198,6 +206,12 @@ impl TaskError {
     /// Whether the task hit its timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, TaskError::TimedOut { .. })
+    }
+
+    /// Whether the task was refused because the pool's queue bound was reached
+    /// ([`TaskError::QueueFull`]): the error a service turns into a 503.
+    pub fn is_queue_full(&self) -> bool {
+        matches!(self, TaskError::QueueFull)
     }
 
     /// Whether the task was cancelled.
@@ -301,6 +315,7 @@ impl fmt::Display for TaskError {
             }
             TaskError::Cancelled => f.write_str("task was cancelled"),
             TaskError::Closed => f.write_str("pool is closed"),
+            TaskError::QueueFull => f.write_str("pool's queue is full"),
             TaskError::Terminated => f.write_str("pool was terminated before the task finished"),
             TaskError::TooLarge { what, size, limit } => write!(
                 f,

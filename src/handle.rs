@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 use crate::error::{Payload, TaskError};
 use crate::protocol::codec::{byte_string_result, decode_results_into};
 use crate::protocol::results::Results;
-use crate::queue::{AbortSignal, Reply};
+use crate::queue::{AbortSignal, Admission, Reply};
+use crate::submit::WaitForRoom;
 
 /// A task submitted to the pool; a future of its result.
 ///
@@ -41,6 +42,12 @@ pub struct TaskHandle<R> {
     id: u64,
     rx: oneshot::Receiver<Reply>,
     abort: Arc<AbortSignal>,
+    /// The task's place under the queue bound, released here if the task is cancelled
+    /// before a driver takes it.
+    admission: Admission,
+    /// The task's wait for room under the queue bound, when this handle does it (an
+    /// awaited `Apply`).
+    wait: Option<WaitForRoom>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -53,13 +60,31 @@ impl<R> fmt::Debug for TaskHandle<R> {
 }
 
 impl<R> TaskHandle<R> {
-    pub(crate) fn new(id: u64, rx: oneshot::Receiver<Reply>, abort: Arc<AbortSignal>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        rx: oneshot::Receiver<Reply>,
+        abort: Arc<AbortSignal>,
+        admission: Admission,
+        wait: Option<WaitForRoom>,
+    ) -> Self {
         TaskHandle {
             id,
             rx,
             abort,
+            admission,
+            wait,
             _result: PhantomData,
         }
+    }
+
+    /// The handle of task `id`, refused at once with `error`.
+    pub(crate) fn failed(id: u64, error: TaskError) -> Self {
+        let (tx, rx) = oneshot::channel();
+        let _ = tx.send(Err(error));
+        // Nothing runs it: as good as taken.
+        let abort = Arc::new(AbortSignal::default());
+        abort.take();
+        TaskHandle::new(id, rx, abort, Admission::default(), None)
     }
 
     /// The task's id, unique within its pool.
@@ -72,7 +97,10 @@ impl<R> TaskHandle<R> {
     /// killed (and replaced) and the handle resolves to `Cancelled`, unless the task
     /// finished first.
     pub fn abort(&self) {
-        self.abort.abort();
+        if self.abort.abort() {
+            // It will never run: its place under the queue bound is free now.
+            self.admission.release();
+        }
     }
 
     /// Whether the task's outcome is in: awaiting the handle now returns at once. True
@@ -93,6 +121,16 @@ impl<R> TaskHandle<R> {
                 .abort
                 .poll_cancelled_in_queue(&mut Context::from_waker(std::task::Waker::noop()))
                 .is_ready()
+    }
+}
+
+impl<R> Drop for TaskHandle<R> {
+    /// A task still queued (or waiting for room) will never run: its place under the
+    /// queue bound is released now rather than when a driver skips it.
+    fn drop(&mut self) {
+        if self.abort.cancel_queued() {
+            self.admission.release();
+        }
     }
 }
 
@@ -182,7 +220,14 @@ impl<R: DeserializeOwned + 'static> Future for TaskHandle<R> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if self.abort.poll_cancelled_in_queue(cx).is_ready() {
+            self.wait = None;
             return Poll::Ready(Err(TaskError::Cancelled));
+        }
+        if let Some(wait) = &mut self.wait {
+            if wait.poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
         }
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Ready(Ok(reply)) => Poll::Ready(decode_one(reply)),

@@ -217,14 +217,34 @@ mod cancel {
                     took
                 })
             };
-            signal.abort();
+            let in_queue = signal.abort();
             let took = driver.join().unwrap();
             let at_once = poll_once(std::future::poll_fn(|cx| {
                 signal.poll_cancelled_in_queue(cx)
             }))
             .is_ready();
             assert_ne!(took, at_once, "took: {took}, cancelled at once: {at_once}");
+            // The handle releases the job's place under the queue bound exactly when
+            // no driver has it (else the driver's reply does).
+            assert_eq!(in_queue, at_once);
             assert!(signal.is_aborted());
+        });
+    }
+
+    /// A handle dropped while a driver takes its job: exactly one of them has the job
+    /// (and releases its place under the queue bound); a job the drop cancelled is
+    /// never taken.
+    #[test]
+    fn a_dropped_handle_and_a_take_give_one_fate() {
+        model(|| {
+            let signal = Arc::new(AbortSignal::default());
+            let driver = {
+                let signal = signal.clone();
+                thread::spawn(move || signal.take())
+            };
+            let cancelled = signal.cancel_queued();
+            let took = driver.join().unwrap();
+            assert_ne!(took, cancelled, "took: {took}, cancelled: {cancelled}");
         });
     }
 

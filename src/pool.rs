@@ -77,7 +77,9 @@ impl Pool {
     /// Runs `f(arg)` in a worker: await the returned [`Apply`] for the result.
     ///
     /// `f` is a plain `fn` or a closure that captures nothing (a capturing closure is a
-    /// compile error). Set a per-call timeout with [`Apply::timeout`].
+    /// compile error). Set a per-call timeout with [`Apply::timeout`]. In a pool with a
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound) that is reached, awaiting it
+    /// waits for room first; [`try_apply`](Pool::try_apply) fails instead.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -113,7 +115,10 @@ impl Pool {
     /// Submits `f(arg)` now and returns its [`TaskHandle`], a future of the result.
     ///
     /// The task is queued whether or not the handle is ever polled. This is
-    /// `pool.apply(f, arg).spawn()`.
+    /// `pool.apply(f, arg).spawn()`: under a reached
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound) the task waits for room in the
+    /// background and is submitted when a place frees (see [`Apply::spawn`]);
+    /// [`try_apply_async`](Pool::try_apply_async) fails instead.
     ///
     /// # Errors
     ///
@@ -128,6 +133,74 @@ impl Pool {
         R: Serialize + DeserializeOwned + Send + 'static,
     {
         self.apply(f, arg).spawn()
+    }
+
+    /// Like [`apply`](Pool::apply), but never waits for room: in a pool whose
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound) is reached, the returned future
+    /// resolves at once to [`TaskError::QueueFull`](crate::TaskError::QueueFull) and
+    /// nothing is submitted. The load-shedding form, for a service that answers "503"
+    /// rather than make a request wait. Without a bound it is `apply`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use procpool::TaskError;
+    ///
+    /// fn square(x: u64) -> u64 { x * x }
+    /// let pool = procpool::Pool::builder().processes(2).queue_bound(8).build().await?;
+    /// let status = match pool.try_apply(square, 12).await {
+    ///     Ok(n) => { assert_eq!(n, 144); 200 }
+    ///     Err(TaskError::QueueFull) => 503,
+    ///     Err(_) => 500,
+    /// };
+    /// assert_eq!(status, 200);
+    /// # pool.terminate().await;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TaskError::QueueFull`](crate::TaskError::QueueFull) when the bound is reached
+    /// (counted in [`PoolStats::rejected`]); [`TaskError::Closed`](crate::TaskError::Closed)
+    /// on a closed or terminated pool, whatever its queue holds; otherwise as for
+    /// [`apply`](Pool::apply).
+    ///
+    /// # Cancel safety
+    ///
+    /// As for [`apply`](Pool::apply).
+    pub fn try_apply<A, R>(&self, f: fn(A) -> R, arg: A) -> Apply<R>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply(f, arg).no_wait()
+    }
+
+    /// Submits `f(arg)` now if the pool has room under its
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound) (always, without a bound), and
+    /// returns its [`TaskHandle`]. This is `pool.apply(f, arg).try_spawn()`.
+    ///
+    /// # Errors
+    ///
+    /// At once, with nothing submitted: [`TaskError::QueueFull`](crate::TaskError::QueueFull)
+    /// when the bound is reached (counted in [`PoolStats::rejected`]), and
+    /// [`TaskError::Closed`](crate::TaskError::Closed) on a closed or terminated pool,
+    /// whatever its queue holds. The handle's own errors are those of
+    /// [`apply`](Pool::apply).
+    ///
+    /// # Cancel safety
+    ///
+    /// See [`TaskHandle`].
+    pub fn try_apply_async<A, R>(
+        &self,
+        f: fn(A) -> R,
+        arg: A,
+    ) -> Result<TaskHandle<R>, crate::TaskError>
+    where
+        A: Serialize + DeserializeOwned + Send + 'static,
+        R: Serialize + DeserializeOwned + Send + 'static,
+    {
+        self.apply(f, arg).try_spawn()
     }
 
     fn feed<A, R, I, M>(&self, func: Result<FnRef, String>, input: I, ordered: bool) -> Lazy<R>
@@ -148,7 +221,11 @@ impl Pool {
     /// Runs `f` on every item of `input` (an iterator or a stream) and collects the
     /// results in input order: await the returned [`Map`].
     ///
-    /// Work goes to the workers in chunks; see [`Map::chunk_size`].
+    /// Work goes to the workers in chunks; see [`Map::chunk_size`]. In a pool with a
+    /// [`queue_bound`](crate::PoolBuilder::queue_bound), each item takes a place as it
+    /// is fed: a map larger than the room waits for room as it goes, and never fails
+    /// for want of it (the same for [`imap`](Pool::imap), [`imap_unordered`](Pool::imap_unordered)
+    /// and [`starmap`](Pool::starmap)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -252,7 +329,7 @@ impl Pool {
     /// Queued and running tasks still complete; the workers exit once the queue is
     /// empty. Python's `Pool.close()`.
     pub fn close(&self) {
-        self.shared().queue.close();
+        self.shared().close();
     }
 
     /// Whether the pool refuses new work.
@@ -268,7 +345,7 @@ impl Pool {
     /// Cancel safe: dropping the future stops the waiting, not the shutdown.
     pub async fn join(&self) {
         let shared = self.shared();
-        shared.queue.close();
+        shared.close();
         shared.tracker.close();
         shared.tracker.wait().await;
         shared.starter.shutdown().await;

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -47,6 +48,8 @@ pub(crate) struct Config {
     pub(crate) remote: Vec<(crate::remote::Launcher, usize)>,
     /// How long a remote worker's link may be silent before it is lost.
     pub(crate) heartbeat: Duration,
+    /// At most this many tasks submitted and not yet resolved; `None`: no bound.
+    pub(crate) queue_bound: Option<usize>,
 }
 
 impl Config {
@@ -100,6 +103,19 @@ pub(crate) type DirectLease = Lease<Port, Handover>;
 /// A slot's published lease, with its worker's pid.
 pub(crate) type Offer = (u32, Arc<DirectLease>);
 
+/// What [`Shared::try_admit`] found.
+#[derive(Debug)]
+pub(crate) enum Admit {
+    /// The pool has no bound.
+    Unbounded,
+    /// A place, held by this permit.
+    Admitted(OwnedSemaphorePermit),
+    /// The bound is reached; its semaphore, to wait for room.
+    Full(Arc<Semaphore>),
+    /// The pool is closed.
+    Closed,
+}
+
 /// Counters behind [`PoolStats`].
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -114,6 +130,8 @@ pub(crate) struct Counters {
     pub(crate) workers_killed_on_timeout: AtomicU64,
     pub(crate) workers_killed_on_abort: AtomicU64,
     pub(crate) start_failures: AtomicU64,
+    /// Tasks refused by a `try_` submission because the queue bound was reached.
+    pub(crate) rejected: AtomicU64,
 }
 
 impl Counters {
@@ -127,11 +145,16 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) starter: Starter,
     pub(crate) queue: Queue,
+    /// The places under the queue bound, one permit per task (see
+    /// [`crate::queue::admission`]); `None` without a bound. Closed with the queue.
+    pub(crate) bound: Option<Arc<Semaphore>>,
     pub(crate) counters: Counters,
     pub(crate) next_id: AtomicU64,
     /// Cancelled by terminate (or the last handle's drop): every driver kills its
     /// worker and every slot stops.
     pub(crate) terminate: CancellationToken,
+    /// Set first thing by terminate (see [`Shared::closed_error`]).
+    terminating: std::sync::atomic::AtomicBool,
     /// Slot tasks and background reaps: `join` waits for all of them.
     pub(crate) tracker: TaskTracker,
     /// The live worker of each slot.
@@ -162,11 +185,13 @@ impl Shared {
                 config.env.clone(),
                 (config.stdout.clone(), config.stderr.clone()),
             ),
+            bound: config.queue_bound.map(|n| Arc::new(Semaphore::new(n))),
             config,
             queue: Queue::default(),
             counters: Counters::default(),
             next_id: AtomicU64::new(1),
             terminate: CancellationToken::new(),
+            terminating: Default::default(),
             tracker: TaskTracker::new(),
             workers: Mutex::new(vec![None; slots]),
             worker_tasks: (0..slots).map(|_| AtomicU64::new(0)).collect(),
@@ -246,6 +271,14 @@ impl Shared {
             timed_out: get(&c.timed_out),
             cancelled: get(&c.cancelled),
             queued: self.queue.len(),
+            admitted: self.bound.as_ref().map_or(0, |sem| {
+                self.config
+                    .queue_bound
+                    .unwrap_or(0)
+                    .saturating_sub(sem.available_permits())
+            }),
+            queue_bound: self.config.queue_bound,
+            rejected: get(&c.rejected),
             workers_started: get(&c.workers_started),
             workers_recycled: get(&c.workers_recycled),
             workers_crashed: get(&c.workers_crashed),
@@ -273,9 +306,50 @@ impl Shared {
         }
     }
 
+    /// Refuses new work from now on; what is queued still runs. Tasks waiting for room
+    /// under the queue bound stop waiting and fail as `Closed`.
+    pub(crate) fn close(&self) {
+        self.queue.close();
+        if let Some(sem) = &self.bound {
+            sem.close();
+        }
+    }
+
+    /// A place for one task under the queue bound, now. With `check_closed`, a closed
+    /// pool says so even without a bound (else the closed queue refuses the job).
+    pub(crate) fn try_admit(&self, check_closed: bool) -> Admit {
+        if check_closed && self.queue.is_closed() {
+            return Admit::Closed;
+        }
+        let Some(sem) = &self.bound else {
+            return Admit::Unbounded;
+        };
+        match sem.clone().try_acquire_owned() {
+            Ok(permit) => Admit::Admitted(permit),
+            // Closed first, then the semaphore: a full pool that is closing is closed.
+            Err(TryAcquireError::NoPermits) if self.queue.is_closed() => Admit::Closed,
+            Err(TryAcquireError::NoPermits) => Admit::Full(sem.clone()),
+            Err(TryAcquireError::Closed) => Admit::Closed,
+        }
+    }
+
+    /// The error of a task that was refused a place, or waited for one, when the pool
+    /// closed.
+    pub(crate) fn closed_error(&self) -> crate::TaskError {
+        if self.terminating.load(Ordering::Relaxed) {
+            crate::TaskError::Terminated
+        } else {
+            crate::TaskError::Closed
+        }
+    }
+
     /// Stops everything now: refuse and fail queued work, tell drivers to kill.
     pub(crate) fn start_terminate(&self) {
-        self.queue.close();
+        // First: a task waiting for room, or refused, from now on hears `Terminated`;
+        // and the queue bound is closed before `fail_all` frees places, which would
+        // otherwise let such a task in.
+        self.terminating.store(true, Ordering::Relaxed);
+        self.close();
         let failed = self.queue.fail_all(&crate::TaskError::Terminated);
         Counters::add(&self.counters.failed, failed);
         self.terminate.cancel();

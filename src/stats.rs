@@ -16,8 +16,20 @@ pub struct PoolStats {
     pub timed_out: u64,
     /// Tasks cancelled: dropped before they started, or aborted.
     pub cancelled: u64,
-    /// Jobs (tasks or chunks of tasks) waiting in the queue.
+    /// Jobs (tasks or chunks of tasks) waiting in the queue now.
     pub queued: usize,
+    /// Tasks holding a place under the queue bound now: submitted and not yet resolved,
+    /// queued or running (see [`PoolBuilder::queue_bound`](crate::PoolBuilder::queue_bound)).
+    /// Always 0 in a pool without a bound.
+    pub admitted: usize,
+    /// The pool's [queue bound](crate::PoolBuilder::queue_bound), if it has one.
+    pub queue_bound: Option<usize>,
+    /// Tasks refused because the queue bound was reached
+    /// ([`TaskError::QueueFull`](crate::TaskError::QueueFull), from
+    /// [`Pool::try_apply`](crate::Pool::try_apply) and
+    /// [`Pool::try_apply_async`](crate::Pool::try_apply_async)), since the pool started.
+    /// They are not counted in [`submitted`](PoolStats::submitted).
+    pub rejected: u64,
     /// Worker processes started, replacements included.
     pub workers_started: u64,
     /// Workers retired after `max_tasks_per_child`.

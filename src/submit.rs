@@ -6,17 +6,19 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tokio_util::sync::PollSemaphore;
 
 use crate::error::{Payload, TaskError};
 use crate::protocol::codec::encode_chunk;
 use crate::protocol::job::{write_byte_string_chunk, write_job_frame, FrameError};
 use crate::protocol::FnRef;
-use crate::queue::{AbortSignal, ChunkRun, Job, Reply, ReplyTo};
+use crate::queue::{AbortSignal, Admission, ChunkRun, Job, Release, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
 use crate::trace::event;
 
@@ -53,61 +55,10 @@ impl Submitter {
         self.shared().next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Queues a job whose reply goes to a oneshot; returns its receiver and the id.
-    /// With `direct`, for a caller that is about to wait for the result, an idle worker
-    /// of tiny tasks may run the job at once, in this call (see [`crate::direct`];
-    /// bounded by the pool's `spin`).
-    pub(crate) fn submit(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        abort: Option<Arc<AbortSignal>>,
-        direct: bool,
-    ) -> (oneshot::Receiver<Reply>, u64) {
-        let (tx, rx) = oneshot::channel();
-        let id = job.id;
-        self.submit_to(job, timeout, abort, ReplyTo::One(tx), direct);
-        (rx, id)
-    }
-
-    /// Queues a job whose reply goes to `reply`.
-    pub(crate) fn submit_to(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        abort: Option<Arc<AbortSignal>>,
-        reply: ReplyTo,
-        direct: bool,
-    ) {
-        if let Some(mut job) = self.prepare(job, timeout, reply) {
-            job.abort = abort;
-            self.submit_job(job, direct);
-        }
-    }
-
-    /// Makes a job of `job` for the queue, or fails it at once (`None`) if it could not
-    /// be encoded.
-    pub(crate) fn prepare(
-        &self,
-        job: JobFrame,
-        timeout: Option<Duration>,
-        reply: ReplyTo,
-    ) -> Option<Job> {
-        match job.frame {
-            Ok(frame) => Some(Job {
-                id: job.id,
-                frame: frame.into(),
-                tail: job.tail,
-                tasks: job.tasks,
-                timeout,
-                abort: None,
-                reply,
-            }),
-            Err(e) => {
-                reply.send(Err(e));
-                None
-            }
-        }
+    /// The pool's shared state, to keep without keeping the pool alive (a task waiting
+    /// for room under the queue bound does).
+    pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
+        &self.inner.shared
     }
 
     /// Queues a stream's run of chunks under one lock of the queue.
@@ -117,36 +68,60 @@ impl Submitter {
         event!(tracing::Level::TRACE, tasks, "chunks submitted");
         Counters::add(&shared.counters.submitted, tasks);
     }
+}
 
-    fn submit_job(&self, job: Job, direct: bool) {
-        let shared = self.shared();
-        let tasks = job.tasks;
-        event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
-        let job = match direct {
-            true => {
-                // Counted first, so that stats never show a task done before it was
-                // submitted.
-                let submitted = &shared.counters.submitted;
-                Counters::add(submitted, tasks as u64);
-                match crate::direct::try_direct(shared, job) {
-                    Ok(()) => return,
-                    Err(job) => {
-                        submitted.fetch_sub(tasks as u64, std::sync::atomic::Ordering::Relaxed);
-                        job
-                    }
+/// Queues a single task's job, whose reply goes to `tx` and whose place under the
+/// queue bound is `admission`. With `direct`, for a caller that is about to wait for
+/// the result, an idle worker of tiny tasks may run the job at once, in this call (see
+/// [`crate::direct`]; bounded by the pool's `spin`).
+pub(crate) fn submit_one(
+    shared: &Shared,
+    job: JobFrame,
+    timeout: Option<Duration>,
+    abort: Arc<AbortSignal>,
+    (admission, tx): (Admission, oneshot::Sender<Reply>),
+    direct: bool,
+) {
+    let reply = ReplyTo::One(tx, Release(admission));
+    let job = match job.frame {
+        Ok(frame) => Job {
+            id: job.id,
+            frame: frame.into(),
+            tail: job.tail,
+            tasks: job.tasks,
+            timeout,
+            abort: Some(abort),
+            reply,
+        },
+        Err(e) => return reply.send(Err(e)),
+    };
+    let tasks = job.tasks;
+    event!(tracing::Level::TRACE, job = job.id, tasks, "job submitted");
+    let job = match direct {
+        true => {
+            // Counted first, so that stats never show a task done before it was
+            // submitted.
+            let submitted = &shared.counters.submitted;
+            Counters::add(submitted, tasks as u64);
+            match crate::direct::try_direct(shared, job) {
+                Ok(()) => return,
+                Err(job) => {
+                    submitted.fetch_sub(tasks as u64, Ordering::Relaxed);
+                    job
                 }
             }
-            false => job,
-        };
-        match shared.queue.push(job) {
-            Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
-            Err(job) => job.fail(TaskError::Closed),
         }
+        false => job,
+    };
+    match shared.queue.push(job) {
+        Ok(()) => Counters::add(&shared.counters.submitted, tasks as u64),
+        Err(job) => job.fail(TaskError::Closed),
     }
 }
 
 /// A job's frame, ready to write: a 4-byte length, the header, the chunk of arguments,
 /// encoded straight into one buffer.
+#[derive(Debug)]
 pub(crate) struct JobFrame {
     pub(crate) id: u64,
     tasks: usize,
@@ -254,5 +229,94 @@ impl JobFrame {
             frame,
             tail,
         }
+    }
+}
+
+/// A single task waiting for room under the queue bound, submitted once it has a
+/// place: polled by its handle, or by a task of its own (see
+/// [`Apply::spawn`](crate::Apply::spawn)). It waits in the semaphore's line, first come
+/// first served, from its first poll.
+#[derive(Debug)]
+pub(crate) struct WaitForRoom {
+    room: PollSemaphore,
+    shared: Arc<Shared>,
+    task: Option<Waiting>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    job: JobFrame,
+    timeout: Option<Duration>,
+    abort: Arc<AbortSignal>,
+    admission: Admission,
+    tx: oneshot::Sender<Reply>,
+    direct: bool,
+}
+
+impl Waiting {
+    /// Whether nobody waits for the task any more: its handle was dropped or aborted.
+    fn is_abandoned(&self) -> bool {
+        self.abort.is_aborted() || self.tx.is_closed()
+    }
+}
+
+impl WaitForRoom {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        room: Arc<tokio::sync::Semaphore>,
+        (job, timeout): (JobFrame, Option<Duration>),
+        abort: Arc<AbortSignal>,
+        (admission, tx): (Admission, oneshot::Sender<Reply>),
+        direct: bool,
+    ) -> Self {
+        WaitForRoom {
+            room: PollSemaphore::new(room),
+            shared,
+            task: Some(Waiting {
+                job,
+                timeout,
+                abort,
+                admission,
+                tx,
+                direct,
+            }),
+        }
+    }
+
+    /// Ready once the task is submitted, or given up: its handle is gone or aborted
+    /// (then its place, if it got one, is released at once), or the pool closed while
+    /// it waited (then its reply says `Closed` or `Terminated`).
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(task) = &self.task else {
+            return Poll::Ready(());
+        };
+        if task.is_abandoned() {
+            self.task = None;
+            return Poll::Ready(());
+        }
+        let permit = ready!(self.room.poll_acquire(cx));
+        let Some(task) = self.task.take() else {
+            return Poll::Ready(());
+        };
+        let Some(permit) = permit else {
+            let _ = task.tx.send(Err(self.shared.closed_error()));
+            return Poll::Ready(());
+        };
+        task.admission.add(permit);
+        // Looked at again after the place is in the admission: a handle dropped or
+        // aborted meanwhile either released it already or is seen here.
+        if task.is_abandoned() {
+            task.admission.release();
+            return Poll::Ready(());
+        }
+        submit_one(
+            &self.shared,
+            task.job,
+            task.timeout,
+            task.abort,
+            (task.admission, task.tx),
+            task.direct,
+        );
+        Poll::Ready(())
     }
 }

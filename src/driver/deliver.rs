@@ -87,7 +87,8 @@ impl<'a> Deliveries<'a> {
     #[inline]
     pub(crate) fn send(&mut self, to: ReplyTo, reply: Reply, tally: Tally) {
         match to {
-            ReplyTo::One(tx) => {
+            ReplyTo::One(tx, place) => {
+                drop(place);
                 tally.count(self.shared, self.slot);
                 let _ = tx.send(reply);
             }

@@ -25,7 +25,9 @@ const ABORTED_QUEUED: u8 = 2;
 const ABORTED_TAKEN: u8 = 3;
 
 impl AbortSignal {
-    pub(crate) fn abort(&self) {
+    /// Aborts the job; true if it was queued (then it will never run, and its handle
+    /// is woken to resolve as cancelled).
+    pub(crate) fn abort(&self) -> bool {
         let mut state = self.state.load(Ordering::Acquire);
         loop {
             // Lands on whatever the state is when the swap succeeds: a driver may take
@@ -35,17 +37,32 @@ impl AbortSignal {
             let aborted = match state {
                 QUEUED => ABORTED_QUEUED,
                 TAKEN => ABORTED_TAKEN,
-                _ => return, // Aborted already.
+                _ => return false, // Aborted already.
             };
             match self
                 .state
                 .compare_exchange(state, aborted, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) if aborted == ABORTED_QUEUED => return self.handle.wake(),
-                Ok(_) => return self.waker.wake(),
+                Ok(_) if aborted == ABORTED_QUEUED => {
+                    self.handle.wake();
+                    return true;
+                }
+                Ok(_) => {
+                    self.waker.wake();
+                    return false;
+                }
                 Err(now) => state = now,
             }
         }
+    }
+
+    /// For a handle dropped: if the job is still queued, it will never run (as if
+    /// aborted; nobody is woken, the handle is gone); true then. A job already taken
+    /// is left to run, detached.
+    pub(crate) fn cancel_queued(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, ABORTED_QUEUED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Called by the driver that takes the job: false if the job was aborted first.

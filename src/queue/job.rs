@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::error::TaskError;
+use crate::queue::admission::Admission;
 use crate::queue::cancel::AbortSignal;
 use crate::queue::route::{FeedReply, Inbox, ReplyTo};
 use crate::transport::Outgoing;
@@ -84,6 +85,9 @@ pub(crate) struct ChunkRun {
     pub(super) inbox: Arc<Inbox>,
     pub(super) timeout: Option<Duration>,
     pub(super) chunks: VecDeque<QueuedChunk>,
+    /// The stream's places under the queue bound, from which each chunk taken takes
+    /// its tasks' (see [`crate::queue::admission`]).
+    pub(super) admission: Admission,
 }
 
 /// One chunk of [`ChunkRun`].
@@ -105,6 +109,7 @@ impl ChunkRun {
         inbox: Arc<Inbox>,
         timeout: Option<Duration>,
         chunks: VecDeque<QueuedChunk>,
+        admission: Admission,
     ) -> Self {
         ChunkRun {
             frames,
@@ -112,6 +117,7 @@ impl ChunkRun {
             inbox,
             timeout,
             chunks,
+            admission,
         }
     }
 
@@ -133,14 +139,28 @@ impl ChunkRun {
             tasks: chunk.tasks as usize,
             timeout: self.timeout,
             abort: None,
-            reply: ReplyTo::Feed(FeedReply::new(self.inbox.clone(), chunk.seq)),
+            reply: ReplyTo::Feed(FeedReply::new(
+                self.inbox.clone(),
+                chunk.seq,
+                self.admission.take(chunk.tasks as usize),
+            )),
         })
     }
 
-    /// Answers every chunk left with `error`.
+    /// Answers every chunk left with `error` (their places under the bound released
+    /// first).
     pub(super) fn fail(&mut self, error: &TaskError) {
+        self.release();
         let replies = self.chunks.drain(..).map(|c| (c.seq, Err(error.clone())));
         self.inbox.put(replies);
+    }
+}
+
+impl ChunkRun {
+    /// Releases the places under the bound of the chunks left, which will not run.
+    pub(super) fn release(&self) {
+        let tasks = usize::try_from(self.tasks()).unwrap_or(usize::MAX);
+        drop(self.admission.take(tasks));
     }
 }
 

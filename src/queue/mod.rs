@@ -7,6 +7,7 @@
 //! `map`-family stream queues its chunks a batch at a time, as one entry
 //! ([`ChunkRun`]); a driver makes each chunk's [`Job`] as it takes it.
 
+pub(crate) mod admission;
 pub(crate) mod cancel;
 pub(crate) mod job;
 pub(crate) mod route;
@@ -17,6 +18,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::error::TaskError;
 
+pub(crate) use admission::{Admission, Release};
 pub(crate) use cancel::AbortSignal;
 pub(crate) use job::{ChunkRun, Handover, Job, QueuedChunk};
 pub(crate) use route::{Inbox, Reply, ReplyTo};
@@ -60,6 +62,7 @@ impl State {
                 Entry::ChunkRun(chunks) if chunks.inbox.is_closed() => {
                     // The stream is gone: its chunks go unanswered, all at once.
                     let n = chunks.chunks.len();
+                    chunks.release();
                     chunks.chunks.clear();
                     self.len -= n;
                     skipped += n as u64;
@@ -308,7 +311,13 @@ mod tests {
                 tasks: 1,
             })
             .collect();
-        ChunkRun::new(frames.into(), inbox.clone(), None, chunks)
+        ChunkRun::new(
+            frames.into(),
+            inbox.clone(),
+            None,
+            chunks,
+            Admission::default(),
+        )
     }
 
     fn take_replies(inbox: &Inbox) -> Vec<(u64, Reply)> {
@@ -345,7 +354,7 @@ mod tests {
                 tasks: 1,
                 timeout: None,
                 abort: None,
-                reply: ReplyTo::One(tx),
+                reply: ReplyTo::One(tx, Release::default()),
             }
         };
         assert!(queue.push(single(1)).is_ok());

@@ -7,10 +7,11 @@ use std::task::{Context, Poll};
 use crate::sync::atomic::{AtomicBool, Ordering};
 use crate::sync::{AtomicWaker, Mutex};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::error::TaskError;
 use crate::protocol::results::Results;
+use crate::queue::admission::Release;
 
 /// What a job's caller receives: its results, or why there are none.
 pub(crate) type Reply = Result<Results, TaskError>;
@@ -18,8 +19,9 @@ pub(crate) type Reply = Result<Results, TaskError>;
 /// Where a job's reply goes.
 #[derive(Debug)]
 pub(crate) enum ReplyTo {
-    /// A single task's handle.
-    One(oneshot::Sender<Reply>),
+    /// A single task's handle, and the task's place under the queue bound (released
+    /// just before the reply is sent).
+    One(oneshot::Sender<Reply>, Release),
     /// A `map`-family stream, which receives every chunk's reply on one channel,
     /// tagged with the chunk's sequence number. (A channel per stream, not a oneshot
     /// per chunk: a `map` of 200,000 tasks would otherwise poll 200,000 futures.)
@@ -101,14 +103,18 @@ pub(crate) struct FeedReply {
     inbox: Arc<Inbox>,
     seq: u64,
     sent: bool,
+    /// The chunk's tasks' places under the queue bound: released before the reply is
+    /// handed over (or when it is dropped).
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl FeedReply {
-    pub(crate) fn new(inbox: Arc<Inbox>, seq: u64) -> Self {
+    pub(crate) fn new(inbox: Arc<Inbox>, seq: u64, permit: Option<OwnedSemaphorePermit>) -> Self {
         FeedReply {
             inbox,
             seq,
             sent: false,
+            permit,
         }
     }
 }
@@ -124,12 +130,14 @@ impl FeedReply {
     #[inline]
     pub(crate) fn settle(mut self) -> u64 {
         self.sent = true;
+        self.permit = None;
         self.seq
     }
 }
 
 impl Drop for FeedReply {
     fn drop(&mut self) {
+        self.permit = None;
         if !self.sent {
             self.inbox.answer(self.seq, Err(TaskError::Terminated));
         }
@@ -139,11 +147,13 @@ impl Drop for FeedReply {
 impl ReplyTo {
     pub(crate) fn send(self, reply: Reply) {
         match self {
-            ReplyTo::One(tx) => {
+            ReplyTo::One(tx, place) => {
+                drop(place);
                 let _ = tx.send(reply);
             }
             ReplyTo::Feed(mut feed) => {
                 feed.sent = true;
+                feed.permit = None;
                 feed.inbox.answer(feed.seq, reply);
             }
             ReplyTo::Nobody => {}
@@ -153,7 +163,7 @@ impl ReplyTo {
     /// Whether nobody listens any more.
     pub(crate) fn is_closed(&self) -> bool {
         match self {
-            ReplyTo::One(tx) => tx.is_closed(),
+            ReplyTo::One(tx, _) => tx.is_closed(),
             ReplyTo::Feed(feed) => feed.inbox.is_closed(),
             ReplyTo::Nobody => true,
         }

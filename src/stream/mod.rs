@@ -17,9 +17,11 @@ use std::time::Duration;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::PollSemaphore;
 
 use crate::error::TaskError;
-use crate::queue::{ChunkRun, QueuedChunk};
+use crate::queue::{Admission, ChunkRun, QueuedChunk};
 use crate::submit::{encode_frame, Submitter};
 
 mod in_flight;
@@ -82,6 +84,16 @@ pub(crate) struct Feed<A, R: DeserializeOwned + 'static> {
     input_panic: Option<Box<dyn std::any::Any + Send>>,
     chunk: Vec<A>,
     chunk_size: usize,
+    /// The pool's queue bound, when it has one: each item takes a place before it
+    /// joins a chunk (see [`crate::queue::admission`]).
+    room: Option<PollSemaphore>,
+    /// The places of the items in `chunk`.
+    chunk_places: Option<OwnedSemaphorePermit>,
+    /// An item taken from the input that waits for a place.
+    waiting: Option<A>,
+    /// The places of this stream's chunks that are queued and not yet taken by a
+    /// driver; released when the stream goes.
+    admission: Admission,
     /// `None`: see [`Feed::room`].
     max_in_flight: Option<usize>,
     timeout: Option<Duration>,
@@ -116,7 +128,16 @@ where
             None => 1,
         });
         let max_in_flight = opts.max_in_flight;
+        let room = pool.shared().bound.clone().map(PollSemaphore::new);
+        let admission = match room {
+            Some(_) => Admission::shared(),
+            None => Admission::default(),
+        };
         Feed {
+            room,
+            chunk_places: None,
+            waiting: None,
+            admission,
             pool,
             func,
             input,
@@ -157,8 +178,12 @@ where
         // The buffer is kept for the next chunk (its items are dropped here).
         self.chunk.clear();
         let seq = self.in_flight.push(tasks);
+        let places = self.chunk_places.take();
         match encoded {
             Ok(()) => {
+                if let Some(places) = places {
+                    self.admission.add(places);
+                }
                 self.batch.push_back(QueuedChunk {
                     id,
                     seq,
@@ -181,7 +206,13 @@ where
             Vec::with_capacity(size),
         ));
         let batch = std::mem::replace(&mut self.batch, VecDeque::with_capacity(BATCH));
-        let chunks = ChunkRun::new(frames, self.in_flight.inbox.clone(), self.timeout, batch);
+        let chunks = ChunkRun::new(
+            frames,
+            self.in_flight.inbox.clone(),
+            self.timeout,
+            batch,
+            self.admission.clone(),
+        );
         self.pool.submit_chunks(chunks);
     }
 
@@ -198,6 +229,22 @@ where
         })
     }
 
+    /// A place under the pool's queue bound for one more item of `chunk` (at once
+    /// without a bound; none when the pool is closed: the closed queue refuses the
+    /// chunk).
+    fn admit(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(room) = &mut self.room else {
+            return Poll::Ready(());
+        };
+        if let Some(place) = ready!(room.poll_acquire(cx)) {
+            match &mut self.chunk_places {
+                Some(places) => places.merge(place),
+                None => self.chunk_places = Some(place),
+            }
+        }
+        Poll::Ready(())
+    }
+
     /// Pulls input and submits chunks while there is room in flight.
     fn fill(&mut self, cx: &mut Context<'_>) {
         let room = self.room();
@@ -207,32 +254,49 @@ where
         if self.max_in_flight.is_none() && self.in_flight.len() > room / 2 {
             return;
         }
-        while !self.input_done && self.in_flight.len() < room {
+        while (!self.input_done || self.waiting.is_some()) && self.in_flight.len() < room {
             let mut pending = false;
             while self.chunk.len() < self.chunk_size {
-                // The input is the caller's code: a panic in it ends the input here,
-                // and is resumed at its place in the results (see `poll_next`).
-                let input = &mut self.input;
-                let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    input.poll_next_unpin(cx)
-                }));
-                match next {
-                    Ok(Poll::Ready(Some(item))) => self.chunk.push(item),
-                    Ok(Poll::Ready(None)) => {
-                        self.input_done = true;
-                        break;
+                let item = match self.waiting.take() {
+                    Some(item) => item,
+                    None if self.input_done => break,
+                    None => {
+                        // The input is the caller's code: a panic in it ends the input
+                        // here, and is resumed at its place in the results (see
+                        // `poll_next`).
+                        let input = &mut self.input;
+                        let next = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            input.poll_next_unpin(cx)
+                        }));
+                        match next {
+                            Ok(Poll::Ready(Some(item))) => item,
+                            Ok(Poll::Ready(None)) => {
+                                self.input_done = true;
+                                break;
+                            }
+                            Ok(Poll::Pending) => {
+                                pending = true;
+                                break;
+                            }
+                            Err(panic) => {
+                                // It is not polled again, nor dropped before the feed.
+                                self.input_panic = Some(panic);
+                                self.input_done = true;
+                                break;
+                            }
+                        }
                     }
-                    Ok(Poll::Pending) => {
-                        pending = true;
-                        break;
-                    }
-                    Err(panic) => {
-                        // It is not polled again, nor dropped before the feed.
-                        self.input_panic = Some(panic);
-                        self.input_done = true;
-                        break;
-                    }
+                };
+                // No room under the queue bound: the item waits for a place, and the
+                // chunk gathered so far goes out (its places come back as its tasks
+                // end; holding them while waiting for more could leave every place
+                // held by chunks that wait for one).
+                if self.admit(cx).is_pending() {
+                    self.waiting = Some(item);
+                    pending = true;
+                    break;
                 }
+                self.chunk.push(item);
             }
             // A short chunk goes out when the input has nothing more ready: items that
             // arrived do not wait for ones that have not.
@@ -270,18 +334,27 @@ where
                 }
                 Poll::Ready(Some(results))
             }
-            Poll::Ready(None) if this.input_done => match this.input_panic.take() {
-                // Every item before the panic has been answered and yielded: the
-                // panic comes at its place, after them.
-                Some(panic) => std::panic::resume_unwind(panic),
-                None => Poll::Ready(None),
-            },
+            Poll::Ready(None) if this.input_done && this.waiting.is_none() => {
+                match this.input_panic.take() {
+                    // Every item before the panic has been answered and yielded: the
+                    // panic comes at its place, after them.
+                    Some(panic) => std::panic::resume_unwind(panic),
+                    None => Poll::Ready(None),
+                }
+            }
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
 }
 
 impl<A, R: DeserializeOwned + 'static> Unpin for Feed<A, R> {}
+
+impl<A, R: DeserializeOwned + 'static> Drop for Feed<A, R> {
+    /// The places of its chunks still queued come back now: they will not run.
+    fn drop(&mut self) {
+        self.admission.release();
+    }
+}
 
 /// The chunks of results of a `map`-family call.
 pub(crate) type Chunks<R> = BoxStream<'static, Vec<Result<R, TaskError>>>;

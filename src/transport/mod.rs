@@ -325,7 +325,7 @@ mod tests {
             tasks: 1,
             timeout: None,
             abort: None,
-            reply: ReplyTo::One(tokio::sync::oneshot::channel().0),
+            reply: ReplyTo::One(tokio::sync::oneshot::channel().0, Default::default()),
         }
     }
 
