@@ -188,6 +188,11 @@ async fn supervise_slot(
                     index = slot,
                     "worker killed: pool terminated"
                 );
+                if worker.remote.is_some() {
+                    // The end of its link ends a remote worker at once (its keeper kills
+                    // it), before its launcher is ended.
+                    worker.link.shutdown().await;
+                }
                 worker.child.kill_and_reap(REAP_BOUND).await;
                 return;
             }

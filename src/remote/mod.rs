@@ -50,6 +50,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 ///     .remote(Launcher::srun().arg("--partition=cpu"), 8) // and eight through Slurm
 ///     .build()
 ///     .await?;
+/// assert_eq!(pool.processes(), 14);
 /// # Ok(()) }
 /// ```
 ///

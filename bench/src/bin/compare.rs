@@ -28,6 +28,10 @@ use serde_bytes::ByteBuf;
 
 use procpool_bench::{echo_bytes, echo_vec, identity, median, spin, Channel, RawPeer};
 
+// Workers on other machines: what a link costs (its own file).
+#[path = "../remote_section.rs"]
+mod remote_section;
+
 /// How much of everything to run.
 #[derive(Debug, Clone, Copy)]
 struct Sizes {
@@ -1477,6 +1481,7 @@ fn busy_pct(window: Duration) -> f64 {
 struct Args {
     quick: bool,
     grown_only: bool,
+    remote_only: bool,
     python: Option<String>,
 }
 
@@ -1484,6 +1489,7 @@ fn parse_args() -> Args {
     let mut args = Args {
         quick: false,
         grown_only: false,
+        remote_only: false,
         python: None,
     };
     let mut it = std::env::args().skip(1);
@@ -1491,11 +1497,13 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--grown-only" => args.grown_only = true,
+            "--remote-only" => args.remote_only = true,
             "--python" => args.python = it.next(),
             "-h" | "--help" => {
                 println!(
-                    "usage: compare [--quick] [--grown-only] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
+                    "usage: compare [--quick] [--grown-only] [--remote-only] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
                      --grown-only   only the start-up with this process grown to 1 GiB\n  \
+                     --remote-only  only the workers on other machines (ssh, srun)\n  \
                      --python FILE  judge Python-relative targets with bench_pools.py's JSON"
                 );
                 std::process::exit(0);
@@ -1549,7 +1557,9 @@ fn main() {
     );
     // Memory first: a forked worker's RSS counts the parent's pages, so measure it
     // while the parent is small.
-    if !args.grown_only {
+    if args.remote_only {
+        remote_section::remote(&rt, &s, &mut t);
+    } else if !args.grown_only {
         memory(&rt, &s, &mut t, py.as_ref());
         startup(&rt, &s, &mut t, py.as_ref());
         latency(&rt, &s, &mut t, py.as_ref());
@@ -1557,8 +1567,11 @@ fn main() {
         cpu(&rt, &s, &mut t);
         payload(&rt, &s, &mut t, py.as_ref());
         sandbox(&rt, &s, &mut t);
+        remote_section::remote(&rt, &s, &mut t);
     }
-    grown(&rt, &s, &mut t);
+    if !args.remote_only {
+        grown(&rt, &s, &mut t);
+    }
     drop(rt);
 
     let wall = run_start.elapsed().as_secs_f64();
