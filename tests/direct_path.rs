@@ -890,6 +890,8 @@ async fn abort_of_a_quiet_handover(in_a_task: bool) {
         assert!((&mut handle).now_or_never().is_none(), "it never ends");
         handle
     };
+    // The task only submits: it hands back the handle, not awaited, on purpose.
+    #[allow(clippy::async_yields_async)]
     let handle = match in_a_task {
         true => within("submit in a task", tokio::spawn(async move { submit() }))
             .await
