@@ -22,8 +22,11 @@
 //! Waiting, both sides: the pool asks for a wake-up by setting `pool_waiting` and then
 //! looking at `write` once more; the worker publishes `write` and then takes
 //! `pool_waiting` (both sequentially consistent, so one of them sees the other). A
-//! worker that finds the ring full sleeps on a futex in the shared page, which the pool
-//! wakes when it frees space, with the same two-sided handshake.
+//! caller on the direct path that sleeps on its own thread asks, with the same
+//! handshake, to be woken on a futex in the shared page instead (see
+//! [`PoolRing::sleep_for`]): then the reply wakes that thread alone, not the runtime's
+//! reactor. A worker that finds the ring full sleeps on a futex in the shared page,
+//! which the pool wakes when it frees space, with the same two-sided handshake.
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -891,6 +894,43 @@ mod tests {
         assert!(matches!(pool.pop().unwrap(), Some(Record::OnSocket)));
         assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"x"));
         assert!(pool.pop().unwrap().is_none());
+    }
+
+    /// A pool that sleeps on the ring is woken on the futex, not through the socket
+    /// (the worker's push says no socket wake-up is due), and finds the record; one
+    /// that finds nothing sleeps until its deadline, and asks for nothing after.
+    #[test]
+    fn a_pool_sleeping_on_the_ring_is_woken_on_the_futex() {
+        let (mut pool, worker) = pair();
+        // Nothing comes: it returns false, not before its deadline.
+        let until = std::time::Instant::now() + Duration::from_millis(20);
+        assert!(!pool.sleep_for(until));
+        assert!(std::time::Instant::now() >= until);
+        assert!(
+            !worker.push(&record(b"a"), || false).unwrap(),
+            "no wake-up asked"
+        );
+        // Already there: at once.
+        let far = std::time::Instant::now() + Duration::from_secs(30);
+        assert!(pool.sleep_for(far));
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"a"));
+        // Written while it sleeps: the worker wakes it, and owes the socket nothing.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let socket = worker.push(&record(b"b"), || false).unwrap();
+            (worker, socket)
+        });
+        assert!(pool.sleep_for(far));
+        assert!(
+            std::time::Instant::now() < far,
+            "woken by the record, not by the deadline"
+        );
+        let (worker, socket) = writer.join().unwrap();
+        assert!(!socket, "a futex sleeper needs no wake-up on the socket");
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"b"));
+        // Then the socket's way again.
+        assert!(!pool.want_wakeup());
+        assert!(worker.push(&record(b"c"), || false).unwrap());
     }
 
     #[test]
