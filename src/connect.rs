@@ -104,15 +104,11 @@ pub(crate) async fn connect(
         }
         let ring = match setup.ring {
             true => {
-                let (mut ring, fd) = PoolRing::create()
+                let (ring, fd) = PoolRing::create()
                     .map_err(|e| format!("could not make its reply ring: {e}"))?;
-                let wake = ring
-                    .wake_socket()
-                    .map_err(|e| format!("could not make its wake socket: {e}"))?;
                 let mut wire = (message.len() as u32).to_be_bytes().to_vec();
                 wire.extend_from_slice(&message);
-                let fds = [fd.as_raw_fd(), wake.as_raw_fd()];
-                send_with_fds(writer.get_ref().as_ref(), &wire, &fds)
+                send_with_fds(writer.get_ref().as_ref(), &wire, &[fd.as_raw_fd()])
                     .await
                     .map_err(|e| format!("could not send setup: {e}"))?;
                 Some(ring)

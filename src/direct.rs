@@ -14,9 +14,9 @@
 //! - with [`Polling::caller`](crate::Polling::caller), by polling the reply ring;
 //! - else, on a thread that runs nothing but this caller meanwhile (the body of
 //!   `block_on` on a multi-thread runtime, or a thread outside any runtime), by
-//!   sleeping for up to [`SLEEP`] on the ring's wake socket, on which the worker wakes
-//!   it when it writes the reply: the round trip wakes the worker and the caller, as a
-//!   blocking pipe's does, and nothing else.
+//!   sleeping on the ring's futex for up to [`SLEEP`], which the worker wakes when it
+//!   writes the reply: the round trip wakes the worker and the caller, as a blocking
+//!   pipe's does, and nothing else.
 //!
 //! A reply that comes is delivered there, and the port offered again. Otherwise (a
 //! longer task, a caller in a task, which must not block its runtime thread) the caller
@@ -62,7 +62,7 @@ pub(crate) const SLEEP: Duration = Duration::from_micros(100);
 enum Wait {
     /// Polls the reply ring, for up to this long.
     Spin(Duration),
-    /// Sleeps on the ring (its wake socket), for up to this long.
+    /// Sleeps on the ring's futex, for up to this long.
     Sleep(Duration),
     /// Hands the job to the driver at once.
     No,

@@ -23,14 +23,14 @@
 //! looking at `write` once more; the worker publishes `write` and then takes
 //! `pool_waiting` (both sequentially consistent, so one of them sees the other). A
 //! caller on the direct path that sleeps on its own thread asks, with the same
-//! handshake, to be woken on the ring's own wake socket instead (a futex in the shared
-//! page where the worker has none; see [`PoolRing::sleep_for`]): then the reply wakes
-//! that thread alone, not the runtime's reactor. A worker that finds the ring full sleeps on a futex in the shared page,
+//! handshake, to be woken on a futex in the shared page instead (see
+//! [`PoolRing::sleep_for`]): then the reply wakes that thread alone, not the runtime's
+//! reactor. A worker that finds the ring full sleeps on a futex in the shared page,
 //! which the pool wakes when it frees space, with the same two-sided handshake.
 
 use std::io;
 use std::num::NonZeroUsize;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
 use std::sync::RwLock;
@@ -68,7 +68,7 @@ struct Header {
     _pad1: [u8; 56],
     /// The pool is going to sleep: wake it through the socket ([`WAKE_SOCKET`]), or,
     /// for a caller that sleeps on the ring itself, on the futex `pool_wake`
-    /// ([`WAKE_CALLER`]).
+    /// ([`WAKE_FUTEX`]).
     pool_waiting: AtomicU32,
     /// The futex word of a caller sleeping on the ring (see [`PoolRing::sleep_for`]):
     /// bumped by the worker each time it wakes one.
@@ -90,10 +90,8 @@ struct Header {
 /// `pool_waiting`: wake the pool through the socket.
 const WAKE_SOCKET: u32 = 1;
 
-/// `pool_waiting`: wake the caller that sleeps on the ring: through the wake socket
-/// if the worker has one (see [`PoolRing::wake_socket`]), else on the futex
-/// `pool_wake`.
-const WAKE_CALLER: u32 = 2;
+/// `pool_waiting`: wake the pool on the futex `pool_wake`.
+const WAKE_FUTEX: u32 = 2;
 
 /// Set in the gate while jobs sent ahead to the worker are taken back.
 const REVOKED: u64 = 1 << 63;
@@ -241,8 +239,6 @@ pub(crate) struct PoolRing {
     /// How many jobs have been sent to the worker, by its driver or by callers on the
     /// direct path (whoever holds the worker), counting from 1 as the gate does.
     sent: u64,
-    /// The pool's end of the wake socket, if made (see [`wake_socket`](Self::wake_socket)).
-    wake: Option<OwnedFd>,
 }
 
 /// The pool gives room back to the worker once it has consumed this much.
@@ -295,7 +291,6 @@ impl PoolRing {
             seen_write: 0,
             released: 0,
             sent: 0,
-            wake: None,
         };
         Ok((ring, fd))
     }
@@ -448,31 +443,12 @@ impl PoolRing {
         h.write.load(SeqCst) != self.cursor
     }
 
-    /// Makes the wake socket, a datagram socketpair on which the worker wakes a
-    /// caller sleeping on the ring (see [`sleep_for`](Self::sleep_for)); returns the
-    /// worker's end, to send it with the setup. Without one, callers sleep on a futex
-    /// in the shared page instead. A socket, not the futex, because the kernel marks a
-    /// socket's wake-up as synchronous (the waker is about to sleep), which draws the
-    /// woken caller to the worker's CPU, as a pipe's round trip does; woken by a futex,
-    /// it is often woken on another, idle CPU, which costs tens of microseconds more on
-    /// a virtual machine.
-    pub(crate) fn wake_socket(&mut self) -> io::Result<OwnedFd> {
-        let (ours, theirs) = nix::sys::socket::socketpair(
-            nix::sys::socket::AddressFamily::Unix,
-            nix::sys::socket::SockType::Datagram,
-            None,
-            nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
-        )?;
-        self.wake = Some(ours);
-        Ok(theirs)
-    }
-
     /// Sleeps until the worker writes a record or `until` passes, whichever is first;
-    /// whether a record is there. The worker wakes this thread itself, through the
-    /// wake socket (or on a futex in the shared page), not through the channel: for a
-    /// caller on a thread that runs nothing else meanwhile (see `crate::direct`), so
-    /// that the reply wakes no thread but the one that waits for it. A worker can wake
-    /// it early (it looks again) but not keep it past `until`.
+    /// whether a record is there. The worker wakes this thread itself, on a futex in
+    /// the shared page, not through the socket: for a caller on a thread that runs
+    /// nothing else meanwhile (see `crate::direct`), so that the reply wakes no thread
+    /// but the one that waits for it. A worker can wake it early (it looks again) but
+    /// not keep it past `until`.
     pub(crate) fn sleep_for(&mut self, until: std::time::Instant) -> bool {
         self.release();
         let h = self.map.header();
@@ -480,7 +456,7 @@ impl PoolRing {
             // Read before the flag is set: a wake-up after it changes the word, and
             // the futex then does not sleep.
             let seen = h.pool_wake.load(SeqCst);
-            h.pool_waiting.store(WAKE_CALLER, SeqCst);
+            h.pool_waiting.store(WAKE_FUTEX, SeqCst);
             if h.write.load(SeqCst) != self.cursor {
                 break true;
             }
@@ -488,10 +464,7 @@ impl PoolRing {
             if now >= until {
                 break false;
             }
-            match &self.wake {
-                Some(wake) => wait_readable(wake, until - now),
-                None => futex_wait(&h.pool_wake, seen, until - now),
-            }
+            futex_wait(&h.pool_wake, seen, until - now);
         };
         // Nobody sleeps now; a worker that took the flag meanwhile only bumps the word.
         h.pool_waiting.store(0, SeqCst);
@@ -502,8 +475,6 @@ impl PoolRing {
 /// The worker's end of a ring.
 pub(crate) struct WorkerRing {
     map: Mapping,
-    /// The worker's end of the wake socket, if the pool sent one.
-    wake: Option<OwnedFd>,
     /// The pool's `read` as the worker last read it: it is read again only when the
     /// room it leaves is too little (it is on a line the pool writes).
     seen_read: std::cell::Cell<u64>,
@@ -522,7 +493,6 @@ impl WorkerRing {
         }
         Ok(WorkerRing {
             map: Mapping::new(&fd)?,
-            wake: None,
             seen_read: std::cell::Cell::new(0),
             seq: std::cell::Cell::new(0),
         })
@@ -570,20 +540,9 @@ impl WorkerRing {
         }
         match h.pool_waiting.swap(0, SeqCst) {
             0 => Ok(false),
-            WAKE_CALLER => {
+            WAKE_FUTEX => {
                 h.pool_wake.fetch_add(1, SeqCst);
-                match &self.wake {
-                    // A full socket holds wake-ups enough: the caller looks again at
-                    // each.
-                    Some(wake) => {
-                        let _ = nix::sys::socket::send(
-                            wake.as_raw_fd(),
-                            &[1],
-                            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-                        );
-                    }
-                    None => futex_wake(&h.pool_wake),
-                }
+                futex_wake(&h.pool_wake);
                 Ok(false)
             }
             // The pool's own value, or a scribble: the socket wakes any pool.
@@ -593,11 +552,6 @@ impl WorkerRing {
 }
 
 impl WorkerRing {
-    /// Takes the worker's end of the wake socket (see [`PoolRing::wake_socket`]).
-    pub(crate) fn set_wake(&mut self, fd: OwnedFd) {
-        self.wake = Some(fd);
-    }
-
     /// Passes the gate of the next job: `Run` it, or `Skip` it because the pool took
     /// it back (see [`PoolRing::revoke`]). Called once per job frame, in order.
     pub(crate) fn begin_job(&self) -> Begin {
@@ -668,27 +622,6 @@ fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
             expected,
             &ts as *const libc::timespec,
         );
-    }
-}
-
-/// Sleeps until `fd` is readable, for at most `timeout`, then empties it (of at most
-/// 64 datagrams: a worker that sends more only wakes its caller early).
-fn wait_readable(fd: &OwnedFd, timeout: Duration) {
-    use nix::poll::{PollFd, PollFlags};
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-    let ts = nix::sys::time::TimeSpec::from_duration(timeout);
-    let _ = nix::poll::ppoll(&mut fds, Some(ts), None);
-    let mut byte = [0u8; 1];
-    for _ in 0..64 {
-        if nix::sys::socket::recv(
-            fd.as_raw_fd(),
-            &mut byte,
-            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
-        )
-        .is_err()
-        {
-            break;
-        }
     }
 }
 
@@ -963,21 +896,12 @@ mod tests {
         assert!(pool.pop().unwrap().is_none());
     }
 
-    /// A pool that sleeps on the ring is woken through the wake socket, or on the
-    /// futex without one, not through the channel (the worker's push says no channel
-    /// wake-up is due), and finds the record; one that finds nothing sleeps until its
-    /// deadline, and asks for nothing after.
+    /// A pool that sleeps on the ring is woken on the futex, not through the socket
+    /// (the worker's push says no socket wake-up is due), and finds the record; one
+    /// that finds nothing sleeps until its deadline, and asks for nothing after.
     #[test]
-    fn a_pool_sleeping_on_the_ring_is_woken_by_the_worker() {
-        a_sleeping_pool_is_woken(false);
-        a_sleeping_pool_is_woken(true);
-    }
-
-    fn a_sleeping_pool_is_woken(socket: bool) {
-        let (mut pool, mut worker) = pair();
-        if socket {
-            worker.set_wake(pool.wake_socket().unwrap());
-        }
+    fn a_pool_sleeping_on_the_ring_is_woken_on_the_futex() {
+        let (mut pool, worker) = pair();
         // Nothing comes: it returns false, not before its deadline.
         let until = std::time::Instant::now() + Duration::from_millis(20);
         assert!(!pool.sleep_for(until));

@@ -16,8 +16,7 @@
 //! worker → pool   Hello { magic, protocol, build_id, pid }
 //! pool → worker   Setup { protocol, build_id, index, name, ring, initializer, env, sandbox }
 //!                   + init argument
-//!                   (+ the reply ring's memfd and the worker's end of the ring's wake
-//!                   socket, passed with SCM_RIGHTS, when `ring`)
+//!                   (+ the reply ring's memfd, passed with SCM_RIGHTS, when `ring`)
 //! worker → pool   Ready | InitFailed(panic)
 //! pool → worker   Job { id, func } + arguments          (any number, pipelined)
 //! worker → pool   Done { id, outcome, ran_ns, ran_jobs } + results
@@ -71,8 +70,7 @@ pub(crate) enum ToWorker {
         /// How long the worker polls for its next job after a reply, in µs.
         spin_us: u32,
         /// Replies go through the reply ring whose memfd comes with this frame
-        /// (`SCM_RIGHTS`, followed by the ring's wake socket), see [`crate::ring`];
-        /// otherwise over the channel.
+        /// (`SCM_RIGHTS`), see [`crate::ring`]; otherwise over the channel.
         ring: bool,
         initializer: Option<FnRef>,
         /// `Some(keys)`: the worker keeps only these environment variables (and

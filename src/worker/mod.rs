@@ -243,13 +243,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<Option<SameBuild>> {
             .ok_or_else(|| "no reply ring came with the setup".to_string())
             .and_then(|fd| WorkerRing::attach(fd).map_err(|e| e.to_string()));
         match attached {
-            Ok(mut ring) => {
-                // The wake socket, which follows the ring (see `PoolRing::wake_socket`).
-                if let Some(wake) = fds.pop_front() {
-                    ring.set_wake(wake);
-                }
-                conn.set_ring(ring)
-            }
+            Ok(ring) => conn.set_ring(ring),
             Err(why) => return refuse(conn, format!("reply ring: {why}")),
         }
     }
