@@ -26,11 +26,16 @@ use crate::submit::{submit_one, JobFrame, Submitter, WaitForRoom};
 /// Await it for the result, or call [`spawn`](Apply::spawn) to submit it now and get a
 /// [`TaskHandle`]. Nothing is submitted before either.
 ///
-/// Awaiting it may take the direct path: when nothing is queued and a worker is idle
-/// whose tasks take microseconds, the awaiting thread writes the task to the worker and
-/// polls for its reply itself, for at most the pool's [`spin`](crate::PoolBuilder::spin)
-/// (20 µs by default where the pool leaves a CPU free), before the task goes the usual
-/// way. Such a round trip wakes no other thread.
+/// Awaiting it may take the direct path: when nothing is queued and a worker is idle,
+/// the awaiting thread writes the task to the worker itself. If the worker's tasks take
+/// microseconds, it then waits for the reply on the spot: it polls for it for at most
+/// the pool's [`spin`](crate::PoolBuilder::spin) (20 µs by default where the pool
+/// leaves a CPU free), or, without polling and on a thread that runs nothing else
+/// meanwhile (the body of `block_on` on a multi-thread runtime, as under
+/// `#[tokio::main]`), sleeps until the worker wakes it, for at most 100 µs. Such a
+/// round trip wakes no thread but the worker and the caller. A task that takes longer
+/// (or a caller in a task, which never blocks its thread) goes on the usual way from
+/// there, its job already sent.
 ///
 /// # Cancel safety
 ///
@@ -175,10 +180,10 @@ impl<R: DeserializeOwned + Send + 'static> IntoFuture for Apply<R> {
     type Output = Result<R, TaskError>;
     type IntoFuture = TaskHandle<R>;
 
-    /// Submits the task; a worker that is idle and runs tiny tasks may run it at
-    /// once, in this call, for up to the pool's [`spin`](crate::PoolBuilder::spin).
-    /// Under a reached [`queue_bound`](crate::PoolBuilder::queue_bound), the returned
-    /// future waits for room first (or, from [`Pool::try_apply`](crate::Pool::try_apply),
+    /// Submits the task; a worker that is idle is sent it at once, in this call, and
+    /// one that runs tiny tasks may answer it within the call (see [`Apply`]). Under a
+    /// reached [`queue_bound`](crate::PoolBuilder::queue_bound), the returned future
+    /// waits for room first (or, from [`Pool::try_apply`](crate::Pool::try_apply),
     /// resolves to [`TaskError::QueueFull`] at once).
     fn into_future(self) -> TaskHandle<R> {
         let id = self.job.id;

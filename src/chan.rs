@@ -34,6 +34,14 @@ pub(crate) struct ChanRead {
     fd: Arc<AsyncFd<OwnedFd>>,
 }
 
+impl ChanRead {
+    /// Whether the socket is readable (or at its end, or failed), as far as the
+    /// reactor knows, without reading; if not, `cx` is woken when it is.
+    pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> bool {
+        self.fd.poll_read_ready(cx).is_ready()
+    }
+}
+
 impl AsyncRead for ChanRead {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -96,6 +96,28 @@ impl<T, H> Lease<T, H> {
         }
     }
 
+    /// For a borrower: gives the value back with a handover for the owner, waking the
+    /// owner only if it waits for the value. For a handover that can wait until the
+    /// owner is woken by something else it watches (the borrower makes sure it will
+    /// be).
+    pub(crate) fn give_back_quietly(&self, value: T, handover: H) {
+        let waits = {
+            let mut state = self.lock();
+            debug_assert!(matches!(*state, State::Lent(_)), "given back unlent");
+            let waits = matches!(*state, State::Lent(true));
+            *state = State::Returned(value, handover);
+            waits
+        };
+        if waits {
+            self.owner.wake();
+        }
+    }
+
+    /// Wakes the owner (if it has registered since it was last woken).
+    pub(crate) fn wake_owner(&self) {
+        self.owner.wake();
+    }
+
     /// For a borrower: gives the value back, offered again, or with a handover for the
     /// owner (who is woken to take it).
     pub(crate) fn give_back(&self, value: T, handover: Option<H>) {
@@ -113,6 +135,18 @@ impl<T, H> Lease<T, H> {
         if wake {
             self.owner.wake();
         }
+    }
+}
+
+/// A waker that wakes the lease's owner: for a borrower that leaves the owner a
+/// handover quietly, to be woken by what else may concern it (see `crate::direct`).
+impl<T: Send, H: Send> std::task::Wake for Lease<T, H> {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_owner();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.wake_owner();
     }
 }
 
@@ -137,5 +171,47 @@ mod tests {
             Poll::Ready(Some((7, Some("finish this")))) => {}
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_quiet_handover_wakes_the_owner_only_if_it_waits() {
+        let count = std::sync::Arc::new(Count(Default::default()));
+        let woken = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let waker = Waker::from(count.clone());
+        let lease: Lease<u32, &str> = Lease::default();
+        lease.offer(1, &waker);
+        let v = lease.try_lend().expect("offered");
+        lease.give_back_quietly(v, "quiet");
+        assert_eq!(woken(), 0, "an owner that does not wait is left asleep");
+        assert!(lease.is_returned());
+        let mut cx = Context::from_waker(&waker);
+        assert!(matches!(
+            lease.poll_take_back(&mut cx),
+            Poll::Ready(Some((1, Some("quiet"))))
+        ));
+        // An owner that waits for the value is woken by its return, quiet or not.
+        lease.offer(2, &waker);
+        let v = lease.try_lend().expect("offered");
+        assert!(lease.poll_take_back(&mut cx).is_pending());
+        lease.give_back_quietly(v, "now");
+        assert_eq!(woken(), 1);
+        // The lease as a waker wakes its owner.
+        assert!(matches!(
+            lease.poll_take_back(&mut cx),
+            Poll::Ready(Some((2, Some("now"))))
+        ));
+        let lease = std::sync::Arc::new(lease);
+        lease.offer(3, &waker);
+        Waker::from(lease.clone()).wake();
+        assert_eq!(woken(), 2);
     }
 }

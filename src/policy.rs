@@ -21,12 +21,15 @@ use std::time::Duration;
 #[non_exhaustive]
 pub struct Polling {
     /// **The direct path.** A caller awaiting `pool.apply(f, x)` when nothing is
-    /// queued and a worker of tiny tasks is idle writes the job itself and polls the
-    /// worker's reply ring on its own thread, within the `.await`, for up to this
-    /// long; a task that takes longer is handed to the worker's driver as usual. No
-    /// thread is woken on the way. Cost: the caller's thread, for up to this long per
-    /// call. Pools with `max_tasks_per_child`, and workers without a reply ring (the
-    /// stream transport), do not use it.
+    /// queued and a worker is idle writes the job itself, whatever this bound; if the
+    /// worker's tasks are tiny, it then polls the worker's reply ring on its own
+    /// thread, within the `.await`, for up to this long; a task that takes longer is
+    /// handed to the worker's driver as usual. No thread but the worker is woken on
+    /// the way. Cost: the caller's thread, for up to this long per call. With zero, a
+    /// caller on a thread that runs nothing else meanwhile (`block_on`'s on a
+    /// multi-thread runtime) sleeps on the ring instead, for up to 100 µs, which costs
+    /// no CPU. Pools with `max_tasks_per_child`, and workers without a reply ring (the
+    /// stream transport), do not use the direct path.
     pub caller: Duration,
     /// **The driver.** A worker's driver with one tiny job in flight polls the reply
     /// ring for up to this long before it sleeps. Cost: a runtime thread, for up to

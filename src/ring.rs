@@ -22,8 +22,11 @@
 //! Waiting, both sides: the pool asks for a wake-up by setting `pool_waiting` and then
 //! looking at `write` once more; the worker publishes `write` and then takes
 //! `pool_waiting` (both sequentially consistent, so one of them sees the other). A
-//! worker that finds the ring full sleeps on a futex in the shared page, which the pool
-//! wakes when it frees space, with the same two-sided handshake.
+//! caller on the direct path that sleeps on its own thread asks, with the same
+//! handshake, to be woken on a futex in the shared page instead (see
+//! [`PoolRing::sleep_for`]): then the reply wakes that thread alone, not the runtime's
+//! reactor. A worker that finds the ring full sleeps on a futex in the shared page,
+//! which the pool wakes when it frees space, with the same two-sided handshake.
 
 use std::io;
 use std::num::NonZeroUsize;
@@ -63,9 +66,14 @@ struct Header {
     /// Bytes of records consumed, ever (the pool's).
     read: AtomicU64,
     _pad1: [u8; 56],
-    /// The pool is going to sleep: wake it through the socket.
+    /// The pool is going to sleep: wake it through the socket ([`WAKE_SOCKET`]), or,
+    /// for a caller that sleeps on the ring itself, on the futex `pool_wake`
+    /// ([`WAKE_FUTEX`]).
     pool_waiting: AtomicU32,
-    _pad2: [u8; 60],
+    /// The futex word of a caller sleeping on the ring (see [`PoolRing::sleep_for`]):
+    /// bumped by the worker each time it wakes one.
+    pool_wake: AtomicU32,
+    _pad2: [u8; 56],
     /// The worker sleeps on `space` for the pool to free room.
     worker_waiting: AtomicU32,
     /// The futex word: bumped by the pool each time it wakes the worker.
@@ -78,6 +86,12 @@ struct Header {
     /// The number of the last job the pool took back (valid while [`REVOKED`] is set).
     revoked_through: AtomicU64,
 }
+
+/// `pool_waiting`: wake the pool through the socket.
+const WAKE_SOCKET: u32 = 1;
+
+/// `pool_waiting`: wake the pool on the futex `pool_wake`.
+const WAKE_FUTEX: u32 = 2;
 
 /// Set in the gate while jobs sent ahead to the worker are taken back.
 const REVOKED: u64 = 1 << 63;
@@ -425,8 +439,36 @@ impl PoolRing {
     pub(crate) fn want_wakeup(&mut self) -> bool {
         self.release();
         let h = self.map.header();
-        h.pool_waiting.store(1, SeqCst);
+        h.pool_waiting.store(WAKE_SOCKET, SeqCst);
         h.write.load(SeqCst) != self.cursor
+    }
+
+    /// Sleeps until the worker writes a record or `until` passes, whichever is first;
+    /// whether a record is there. The worker wakes this thread itself, on a futex in
+    /// the shared page, not through the socket: for a caller on a thread that runs
+    /// nothing else meanwhile (see `crate::direct`), so that the reply wakes no thread
+    /// but the one that waits for it. A worker can wake it early (it looks again) but
+    /// not keep it past `until`.
+    pub(crate) fn sleep_for(&mut self, until: std::time::Instant) -> bool {
+        self.release();
+        let h = self.map.header();
+        let arrived = loop {
+            // Read before the flag is set: a wake-up after it changes the word, and
+            // the futex then does not sleep.
+            let seen = h.pool_wake.load(SeqCst);
+            h.pool_waiting.store(WAKE_FUTEX, SeqCst);
+            if h.write.load(SeqCst) != self.cursor {
+                break true;
+            }
+            let now = std::time::Instant::now();
+            if now >= until {
+                break false;
+            }
+            futex_wait(&h.pool_wake, seen, until - now);
+        };
+        // Nobody sleeps now; a worker that took the flag meanwhile only bumps the word.
+        h.pool_waiting.store(0, SeqCst);
+        arrived
     }
 }
 
@@ -459,7 +501,8 @@ impl WorkerRing {
     /// Writes one record (a frame with its length prefix, at most [`INLINE_MAX`]
     /// bytes), waiting for room if the ring is full; `hung_up` is asked while it waits,
     /// and ends the wait with an error if the pool has gone. Returns whether the pool
-    /// asked to be woken.
+    /// asked to be woken through the socket (one that sleeps on the ring's futex is
+    /// woken here).
     pub(crate) fn push(&self, record: &[u8], hung_up: impl Fn() -> bool) -> io::Result<bool> {
         debug_assert!(record.len() <= INLINE_MAX);
         let h = self.map.header();
@@ -492,7 +535,19 @@ impl WorkerRing {
         // only this worker publishes.
         unsafe { self.map.copy_in(write, record) };
         h.write.store(write + record.len() as u64, SeqCst);
-        Ok(h.pool_waiting.load(SeqCst) != 0 && h.pool_waiting.swap(0, SeqCst) != 0)
+        if h.pool_waiting.load(SeqCst) == 0 {
+            return Ok(false);
+        }
+        match h.pool_waiting.swap(0, SeqCst) {
+            0 => Ok(false),
+            WAKE_FUTEX => {
+                h.pool_wake.fetch_add(1, SeqCst);
+                futex_wake(&h.pool_wake);
+                Ok(false)
+            }
+            // The pool's own value, or a scribble: the socket wakes any pool.
+            _ => Ok(true),
+        }
     }
 }
 
@@ -839,6 +894,43 @@ mod tests {
         assert!(matches!(pool.pop().unwrap(), Some(Record::OnSocket)));
         assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"x"));
         assert!(pool.pop().unwrap().is_none());
+    }
+
+    /// A pool that sleeps on the ring is woken on the futex, not through the socket
+    /// (the worker's push says no socket wake-up is due), and finds the record; one
+    /// that finds nothing sleeps until its deadline, and asks for nothing after.
+    #[test]
+    fn a_pool_sleeping_on_the_ring_is_woken_on_the_futex() {
+        let (mut pool, worker) = pair();
+        // Nothing comes: it returns false, not before its deadline.
+        let until = std::time::Instant::now() + Duration::from_millis(20);
+        assert!(!pool.sleep_for(until));
+        assert!(std::time::Instant::now() >= until);
+        assert!(
+            !worker.push(&record(b"a"), || false).unwrap(),
+            "no wake-up asked"
+        );
+        // Already there: at once.
+        let far = std::time::Instant::now() + Duration::from_secs(30);
+        assert!(pool.sleep_for(far));
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"a"));
+        // Written while it sleeps: the worker wakes it, and owes the socket nothing.
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let socket = worker.push(&record(b"b"), || false).unwrap();
+            (worker, socket)
+        });
+        assert!(pool.sleep_for(far));
+        assert!(
+            std::time::Instant::now() < far,
+            "woken by the record, not by the deadline"
+        );
+        let (worker, socket) = writer.join().unwrap();
+        assert!(!socket, "a futex sleeper needs no wake-up on the socket");
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"b"));
+        // Then the socket's way again.
+        assert!(!pool.want_wakeup());
+        assert!(worker.push(&record(b"c"), || false).unwrap());
     }
 
     #[test]

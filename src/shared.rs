@@ -96,9 +96,13 @@ impl Config {
     }
 }
 
-/// An idle worker's offer to callers: its port, and what a caller hands back (see
-/// [`crate::direct`]).
-pub(crate) type DirectLease = Lease<Port, Handover>;
+/// An idle worker's offer to callers: its port with whether its jobs take
+/// microseconds, and what a caller hands back (see [`crate::direct`]).
+pub(crate) type DirectLease = Lease<(Port, bool), Handover>;
+
+/// An idle worker's port, lent to a caller: its slot, its pid, its lease (to give the
+/// port back to), and the port with whether the worker's jobs take microseconds.
+pub(crate) type Lent = (usize, u32, Arc<DirectLease>, (Port, bool));
 
 /// A slot's published lease, with its worker's pid.
 pub(crate) type Offer = (u32, Arc<DirectLease>);
@@ -213,9 +217,8 @@ impl Shared {
         self.leases()[slot] = lease;
     }
 
-    /// An idle worker's port, lent: its slot, its pid, its lease (to give the port
-    /// back to) and the port; see [`crate::direct`].
-    pub(crate) fn lend(&self) -> Option<(usize, u32, Arc<DirectLease>, Port)> {
+    /// An idle worker's port, lent (see [`Lent`] and [`crate::direct`]).
+    pub(crate) fn lend(&self) -> Option<Lent> {
         self.leases().iter().enumerate().find_map(|(slot, lease)| {
             let (pid, lease) = lease.as_ref()?;
             let port = lease.try_lend()?;

@@ -299,7 +299,9 @@ mod tests {
         let before = pool.stats().workers[0].pid;
 
         pool.shared().driver_panics.store(1, Relaxed);
-        let err = bounded("the task whose reply panics", pool.apply(double, 2))
+        // Spawned, not awaited: the driver, not a caller on the direct path, takes
+        // its reply.
+        let err = bounded("the task whose reply panics", pool.apply(double, 2).spawn())
             .await
             .expect_err("its driver panicked");
         match &err {

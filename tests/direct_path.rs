@@ -2,8 +2,11 @@
 //! The direct path: `pool.apply(f, x).await` on a pool whose idle worker runs tiny
 //! tasks is run by the caller itself (it writes the job and polls the reply ring for up
 //! to the pool's `spin`), and handed to the worker's driver when the reply does not come
-//! in time. Results, counters, timeouts, crashes, panics, large replies, aborts,
-//! recycling and `close` must all behave exactly as on the usual path.
+//! in time. Without polling, a caller on a thread of its own (`block_on`'s) sleeps on
+//! the reply ring instead, and a caller in a task hands the job it wrote to the driver
+//! without waking it (the worker's reply does). Results, counters, timeouts, crashes,
+//! panics, large replies, aborts, recycling and `close` must all behave exactly as on
+//! the usual path.
 
 procpool::enable_test_support!();
 
@@ -14,7 +17,7 @@ use std::future::IntoFuture;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use procpool::{Apply, Pool, TaskError, Transport, WorkerExit};
+use procpool::{Apply, Polling, Pool, TaskError, Transport, WorkerExit};
 use serde::de::DeserializeOwned;
 use support::*;
 
@@ -64,6 +67,15 @@ async fn pool_of_one(spin: Option<Duration>) -> Pool {
     if let Some(spin) = spin {
         b = b.spin(spin);
     }
+    within("build", b.build()).await.expect("pool builds")
+}
+
+/// A pool of one worker that polls nowhere (the default where `processes` = CPUs).
+async fn pool_without_polling() -> Pool {
+    let b = support::builder()
+        .transport(Transport::Local)
+        .processes(1)
+        .polling(Polling::OFF);
     within("build", b.build()).await.expect("pool builds")
 }
 
@@ -184,8 +196,7 @@ async fn many_sequential_applies_current_thread() {
 // 2. A timeout on a job handed over by a direct caller.
 // ---------------------------------------------------------------------------------
 
-async fn timeout_after_handover() {
-    let pool = pool_of_one(Some(SPIN)).await;
+async fn timeout_after_handover(pool: Pool) {
     let (first, warm) = warm_up(&pool, 200).await;
 
     let after = Duration::from_millis(100);
@@ -242,12 +253,18 @@ async fn timeout_after_handover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeout_after_handover_multi_thread() {
-    timeout_after_handover().await;
+    timeout_after_handover(pool_of_one(Some(SPIN)).await).await;
+}
+
+/// Without polling, the test's own thread (`block_on`'s) sleeps on the ring instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_after_handover_without_polling() {
+    timeout_after_handover(pool_without_polling().await).await;
 }
 
 #[tokio::test]
 async fn timeout_after_handover_current_thread() {
-    timeout_after_handover().await;
+    timeout_after_handover(pool_of_one(Some(SPIN)).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,8 +300,7 @@ async fn pool_task_timeout_after_handover() {
 // 3. A worker that dies under a direct caller.
 // ---------------------------------------------------------------------------------
 
-async fn crash_after_handover() {
-    let pool = pool_of_one(Some(SPIN)).await;
+async fn crash_after_handover(pool: Pool) {
     let (first, _) = warm_up(&pool, 200).await;
 
     let err = within("abort", pool.apply(abort, ()))
@@ -336,12 +352,17 @@ async fn crash_after_handover() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_handover_multi_thread() {
-    crash_after_handover().await;
+    crash_after_handover(pool_of_one(Some(SPIN)).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_handover_without_polling() {
+    crash_after_handover(pool_without_polling().await).await;
 }
 
 #[tokio::test]
 async fn crash_after_handover_current_thread() {
-    crash_after_handover().await;
+    crash_after_handover(pool_of_one(Some(SPIN)).await).await;
 }
 
 // ---------------------------------------------------------------------------------
@@ -737,5 +758,207 @@ async fn abort_of_a_handed_over_call_kills_the_worker() {
     assert_eq!(stats.cancelled, 1, "{stats:?}");
     assert_eq!(stats.workers_crashed, 0, "{stats:?}");
     assert_eq!(stats.workers_killed_on_abort, 1, "{stats:?}");
+    finish(pool, [first, second]).await;
+}
+
+// ---------------------------------------------------------------------------------
+// Without polling: callers that sleep on the ring, and callers in tasks that hand
+// their job to the driver without waking it.
+// ---------------------------------------------------------------------------------
+
+/// The test's body runs in `block_on` on a multi-thread runtime, a thread of its own:
+/// tiny tasks are settled on the spot there, by sleeping on the ring, without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_polling_a_caller_of_its_own_thread_settles_tiny_tasks_on_the_spot() {
+    let pool = pool_without_polling().await;
+    // Panics unless some task is settled within its submission.
+    let (pid, warm) = warm_up(&pool, 500).await;
+    for i in 0..500u64 {
+        let (y, p) = within("tiny", pool.apply(double_with_pid, i))
+            .await
+            .unwrap_or_else(|e| panic!("task {i} failed: {e}"));
+        assert_eq!((y, p), (2 * i, pid), "task {i}");
+    }
+    // A task longer than the sleep is handed over, and the next tiny ones are fine.
+    let (x, p) = within("longer", pool.apply(slow_triple, (3, 20)))
+        .await
+        .expect("a 20 ms task");
+    assert_eq!((x, p), (9, pid));
+    let (again, _) = warm_up(&pool, 10).await;
+    assert_eq!(again, pid);
+    let stats = pool.stats();
+    assert_eq!(stats.completed, stats.submitted, "{stats:?}");
+    assert!(stats.completed >= warm + 501, "{stats:?}");
+    assert_eq!(
+        stats.failed + stats.cancelled + stats.workers_crashed,
+        0,
+        "{stats:?}"
+    );
+    finish(pool, [pid]).await;
+}
+
+/// Callers in tasks (which must not block their thread) write their job and leave it
+/// to the driver without waking it: every result must still come, in every mix of
+/// tiny and longer tasks, from one caller and from several at once.
+async fn callers_in_tasks_hand_over_quietly() {
+    let pool = pool_without_polling().await;
+    let pid = support::worker_pids(&pool)[0];
+    let p = pool.clone();
+    let one = tokio::spawn(async move {
+        for i in 0..1000u64 {
+            let (y, q) = within("tiny in a task", p.apply(double_with_pid, i))
+                .await
+                .unwrap_or_else(|e| panic!("task {i} failed: {e}"));
+            assert_eq!((y, q), (2 * i, pid), "task {i}");
+            if i % 100 == 0 {
+                let (x, q) = within("longer in a task", p.apply(slow_triple, (i, 3)))
+                    .await
+                    .expect("a 3 ms task");
+                assert_eq!((x, q), (3 * i, pid));
+            }
+        }
+    });
+    within("the caller's task", one).await.expect("no panic");
+    let callers: Vec<_> = (0..4u64)
+        .map(|c| {
+            let p = pool.clone();
+            tokio::spawn(async move {
+                for i in 0..200u64 {
+                    let x = c * 1000 + i;
+                    let (y, _) = within("concurrent", p.apply(double_with_pid, x))
+                        .await
+                        .unwrap_or_else(|e| panic!("task {x} failed: {e}"));
+                    assert_eq!(y, 2 * x);
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        within("a concurrent caller", c).await.expect("no panic");
+    }
+    let expected = 1000 + 10 + 800;
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, expected, "{stats:?}");
+    assert_eq!(stats.completed, expected, "{stats:?}");
+    assert_eq!(
+        stats.failed + stats.cancelled + stats.workers_crashed,
+        0,
+        "{stats:?}"
+    );
+    // A task left to the driver when the pool is terminated answers `Terminated`.
+    let p = pool.clone();
+    let running = tokio::spawn(async move { p.apply(sleep_forever, ()).await });
+    let p = pool.clone();
+    assert!(
+        wait_until(BOUND, move || p.stats().submitted == expected + 1).await,
+        "the last task was never submitted"
+    );
+    finish(pool, [pid]).await;
+    assert_eq!(
+        within("the terminated task", running)
+            .await
+            .expect("no panic"),
+        Err(TaskError::Terminated)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_polling_callers_in_tasks_hand_over_quietly_multi_thread() {
+    callers_in_tasks_hand_over_quietly().await;
+}
+
+#[tokio::test]
+async fn without_polling_callers_in_tasks_hand_over_quietly_current_thread() {
+    callers_in_tasks_hand_over_quietly().await;
+}
+
+/// The abort of a job a caller left to the driver without waking it wakes the driver,
+/// which kills the worker: from a task (handed over at once) and from `block_on`
+/// (after a sleep on the ring).
+async fn abort_of_a_quiet_handover(in_a_task: bool) {
+    let pool = pool_without_polling().await;
+    let first = support::worker_pids(&pool)[0];
+    for i in 0..50u64 {
+        let (y, _) = within("warm", pool.apply(double_with_pid, i))
+            .await
+            .expect("a tiny task");
+        assert_eq!(y, 2 * i);
+    }
+    let p = pool.clone();
+    let submit = move || {
+        let mut handle = p.apply(sleep_forever, ()).into_future();
+        assert!((&mut handle).now_or_never().is_none(), "it never ends");
+        handle
+    };
+    // The task only submits: it hands back the handle, not awaited, on purpose.
+    #[allow(clippy::async_yields_async)]
+    let handle = match in_a_task {
+        true => within("submit in a task", tokio::spawn(async move { submit() }))
+            .await
+            .expect("no panic"),
+        false => submit(),
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    handle.abort();
+    assert_eq!(within("aborted", handle).await, Err(TaskError::Cancelled));
+    assert!(
+        all_gone(vec![first], BOUND).await,
+        "the aborted task's worker {first} is still there: {:?}",
+        support::proc_state(first)
+    );
+    let second = within("after the abort", pool.apply(whoami, ()))
+        .await
+        .expect("the pool serves after an abort");
+    assert_ne!(second, first);
+    let stats = pool.stats();
+    assert_eq!(stats.cancelled, 1, "{stats:?}");
+    assert_eq!(stats.workers_crashed, 0, "{stats:?}");
+    assert_eq!(stats.workers_killed_on_abort, 1, "{stats:?}");
+    finish(pool, [first, second]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_polling_abort_of_a_quiet_handover_from_a_task() {
+    abort_of_a_quiet_handover(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_polling_abort_of_a_quiet_handover_from_block_on() {
+    abort_of_a_quiet_handover(false).await;
+}
+
+#[tokio::test]
+async fn without_polling_abort_of_a_quiet_handover_current_thread() {
+    abort_of_a_quiet_handover(true).await;
+}
+
+/// A worker that dies under a job left to the driver without waking it: the driver,
+/// asleep on the worker's exit and socket, fails the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_polling_a_crash_under_a_quiet_handover_fails_the_task() {
+    let pool = pool_without_polling().await;
+    let first = support::worker_pids(&pool)[0];
+    let p = pool.clone();
+    let err = within(
+        "abort in a task",
+        tokio::spawn(async move { p.apply(abort, ()).await }),
+    )
+    .await
+    .expect("no panic")
+    .expect_err("a task that aborts its worker must fail");
+    assert_eq!(
+        err,
+        TaskError::WorkerDied {
+            pid: first,
+            exit: WorkerExit::Signal(libc::SIGABRT)
+        }
+    );
+    let second = within("after the crash", pool.apply(whoami, ()))
+        .await
+        .expect("the pool serves after a crash");
+    assert_ne!(second, first);
+    let stats = pool.stats();
+    assert_eq!(stats.workers_crashed, 1, "{stats:?}");
+    assert_eq!(stats.failed, 1, "{stats:?}");
     finish(pool, [first, second]).await;
 }

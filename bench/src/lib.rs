@@ -12,6 +12,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
+pub mod openloop;
+
 /// Set in the environment of the exec'd copy of a bench binary: it exits at once.
 pub const EXIT_ENV: &str = "PROCPOOL_BENCH_EXIT";
 

@@ -91,11 +91,9 @@ pub(crate) async fn drive(
     worker: &mut Worker,
     inflight: &mut VecDeque<Job>,
 ) -> End {
-    // Offered to callers when idle (`crate::direct`), where a reply can be polled for
-    // and no count of jobs per worker must be kept.
-    let lend = worker.link.can_lend()
-        && shared.config.caller_polling().is_some()
-        && shared.config.max_tasks_per_child.is_none();
+    // Offered to callers when idle (`crate::direct`), where the worker has a reply
+    // ring and no count of jobs per worker must be kept.
+    let lend = worker.link.can_lend() && shared.config.max_tasks_per_child.is_none();
     let lease = lend.then(|| {
         let lease = Arc::new(DirectLease::default());
         shared.set_lease(slot, Some((worker.pid, lease.clone())));
@@ -179,11 +177,14 @@ impl Driver<'_> {
                 if let Some(lease) = &self.lease {
                     self.waker.clone_from(cx.waker());
                     // An offered worker stays offered until something needs it: the
-                    // pool's end, the worker's, or a job from the queue (kept aside
-                    // if a caller has the worker just now).
+                    // pool's end, the worker's, something to read on its socket, or a
+                    // job from the queue (kept aside if a caller has the worker just
+                    // now). All of them are watched here, so that a caller may leave
+                    // a job it sent without waking this task (see `crate::direct`).
                     if !w.link.is_whole() && parked.is_none() && !lease.is_returned() {
                         let ending = self.shared.terminate.is_cancelled()
-                            || w.child.poll_wait(cx).is_ready();
+                            || w.child.poll_wait(cx).is_ready()
+                            || w.link.poll_readable(cx);
                         if !ending {
                             let _ = terminate.as_mut().poll(cx);
                             let (popped, skipped) = self.shared.queue.poll_pop(self.slot, true, cx);
@@ -200,7 +201,7 @@ impl Driver<'_> {
                     // else touches it.
                     match lease.poll_take_back(cx) {
                         Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Some((port, handed))) => {
+                        Poll::Ready(Some(((port, _), handed))) => {
                             w.link.put_port(port);
                             if let Some(handed) = handed {
                                 return Poll::Ready(Event::Handover(handed));
@@ -319,6 +320,14 @@ impl Driver<'_> {
                     taken += 1;
                     self.pace.head_started = sent_at;
                     deadline = self.arm(sleep.as_mut());
+                    // A job taken from the queue while the caller had the worker waits
+                    // behind the caller's only if this worker's pace lets it; else
+                    // another worker may run it.
+                    if !self.pace.may_take(self.inflight.len()) {
+                        if let Some(job) = parked.take() {
+                            self.shared.queue.requeue(std::iter::once(job));
+                        }
+                    }
                     if let Some(frame) = reply {
                         match self.complete(frame.into(), Instant::now()) {
                             Ok(()) => deadline = self.arm(sleep.as_mut()),
@@ -465,18 +474,18 @@ impl Driver<'_> {
         }
     }
 
-    /// Offers the worker to callers if it is idle and its jobs take microseconds
-    /// (nothing in flight, so nothing unsent either; nothing half-read). Only at the end
-    /// of handling an event, or when about to sleep: once offered, the worker is not
-    /// the driver's to touch until `Lease::poll_take_back`.
+    /// Offers the worker to callers if it is idle (nothing in flight, so nothing
+    /// unsent either; nothing half-read), saying whether its jobs take microseconds
+    /// (worth waiting for on the spot). Only at the end of handling an event, or when
+    /// about to sleep: once offered, the worker is not the driver's to touch until
+    /// `Lease::poll_take_back`.
     fn offer(&self, w: &mut Worker) {
         let Some(lease) = &self.lease else {
             return;
         };
-        let idle_and_quick = self.inflight.is_empty() && w.link.is_quiet() && self.pace.is_tiny();
-        if idle_and_quick {
+        if self.inflight.is_empty() && w.link.is_quiet() {
             if let Some(port) = w.link.take_port() {
-                lease.offer(port, &self.waker);
+                lease.offer((port, self.pace.is_tiny()), &self.waker);
             }
         }
     }

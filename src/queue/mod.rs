@@ -213,6 +213,14 @@ impl Queue {
         (Poll::Pending, skipped)
     }
 
+    /// Marks the driver of `slot`, if it waits, as busy: a caller has just left it a
+    /// job (see `crate::direct`), and a new job should wake an idle driver first.
+    pub(crate) fn mark_busy(&self, slot: usize) {
+        if let Some((_, _, idle)) = self.lock().waiters.iter_mut().find(|(s, _, _)| *s == slot) {
+            *idle = false;
+        }
+    }
+
     /// Moves up to `max` jobs that someone still waits for to `out`, under one lock;
     /// returns how many abandoned jobs were dropped alongside.
     pub(crate) fn pop_into(&self, max: usize, out: &mut VecDeque<Job>) -> u64 {

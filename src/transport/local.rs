@@ -38,6 +38,18 @@ impl Port {
         self.ring.note_sent(n);
     }
 
+    /// See [`PoolRing::want_wakeup`].
+    #[inline]
+    pub(crate) fn want_wakeup(&mut self) -> bool {
+        self.ring.want_wakeup()
+    }
+
+    /// See [`PoolRing::sleep_for`].
+    #[inline]
+    pub(crate) fn sleep_for(&mut self, until: std::time::Instant) -> bool {
+        self.ring.sleep_for(until)
+    }
+
     /// See [`PoolRing::pop_frame`].
     #[inline]
     pub(crate) fn pop_frame(&mut self) -> Result<Option<BytesMut>, String> {
@@ -97,6 +109,12 @@ impl Local {
     #[inline]
     pub(crate) fn holds_port(&self) -> bool {
         self.port.is_some()
+    }
+
+    /// See [`Link::poll_readable`](crate::transport::Link::poll_readable).
+    #[inline]
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> bool {
+        self.reader.get_ref().poll_readable(cx)
     }
 
     /// Whether nothing is half-read: no frame waits, none is announced.

@@ -140,6 +140,17 @@ impl Link {
         }
     }
 
+    /// Whether something waits to be read on the channel (or its end), without
+    /// reading it; if not, `cx` is woken when something does. Always `false` for a
+    /// stream, which is never lent.
+    #[inline]
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> bool {
+        match self {
+            Link::Local(l) => l.poll_readable(cx),
+            Link::Stream(_) => false,
+        }
+    }
+
     /// Whether the driver has all of its link (nothing is lent).
     #[inline]
     pub(crate) fn is_whole(&self) -> bool {

@@ -98,6 +98,8 @@ enum Unit {
     Speedup,
     Mib,
     Seconds,
+    /// A count per call.
+    Count,
     /// A line of explanation, no value.
     Note,
 }
@@ -114,6 +116,7 @@ impl Unit {
             Unit::Speedup => format!("{v:.2}x"),
             Unit::Mib => format!("{v:.1} MiB"),
             Unit::Seconds => format!("{v:.2} s"),
+            Unit::Count => format!("{v:.2}"),
             Unit::Note => String::new(),
         }
     }
@@ -681,6 +684,23 @@ fn latency(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
             Unit::Micros,
             Some((x / pipe, "raw pipe")),
         );
+    }
+}
+
+/// Issue 16: the default pool (no polling) as a service uses it, beside `spawn_blocking`
+/// (see `procpool_bench::openloop`).
+fn service(rt: &tokio::runtime::Runtime, quick: bool, t: &mut Table) {
+    use procpool_bench::openloop::{measure, FULL, QUICK};
+    t.section(
+        "service: default pool (processes = CPUs, no polling), sequential apply and open loop",
+    );
+    say("the default pool: sequential apply and the open loop");
+    for r in measure(rt, if quick { &QUICK } else { &FULL }).rows() {
+        let unit = if r.micros { Unit::Micros } else { Unit::Count };
+        match r.target {
+            Some((target, met)) => t.judged(&r.figure, r.value, unit, r.ratio, target, Some(met)),
+            None => t.info(&r.figure, Some(r.value), unit, r.ratio),
+        }
     }
 }
 
@@ -1563,6 +1583,7 @@ fn main() {
         memory(&rt, &s, &mut t, py.as_ref());
         startup(&rt, &s, &mut t, py.as_ref());
         latency(&rt, &s, &mut t, py.as_ref());
+        service(&rt, args.quick, &mut t);
         throughput(&rt, &s, &mut t, py.as_ref());
         cpu(&rt, &s, &mut t);
         payload(&rt, &s, &mut t, py.as_ref());
