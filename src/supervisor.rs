@@ -233,7 +233,15 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
     let start = async {
         match launcher {
             Some(launcher) => launcher
-                .start(stdio, cfg.heartbeat, cfg.startup_timeout)
+                .start(
+                    stdio,
+                    cfg.heartbeat,
+                    cfg.startup_timeout,
+                    crate::remote::Limits {
+                        nice: cfg.child.nice,
+                        memory_limit: cfg.child.memory_limit,
+                    },
+                )
                 .await
                 .map(|(child, link)| (child, Channel::Remote(link))),
             None => shared

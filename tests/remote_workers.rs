@@ -164,7 +164,30 @@ per_launcher!(
     a_silent_link_is_caught_by_the_heartbeat,
     dropping_the_pool_leaves_no_remote_process,
     parent_death_takes_the_remote_workers_down,
+    resource_caps_apply_to_remote_workers,
 );
+
+async fn resource_caps_apply_to_remote_workers(rig: Rig) {
+    let limit: u64 = 2 << 30;
+    let pool = within(
+        "build",
+        rig.builder(1).niceness(7).memory_limit(limit).build(),
+    )
+    .await
+    .expect("pool builds");
+    let (nice, pid) = within("niceness", pool.apply(my_niceness, ()))
+        .await
+        .expect("runs");
+    assert_eq!(nice, 7);
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))
+        .expect("an address space line");
+    assert!(line.contains(&limit.to_string()), "{line}");
+    within("terminate", pool.terminate()).await;
+    assert_all_gone(&[pid]).await;
+}
 
 async fn map_imap_and_apply_run_with_the_host_in_stats(rig: Rig) {
     use futures::StreamExt;

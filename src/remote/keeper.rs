@@ -33,8 +33,8 @@ const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs the keeper; returns its exit code. `heartbeat` is the interval of its
 /// heartbeats toward the pool.
-pub(crate) fn keeper_main(heartbeat: Duration) -> i32 {
-    match run(heartbeat) {
+pub(crate) fn keeper_main(heartbeat: Duration, limits: crate::remote::Limits) -> i32 {
+    match run(heartbeat, limits) {
         Ok(code) => code,
         Err(_) => {
             tree::kill_own_subtree();
@@ -43,7 +43,7 @@ pub(crate) fn keeper_main(heartbeat: Duration) -> i32 {
     }
 }
 
-fn run(heartbeat: Duration) -> io::Result<i32> {
+fn run(heartbeat: Duration, limits: crate::remote::Limits) -> io::Result<i32> {
     crate::worker::ignore_interrupts();
     // The link is stdin and stdout: keep them above the standard numbers, and give the
     // standard numbers /dev/null and stderr, so that nothing written to stdout by this
@@ -77,7 +77,7 @@ fn run(heartbeat: Duration) -> io::Result<i32> {
         nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
     )?;
     let (ours, theirs) = crate::start::channel_pair()?;
-    let worker = fork_worker(theirs)?;
+    let worker = fork_worker(theirs, limits)?;
     let worker_fd = OwnedFd::from(ours);
     nix::fcntl::fcntl(
         &worker_fd,
@@ -136,10 +136,18 @@ impl<T: std::os::fd::AsFd> AsFdRef for T {
 }
 
 /// Forks the worker on `channel`: the same child set-up as a local worker's (its own
-/// group, a subreaper, dies with the keeper), then the worker's loop.
-fn fork_worker(channel: std::os::unix::net::UnixStream) -> io::Result<i32> {
+/// group, a subreaper, dies with the keeper, its niceness and memory limit), then the
+/// worker's loop.
+fn fork_worker(
+    channel: std::os::unix::net::UnixStream,
+    limits: crate::remote::Limits,
+) -> io::Result<i32> {
     let parent = nix::unistd::getpid();
-    let opts = crate::start::ChildOptions::default();
+    let opts = crate::start::ChildOptions {
+        nice: limits.nice,
+        memory_limit: limits.memory_limit,
+        ..crate::start::ChildOptions::default()
+    };
     // SAFETY: the keeper is single-threaded (it runs before `main`, in a process that
     // started no thread), so the child may do anything the parent could.
     match unsafe { libc::fork() } {

@@ -33,6 +33,38 @@ use link::{KeeperRead, KeeperWrite, RemoteInfo};
 /// The environment variable that gives a keeper its heartbeat interval, in ms.
 pub(crate) const ENV_HEARTBEAT_MS: &str = "__PROCPOOL_HEARTBEAT_MS";
 
+/// The environment variable that gives a keeper its worker's resource settings:
+/// `NICE:MEMORY_LIMIT`, each empty when unset (see [`Limits`]); no comma, which would
+/// split `srun --export`'s list.
+pub(crate) const ENV_LIMITS: &str = "__PROCPOOL_LIMITS";
+
+/// The resource settings a keeper applies to the worker it forks, as a local worker's
+/// are applied ([`PoolBuilder::niceness`](crate::PoolBuilder::niceness),
+/// [`PoolBuilder::memory_limit`](crate::PoolBuilder::memory_limit)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) nice: Option<i32>,
+    pub(crate) memory_limit: Option<u64>,
+}
+
+impl Limits {
+    /// The value of [`ENV_LIMITS`].
+    pub(crate) fn encode(&self) -> String {
+        let nice = self.nice.map(|n| n.to_string()).unwrap_or_default();
+        let memory = self.memory_limit.map(|m| m.to_string()).unwrap_or_default();
+        format!("{nice}:{memory}")
+    }
+
+    /// Reads what [`encode`](Self::encode) wrote; nothing for anything else.
+    pub(crate) fn decode(text: &str) -> Limits {
+        let mut parts = text.split(':');
+        Limits {
+            nice: parts.next().and_then(|n| n.parse().ok()),
+            memory_limit: parts.next().and_then(|m| m.parse().ok()),
+        }
+    }
+}
+
 /// The default [`PoolBuilder::heartbeat`](crate::PoolBuilder::heartbeat): a link
 /// silent for this long is lost.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -267,8 +299,9 @@ impl Launcher {
 
     /// The whole command that starts a keeper on the other end, which sends a
     /// heartbeat every `interval`.
-    fn keeper_command(&self, program: &str, interval: Duration) -> Command {
+    fn keeper_command(&self, program: &str, interval: Duration, limits: Limits) -> Command {
         let ms = interval.as_millis().max(1).to_string();
+        let limits = limits.encode();
         match &self.kind {
             Kind::Ssh(host) => {
                 let mut cmd = self.ssh_command(host);
@@ -280,7 +313,8 @@ impl Launcher {
                     program.to_string()
                 };
                 cmd.arg(format!(
-                    "exec env {ENV_WORKER}={ROLE_REMOTE} {ENV_HEARTBEAT_MS}={ms} {program}"
+                    "exec env {ENV_WORKER}={ROLE_REMOTE} {ENV_HEARTBEAT_MS}={ms} \
+                     {ENV_LIMITS}={limits} {program}"
                 ));
                 cmd
             }
@@ -290,7 +324,8 @@ impl Launcher {
                     .args(["--nodes=1", "--ntasks=1", "--quiet", "--unbuffered"])
                     .arg("--kill-on-bad-exit=1")
                     .arg(format!(
-                        "--export=ALL,{ENV_WORKER}={ROLE_REMOTE},{ENV_HEARTBEAT_MS}={ms}"
+                        "--export=ALL,{ENV_WORKER}={ROLE_REMOTE},{ENV_HEARTBEAT_MS}={ms},\
+                         {ENV_LIMITS}={limits}"
                     ))
                     .args(&self.args)
                     .arg(program);
@@ -304,6 +339,7 @@ impl Launcher {
                     .arg("env")
                     .arg(format!("{ENV_WORKER}={ROLE_REMOTE}"))
                     .arg(format!("{ENV_HEARTBEAT_MS}={ms}"))
+                    .arg(format!("{ENV_LIMITS}={limits}"))
                     .arg(program);
                 cmd
             }
@@ -319,9 +355,10 @@ impl Launcher {
         stdio: ChildStdio,
         silence: Duration,
         bound: Duration,
+        limits: Limits,
     ) -> io::Result<(ChildProc, RemoteLink)> {
         let program = self.remote_program(bound).await.map_err(io::Error::other)?;
-        let mut cmd = self.keeper_command(&program, silence / 3);
+        let mut cmd = self.keeper_command(&program, silence / 3, limits);
         let [_, _, stderr] = stdio.fds;
         let parent = nix::unistd::getpid();
         let (pid, stdin, stdout) = on_spawner_thread(move || -> io::Result<_> {
@@ -414,7 +451,7 @@ mod tests {
     fn builds_the_keeper_commands() {
         let ms = Duration::from_millis(1500);
         let ssh = Launcher::ssh("h").arg("-F").arg("cfg").program("/opt/x y");
-        let cmd = ssh.keeper_command("/opt/x y", ms);
+        let cmd = ssh.keeper_command("/opt/x y", ms, Limits::default());
         let args: Vec<_> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -424,10 +461,11 @@ mod tests {
         assert!(args.contains(&"h".to_string()));
         assert_eq!(
             args.last().unwrap(),
-            "exec env __PROCPOOL_WORKER=remote __PROCPOOL_HEARTBEAT_MS=1500 '/opt/x y'"
+            "exec env __PROCPOOL_WORKER=remote __PROCPOOL_HEARTBEAT_MS=1500 \
+             __PROCPOOL_LIMITS=: '/opt/x y'"
         );
         let srun = Launcher::srun().arg("--partition=debug");
-        let cmd = srun.keeper_command("/bin/prog", ms);
+        let cmd = srun.keeper_command("/bin/prog", ms, Limits::default());
         let args: Vec<_> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -436,7 +474,13 @@ mod tests {
         assert!(args.contains(&"--partition=debug".to_string()));
         assert_eq!(args.last().unwrap(), "/bin/prog");
         let prefix = Launcher::command(["docker", "exec", "-i", "c"]);
-        let cmd = prefix.keeper_command("/bin/prog", ms);
+        let limits = Limits {
+            nice: Some(5),
+            memory_limit: Some(1 << 30),
+        };
+        assert_eq!(Limits::decode(&limits.encode()), limits);
+        assert_eq!(Limits::decode(""), Limits::default());
+        let cmd = prefix.keeper_command("/bin/prog", ms, limits);
         let args: Vec<_> = cmd
             .get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -451,6 +495,7 @@ mod tests {
                 "env",
                 "__PROCPOOL_WORKER=remote",
                 "__PROCPOOL_HEARTBEAT_MS=1500",
+                "__PROCPOOL_LIMITS=5:1073741824",
                 "/bin/prog"
             ]
         );

@@ -60,8 +60,12 @@ pub fn init() {
                 std::time::Duration::from_millis,
             );
         std::env::remove_var(crate::remote::ENV_HEARTBEAT_MS);
+        let limits = std::env::var(crate::remote::ENV_LIMITS)
+            .map(|l| crate::remote::Limits::decode(&l))
+            .unwrap_or_default();
+        std::env::remove_var(crate::remote::ENV_LIMITS);
         crate::start::names::set_comm(crate::start::names::COMM_KEEPER);
-        std::process::exit(crate::remote::keeper::keeper_main(interval));
+        std::process::exit(crate::remote::keeper::keeper_main(interval, limits));
     }
     // Into its cgroup leaf, a subreaper, dying with its parent, with its niceness and
     // memory limit, before anything else: what `posix_spawn` could not do before the
