@@ -14,7 +14,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// Set in the helper's environment: a scratch directory for its markers.
 const HELPER_ENV: &str = "PROCPOOL_TEST_PARENT_DEATH_HELPER";
@@ -79,21 +78,7 @@ async fn parent_sigkill_takes_the_workers_down() {
         .expect("start the helper");
     let helper_pid = helper.id().expect("helper pid");
 
-    let stdout = helper.stdout.take().expect("helper stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let workers: Vec<u32> = within("the helper's PIDS line", async {
-        while let Some(line) = lines.next_line().await.expect("read helper stdout") {
-            // libtest prints "test helper_parent ... " on the same line first.
-            if let Some(at) = line.find("PIDS ") {
-                return line[at + "PIDS ".len()..]
-                    .split_whitespace()
-                    .map(|p| p.parse().expect("a pid"))
-                    .collect();
-            }
-        }
-        panic!("the helper ended without printing its workers' pids");
-    })
-    .await;
+    let workers = pids_line(helper.stdout.take().expect("helper stdout")).await;
     assert_eq!(workers.len(), 2, "{workers:?}");
     // Every process of the pool: the workers and, with the fork server start method,
     // the server that forked them (a child of the helper).

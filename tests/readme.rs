@@ -92,7 +92,7 @@ fn every_code_block_is_marked() {
     for line in README.lines().filter(|l| l.starts_with("```")) {
         let lang = line.trim_start_matches('`');
         assert!(
-            ["", "rust", "sh", "toml", "text"].contains(&lang),
+            ["", "rust", "rust,no_run", "sh", "toml", "text"].contains(&lang),
             "unexpected block {line:?}"
         );
     }

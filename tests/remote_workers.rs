@@ -20,7 +20,6 @@ use std::time::Duration;
 use procpool::{BuildErrorKind, Launcher, Pool, PoolBuilder, TaskError, WorkerExit};
 use support::cluster::{require_or_skip, Slurm, Sshd};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// The heartbeat bound of the tests' pools.
 const HEARTBEAT: Duration = Duration::from_millis(900);
@@ -475,20 +474,7 @@ async fn parent_death_takes_the_remote_workers_down(rig: Rig) {
         }
     }
     let mut helper = cmd.spawn().expect("start the helper");
-    let stdout = helper.stdout.take().expect("helper stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let workers: Vec<u32> = within("the helper's PIDS line", async {
-        while let Some(line) = lines.next_line().await.expect("read helper stdout") {
-            if let Some(at) = line.find("PIDS ") {
-                return line[at + "PIDS ".len()..]
-                    .split_whitespace()
-                    .map(|p| p.parse().expect("a pid"))
-                    .collect();
-            }
-        }
-        panic!("the helper ended without printing its workers' pids");
-    })
-    .await;
+    let workers = pids_line(helper.stdout.take().expect("helper stdout")).await;
     assert_eq!(workers.len(), 2, "{workers:?}");
     let keepers: Vec<u32> = workers.iter().filter_map(|&w| parent_of(w)).collect();
     assert_eq!(keepers.len(), 2);

@@ -204,19 +204,15 @@ enum End {
 /// frames tracked so that heartbeats and meta frames go only between frames.
 struct ToPool {
     buf: Vec<u8>,
-    /// Where `buf` starts in the worker's byte stream is irrelevant; what matters is
-    /// how much of the current worker frame is still to come (after `buf`).
-    frame_left: u64,
-    /// A partly read frame header of the worker's.
-    header: [u8; 4],
-    header_len: usize,
+    /// The worker's frames, followed (the end of `buf` is where the track is).
+    track: wire::FrameTrack,
     /// Meta frames waiting for a frame boundary.
     meta: Vec<u8>,
 }
 
 impl ToPool {
     fn at_boundary(&self) -> bool {
-        self.frame_left == 0 && self.header_len == 0
+        self.track.at_boundary()
     }
 
     fn push_meta(&mut self, meta: &Meta) {
@@ -232,29 +228,8 @@ impl ToPool {
 
     /// Takes bytes the worker sent, tracking its frames. A frame of the length the
     /// link reserves is the worker's breach of the protocol: `Err`.
-    fn push_worker(&mut self, mut bytes: &[u8]) -> Result<(), ()> {
-        while !bytes.is_empty() {
-            if self.frame_left > 0 {
-                let n = (self.frame_left.min(bytes.len() as u64)) as usize;
-                self.buf.extend_from_slice(&bytes[..n]);
-                self.frame_left -= n as u64;
-                bytes = &bytes[n..];
-                continue;
-            }
-            let n = (4 - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-            self.header_len += n;
-            bytes = &bytes[n..];
-            if self.header_len == 4 {
-                let len = u32::from_be_bytes(self.header);
-                if wire::is_reserved(len) {
-                    return Err(());
-                }
-                self.buf.extend_from_slice(&self.header);
-                self.header_len = 0;
-                self.frame_left = u64::from(len);
-            }
-        }
+    fn push_worker(&mut self, bytes: &[u8]) -> Result<(), wire::ReservedLength> {
+        self.track.follow(bytes, false, &mut self.buf)?;
         self.release_meta();
         Ok(())
     }
@@ -276,9 +251,7 @@ impl Relay {
             heartbeat,
             to_pool: ToPool {
                 buf: Vec::new(),
-                frame_left: 0,
-                header: [0; 4],
-                header_len: 0,
+                track: wire::FrameTrack::default(),
                 meta: Vec::new(),
             },
             to_worker: Vec::new(),
@@ -367,8 +340,13 @@ impl Relay {
                     Some(0) => return Ok(End::LinkClosed),
                     Some(n) => {
                         self.last_from_pool = Instant::now();
-                        self.from_pool
-                            .follow(&chunk[..n], true, &mut self.to_worker);
+                        let followed =
+                            self.from_pool
+                                .follow(&chunk[..n], true, &mut self.to_worker);
+                        if followed.is_err() {
+                            // Not the pool's frames: the link is broken.
+                            return Ok(End::LinkClosed);
+                        }
                     }
                     None => {}
                 }

@@ -235,7 +235,8 @@ impl<W: AsyncWrite + Unpin> WriteState<W> {
                 break;
             }
             let k = n.min(buf.len());
-            self.track.follow(&buf[..k], false, &mut sink);
+            // (A frame of the reserved length is the keeper's to refuse.)
+            let _ = self.track.follow(&buf[..k], false, &mut sink);
             sink.clear();
             n -= k;
         }

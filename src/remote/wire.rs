@@ -79,9 +79,15 @@ impl FrameTrack {
         self.left == 0 && self.header_len == 0
     }
 
-    /// Follows `bytes`, keeping those that `keep` says to (every byte but those of
-    /// empty frames when `strip` is set) in `out`.
-    pub(crate) fn follow(&mut self, mut bytes: &[u8], strip: bool, out: &mut Vec<u8>) {
+    /// Follows `bytes`, appending them to `out` (but for the empty frames, with
+    /// `strip`). A frame header of the length the link reserves for its meta frames
+    /// breaks the link's rules: `Err`, with what came before it followed.
+    pub(crate) fn follow(
+        &mut self,
+        mut bytes: &[u8],
+        strip: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ReservedLength> {
         while !bytes.is_empty() {
             if self.left > 0 {
                 let n = self.left.min(bytes.len() as u64) as usize;
@@ -96,14 +102,23 @@ impl FrameTrack {
             bytes = &bytes[n..];
             if self.header_len == 4 {
                 self.header_len = 0;
-                self.left = u64::from(u32::from_be_bytes(self.header));
+                let len = u32::from_be_bytes(self.header);
+                if is_reserved(len) {
+                    return Err(ReservedLength);
+                }
+                self.left = u64::from(len);
                 if self.left > 0 || !strip {
                     out.extend_from_slice(&self.header);
                 }
             }
         }
+        Ok(())
     }
 }
+
+/// A frame whose length is the one the link reserves (see [`FrameTrack::follow`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReservedLength;
 
 /// Where the parser is in the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,14 +289,21 @@ mod tests {
             let mut track = FrameTrack::default();
             let mut out = Vec::new();
             for piece in stream.chunks(split) {
-                track.follow(piece, true, &mut out);
+                track
+                    .follow(piece, true, &mut out)
+                    .expect("no reserved length");
             }
             assert_eq!(out, [a.clone(), b.clone()].concat(), "split {split}");
             assert!(track.at_boundary());
         }
         let mut track = FrameTrack::default();
-        track.follow(&a[..5], false, &mut Vec::new());
+        track.follow(&a[..5], false, &mut Vec::new()).unwrap();
         assert!(!track.at_boundary());
+        let mut track = FrameTrack::default();
+        assert_eq!(
+            track.follow(&u32::MAX.to_be_bytes(), false, &mut Vec::new()),
+            Err(ReservedLength)
+        );
     }
 
     #[test]

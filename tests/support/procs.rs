@@ -93,3 +93,22 @@ pub fn niceness_of(pid: &str) -> i32 {
         .parse()
         .expect("niceness is a number")
 }
+
+/// The pids a helper process printed on a line `PIDS 1 2 3` of its stdout (libtest may
+/// print "test name ... " before it on the same line); bounded by [`super::BOUND`].
+pub async fn pids_line(stdout: tokio::process::ChildStdout) -> Vec<u32> {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut lines = BufReader::new(stdout).lines();
+    super::within("the helper's PIDS line", async {
+        while let Some(line) = lines.next_line().await.expect("read helper stdout") {
+            if let Some(at) = line.find("PIDS ") {
+                return line[at + "PIDS ".len()..]
+                    .split_whitespace()
+                    .map(|p| p.parse().expect("a pid"))
+                    .collect();
+            }
+        }
+        panic!("the helper ended without printing its pids");
+    })
+    .await
+}
