@@ -33,8 +33,15 @@ const EXIT_WAIT: Duration = Duration::from_secs(2);
 
 /// Runs the keeper; returns its exit code. `heartbeat` is the interval of its
 /// heartbeats toward the pool.
-pub(crate) fn keeper_main(heartbeat: Duration, limits: crate::remote::Limits) -> i32 {
-    match run(heartbeat, limits) {
+///
+/// `body` is what the forked worker runs on its channel (the worker's loop, given by
+/// the worker's entry, as to `start::fork`: this layer does not import the worker).
+pub(crate) fn keeper_main(
+    heartbeat: Duration,
+    limits: crate::remote::Limits,
+    body: crate::start::fork::ChildBody,
+) -> i32 {
+    match run(heartbeat, limits, body) {
         Ok(code) => code,
         Err(_) => {
             tree::kill_own_subtree();
@@ -43,8 +50,19 @@ pub(crate) fn keeper_main(heartbeat: Duration, limits: crate::remote::Limits) ->
     }
 }
 
-fn run(heartbeat: Duration, limits: crate::remote::Limits) -> io::Result<i32> {
-    crate::worker::ignore_interrupts();
+fn run(
+    heartbeat: Duration,
+    limits: crate::remote::Limits,
+    body: crate::start::fork::ChildBody,
+) -> io::Result<i32> {
+    // Ctrl-C reaches the launcher's group, not the pool's decision; a write to a closed
+    // link fails with EPIPE rather than kills.
+    // SAFETY: SIG_IGN installs no handler code.
+    unsafe {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        let _ = signal(Signal::SIGINT, SigHandler::SigIgn);
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigIgn);
+    }
     // The link is stdin and stdout: keep them above the standard numbers, and give the
     // standard numbers /dev/null and stderr, so that nothing written to stdout by this
     // process or the worker's tasks can corrupt the link.
@@ -77,7 +95,7 @@ fn run(heartbeat: Duration, limits: crate::remote::Limits) -> io::Result<i32> {
         nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC,
     )?;
     let (ours, theirs) = crate::start::channel_pair()?;
-    let worker = fork_worker(theirs, limits)?;
+    let worker = fork_worker(theirs, limits, body)?;
     let worker_fd = OwnedFd::from(ours);
     nix::fcntl::fcntl(
         &worker_fd,
@@ -141,6 +159,7 @@ impl<T: std::os::fd::AsFd> AsFdRef for T {
 fn fork_worker(
     channel: std::os::unix::net::UnixStream,
     limits: crate::remote::Limits,
+    body: crate::start::fork::ChildBody,
 ) -> io::Result<i32> {
     let parent = nix::unistd::getpid();
     let opts = crate::start::ChildOptions {
@@ -159,7 +178,7 @@ fn fork_worker(
             &opts,
             None,
             None,
-            crate::worker::serve,
+            body,
         ),
         pid => Ok(pid),
     }

@@ -65,7 +65,7 @@ pub fn init() {
             .unwrap_or_default();
         std::env::remove_var(crate::remote::ENV_LIMITS);
         crate::start::names::set_comm(crate::start::names::COMM_KEEPER);
-        std::process::exit(crate::remote::keeper::keeper_main(interval, limits));
+        std::process::exit(crate::remote::keeper::keeper_main(interval, limits, serve));
     }
     // Into its cgroup leaf, a subreaper, dying with its parent, with its niceness and
     // memory limit, before anything else: what `posix_spawn` could not do before the
