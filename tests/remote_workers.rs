@@ -166,6 +166,57 @@ per_launcher!(
     resource_caps_apply_to_remote_workers,
 );
 
+// Only where the launcher relays the link (a local `sh` prefix does not: stopping it
+// leaves the link alone; nor does an ssh client of a ControlMaster, which hands its
+// stdin and stdout to the master: this one connects on its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_stopped_launcher_is_caught_by_both_heartbeats() {
+    if let Some(mut rig) = rig(
+        Kind::Ssh,
+        "ssh_stopped_launcher_is_caught_by_both_heartbeats",
+    ) {
+        rig.launcher = rig
+            .launcher
+            .args(["-o", "ControlMaster=no", "-o", "ControlPath=none"]);
+        a_stopped_launcher_is_caught_by_both_heartbeats(rig).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srun_stopped_launcher_is_caught_by_both_heartbeats() {
+    if let Some(rig) = rig(
+        Kind::Srun,
+        "srun_stopped_launcher_is_caught_by_both_heartbeats",
+    ) {
+        a_stopped_launcher_is_caught_by_both_heartbeats(rig).await
+    }
+}
+
+/// The launcher stops (SIGSTOP on `ssh` or `srun`): nothing crosses the link either
+/// way. The pool's side loses the link within the heartbeat bound and ends the
+/// launcher; the keeper, hearing nothing from the pool, kills its worker within the
+/// same bound, though the launcher never closed its link.
+async fn a_stopped_launcher_is_caught_by_both_heartbeats(rig: Rig) {
+    use nix::sys::signal::Signal;
+    let pool = rig.pool(1).await;
+    let worker = worker_pids(&pool)[0];
+    let keeper = parent_of(worker).expect("keeper");
+    let launcher = rig.launcher_pid(worker);
+    let running = pool.apply_async(sleep_ms, 60_000);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    signal(launcher, Signal::SIGSTOP);
+    let err = within("the task in flight", running)
+        .await
+        .expect_err("the link went silent");
+    assert!(err.is_link_lost() || err.is_worker_died(), "{err:?}");
+    assert_eq!(err.pid(), Some(worker), "{err:?}");
+    assert_all_gone(&[worker, keeper]).await;
+    assert_eq!(within("after", pool.apply(double, 4)).await, Ok(8));
+    let pids = worker_pids(&pool);
+    within("terminate", pool.terminate()).await;
+    assert_all_gone(&pids).await;
+}
+
 async fn resource_caps_apply_to_remote_workers(rig: Rig) {
     let limit: u64 = 2 << 30;
     let pool = within(
