@@ -97,8 +97,9 @@ pub struct Launcher {
     args: Vec<OsString>,
     env: Vec<(OsString, OsString)>,
     program: Option<PathBuf>,
-    /// The program's path on the other end, once copied there (ssh).
-    copied: Arc<OnceCell<Result<String, String>>>,
+    /// The program's path on the other end, once copied there (ssh). A failed copy is
+    /// not kept: the next start tries again.
+    copied: Arc<OnceCell<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -217,9 +218,9 @@ impl Launcher {
         match &self.kind {
             Kind::Ssh(_) => self
                 .copied
-                .get_or_init(|| async { self.copy_over_ssh(bound).await })
+                .get_or_try_init(|| self.copy_over_ssh(bound))
                 .await
-                .clone(),
+                .cloned(),
             _ => std::env::current_exe()
                 .map(|p| p.to_string_lossy().into_owned())
                 .map_err(|e| format!("cannot find this executable: {e}")),
