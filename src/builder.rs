@@ -510,6 +510,12 @@ impl PoolBuilder {
             polling.unwrap_or_else(|| crate::Polling::default_for(processes))
         });
         config.transport = config.transport.or(transport);
+        if let Some(launcher) = crate::remote::test_launcher() {
+            if config.remote.is_empty() {
+                let local = std::mem::take(&mut config.processes);
+                config.remote.push((launcher, local));
+            }
+        }
         let shared = Arc::new(Shared::new(config));
         let pool = Pool::from_shared(shared.clone());
         // (A pool of remote workers alone has no use for a fork server.)

@@ -605,3 +605,37 @@ async fn a_host_that_refuses_the_login_fails_the_build() {
     assert!(message.contains(Sshd::REFUSED_HOST), "{message}");
     assert!(message.contains("Permission denied"), "{message}");
 }
+
+/// Set to `ssh` or `srun`: `serve_a_cluster_for_the_suite` starts that fixture.
+const SERVE_ENV: &str = "PROCPOOL_TEST_SERVE_CLUSTER";
+
+/// Not a test: `.ci/run` runs it to keep a fixture alive while it runs integration tests
+/// with every worker started through ssh or srun (`__PROCPOOL_TEST_LAUNCHER`). It prints
+/// `LAUNCHER <value>` and `ENV <key>=<value>` lines, then `READY`, and holds the
+/// fixture until its stdin ends.
+#[test]
+#[ignore = "a fixture server for .ci/run"]
+fn serve_a_cluster_for_the_suite() {
+    use std::io::Read;
+    let Ok(kind) = std::env::var(SERVE_ENV) else {
+        return;
+    };
+    let (sshd, slurm) = match kind.as_str() {
+        "ssh" => {
+            let sshd = Sshd::start().expect("sshd starts");
+            println!("LAUNCHER ssh:{}:{}", sshd.config().display(), Sshd::HOST);
+            (Some(sshd), None)
+        }
+        _ => {
+            let slurm = Slurm::start().expect("Slurm starts");
+            println!("LAUNCHER srun");
+            for (k, v) in slurm.env() {
+                println!("ENV {k}={v}");
+            }
+            (None, Some(slurm))
+        }
+    };
+    println!("READY");
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    drop((sshd, slurm));
+}

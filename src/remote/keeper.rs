@@ -121,7 +121,8 @@ fn run(
     match end {
         End::LinkClosed => {
             tree::kill_tree(pidfd.as_fd_ref(), worker, true);
-            let _ = reap(worker, Duration::ZERO);
+            // Reaped here, not left a zombie to whoever inherits it.
+            let _ = reap(worker, EXIT_WAIT);
             tree::kill_own_subtree();
             Ok(0)
         }
@@ -219,38 +220,19 @@ enum End {
     WorkerGone,
 }
 
-/// Bytes on their way toward the pool, with the frame boundaries of the worker's
-/// frames tracked so that heartbeats and meta frames go only between frames.
+/// Records on their way toward the pool (see [`wire`]).
 struct ToPool {
     buf: Vec<u8>,
-    /// The worker's frames, followed (the end of `buf` is where the track is).
-    track: wire::FrameTrack,
-    /// Meta frames waiting for a frame boundary.
-    meta: Vec<u8>,
 }
 
 impl ToPool {
-    fn at_boundary(&self) -> bool {
-        self.track.at_boundary()
-    }
-
     fn push_meta(&mut self, meta: &Meta) {
-        wire::write_meta(meta, &mut self.meta);
-        self.release_meta();
+        wire::write_meta(meta, &mut self.buf);
     }
 
-    fn release_meta(&mut self) {
-        if self.at_boundary() && !self.meta.is_empty() {
-            self.buf.append(&mut self.meta);
-        }
-    }
-
-    /// Takes bytes the worker sent, tracking its frames. A frame of the length the
-    /// link reserves is the worker's breach of the protocol: `Err`.
-    fn push_worker(&mut self, bytes: &[u8]) -> Result<(), wire::ReservedLength> {
-        self.track.follow(bytes, false, &mut self.buf)?;
-        self.release_meta();
-        Ok(())
+    /// Takes bytes the worker sent.
+    fn push_worker(&mut self, bytes: &[u8]) {
+        wire::write_data(bytes, &mut self.buf);
     }
 }
 
@@ -268,11 +250,7 @@ impl Relay {
     fn new(heartbeat: Duration) -> Self {
         Relay {
             heartbeat,
-            to_pool: ToPool {
-                buf: Vec::new(),
-                track: wire::FrameTrack::default(),
-                meta: Vec::new(),
-            },
+            to_pool: ToPool { buf: Vec::new() },
             to_worker: Vec::new(),
             last_to_pool: Instant::now(),
             from_pool: wire::FrameTrack::default(),
@@ -297,11 +275,8 @@ impl Relay {
         let mut chunk = vec![0u8; READ_CHUNK];
         let mut worker_open = true;
         loop {
-            if self.last_to_pool.elapsed() >= self.heartbeat
-                && self.to_pool.buf.is_empty()
-                && self.to_pool.at_boundary()
-            {
-                self.to_pool.buf.extend_from_slice(&wire::HEARTBEAT);
+            if self.last_to_pool.elapsed() >= self.heartbeat && self.to_pool.buf.is_empty() {
+                wire::write_beat(&mut self.to_pool.buf);
             }
             let want_in = self.to_worker.len() < BUFFER_LIMIT;
             let want_worker = worker_open && self.to_pool.buf.len() < BUFFER_LIMIT;
@@ -384,13 +359,7 @@ impl Relay {
             if worker_open && ready(2, libc::POLLIN | hangup) {
                 match read(worker.as_raw_fd(), &mut chunk) {
                     Ok(Some(0)) | Err(_) => worker_open = false,
-                    Ok(Some(n)) => {
-                        if self.to_pool.push_worker(&chunk[..n]).is_err() {
-                            // A frame the link cannot carry: the worker is broken.
-                            tree::pidfd_signal(pidfd, libc::SIGKILL);
-                            worker_open = false;
-                        }
-                    }
+                    Ok(Some(n)) => self.to_pool.push_worker(&chunk[..n]),
                     Ok(None) => {}
                 }
             }
@@ -405,13 +374,15 @@ impl Relay {
                 }
             }
             if ready(3, libc::POLLIN) {
-                // The worker exited: pass on what it sent before it did.
-                while worker_open {
+                // The worker exited: pass on what it sent before it did (what is in the
+                // socket now, at most a bound of it: a descendant that kept the socket
+                // may write on).
+                let mut drained = 0usize;
+                while worker_open && drained < BUFFER_LIMIT {
                     match read(worker.as_raw_fd(), &mut chunk) {
                         Ok(Some(n)) if n > 0 => {
-                            if self.to_pool.push_worker(&chunk[..n]).is_err() {
-                                break;
-                            }
+                            self.to_pool.push_worker(&chunk[..n]);
+                            drained += n;
                         }
                         _ => worker_open = false,
                     }
@@ -505,37 +476,23 @@ mod tests {
         v
     }
 
+    /// A worker that dies in the middle of a frame: its exit status still reaches
+    /// the pool, after the half frame.
     #[test]
-    fn meta_frames_wait_for_a_frame_boundary() {
+    fn an_exit_follows_even_half_a_frame() {
         let mut relay = Relay::new(Duration::from_secs(1));
         let whole = frame(b"hello world");
-        // Half a frame, then a meta frame is asked for: it must wait.
-        relay.to_pool.push_worker(&whole[..6]).unwrap();
-        relay.to_pool.push_meta(&Meta::Exit {
+        relay.to_pool.push_worker(&whole[..6]);
+        let exit = Meta::Exit {
             pid: 7,
             kind: wire::EXIT_SIGNAL,
             value: 9,
-        });
-        assert_eq!(relay.to_pool.buf, whole[..6]);
-        relay.to_pool.push_worker(&whole[6..]).unwrap();
-        assert_eq!(&relay.to_pool.buf[..whole.len()], &whole[..]);
+        };
+        relay.to_pool.push_meta(&exit);
         let mut parser = wire::Parser::default();
         let mut out = Vec::new();
         let metas = parser.feed(&relay.to_pool.buf, &mut out).unwrap();
-        assert_eq!(out, whole);
-        assert_eq!(
-            metas,
-            [Meta::Exit {
-                pid: 7,
-                kind: wire::EXIT_SIGNAL,
-                value: 9
-            }]
-        );
-    }
-
-    #[test]
-    fn a_frame_of_a_reserved_length_is_refused() {
-        let mut relay = Relay::new(Duration::from_secs(1));
-        assert!(relay.to_pool.push_worker(&u32::MAX.to_be_bytes()).is_err());
+        assert_eq!(out, whole[..6]);
+        assert_eq!(metas, [exit]);
     }
 }

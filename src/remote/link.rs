@@ -305,7 +305,9 @@ mod tests {
             // Heartbeats every 2 s: under the bound, so nothing fails.
             let beat = async {
                 tokio::time::sleep(Duration::from_secs(2)).await;
-                keeper.write_all(&HEARTBEAT).await.unwrap();
+                let mut beat = Vec::new();
+                crate::remote::wire::write_beat(&mut beat);
+                keeper.write_all(&beat).await.unwrap();
             };
             let (r, ()) = tokio::join!(
                 tokio::time::timeout(Duration::from_millis(2500), read.read(&mut byte)),

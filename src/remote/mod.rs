@@ -416,6 +416,20 @@ impl Launcher {
     }
 }
 
+/// The test suite's hook (like `__PROCPOOL_TEST_TRANSPORT`): with
+/// `__PROCPOOL_TEST_LAUNCHER` set to `ssh:CONFIG:HOST` or `srun`, a pool's local workers
+/// are started through that launcher instead, so that the integration tests of the
+/// pool's semantics run over a real link (see `.ci/run`).
+pub(crate) fn test_launcher() -> Option<Launcher> {
+    let spec = std::env::var("__PROCPOOL_TEST_LAUNCHER").ok()?;
+    let mut parts = spec.splitn(3, ':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("ssh"), Some(config), Some(host)) => Some(Launcher::ssh(host).args(["-F", config])),
+        (Some("srun"), None, None) => Some(Launcher::srun()),
+        _ => None,
+    }
+}
+
 /// The pool's end of a remote worker's link.
 pub(crate) struct RemoteLink {
     pub(crate) read: BoxRead,

@@ -1,28 +1,37 @@
-//! What a keeper adds to the worker's byte stream toward the pool: heartbeats (empty
-//! frames) and meta frames (a reserved length, then a small postcard message), only
-//! between the worker's frames. [`Parser`] takes them out again on the pool's side,
-//! where they are untrusted input like everything else from another machine: every
-//! length is checked and bounded.
+//! The link's own framing. Toward the pool, a keeper sends *records*: a 4-byte
+//! big-endian length, a kind byte, then the payload: the worker's bytes as they came
+//! ([`DATA`]), a heartbeat ([`BEAT`], empty), or a meta message ([`META`], a small
+//! postcard [`Meta`]), so that a meta message (the worker's exit status) can follow even
+//! a frame the worker died in the middle of. [`Parser`] takes them apart on the pool's
+//! side, where they are untrusted input like everything else from another machine:
+//! every length and kind is checked and bounded. Toward the keeper, the pool's own
+//! frames go as they are, with empty frames as heartbeats between them
+//! ([`FrameTrack`]).
 
 use serde::{Deserialize, Serialize};
 
-/// A heartbeat: an empty frame (no worker message is empty).
+/// A heartbeat from the pool: an empty frame (no message of the pool is empty).
 pub(crate) const HEARTBEAT: [u8; 4] = [0; 4];
 
-/// The length that marks a meta frame; a worker frame of this length is refused.
-const META_MARK: u32 = u32::MAX;
+/// A record's kinds.
+const DATA: u8 = 0;
+const BEAT: u8 = 1;
+const META: u8 = 2;
 
-/// The longest meta frame body accepted.
-const META_LIMIT: usize = 1024;
+/// The longest data record accepted (a keeper sends at most what it read at once).
+const DATA_LIMIT: u32 = 1 << 20;
+
+/// The longest meta record accepted.
+const META_LIMIT: u32 = 1024;
 
 /// How the worker ended, in [`Meta::Exit`].
 pub(crate) const EXIT_CODE: u8 = 0;
 pub(crate) const EXIT_SIGNAL: u8 = 1;
 pub(crate) const EXIT_UNKNOWN: u8 = 2;
 
-/// Whether a worker frame's length is the link's own.
-pub(crate) fn is_reserved(len: u32) -> bool {
-    len == META_MARK
+/// A frame length the pool never sends to a keeper (see [`FrameTrack::follow`]).
+fn is_reserved(len: u32) -> bool {
+    len == u32::MAX
 }
 
 /// What a keeper tells the pool about its worker.
@@ -55,12 +64,28 @@ impl Meta {
     }
 }
 
-/// Appends `meta` as a frame.
+fn write_record(kind: u8, payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(payload);
+}
+
+/// Appends `meta` as a record.
 pub(crate) fn write_meta(meta: &Meta, out: &mut Vec<u8>) {
     let body = postcard::to_allocvec(meta).unwrap_or_default();
-    out.extend_from_slice(&META_MARK.to_be_bytes());
-    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    out.extend_from_slice(&body);
+    write_record(META, &body, out);
+}
+
+/// Appends a heartbeat record.
+pub(crate) fn write_beat(out: &mut Vec<u8>) {
+    write_record(BEAT, &[], out);
+}
+
+/// Appends the worker's bytes as data records (of at most [`DATA_LIMIT`] each).
+pub(crate) fn write_data(bytes: &[u8], out: &mut Vec<u8>) {
+    for piece in bytes.chunks(DATA_LIMIT as usize) {
+        write_record(DATA, piece, out);
+    }
 }
 
 /// Follows the frames of a byte stream, to tell where one ends: heartbeats may only go
@@ -120,25 +145,22 @@ impl FrameTrack {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ReservedLength;
 
-/// Where the parser is in the stream.
+/// Where the parser is in the stream of records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Reading a frame header (4 bytes).
+    /// Reading a record's header (5 bytes).
     Header,
-    /// Passing on the rest of a worker frame.
-    Body(u64),
-    /// Reading a meta frame's length (2 bytes).
-    MetaLen,
-    /// Reading a meta frame's body.
+    /// Passing on the rest of a data record.
+    Data(u32),
+    /// Reading a meta record of this length.
     Meta(usize),
 }
 
-/// Takes heartbeats and meta frames out of the stream from a keeper, passing the
-/// worker's frames on byte for byte.
+/// Takes a keeper's records apart: the worker's bytes to pass on, and its meta messages.
 #[derive(Debug)]
 pub(crate) struct Parser {
     state: State,
-    /// A partly read header, meta length or meta body.
+    /// A partly read header or meta body.
     part: Vec<u8>,
 }
 
@@ -152,7 +174,7 @@ impl Default for Parser {
 }
 
 impl Parser {
-    /// Feeds `bytes`; appends the worker's bytes to `out` and returns the meta frames
+    /// Feeds `bytes`; appends the worker's bytes to `out` and returns the meta messages
     /// found. An error if the stream breaks the link's rules.
     pub(crate) fn feed(
         &mut self,
@@ -162,17 +184,17 @@ impl Parser {
         let mut metas = Vec::new();
         while !bytes.is_empty() {
             match self.state {
-                State::Body(left) => {
-                    let n = left.min(bytes.len() as u64) as usize;
+                State::Data(left) => {
+                    let n = (left as usize).min(bytes.len());
                     out.extend_from_slice(&bytes[..n]);
                     bytes = &bytes[n..];
-                    self.state = match left - n as u64 {
+                    self.state = match left - n as u32 {
                         0 => State::Header,
-                        left => State::Body(left),
+                        left => State::Data(left),
                     };
                 }
                 State::Header => {
-                    if !self.take(&mut bytes, 4) {
+                    if !self.take(&mut bytes, 5) {
                         continue;
                     }
                     let len = u32::from_be_bytes([
@@ -181,35 +203,23 @@ impl Parser {
                         self.part[2],
                         self.part[3],
                     ]);
-                    let header = std::mem::take(&mut self.part);
-                    self.state = match len {
-                        0 => State::Header,
-                        META_MARK => State::MetaLen,
-                        len => {
-                            out.extend_from_slice(&header);
-                            State::Body(u64::from(len))
-                        }
-                    };
-                }
-                State::MetaLen => {
-                    if !self.take(&mut bytes, 2) {
-                        continue;
-                    }
-                    let len = usize::from(u16::from_be_bytes([self.part[0], self.part[1]]));
+                    let kind = self.part[4];
                     self.part.clear();
-                    if len > META_LIMIT {
-                        return Err(format!(
-                            "a meta frame of {len} bytes (the limit is {META_LIMIT})"
-                        ));
-                    }
-                    self.state = State::Meta(len);
+                    self.state = match (kind, len) {
+                        (DATA, 1..=DATA_LIMIT) => State::Data(len),
+                        (BEAT, 0) => State::Header,
+                        (META, 1..=META_LIMIT) => State::Meta(len as usize),
+                        _ => return Err(format!(
+                            "a record of kind {kind} and {len} bytes, which the link does not have"
+                        )),
+                    };
                 }
                 State::Meta(len) => {
                     if !self.take(&mut bytes, len) {
                         continue;
                     }
                     let meta: Meta = postcard::from_bytes(&self.part)
-                        .map_err(|e| format!("a meta frame that does not decode: {e}"))?;
+                        .map_err(|e| format!("a meta record that does not decode: {e}"))?;
                     if let Meta::Hello { host, .. } = &meta {
                         if host.len() > 255 {
                             return Err("a host name over 255 bytes".into());
@@ -243,10 +253,11 @@ mod tests {
         v
     }
 
-    /// Frames, heartbeats and meta frames, fed in every split: the worker's bytes come
-    /// out whole and in order, and the meta frames are found.
+    /// Data, heartbeats and meta records, fed in every split: the worker's bytes come
+    /// out whole and in order, and the meta messages are found, also one that follows
+    /// half a frame (a worker that died writing).
     #[test]
-    fn takes_out_heartbeats_and_meta_frames_at_any_split() {
+    fn takes_records_apart_at_any_split() {
         let hello = Meta::Hello {
             host: "node-7".into(),
             pid: 4242,
@@ -258,14 +269,14 @@ mod tests {
         };
         let mut stream = Vec::new();
         write_meta(&hello, &mut stream);
-        stream.extend_from_slice(&HEARTBEAT);
+        write_beat(&mut stream);
         let a = frame(b"first frame");
         let b = frame(&[7u8; 300]);
-        stream.extend_from_slice(&a);
-        stream.extend_from_slice(&HEARTBEAT);
-        stream.extend_from_slice(&b);
+        write_data(&a, &mut stream);
+        write_beat(&mut stream);
+        write_data(&b[..100], &mut stream);
         write_meta(&exit, &mut stream);
-        let want: Vec<u8> = [a, b].concat();
+        let want: Vec<u8> = [a, b[..100].to_vec()].concat();
         for split in 1..stream.len() {
             let mut parser = Parser::default();
             let mut out = Vec::new();
@@ -307,16 +318,22 @@ mod tests {
     }
 
     #[test]
-    fn refuses_oversized_and_garbled_meta_frames() {
-        let mut parser = Parser::default();
-        let mut bad = META_MARK.to_be_bytes().to_vec();
-        bad.extend_from_slice(&u16::MAX.to_be_bytes());
-        assert!(parser.feed(&bad, &mut Vec::new()).is_err());
-        let mut parser = Parser::default();
-        let mut bad = META_MARK.to_be_bytes().to_vec();
-        bad.extend_from_slice(&3u16.to_be_bytes());
-        bad.extend_from_slice(&[9, 9, 9]);
-        assert!(parser.feed(&bad, &mut Vec::new()).is_err());
+    fn refuses_records_the_link_does_not_have() {
+        let bad = |len: u32, kind: u8, tail: &[u8]| {
+            let mut v = len.to_be_bytes().to_vec();
+            v.push(kind);
+            v.extend_from_slice(tail);
+            Parser::default().feed(&v, &mut Vec::new()).is_err()
+        };
+        assert!(bad(META_LIMIT + 1, META, &[]), "an oversized meta record");
+        assert!(
+            bad(3, META, &[9, 9, 9]),
+            "a meta record that does not decode"
+        );
+        assert!(bad(DATA_LIMIT + 1, DATA, &[]), "an oversized data record");
+        assert!(bad(0, DATA, &[]), "an empty data record");
+        assert!(bad(1, BEAT, &[0]), "a heartbeat with a payload");
+        assert!(bad(1, 9, &[0]), "an unknown kind");
     }
 
     #[test]
