@@ -190,8 +190,11 @@ async fn supervise_slot(
                 );
                 if worker.remote.is_some() {
                     // The end of its link ends a remote worker at once (its keeper kills
-                    // it), before its launcher is ended.
+                    // and reaps it, then leaves, and so does its launcher): wait a
+                    // moment for that, so that `terminate` returns with the remote
+                    // worker gone too, before its launcher is ended.
                     worker.link.shutdown().await;
+                    let _ = tokio::time::timeout(REMOTE_SETTLE, worker.child.wait()).await;
                 }
                 worker.child.kill_and_reap(REAP_BOUND).await;
                 return;
@@ -210,6 +213,10 @@ async fn supervise_slot(
         }
     }
 }
+
+/// How long a terminated remote worker's launcher has to leave by itself once its link
+/// is closed, before it is ended.
+const REMOTE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Lets a worker go: closing our end tells it to exit; it is killed if it lingers.
 async fn let_go(mut worker: Worker) {

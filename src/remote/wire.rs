@@ -209,9 +209,11 @@ impl Parser {
                         (DATA, 1..=DATA_LIMIT) => State::Data(len),
                         (BEAT, 0) => State::Header,
                         (META, 1..=META_LIMIT) => State::Meta(len as usize),
-                        _ => return Err(format!(
+                        _ => {
+                            return Err(format!(
                             "a record of kind {kind} and {len} bytes, which the link does not have"
-                        )),
+                        ))
+                        }
                     };
                 }
                 State::Meta(len) => {

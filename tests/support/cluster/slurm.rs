@@ -95,7 +95,12 @@ impl Slurm {
         if node.is_empty() {
             return Err(Skip::new("no host name in /proc/sys/kernel/hostname"));
         }
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Each remote worker is a job step of one CPU, and a test suite runs many pools
+        // at once: the node claims 64 CPUs at least (`config_overrides` lets it claim
+        // more than it has), so that steps do not queue behind each other.
+        let cpus = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .max(64);
         let (ctld_port, slurmd_port) = (free_port()?, free_port()?);
         let d = dir.display();
         write_file(
