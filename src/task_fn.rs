@@ -148,17 +148,12 @@ where
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use crate::image::SameBuild;
 
     fn double(x: u32) -> u32 {
         x * 2
-    }
-
-    /// A trampoline of this build, for the tests of `image`.
-    pub(crate) fn trampoline_for_tests() -> Trampoline {
-        run_job::<u32, u32>
     }
 
     #[test]
@@ -178,6 +173,16 @@ pub(crate) mod tests {
             results.into_iter().map(|r| r.ok()).collect::<Vec<_>>(),
             [Some(42)]
         );
+    }
+
+    /// A real trampoline resolves; a task offset outside the executable does not.
+    #[test]
+    fn a_task_outside_the_executable_is_refused() {
+        let same = SameBuild::check(crate::image::build_id()).expect("this build");
+        let (run, _) = task_ref(double).expect("in the executable").to_bits();
+        assert!(FnRef::from_bits(run, 0).resolve(same).is_ok());
+        assert!(FnRef::from_bits(run, u64::MAX).resolve(same).is_err());
+        assert!(FnRef::from_bits(run, 1 << 62).resolve(same).is_err());
     }
 
     #[test]

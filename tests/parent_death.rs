@@ -10,7 +10,6 @@ procpool::enable_test_support!();
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
@@ -60,20 +59,8 @@ async fn parent_sigkill_takes_the_workers_down() {
     let scratch = Scratch::new("parent-death");
     // The helper's orphans come to us, and we reap them.
     support::become_subreaper();
-    let exe = std::env::current_exe().expect("test binary");
-    let mut helper = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "helper_parent",
-            "--include-ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut helper = helper_command("helper_parent")
         .env(HELPER_ENV, scratch.dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the helper");
     let helper_pid = helper.id().expect("helper pid");

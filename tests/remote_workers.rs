@@ -14,7 +14,6 @@ procpool::enable_test_support!();
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use procpool::{BuildErrorKind, Launcher, Pool, PoolBuilder, TaskError, WorkerExit};
@@ -499,19 +498,7 @@ async fn helper_remote_parent() {
 }
 
 async fn parent_death_takes_the_remote_workers_down(rig: Rig) {
-    let exe = std::env::current_exe().expect("test binary");
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args([
-        "--exact",
-        "helper_remote_parent",
-        "--include-ignored",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .kill_on_drop(true);
+    let mut cmd = helper_command("helper_remote_parent");
     match (&rig.sshd, &rig.slurm) {
         (Some(sshd), _) => {
             cmd.env(HELPER_ENV, "ssh")

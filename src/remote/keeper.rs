@@ -420,22 +420,18 @@ fn pollfd(fd: RawFd, events: libc::c_short) -> libc::pollfd {
 /// A non-blocking read: `None` when nothing is there yet.
 fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is valid for writes of its length for the duration of the call.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    if n >= 0 {
-        return Ok(Some(n as usize));
-    }
-    match io::Error::last_os_error() {
-        e if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
-            Ok(None)
-        }
-        e => Err(e),
-    }
+    nonblocking(unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
 }
 
 /// A non-blocking write: `None` when nothing could be written yet.
 fn write(fd: RawFd, buf: &[u8]) -> io::Result<Option<usize>> {
     // SAFETY: `buf` is valid for reads of its length for the duration of the call.
-    let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    nonblocking(unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
+}
+
+/// What a non-blocking read or write returned: the count, `None` for "not now"
+/// (`EAGAIN`, `EINTR`), or the error.
+fn nonblocking(n: isize) -> io::Result<Option<usize>> {
     if n >= 0 {
         return Ok(Some(n as usize));
     }
@@ -470,11 +466,7 @@ fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn frame(body: &[u8]) -> Vec<u8> {
-        let mut v = (body.len() as u32).to_be_bytes().to_vec();
-        v.extend_from_slice(body);
-        v
-    }
+    use crate::remote::wire::tests::frame;
 
     /// A worker that dies in the middle of a frame: its exit status still reaches
     /// the pool, after the half frame.

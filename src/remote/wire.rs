@@ -246,10 +246,11 @@ impl Parser {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn frame(body: &[u8]) -> Vec<u8> {
+    /// `body` as a frame: its length, then itself (also the keeper's tests').
+    pub(in crate::remote) fn frame(body: &[u8]) -> Vec<u8> {
         let mut v = (body.len() as u32).to_be_bytes().to_vec();
         v.extend_from_slice(body);
         v

@@ -19,10 +19,9 @@ pub(crate) const COMM_WORKER: &std::ffi::CStr = c"procpool-worker";
 /// The command name of a [`Process`](crate::Process) child.
 pub(crate) const COMM_PROCESS: &std::ffi::CStr = c"procpool-proc";
 /// The command name of a fork server (`procpool-forkserver` has 19 bytes).
-/// The command name of a remote worker's keeper (see [`crate::remote`]).
-pub(crate) const COMM_KEEPER: &std::ffi::CStr = c"procpool-keeper";
-
 pub(crate) const COMM_FORKSERVER: &std::ffi::CStr = c"procpool-server";
+/// The command name of a remote worker's keeper, on the other machine.
+pub(crate) const COMM_KEEPER: &std::ffi::CStr = c"procpool-keeper";
 
 impl ChildKind {
     /// The child's command name.

@@ -36,8 +36,8 @@ pub(crate) const ROLE_WORKER: &str = "worker";
 /// The role of a spawned [`Process`](crate::Process) child (a worker by another name).
 pub(crate) const ROLE_PROCESS: &str = "process";
 
-/// The role of a keeper: what a launcher starts on another machine (see
-/// [`crate::remote`]).
+/// The role of a keeper: what a launcher starts on another machine, between the link
+/// and the worker it forks.
 pub(crate) const ROLE_REMOTE: &str = "remote";
 
 /// The role of a fork server.

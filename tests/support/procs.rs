@@ -112,3 +112,22 @@ pub async fn pids_line(stdout: tokio::process::ChildStdout) -> Vec<u32> {
     })
     .await
 }
+
+/// This test binary again, running only the ignored test `name` (a helper process),
+/// with its stdout piped (see [`pids_line`]) and killed if the command is dropped.
+pub fn helper_command(name: &str) -> tokio::process::Command {
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args([
+        "--exact",
+        name,
+        "--include-ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::inherit())
+    .kill_on_drop(true);
+    cmd
+}
