@@ -7,8 +7,9 @@
 //! a write that finds the socket full registers a duplicate of it for writability
 //! until the writer is [`idle`](ChanWrite::idle) again, which only large payloads do.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -23,18 +24,32 @@ pub(crate) fn split(sock: OwnedFd) -> io::Result<(ChanRead, ChanWrite)> {
     // until the AsyncFd drops it.
     let fd = Arc::new(unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }?);
     Ok((
-        ChanRead { fd: fd.clone() },
+        ChanRead {
+            fd: fd.clone(),
+            fds: VecDeque::new(),
+        },
         ChanWrite { fd, writable: None },
     ))
 }
+
+/// The most descriptors a reading half holds unclaimed: a worker passes one with each
+/// reply of shared memory, which the pool claims as it reads the reply.
+const FDS_MAX: usize = 8;
 
 /// The reading half.
 #[derive(Debug)]
 pub(crate) struct ChanRead {
     fd: Arc<AsyncFd<OwnedFd>>,
+    /// Descriptors passed with the bytes read (`SCM_RIGHTS`), in order, unclaimed.
+    fds: VecDeque<OwnedFd>,
 }
 
 impl ChanRead {
+    /// The oldest descriptor passed with the bytes read so far, not yet claimed.
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+
     /// Whether the socket is readable (or at its end, or failed), as far as the
     /// reactor knows, without reading; if not, `cx` is woken when it is.
     pub(crate) fn poll_readable(&self, cx: &mut Context<'_>) -> bool {
@@ -48,24 +63,52 @@ impl AsyncRead for ChanRead {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            // SAFETY: read(2) below only writes into this memory, and only the bytes
-            // it reports written are marked initialised.
+            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
+            // SAFETY: recvmsg(2) below only writes into this memory, and only the
+            // bytes it reports written are marked initialised.
             let unfilled = unsafe { buf.unfilled_mut() };
+            let fds = &mut this.fds;
             let result = guard.try_io(|fd| {
-                // SAFETY: `unfilled` is writable memory of its length.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
+                // recvmsg(2), not read(2): a descriptor passed with the bytes would be
+                // closed unseen by a plain read.
+                let mut iov = libc::iovec {
+                    iov_base: unfilled.as_mut_ptr().cast(),
+                    iov_len: unfilled.len(),
+                };
+                let mut control = [0u64; 8];
+                // SAFETY: an all-zero msghdr is valid; it points at `iov` (writable
+                // memory of its length) and at `control`, a buffer of its stated
+                // length, 8-byte aligned as cmsg headers need; the descriptors taken
+                // are those the kernel just installed for us.
+                let (n, flags) = unsafe {
+                    let mut msg: libc::msghdr = std::mem::zeroed();
+                    msg.msg_iov = &mut iov;
+                    msg.msg_iovlen = 1;
+                    msg.msg_control = control.as_mut_ptr().cast();
+                    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                    let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC);
+                    if n >= 0 {
+                        crate::fdpass::take_rights(&msg, fds);
+                    }
+                    (n, msg.msg_flags)
                 };
                 if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
+                    return Err(io::Error::last_os_error());
                 }
+                if flags & libc::MSG_CTRUNC != 0 || fds.len() > FDS_MAX {
+                    // Not `WouldBlock`: that would read as "not ready after all".
+                    return Ok(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "the worker passed descriptors that no reply claimed",
+                    )));
+                }
+                Ok(Ok(n as usize))
             });
             match result {
-                Ok(Ok(n)) => {
+                Ok(Ok(Err(e))) => return Poll::Ready(Err(e)),
+                Ok(Ok(Ok(n))) => {
                     // SAFETY: the kernel wrote `n` bytes at the start of the unfilled part.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
@@ -131,14 +174,30 @@ impl ChanWrite {
 
     /// Writes what it can of `batch`, in order, like `poll_write_vectored`.
     #[inline]
+    /// With `pass`, that descriptor goes with the first byte written.
     pub(crate) fn poll_write_batch(
         &mut self,
         cx: &mut Context<'_>,
         batch: &IoBatch<'_>,
+        pass: Option<BorrowedFd<'_>>,
     ) -> Poll<io::Result<usize>> {
-        // SAFETY: every `iovec` of a batch describes memory borrowed for the batch's
-        // lifetime, which outlives this call (see `IoBatch::push`).
-        unsafe { self.poll_write_iovecs(cx, batch.iovecs()) }
+        let Some(pass) = pass else {
+            // SAFETY: every `iovec` of a batch describes memory borrowed for the
+            // batch's lifetime, which outlives this call (see `IoBatch::push`).
+            return unsafe { self.poll_write_iovecs(cx, batch.iovecs()) };
+        };
+        let iov = batch.iovecs();
+        self.poll_with(cx, |fd| {
+            // SAFETY: as above, for the batch's `iovec`s.
+            unsafe {
+                crate::fdpass::sendmsg_with_fd(
+                    fd,
+                    iov,
+                    pass,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            }
+        })
     }
 
     /// Writes what it can of `buf` without waiting: for a caller outside the event

@@ -88,6 +88,11 @@ fn setup_message(setup: &Setup) -> Result<Vec<u8>, String> {
         max_frame_len: setup.max_frame_len,
         spin_us: setup.worker_spin.as_micros().min(u32::MAX as u128) as u32,
         ring: setup.ring,
+        shared_min: if setup.ring {
+            crate::shm::SHARED_MIN as u64
+        } else {
+            0
+        },
         initializer,
         env: setup.env.clone(),
         sandbox: setup.sandbox.clone(),

@@ -141,6 +141,10 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
             Ok(result) => return Ok(result),
             Err(bytes) => Results::ByteString(bytes).into_chunk(),
         },
+        Results::Shared(body) => match byte_string_as::<R, _>(*body) {
+            Ok(result) => return Ok(result),
+            Err(body) => Results::Shared(Box::new(body)).into_chunk(),
+        },
         Results::Chunk(chunk) => match chunk_byte_string::<R>(chunk) {
             Ok(result) => return Ok(result),
             Err(chunk) => chunk,
@@ -248,7 +252,9 @@ mod tests {
         let mut args = Vec::new();
         crate::protocol::codec::encode_chunk(&[()], &mut args).unwrap();
         let mut out = Vec::new();
-        let _ = run_chunk::<(), bytes::Bytes>(&args, &mut out, |()| result.clone());
+        let _ = run_chunk::<(), bytes::Bytes>(&args, &mut out, &mut Default::default(), |()| {
+            result.clone()
+        });
         out.into()
     }
 

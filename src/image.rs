@@ -25,12 +25,14 @@ use std::io::Read;
 use std::ops::Range;
 use std::sync::OnceLock;
 
+use crate::protocol::codec::Large;
 use crate::protocol::{FnRef, Outcome};
 
 /// The type-erased entry point of one task type: decodes a chunk of arguments from
 /// `payload`, runs the task (at address `task`, for a task sent as a `fn` pointer) on
 /// each, and appends the encoded results to `out` (see `crate::task_fn`).
-pub(crate) type Trampoline = fn(task: Option<usize>, payload: &[u8], out: &mut Vec<u8>) -> Outcome;
+pub(crate) type Trampoline =
+    fn(task: Option<usize>, payload: &[u8], out: &mut Vec<u8>, large: &mut Large) -> Outcome;
 
 /// A task resolved in this process: its trampoline and, for a task sent as a `fn`
 /// pointer, the task's address (made only by [`FnRef::resolve`]).
@@ -42,8 +44,9 @@ pub(crate) struct Resolved {
 
 impl Resolved {
     /// Runs the chunk of encoded arguments in `payload`, appending the results to `out`.
-    pub(crate) fn run(self, payload: &[u8], out: &mut Vec<u8>) -> Outcome {
-        (self.run)(self.task, payload, out)
+    /// `large`: the job's byte strings in shared memory, see [`Large`].
+    pub(crate) fn run(self, payload: &[u8], out: &mut Vec<u8>, large: &mut Large) -> Outcome {
+        (self.run)(self.task, payload, out, large)
     }
 }
 

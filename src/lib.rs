@@ -319,8 +319,11 @@ mod output;
 mod per_process;
 #[allow(unsafe_code)]
 mod ring;
+// Sealed shared memory for large payloads.
 #[allow(unsafe_code)]
 mod sandbox;
+#[allow(unsafe_code)]
+mod shm;
 #[allow(unsafe_code)]
 mod start;
 

@@ -20,6 +20,7 @@ use crate::protocol::job::{write_byte_string_chunk, write_job_frame, FrameError}
 use crate::protocol::FnRef;
 use crate::queue::{AbortSignal, Admission, ChunkRun, Job, Release, Reply, ReplyTo};
 use crate::shared::{Counters, Shared};
+use crate::shm::SharedArg;
 use crate::trace::event;
 
 /// A handle on the pool's shared state that keeps the pool alive; see the module docs.
@@ -57,6 +58,13 @@ impl Submitter {
 
     /// The pool's shared state, to keep without keeping the pool alive (a task waiting
     /// for room under the queue bound does).
+    /// Whether jobs' large byte strings may travel in shared memory: the pool's
+    /// workers are local, on channels that pass descriptors (see [`crate::shm`]).
+    pub(crate) fn shares_memory(&self) -> bool {
+        let config = &self.shared().config;
+        config.processes > 0 && config.transport() == crate::Transport::Local
+    }
+
     pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
         &self.inner.shared
     }
@@ -88,6 +96,7 @@ pub(crate) fn submit_one(
             id: job.id,
             frame: frame.into(),
             tail: job.tail,
+            memfd: job.memfd,
             tasks: job.tasks,
             timeout,
             abort: Some(abort),
@@ -128,6 +137,8 @@ pub(crate) struct JobFrame {
     frame: Result<Vec<u8>, TaskError>,
     /// See [`Job::tail`](crate::queue::Job).
     tail: Bytes,
+    /// See [`Job::memfd`](crate::queue::Job).
+    memfd: Option<Arc<SharedArg>>,
 }
 
 /// Appends job `id`'s frame to `out`: a 4-byte length, the header, the chunk of
@@ -185,6 +196,7 @@ impl JobFrame {
             tasks: items.len(),
             frame,
             tail: Bytes::new(),
+            memfd: None,
         }
     }
 
@@ -223,13 +235,33 @@ impl JobFrame {
             Ok(())
         })
         .map(|()| frame);
+        let memfd = match &frame {
+            Ok(frame) if tail.len() >= crate::shm::SHARED_MIN && sub.shares_memory() => {
+                shared_arg(frame, &tail).map(Arc::new)
+            }
+            _ => None,
+        };
         JobFrame {
             id,
             tasks: 1,
             frame,
             tail,
+            memfd,
         }
     }
+}
+
+/// A job's large byte-string argument copied into a sealed memfd, with the frame of
+/// the shared form (`frame` is the job's own, which the argument's bytes follow on
+/// the wire); `None` where no memfd is to be had (the job then goes as it is).
+fn shared_arg(frame: &[u8], arg: &[u8]) -> Option<SharedArg> {
+    let fd = crate::shm::seal(arg).ok()?;
+    // The same header with the `SharedJob` tag, its length without the bytes.
+    let mut shared = frame.to_vec();
+    let len = u32::try_from(shared.len().checked_sub(4)?).ok()?;
+    shared[..4].copy_from_slice(&len.to_be_bytes());
+    *shared.get_mut(4)? = crate::protocol::SHARED_JOB_TAG;
+    Some(SharedArg { fd, frame: shared })
 }
 
 /// A single task waiting for room under the queue bound, submitted once it has a

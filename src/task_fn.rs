@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::image::Trampoline;
-use crate::protocol::codec;
+use crate::protocol::codec::{self, Large};
 use crate::protocol::{FnRef, Outcome};
 
 /// The wire's reference to task `f`, or why it cannot be sent to another process.
@@ -32,7 +32,12 @@ where
 /// Runs one job of a task of type `fn(A) -> R` at address `task`: the payload is a
 /// chunk of encoded arguments; the output a chunk of encoded `Result<R, RemotePanic>`,
 /// one per argument, in order.
-fn run_job<A, R>(task: Option<usize>, payload: &[u8], out: &mut Vec<u8>) -> Outcome
+fn run_job<A, R>(
+    task: Option<usize>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    large: &mut Large,
+) -> Outcome
 where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
@@ -49,7 +54,7 @@ where
     // jobs come from the pool, which is trusted (the trust boundary runs the other way:
     // see DESIGN.md).
     let f = unsafe { std::mem::transmute::<usize, fn(A) -> R>(addr) };
-    run_caught(payload, out, f)
+    run_caught(payload, out, large, f)
 }
 
 /// The value of a zero-sized task type, in the worker. Only called by the trampoline
@@ -68,12 +73,17 @@ fn conjure<F: Copy + Send + 'static>() -> F {
 }
 
 /// Runs `call` on each argument of the chunk, catching panics one by one.
-fn run_caught<A, R>(payload: &[u8], out: &mut Vec<u8>, call: impl Fn(A) -> R) -> Outcome
+fn run_caught<A, R>(
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    large: &mut Large,
+    call: impl Fn(A) -> R,
+) -> Outcome
 where
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    codec::run_chunk::<A, R>(payload, out, |arg| {
+    codec::run_chunk::<A, R>(payload, out, large, |arg| {
         catch_unwind(AssertUnwindSafe(|| call(arg))).map_err(crate::panics::panic_from_payload)
     })
 }
@@ -137,14 +147,19 @@ where
     run_star_job::<F, Args, R>
 }
 
-fn run_star_job<F, Args, R>(_: Option<usize>, payload: &[u8], out: &mut Vec<u8>) -> Outcome
+fn run_star_job<F, Args, R>(
+    _: Option<usize>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+    large: &mut Large,
+) -> Outcome
 where
     F: StarFn<Args, R>,
     Args: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
     let f: F = conjure();
-    run_caught(payload, out, |args| f.call_star(args))
+    run_caught(payload, out, large, |args| f.call_star(args))
 }
 
 #[cfg(test)]
@@ -163,7 +178,10 @@ mod tests {
         let mut args = Vec::new();
         codec::encode_chunk(&[21u32], &mut args).expect("encodes");
         let mut out = Vec::new();
-        let outcome = r.resolve(same).expect("resolves").run(&args, &mut out);
+        let outcome =
+            r.resolve(same)
+                .expect("resolves")
+                .run(&args, &mut out, &mut Default::default());
         assert!(
             matches!(outcome, Outcome::Ok { panicked: 0, .. }),
             "{outcome:?}"
@@ -192,7 +210,7 @@ mod tests {
         let outcome = FnRef::from_bits(run, 0)
             .resolve(same)
             .expect("resolves")
-            .run(&[], &mut Vec::new());
+            .run(&[], &mut Vec::new(), &mut Default::default());
         assert!(matches!(outcome, Outcome::Unresolvable(_)), "{outcome:?}");
     }
 }

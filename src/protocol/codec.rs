@@ -14,7 +14,7 @@ use tokio_util::codec::LengthDelimitedCodec;
 
 use crate::error::RemotePanic;
 use crate::protocol::{Done, Outcome};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 /// The frame codec both ends use, with the given maximum frame length.
 pub(crate) fn frame_codec(max_frame_len: usize) -> LengthDelimitedCodec {
@@ -32,6 +32,9 @@ pub(crate) struct ReplyFrame {
     /// The bytes of a large reply's one byte-string result, read into a buffer of their
     /// own (see [`ReplyCodec`]): the frame ends with the byte string's length.
     pub(crate) body: Option<BytesMut>,
+    /// The bytes of a reply's one byte-string result that came in shared memory (see
+    /// [`crate::shm`]): the frame ends with the byte string's length, as with `body`.
+    pub(crate) shared: Option<crate::protocol::results::SharedBody>,
 }
 
 impl ReplyFrame {
@@ -40,6 +43,9 @@ impl ReplyFrame {
     /// [`SMALL`](crate::queue::SMALL) bytes, which the reply holds in itself.
     pub(crate) fn into_results(self, payload_len: usize) -> crate::protocol::results::Results {
         use crate::protocol::results::Results;
+        if let Some(shared) = self.shared {
+            return Results::Shared(Box::new(shared));
+        }
         match self.body {
             Some(body) => Results::ByteString(body),
             None => {
@@ -61,7 +67,7 @@ impl ReplyFrame {
     /// payload says it holds: the count its chunk of results starts with (a body read
     /// on its own is the one result of its chunk); `None` if the count does not read.
     pub(crate) fn result_count(&self, payload_len: usize) -> Option<u64> {
-        if self.body.is_some() {
+        if self.body.is_some() || self.shared.is_some() {
             return Some(1);
         }
         let payload = &self.frame[self.frame.len().checked_sub(payload_len)?..];
@@ -100,13 +106,17 @@ impl ReplyFrame {
 impl ReplyFrame {
     /// Whether this is a worker's wake-up call (see [`crate::ring`]): an empty frame.
     pub(crate) fn is_wake_up(&self) -> bool {
-        self.frame.is_empty() && self.body.is_none()
+        self.frame.is_empty() && self.body.is_none() && self.shared.is_none()
     }
 }
 
 impl From<BytesMut> for ReplyFrame {
     fn from(frame: BytesMut) -> Self {
-        ReplyFrame { frame, body: None }
+        ReplyFrame {
+            frame,
+            body: None,
+            shared: None,
+        }
     }
 }
 
@@ -154,6 +164,11 @@ const TAKE_WHOLE: usize = 64 << 10;
 const HEAD_MAX: usize = 64;
 
 impl ReplyCodec {
+    /// The largest frame (or payload in shared memory) it accepts.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
     pub(crate) fn new(max_frame_len: usize) -> Self {
         ReplyCodec {
             max_frame_len,
@@ -186,16 +201,30 @@ impl ReplyCodec {
     /// A buffer for a body of `len` bytes: the spare if it fits (and is not much
     /// larger: it becomes the result), else a new one.
     fn body_buffer(&mut self, len: usize) -> BytesMut {
+        // (A spare that does not fit is dropped after the new buffer is made.)
         match self.spare.take() {
-            Some((_, mut spare))
-                if spare.capacity() >= len && spare.capacity() <= len.saturating_mul(2) =>
-            {
+            Some((_, mut spare)) if spare_fits(&spare, len) => {
                 spare.clear();
                 spare
             }
             _ => BytesMut::with_capacity(len),
         }
     }
+
+    /// The spare, emptied, if it fits a body of `len` bytes (see [`spare_fits`]).
+    pub(crate) fn take_spare(&mut self, len: usize) -> Option<BytesMut> {
+        let (_, mut spare) = self.spare.take()?;
+        spare_fits(&spare, len).then(|| {
+            spare.clear();
+            spare
+        })
+    }
+}
+
+/// Whether a spare buffer fits a body of `len` bytes: large enough, and not much
+/// larger (it becomes the result).
+fn spare_fits(spare: &BytesMut, len: usize) -> bool {
+    spare.capacity() >= len && spare.capacity() <= len.saturating_mul(2)
 }
 
 impl tokio_util::codec::Decoder for ReplyCodec {
@@ -218,6 +247,7 @@ impl tokio_util::codec::Decoder for ReplyCodec {
             return Ok(Some(ReplyFrame {
                 frame: head,
                 body: Some(body),
+                shared: None,
             }));
         }
         if src.len() < 4 {
@@ -393,6 +423,7 @@ pub(crate) fn decode_chunk<A: DeserializeOwned + 'static>(bytes: &[u8]) -> Resul
 pub(crate) fn run_chunk<A, R>(
     payload: &[u8],
     out: &mut Vec<u8>,
+    large: &mut Large,
     mut f: impl FnMut(A) -> Result<R, RemotePanic>,
 ) -> Outcome
 where
@@ -409,24 +440,48 @@ where
         Err(e) => return Outcome::BadArguments(e.to_string()),
     };
     crate::protocol::put_varint(tasks, out);
+    let shared_arg = large.arg.take();
     for _ in 0..tasks {
-        let arg = match postcard::take_from_bytes::<Wire<A>>(rest) {
-            Ok((Wire(arg), after)) => {
-                rest = after;
-                arg
-            }
+        let arg = match &shared_arg {
+            Some(bytes) => shared_argument::<A>(rest, bytes.clone()).inspect(|_| rest = &[]),
+            None => postcard::take_from_bytes::<Wire<A>>(rest)
+                .map(|(Wire(arg), after)| {
+                    rest = after;
+                    arg
+                })
+                .map_err(|e| e.to_string()),
+        };
+        let arg = match arg {
+            Ok(arg) => arg,
             Err(e) => {
-                failure = Some(Outcome::BadArguments(e.to_string()));
+                failure = Some(Outcome::BadArguments(e));
                 break;
             }
         };
-        let result = f(arg).map(Wire);
+        let result = f(arg);
         if result.is_err() {
             panicked += 1;
         }
         if failure.is_some() {
             continue;
         }
+        let result = match result {
+            Ok(value) if tasks == 1 && large.min > 0 => match large_result(value, large.min) {
+                Ok(bytes) => {
+                    // The chunk's beginning: variant `Ok`, the string's length; its
+                    // bytes go in shared memory (see `codec::byte_string_result`).
+                    out.push(0);
+                    crate::protocol::put_varint(bytes.len() as u64, out);
+                    large.result = Some(bytes);
+                    return Outcome::Ok {
+                        panicked: 0,
+                        byte_string: true,
+                    };
+                }
+                Err(value) => Ok(Wire(value)),
+            },
+            other => other.map(Wire),
+        };
         // A `Serialize` impl is user code too: it may fail, or panic.
         match catch_unwind(AssertUnwindSafe(|| extend(&result, out))) {
             Ok(Ok(())) => {}
@@ -452,6 +507,61 @@ where
             && (TypeId::of::<R>() == TypeId::of::<Vec<u8>>()
                 || TypeId::of::<R>() == TypeId::of::<bytes::Bytes>()),
     }
+}
+
+/// A job's large byte strings that travel in shared memory rather than through the
+/// channel (see [`crate::shm`]): the worker's side.
+#[derive(Debug, Default)]
+pub(crate) struct Large {
+    /// The job's one argument, when it came in shared memory: the chunk of arguments
+    /// then holds only its beginning (a sequence of one, the string's length).
+    pub(crate) arg: Option<Bytes>,
+    /// A job's one `Vec<u8>` or `Bytes` result from this size on goes back in shared
+    /// memory (0: never).
+    pub(crate) min: usize,
+    /// The job's one result, to go back in shared memory; the chunk written holds
+    /// only its beginning (a sequence of one, variant `Ok`, the string's length).
+    pub(crate) result: Option<Bytes>,
+}
+
+/// The one argument of a job whose bytes came in shared memory, `rest` being what the
+/// chunk holds of it (the byte string's length): a view of that memory for a `Bytes`
+/// argument, a copy for a `Vec<u8>`.
+fn shared_argument<A: 'static>(rest: &[u8], bytes: Bytes) -> Result<A, String> {
+    let len = postcard::take_from_bytes::<u64>(rest)
+        .ok()
+        .filter(|(len, after)| after.is_empty() && *len == bytes.len() as u64);
+    if len.is_none() {
+        return Err("a shared argument whose length is not the chunk's".into());
+    }
+    let value: Box<dyn Any> = if TypeId::of::<A>() == TypeId::of::<Bytes>() {
+        Box::new(bytes)
+    } else if TypeId::of::<A>() == TypeId::of::<Vec<u8>>() {
+        Box::new(Vec::from(bytes))
+    } else {
+        return Err("a shared argument for a task that takes neither Vec<u8> nor Bytes".into());
+    };
+    Ok(*value.downcast::<A>().expect("A is the type checked above"))
+}
+
+/// A result's bytes, when it is a `Vec<u8>` or `Bytes` of at least `min` bytes (the
+/// `Vec` moved into a `Bytes`, not copied); the value back otherwise.
+fn large_result<R: 'static>(value: R, min: usize) -> Result<Bytes, R> {
+    if TypeId::of::<R>() != TypeId::of::<Bytes>() && TypeId::of::<R>() != TypeId::of::<Vec<u8>>() {
+        // (No box for every other result.)
+        return Err(value);
+    }
+    let boxed: Box<dyn Any> = Box::new(value);
+    let boxed = match boxed.downcast::<Bytes>() {
+        Ok(bytes) if bytes.len() >= min => return Ok(*bytes),
+        Ok(bytes) => bytes as Box<dyn Any>,
+        Err(other) => match other.downcast::<Vec<u8>>() {
+            Ok(vec) if vec.len() >= min => return Ok(Bytes::from(*vec)),
+            Ok(vec) => vec as Box<dyn Any>,
+            Err(other) => other,
+        },
+    };
+    Err(*boxed.downcast::<R>().expect("the value's own type"))
 }
 
 /// Decodes a chunk of `expected` results straight into what the caller keeps of each,
@@ -562,7 +672,9 @@ mod tests {
         encode_chunk(&[()], &mut args).unwrap();
         let mut results = Vec::new();
         let mut result = Some(result);
-        let outcome = run_chunk::<(), R>(&args, &mut results, |()| Ok(result.take().unwrap()));
+        let outcome = run_chunk::<(), R>(&args, &mut results, &mut Large::default(), |()| {
+            Ok(result.take().unwrap())
+        });
         let header = FromWorker::Done(Done {
             id,
             outcome,
@@ -743,13 +855,14 @@ mod tests {
         encode_chunk(&data, &mut out).unwrap();
         assert_eq!(decode_chunk::<(u64, String)>(&out).unwrap(), data);
         let mut results = Vec::new();
-        let outcome = run_chunk::<(u64, String), u64>(&out, &mut results, |(n, _)| {
-            if n == 2 {
-                Err(RemotePanic::new("two".into(), None))
-            } else {
-                Ok(n * 10)
-            }
-        });
+        let outcome =
+            run_chunk::<(u64, String), u64>(&out, &mut results, &mut Large::default(), |(n, _)| {
+                if n == 2 {
+                    Err(RemotePanic::new("two".into(), None))
+                } else {
+                    Ok(n * 10)
+                }
+            });
         assert!(matches!(
             outcome,
             Outcome::Ok {
@@ -784,7 +897,7 @@ mod tests {
     fn run_touchy(args: &[u8], make: fn(u64) -> Touchy) -> (Outcome, Vec<u8>, Vec<u64>) {
         let mut out = vec![42];
         let mut seen = Vec::new();
-        let outcome = run_chunk::<u64, Touchy>(args, &mut out, |n| {
+        let outcome = run_chunk::<u64, Touchy>(args, &mut out, &mut Large::default(), |n| {
             seen.push(n);
             Ok(make(n))
         });

@@ -38,7 +38,7 @@ use crate::sandbox::SandboxSpec;
 use crate::start::options::ChildOptions;
 
 /// Bumped whenever a message changes shape.
-pub(crate) const PROTOCOL_VERSION: u32 = 5;
+pub(crate) const PROTOCOL_VERSION: u32 = 6;
 
 /// The first bytes of every worker's first frame.
 pub(crate) const MAGIC: [u8; 8] = *b"procpool";
@@ -72,6 +72,10 @@ pub(crate) enum ToWorker {
         /// Replies go through the reply ring whose memfd comes with this frame
         /// (`SCM_RIGHTS`), see [`crate::ring`]; otherwise over the channel.
         ring: bool,
+        /// A job's one `Vec<u8>` or `Bytes` result from this many bytes on goes back
+        /// in a sealed memfd passed with its reply ([`FromWorker::SharedDone`]); 0:
+        /// never. Only where the channel can pass descriptors (with `ring`).
+        shared_min: u64,
         initializer: Option<FnRef>,
         /// `Some(keys)`: the worker keeps only these environment variables (and
         /// scrubs the others from its memory) before its initializer runs.
@@ -81,6 +85,10 @@ pub(crate) enum ToWorker {
     },
     /// Run `func` on the chunk of arguments that follows the header.
     Job { id: u64, func: FnRef },
+    /// As `Job`, for a chunk of one byte string whose bytes are in a sealed memfd
+    /// passed with the frame (see [`crate::shm`]): the chunk holds only its beginning
+    /// (a sequence of one, the string's length).
+    SharedJob { id: u64, func: FnRef },
 }
 
 /// Messages from a worker to the pool.
@@ -91,6 +99,12 @@ pub(crate) enum FromWorker {
     InitFailed(InitFailure),
     /// The job's outcome; on `Outcome::Ok` the chunk of results follows the header.
     Done(Done),
+    /// A `Done` whose `Outcome::Ok` is one byte string (`byte_string`) whose bytes are
+    /// in a sealed memfd passed with the frame (see [`crate::shm`]): the chunk holds
+    /// only its beginning (a sequence of one, variant `Ok`, the string's length), and
+    /// the frame ends with the string's offset in the memfd, a varint. Only over a
+    /// local channel (see [`Done::read_shared`]).
+    SharedDone(Done),
 }
 
 /// A worker's reply to a job: [`FromWorker::Done`]'s header.
@@ -117,6 +131,9 @@ pub(crate) const TIMED_RUN: u32 = 16;
 
 /// The first byte of a [`FromWorker::Done`] frame: its variant's index.
 const DONE_TAG: u8 = 3;
+
+/// The first byte of a [`FromWorker::SharedDone`] frame.
+const SHARED_DONE_TAG: u8 = 4;
 
 impl Done {
     /// Reads a reply frame's header (the common case straight from the bytes, see
@@ -207,6 +224,56 @@ impl Done {
     }
 }
 
+impl Done {
+    /// Appends the header of a [`FromWorker::SharedDone`] reply to a job whose one
+    /// result is a byte string sent in shared memory (the header of `write_ok` with
+    /// the variant's tag); false, with nothing written, for an outcome other than `Ok`.
+    pub(crate) fn write_shared(&self, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        if !self.write_ok(out) {
+            return false;
+        }
+        out[start] = SHARED_DONE_TAG;
+        true
+    }
+
+    /// For a [`FromWorker::SharedDone`] frame: where its byte string lies in the
+    /// memfd that came with it (offset, length), with the frame made the `Done` frame
+    /// it stands for, ending with the string's length, as a reply whose byte string
+    /// was read into a buffer of its own (see [`codec::ReplyFrame::body`]). `Ok(None)`
+    /// for any other frame, left as it is. An error if the frame does not read as a
+    /// successful reply of one byte string followed by its offset, and nothing more.
+    pub(crate) fn read_shared(frame: &mut bytes::BytesMut) -> Result<Option<(u64, usize)>, String> {
+        if frame.first() != Some(&SHARED_DONE_TAG) {
+            return Ok(None);
+        }
+        frame[0] = DONE_TAG;
+        let bad = || "a shared reply that does not read as one byte string".to_string();
+        let (done, header) = Done::read_ok(frame).ok_or_else(bad)?;
+        if !matches!(
+            done.outcome,
+            Outcome::Ok {
+                panicked: 0,
+                byte_string: true
+            }
+        ) {
+            return Err(bad());
+        }
+        let (prefix, len) = codec::byte_string_result(&frame[header..]).ok_or_else(bad)?;
+        let head = header + prefix;
+        let mut cursor = Cursor {
+            frame: &frame[..],
+            at: head,
+        };
+        let offset = cursor.varint().ok_or_else(bad)?;
+        if cursor.at != frame.len() {
+            return Err(bad());
+        }
+        frame.truncate(head);
+        Ok(Some((offset, len)))
+    }
+}
+
 /// A task function, as the wire names it: offsets into the executable's code that every
 /// process running the same build resolves to the same functions (see
 /// [`crate::image`], where they are made and resolved): the *trampoline* that decodes a
@@ -234,6 +301,9 @@ impl FnRef {
 /// The first byte of a [`ToWorker::Job`] frame: its variant's index.
 const JOB_TAG: u8 = 1;
 
+/// The first byte of a [`ToWorker::SharedJob`] frame.
+pub(crate) const SHARED_JOB_TAG: u8 = 2;
+
 impl ToWorker {
     /// Appends what postcard would write for `ToWorker::Job { id, func }` (the bytes
     /// [`read_job`](Self::read_job) reads): a job's header is written once per job.
@@ -246,17 +316,20 @@ impl ToWorker {
         put_varint(task, out);
     }
 
-    /// Reads a `ToWorker::Job` header straight from the bytes, with its length;
-    /// `None` for anything else (see [`Done::read_ok`]).
+    /// Reads a `ToWorker::Job` or `ToWorker::SharedJob` header straight from the
+    /// bytes, with its length and whether it is a `SharedJob`; `None` for anything
+    /// else (see [`Done::read_ok`]).
     #[inline]
-    pub(crate) fn read_job(frame: &[u8]) -> Option<(u64, FnRef, usize)> {
+    pub(crate) fn read_job(frame: &[u8]) -> Option<(u64, FnRef, usize, bool)> {
         let mut bytes = Cursor { frame, at: 0 };
-        if bytes.varint()? != u64::from(JOB_TAG) {
-            return None;
-        }
+        let shared = match bytes.varint()? {
+            tag if tag == u64::from(JOB_TAG) => false,
+            tag if tag == u64::from(SHARED_JOB_TAG) => true,
+            _ => return None,
+        };
         let id = bytes.varint()?;
         let func = FnRef::from_bits(bytes.varint()?, bytes.varint()?);
-        Some((id, func, bytes.at))
+        Some((id, func, bytes.at, shared))
     }
 }
 
@@ -443,6 +516,85 @@ mod tests {
         u64::MAX,
     ];
 
+    /// A shared reply as a worker writes it: the `SharedDone` header, the chunk's
+    /// beginning (a sequence of one, `Ok`, the length), the offset.
+    fn shared_reply(done: &Done, len: u64, offset: u64) -> bytes::BytesMut {
+        let mut frame = Vec::new();
+        assert!(done.write_shared(&mut frame));
+        frame.extend_from_slice(&[1, 0]);
+        put_varint(len, &mut frame);
+        put_varint(offset, &mut frame);
+        frame[..].into()
+    }
+
+    #[test]
+    fn a_shared_reply_reads_as_the_done_it_stands_for() {
+        let done = Done {
+            id: 77,
+            outcome: Outcome::Ok {
+                panicked: 0,
+                byte_string: true,
+            },
+            ran_ns: 5,
+            ran_jobs: 1,
+        };
+        let mut frame = shared_reply(&done, 1 << 24, 4096);
+        let mut written = Vec::new();
+        assert!(done.write_shared(&mut written));
+        assert_eq!(
+            written[1..],
+            postcard::to_allocvec(&FromWorker::SharedDone(done)).unwrap()[1..]
+        );
+        assert_eq!(Done::read_shared(&mut frame), Ok(Some((4096, 1 << 24))));
+        let (read, len) = Done::read_ok(&frame).unwrap();
+        assert_eq!((read.id, read.ran_ns), (77, 5));
+        assert_eq!(
+            codec::byte_string_result(&frame[len..]),
+            Some((frame.len() - len, 1 << 24))
+        );
+        // Any other frame is left alone.
+        let mut other = bytes::BytesMut::from(&[DONE_TAG, 1, 2][..]);
+        assert_eq!(Done::read_shared(&mut other), Ok(None));
+        assert_eq!(&other[..], &[DONE_TAG, 1, 2]);
+    }
+
+    #[test]
+    fn a_shared_reply_that_does_not_read_is_refused() {
+        let ok = |panicked, byte_string| Done {
+            id: 1,
+            outcome: Outcome::Ok {
+                panicked,
+                byte_string,
+            },
+            ran_ns: 0,
+            ran_jobs: 0,
+        };
+        let whole = shared_reply(&ok(0, true), 300, 7);
+        // Cut anywhere, or with a byte more.
+        for cut in 1..whole.len() {
+            let mut frame = bytes::BytesMut::from(&whole[..cut]);
+            assert!(Done::read_shared(&mut frame).is_err(), "cut at {cut}");
+        }
+        let mut longer = whole.clone();
+        longer.extend_from_slice(&[0]);
+        assert!(Done::read_shared(&mut longer).is_err());
+        // Not one successful byte string.
+        for done in [ok(1, true), ok(0, false)] {
+            assert!(Done::read_shared(&mut shared_reply(&done, 300, 7)).is_err());
+        }
+        let mut two = Vec::new();
+        assert!(ok(0, true).write_shared(&mut two));
+        two.extend_from_slice(&[2, 0, 1, 9, 0, 1, 9, 0]);
+        assert!(Done::read_shared(&mut two[..].into()).is_err());
+        // An offset over 64 bits.
+        let mut huge = Vec::new();
+        assert!(ok(0, true).write_shared(&mut huge));
+        huge.extend_from_slice(&[1, 0, 5]);
+        huge.extend_from_slice(&[0xff; 10]);
+        huge.push(1);
+        assert!(Done::read_shared(&mut huge[..].into()).is_err());
+    }
+
     #[test]
     fn headers_are_written_as_postcard_writes_them() {
         for &id in &VALUES {
@@ -472,12 +624,19 @@ mod tests {
                 fast.extend_from_slice(b"args");
                 assert_eq!(
                     ToWorker::read_job(&fast[1..]),
-                    Some((id, func, slow.len())),
+                    Some((id, func, slow.len(), false)),
                     "{id} {ran_ns}"
                 );
                 for cut in 0..slow.len() {
                     assert_eq!(ToWorker::read_job(&slow[..cut]), None);
                 }
+                let shared = postcard::to_allocvec(&ToWorker::SharedJob { id, func }).unwrap();
+                assert_eq!(shared[0], SHARED_JOB_TAG);
+                assert_eq!(shared[1..], slow[1..]);
+                assert_eq!(
+                    ToWorker::read_job(&shared),
+                    Some((id, func, shared.len(), true))
+                );
             }
         }
         let failed = Done {
@@ -498,6 +657,7 @@ mod tests {
             max_frame_len: 1,
             spin_us: 0,
             ring: false,
+            shared_min: 0,
             initializer: None,
             env: None,
             sandbox: None,

@@ -10,6 +10,7 @@ use crate::error::TaskError;
 use crate::queue::admission::Admission;
 use crate::queue::cancel::AbortSignal;
 use crate::queue::route::{FeedReply, Inbox, ReplyTo};
+use crate::shm::SharedArg;
 use crate::transport::Outgoing;
 
 /// One unit of work for a worker: a chunk of one or more tasks.
@@ -22,6 +23,9 @@ pub(crate) struct Job {
     /// The rest of the frame, when a large byte-string argument is sent as it is,
     /// without a copy; usually empty.
     pub(crate) tail: Bytes,
+    /// The same large byte-string argument in a sealed memfd, for a local worker (see
+    /// [`crate::shm`]): its frame then is the shared form's, and the memfd goes with it.
+    pub(crate) memfd: Option<Arc<SharedArg>>,
     /// How many tasks the chunk holds.
     pub(crate) tasks: usize,
     pub(crate) timeout: Option<Duration>,
@@ -53,6 +57,7 @@ impl Job {
             id: self.id,
             frame: self.frame.clone(),
             tail: self.tail.clone(),
+            memfd: self.memfd.clone(),
             tasks: 0,
             timeout: None,
             abort: None,
@@ -70,6 +75,10 @@ impl Job {
 impl Outgoing for Job {
     fn parts(&self) -> [&[u8]; 2] {
         [&self.frame, &self.tail]
+    }
+
+    fn memfd(&self) -> Option<&SharedArg> {
+        self.memfd.as_deref()
     }
 }
 
@@ -136,6 +145,7 @@ impl ChunkRun {
             id: chunk.id,
             frame,
             tail: Bytes::new(),
+            memfd: None,
             tasks: chunk.tasks as usize,
             timeout: self.timeout,
             abort: None,

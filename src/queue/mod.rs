@@ -359,6 +359,7 @@ mod tests {
                 id,
                 frame: Bytes::from_static(b"one"),
                 tail: Bytes::new(),
+                memfd: None,
                 tasks: 1,
                 timeout: None,
                 abort: None,

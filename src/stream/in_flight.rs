@@ -22,8 +22,8 @@ pub(crate) fn decode_chunk_reply<R: DeserializeOwned + 'static>(
     let all = |e: TaskError, out: &mut Vec<_>| out.extend((0..tasks).map(|_| Err(e.clone())));
     match reply {
         // A lone result in a buffer of its own, as a single task's reply.
-        Ok(Results::ByteString(bytes)) if tasks == 1 => {
-            out.push(decode_one(Ok(Results::ByteString(bytes))));
+        Ok(lone @ (Results::ByteString(_) | Results::Shared(_))) if tasks == 1 => {
+            out.push(decode_one(Ok(lone)));
         }
         Ok(results) => {
             let start = out.len();

@@ -133,8 +133,9 @@ impl Local {
         &mut self,
         cx: &mut Context<'_>,
         batch: &IoBatch<'_>,
+        pass: Option<std::os::fd::BorrowedFd<'_>>,
     ) -> Poll<std::io::Result<usize>> {
-        self.port().writer.poll_write_batch(cx, batch)
+        self.port().writer.poll_write_batch(cx, batch, pass)
     }
 
     #[inline]
@@ -209,7 +210,10 @@ impl Local {
                 // An empty frame only wakes the driver.
                 Poll::Ready(Some(Ok(frame))) => {
                     if !frame.is_wake_up() {
-                        self.socket_frames.push_back(frame);
+                        match self.claim_shared(frame) {
+                            Ok(frame) => self.socket_frames.push_back(frame),
+                            Err(why) => return Poll::Ready(Incoming::Broken(why)),
+                        }
                     }
                     continue;
                 }
@@ -222,6 +226,28 @@ impl Local {
             }
             return Poll::Pending;
         }
+    }
+
+    /// A reply frame read from the socket, with the bytes of its one result mapped
+    /// when it is a reply of shared memory ([`FromWorker::SharedDone`]): the memfd
+    /// that came with it is claimed and checked (see [`crate::shm::map`]). An error
+    /// if it did not come, or is not a sealed memfd holding what the reply says.
+    ///
+    /// [`FromWorker::SharedDone`]: crate::protocol::FromWorker
+    fn claim_shared(&mut self, mut frame: ReplyFrame) -> Result<ReplyFrame, String> {
+        let Some((offset, len)) = crate::protocol::Done::read_shared(&mut frame.frame)? else {
+            return Ok(frame);
+        };
+        let max = self.reader.decoder().max_frame_len();
+        let fd = self
+            .reader
+            .get_mut()
+            .take_fd()
+            .ok_or("a reply in shared memory came without its memfd")?;
+        let bytes = crate::shm::map(std::os::fd::AsFd::as_fd(&fd), offset, len, max)?;
+        let spare = self.reader.decoder_mut().take_spare(len);
+        frame.shared = Some(crate::protocol::results::SharedBody { bytes, spare });
+        Ok(frame)
     }
 
     /// Polls the ring for the next reply until `until`.
@@ -245,7 +271,10 @@ impl Local {
         match self.reader.next().await {
             Some(Ok(frame)) => {
                 if !frame.is_wake_up() {
-                    self.socket_frames.push_back(frame);
+                    match self.claim_shared(frame) {
+                        Ok(frame) => self.socket_frames.push_back(frame),
+                        Err(_) => return false,
+                    }
                 }
                 true
             }

@@ -15,6 +15,7 @@ pub(crate) mod stream;
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::AsyncWriteExt;
@@ -227,10 +228,17 @@ impl Link {
         }
     }
 
+    /// Writes what it can of `batch`, with `pass` attached to its first byte (only a
+    /// local link is ever given one).
     #[inline]
-    fn poll_write(&mut self, cx: &mut Context<'_>, batch: &IoBatch<'_>) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &IoBatch<'_>,
+        pass: Option<BorrowedFd<'_>>,
+    ) -> Poll<io::Result<usize>> {
         match self {
-            Link::Local(l) => l.poll_write(cx, batch),
+            Link::Local(l) => l.poll_write(cx, batch, pass),
             Link::Stream(s) => s.poll_write(cx, batch),
         }
     }
@@ -252,8 +260,19 @@ impl Link {
 pub(crate) trait Outgoing {
     fn parts(&self) -> [&[u8]; 2];
 
-    fn wire_len(&self) -> usize {
-        self.parts().iter().map(|p| p.len()).sum()
+    /// The frame's large argument in a sealed memfd too, for a link that passes
+    /// descriptors: it sends the memfd's frame instead (see [`crate::shm`]).
+    fn memfd(&self) -> Option<&crate::shm::SharedArg> {
+        None
+    }
+}
+
+/// What of `job` a link writes: over a local link, a job whose argument is in a
+/// memfd is the memfd's frame and the memfd; otherwise its parts.
+fn on_link<J: Outgoing>(job: &J, local: bool) -> ([&[u8]; 2], Option<BorrowedFd<'_>>) {
+    match job.memfd() {
+        Some(memfd) if local => ([&memfd.frame, &[]], Some(memfd.fd())),
+        _ => (job.parts(), None),
     }
 }
 
@@ -275,14 +294,26 @@ impl Outbox {
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
         // A local link's socket takes neighbouring frames as one segment.
-        let join = matches!(link, Link::Local(_));
+        let local = matches!(link, Link::Local(_));
         while self.unsent > 0 {
             let first = inflight.len() - self.unsent;
             // No allocation on this path: it runs at every event of the driver.
-            let mut batch = IoBatch::new(join);
+            let mut batch = IoBatch::new(local);
             let mut skip = self.offset;
-            'fill: for job in inflight.range(first..) {
-                for part in job.parts() {
+            // A memfd goes with the first byte of its frame: a frame with one starts
+            // a write of its own, and only a write that starts it passes it.
+            let mut pass = None;
+            'fill: for (i, job) in inflight.range(first..).enumerate() {
+                let (parts, fd) = on_link(job, local);
+                if fd.is_some() {
+                    if i > 0 {
+                        break 'fill;
+                    }
+                    if skip == 0 {
+                        pass = fd;
+                    }
+                }
+                for part in parts {
                     if skip >= part.len() {
                         skip -= part.len();
                         continue;
@@ -294,12 +325,13 @@ impl Outbox {
                     }
                 }
             }
-            let mut n = ready!(link.poll_write(cx, &batch))?;
+            let mut n = ready!(link.poll_write(cx, &batch, pass))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             while n > 0 && self.unsent > 0 {
-                let left = inflight[inflight.len() - self.unsent].wire_len() - self.offset;
+                let (parts, _) = on_link(&inflight[inflight.len() - self.unsent], local);
+                let left = parts[0].len() + parts[1].len() - self.offset;
                 if n >= left {
                     n -= left;
                     self.unsent -= 1;
@@ -333,6 +365,7 @@ mod tests {
             id,
             frame,
             tail,
+            memfd: None,
             tasks: 1,
             timeout: None,
             abort: None,

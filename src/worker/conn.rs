@@ -33,7 +33,16 @@ pub(crate) struct BlockingConn {
     ring: Option<WorkerRing>,
     /// Where a reply's header is written (kept: no allocation per reply).
     header: Vec<u8>,
+    /// Descriptors that came with the frames read (a shared argument's memfd comes
+    /// with the first bytes of its job's frame), in order.
+    fds: VecDeque<OwnedFd>,
+    /// Results from this size on go back in shared memory (0: never).
+    shared_min: usize,
 }
+
+/// The most descriptors a worker keeps unclaimed: the pool sends one per job, and
+/// pipelines only a few jobs of shared arguments.
+const FDS_MAX: usize = 64;
 
 impl BlockingConn {
     pub(crate) fn new(stream: UnixStream, max_frame_len: usize) -> Self {
@@ -44,6 +53,8 @@ impl BlockingConn {
             spin: Duration::ZERO,
             ring: None,
             header: Vec::with_capacity(64),
+            fds: VecDeque::new(),
+            shared_min: 0,
         }
     }
 
@@ -82,8 +93,27 @@ impl BlockingConn {
         }
     }
 
+    /// The descriptor that came with the job frame at the front of the buffer (see
+    /// [`ToWorker::SharedJob`](crate::protocol::ToWorker)).
+    pub(crate) fn take_fd(&mut self) -> Option<OwnedFd> {
+        self.fds.pop_front()
+    }
+
     pub(crate) fn set_spin(&mut self, spin: Duration) {
         self.spin = spin;
+    }
+
+    /// See [`Large::min`](crate::protocol::codec::Large).
+    pub(crate) fn set_shared_min(&mut self, min: usize) {
+        self.shared_min = min;
+    }
+
+    pub(crate) fn shared_min(&self) -> usize {
+        self.shared_min
+    }
+
+    pub(crate) fn max_frame_len(&self) -> usize {
+        self.max_frame_len
     }
 
     pub(crate) fn set_max_frame_len(&mut self, max: usize) {
@@ -167,9 +197,32 @@ impl BlockingConn {
             } else {
                 0
             };
-            // SAFETY: `spare` is writable memory owned by `read_buf`, `spare.len()`
-            // bytes long; recv(2) writes at most that many bytes into it.
-            let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
+            // recvmsg(2), not recv(2): a descriptor passed with the bytes would be
+            // closed unseen by a plain read.
+            let mut iov = libc::iovec {
+                iov_base: spare.as_mut_ptr().cast(),
+                iov_len: spare.len(),
+            };
+            let mut control = [0u64; 16];
+            // SAFETY: an all-zero msghdr is valid; it points at `iov` (writable memory
+            // owned by `read_buf`, `spare.len()` bytes long, of which recvmsg(2)
+            // writes at most that many) and at `control`, a buffer of its stated
+            // length, 8-byte aligned as cmsg headers need.
+            let n = unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = &mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = control.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&control) as _;
+                let n = libc::recvmsg(fd, &mut msg, flags | libc::MSG_CMSG_CLOEXEC);
+                if n >= 0 {
+                    crate::fdpass::take_rights(&msg, &mut self.fds);
+                    if msg.msg_flags & libc::MSG_CTRUNC != 0 || self.fds.len() > FDS_MAX {
+                        return Err(io::Error::other("too many descriptors from the pool"));
+                    }
+                }
+                n
+            };
             if n >= 0 {
                 let n = n as usize;
                 // SAFETY: the kernel initialised the first `n` bytes of the spare
@@ -241,6 +294,88 @@ impl BlockingConn {
         frame.extend_from_slice(&header);
         frame.extend_from_slice(&out[REPLY_GAP..REPLY_GAP + results_len]);
         self.emit(&frame)
+    }
+
+    /// Sends the reply to job `id` whose one result, `bytes`, goes back in shared
+    /// memory (see [`crate::shm`]): `out` holds [`REPLY_GAP`] bytes of room, then the
+    /// chunk's beginning (a sequence of one, `Ok`, the length). A result that is a
+    /// view of the job's shared argument (`arg`: its memfd and mapping) goes back in
+    /// the argument's memfd, uncopied; another is copied into a new one. Where shared
+    /// memory fails (no memfd to be had), the bytes go over the channel after all.
+    pub(crate) fn send_shared_reply(
+        &mut self,
+        id: u64,
+        ran: (u64, u32),
+        out: &mut Vec<u8>,
+        bytes: bytes::Bytes,
+        arg: Option<&(OwnedFd, bytes::Bytes)>,
+    ) -> io::Result<()> {
+        let ok = Outcome::Ok {
+            panicked: 0,
+            byte_string: true,
+        };
+        if bytes.len() > self.max_frame_len {
+            let too_large = Outcome::ResultTooLarge { size: bytes.len() };
+            return self.send_reply(id, too_large, ran, out);
+        }
+        let within = arg.and_then(|(fd, mem)| {
+            crate::shm::offset_within(mem, &bytes).map(|at| (fd.as_fd(), at))
+        });
+        let fresh;
+        let (fd, offset) = match within {
+            Some(found) => found,
+            None => match crate::shm::seal(&bytes) {
+                Ok(fd) => {
+                    fresh = fd;
+                    (fresh.as_fd(), 0)
+                }
+                Err(_) => {
+                    out.extend_from_slice(&bytes);
+                    return self.send_reply(id, ok, ran, out);
+                }
+            },
+        };
+        let Some(ring) = &self.ring else {
+            out.extend_from_slice(&bytes);
+            return self.send_reply(id, ok, ran, out);
+        };
+        let done = Done {
+            id,
+            outcome: ok,
+            ran_ns: ran.0,
+            ran_jobs: ran.1,
+        };
+        let mut frame = vec![0; 4];
+        done.write_shared(&mut frame);
+        frame.extend_from_slice(out.get(REPLY_GAP..).unwrap_or_default());
+        crate::protocol::put_varint(offset, &mut frame);
+        let len = (frame.len() - 4) as u32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        // Its place in the ring, then the frame on the channel with the memfd.
+        let sock = self.stream.as_fd();
+        ring.push(&ON_SOCKET.to_be_bytes(), || hung_up(sock))?;
+        let iov = [libc::iovec {
+            iov_base: frame.as_ptr().cast_mut().cast(),
+            iov_len: frame.len(),
+        }];
+        let sent = loop {
+            // SAFETY: `iov` describes `frame`, readable for the call.
+            let n = unsafe {
+                crate::fdpass::sendmsg_with_fd(
+                    self.stream.as_raw_fd(),
+                    &iov,
+                    fd,
+                    libc::MSG_NOSIGNAL,
+                )
+            };
+            match usize::try_from(n) {
+                Ok(n) => break n,
+                Err(_) if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(io::Error::last_os_error()),
+            }
+        };
+        // The descriptor went with the first byte; the rest as usual.
+        self.stream.write_all(&frame[sent..])
     }
 
     /// Writes one reply frame (length prefix included): into the ring if there is

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use crate::image::{build_id, SameBuild};
 use crate::panics::capture_panics;
 use crate::per_process::PerProcess;
-use crate::protocol::codec::{decode_frame, decode_results};
+use crate::protocol::codec::{decode_frame, decode_results, Large};
 use crate::protocol::FnRef;
 use crate::protocol::{
     FromWorker, Hello, InitFailure, Outcome, ToWorker, MAGIC, PROTOCOL_VERSION, TIMED_RUN,
@@ -248,6 +248,7 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<Option<SameBuild>> {
         max_frame_len,
         spin_us,
         ring,
+        shared_min,
         initializer,
         env,
         sandbox,
@@ -276,6 +277,10 @@ fn handshake(conn: &mut BlockingConn) -> std::io::Result<Option<SameBuild>> {
     }
     drop(fds);
     conn.set_max_frame_len(max_frame_len);
+    // Results in shared memory need the ring (their place is marked there).
+    if ring {
+        conn.set_shared_min(usize::try_from(shared_min).unwrap_or(usize::MAX));
+    }
     conn.set_spin(std::time::Duration::from_micros(u64::from(spin_us)));
     CURRENT.get_or_init(|| ProcessInfo {
         pid,
@@ -309,7 +314,7 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8], same: SameBuild) -> O
         Err(e) => return Some(InitFailure::Refused(e)),
     };
     let mut out = Vec::new();
-    match init.run(payload, &mut out) {
+    match init.run(payload, &mut out, &mut Large::default()) {
         Outcome::Ok { .. } => {}
         other => return Some(InitFailure::Refused(format!("{other:?}"))),
     }
@@ -320,6 +325,23 @@ pub(crate) fn run_initializer(init: FnRef, payload: &[u8], same: SameBuild) -> O
             .map(InitFailure::Panicked),
         Err(e) => Some(InitFailure::Refused(e)),
     }
+}
+
+/// A job's argument whose bytes came in the memfd `fd`, `payload` being what its
+/// chunk holds of it (a sequence of one, the string's length): the mapping.
+fn shared_arg(
+    fd: &std::os::fd::OwnedFd,
+    payload: &[u8],
+    max: usize,
+) -> Result<bytes::Bytes, String> {
+    use std::os::fd::AsFd;
+    let len = postcard::take_from_bytes::<u64>(payload)
+        .ok()
+        .filter(|(count, _)| *count == 1)
+        .and_then(|(_, rest)| postcard::take_from_bytes::<u64>(rest).ok())
+        .and_then(|(len, _)| usize::try_from(len).ok())
+        .ok_or("a shared argument without its length")?;
+    crate::shm::map(fd.as_fd(), 0, len, max)
 }
 
 fn job_loop(conn: &mut BlockingConn, same: SameBuild) -> std::io::Result<()> {
@@ -339,9 +361,15 @@ fn job_loop(conn: &mut BlockingConn, same: SameBuild) -> std::io::Result<()> {
                 None => return Ok(()),
             },
         };
-        let frame = conn.frame(len);
-        let Some((id, func, header_len)) = ToWorker::read_job(frame) else {
+        let Some((id, func, header_len, shared)) = ToWorker::read_job(conn.frame(len)) else {
             return Err(std::io::Error::other("unexpected frame from the pool"));
+        };
+        // A shared argument's memfd came with the frame's first bytes.
+        let arg_fd = match shared {
+            true => Some(conn.take_fd().ok_or_else(|| {
+                std::io::Error::other("a job of shared memory came without its memfd")
+            })?),
+            false => None,
         };
         if conn.begin_job() == crate::ring::Begin::Skip {
             // Taken back by the pool while the job before it ran long: sent elsewhere.
@@ -350,21 +378,44 @@ fn job_loop(conn: &mut BlockingConn, same: SameBuild) -> std::io::Result<()> {
             clock.restart();
             continue;
         }
-        let payload = &frame[header_len..];
+        let payload = &conn.frame(len)[header_len..];
         out.clear();
         out.resize(conn::REPLY_GAP, 0);
-        // Results are often about as large as the arguments (an echo, a transform):
-        // reserve once rather than grow by doubling and copying.
-        out.reserve(payload.len());
-        let outcome = match func.resolve(same) {
-            Err(e) => Outcome::Unresolvable(e),
-            Ok(task) => task.run(payload, &mut out),
+        let mut large = Large {
+            min: conn.shared_min(),
+            ..Large::default()
+        };
+        // The argument's memfd and its mapping, kept until the reply is sent.
+        let mut arg_mem = None;
+        let mapped = match arg_fd {
+            Some(fd) => match shared_arg(&fd, payload, conn.max_frame_len()) {
+                Ok(bytes) => {
+                    large.arg = Some(bytes.clone());
+                    arg_mem = Some((fd, bytes));
+                    Ok(())
+                }
+                Err(why) => Err(why),
+            },
+            None => {
+                // Results are often about as large as the arguments (an echo, a
+                // transform): reserve once rather than grow by doubling and copying.
+                out.reserve(payload.len());
+                Ok(())
+            }
+        };
+        let outcome = match (mapped, func.resolve(same)) {
+            (Err(why), _) => Outcome::BadArguments(why),
+            (_, Err(e)) => Outcome::Unresolvable(e),
+            (Ok(()), Ok(task)) => task.run(payload, &mut out, &mut large),
         };
         conn.consume(len);
         // (A bad next frame is reported after this job's reply, not instead of it.)
         next = conn.buffered();
         let ran = clock.job_done(matches!(next, Ok(Some(_))));
-        conn.send_reply(id, outcome, ran, &mut out)?;
+        match large.result.take() {
+            Some(bytes) => conn.send_shared_reply(id, ran, &mut out, bytes, arg_mem.as_ref())?,
+            None => conn.send_reply(id, outcome, ran, &mut out)?,
+        }
     }
 }
 
