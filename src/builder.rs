@@ -114,6 +114,7 @@ impl PoolBuilder {
                 remote: Vec::new(),
                 heartbeat: crate::remote::DEFAULT_HEARTBEAT,
                 queue_bound: None,
+                shared_memory_min: crate::shm::SHARED_MIN,
             },
             initializer: Ok(()),
             preload: Ok(()),
@@ -234,6 +235,28 @@ impl PoolBuilder {
             tokio::sync::Semaphore::MAX_PERMITS
         );
         self.config.queue_bound = Some(n);
+        self
+    }
+
+    /// From what size a task's one [`Bytes`](bytes::Bytes) argument or result
+    /// travels between the pool and a local worker in shared memory instead of
+    /// through the worker's socket. Default: 1 MiB; `usize::MAX` turns it off.
+    ///
+    /// The bytes are copied once into a new `memfd`, which is sealed against any
+    /// change (Linux file seals) and passed with the job or reply; the other end maps
+    /// it read-only. A `Bytes` argument is a view of that memory in the worker, and a
+    /// `Bytes` result one in the caller, without a copy; a result that is a slice of
+    /// the task's own `Bytes` argument goes back without any copy at all. A `Vec<u8>`
+    /// keeps to the socket: it would be copied out of the mapping anyway, and on the
+    /// machines measured a fresh memfd's pages cost more than the socket's reused
+    /// buffers (BENCHMARKS.md). The pool checks the seals and the
+    /// size of every memfd a worker passes before it maps it, so a worker can neither
+    /// change the bytes under a caller's `Bytes` nor make the pool read outside them;
+    /// one that passes anything else fails its task and is replaced. Workers on other
+    /// machines (see [`remote`](Self::remote)) and [`Transport::Stream`] keep the
+    /// bytes in the stream.
+    pub fn shared_memory_min(mut self, bytes: usize) -> Self {
+        self.config.shared_memory_min = bytes.max(1);
         self
     }
 

@@ -36,6 +36,8 @@ pub(crate) struct Setup {
     pub(crate) worker_spin: Duration,
     /// Whether replies come through a reply ring ([`crate::ring`]).
     pub(crate) ring: bool,
+    /// Results from this size on go back in shared memory, with `ring` (0: never).
+    pub(crate) shared_min: usize,
     /// `Some(keys)`: the environment variables the worker keeps.
     pub(crate) env: Option<Vec<String>>,
     /// The sandbox the worker shuts itself in before its first job.
@@ -89,7 +91,7 @@ fn setup_message(setup: &Setup) -> Result<Vec<u8>, String> {
         spin_us: setup.worker_spin.as_micros().min(u32::MAX as u128) as u32,
         ring: setup.ring,
         shared_min: if setup.ring {
-            crate::shm::SHARED_MIN as u64
+            setup.shared_min as u64
         } else {
             0
         },

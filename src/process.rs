@@ -233,6 +233,7 @@ impl ProcessBuilder {
             startup_timeout: self.startup_timeout,
             worker_spin: Duration::ZERO,
             ring: false,
+            shared_min: 0,
             env,
             sandbox: self.sandbox.as_ref().map(|s| s.spec().clone()),
         };

@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) heartbeat: Duration,
     /// At most this many tasks submitted and not yet resolved; `None`: no bound.
     pub(crate) queue_bound: Option<usize>,
+    /// Byte strings from this size on travel in shared memory (see [`crate::shm`]).
+    pub(crate) shared_memory_min: usize,
 }
 
 impl Config {

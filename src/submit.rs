@@ -209,6 +209,7 @@ impl JobFrame {
         func: Result<FnRef, String>,
         arg: A,
     ) -> Self {
+        let is_bytes = std::any::TypeId::of::<A>() == std::any::TypeId::of::<Bytes>();
         let arg: Box<dyn std::any::Any> = Box::new(arg);
         let bytes = match arg.downcast::<Vec<u8>>() {
             Ok(vec) if vec.len() >= TAIL_MIN => Ok(Bytes::from(*vec)),
@@ -235,8 +236,15 @@ impl JobFrame {
             Ok(())
         })
         .map(|()| frame);
+        // Only a `Bytes` argument: a `Vec<u8>` is copied out of the mapping in the
+        // worker anyway, and a fresh memfd's pages cost more than the socket's
+        // buffers (measured: see `shared_memory_min`).
         let memfd = match &frame {
-            Ok(frame) if tail.len() >= crate::shm::SHARED_MIN && sub.shares_memory() => {
+            Ok(frame)
+                if is_bytes
+                    && tail.len() >= sub.shared().config.shared_memory_min
+                    && sub.shares_memory() =>
+            {
                 shared_arg(frame, &tail).map(Arc::new)
             }
             _ => None,

@@ -275,6 +275,7 @@ async fn start_worker(shared: &Shared, slot: usize) -> Result<Worker, String> {
         startup_timeout: cfg.startup_timeout,
         worker_spin: cfg.worker_polling(),
         ring: launcher.is_none() && cfg.transport() == crate::Transport::Local,
+        shared_min: cfg.shared_memory_min,
         env: cfg.env.clone(),
         sandbox: cfg.sandbox.as_ref().map(|s| s.spec().clone()),
     };

@@ -544,24 +544,23 @@ fn shared_argument<A: 'static>(rest: &[u8], bytes: Bytes) -> Result<A, String> {
     Ok(*value.downcast::<A>().expect("A is the type checked above"))
 }
 
-/// A result's bytes, when it is a `Vec<u8>` or `Bytes` of at least `min` bytes (the
-/// `Vec` moved into a `Bytes`, not copied); the value back otherwise.
+/// A result's bytes, when it is a `Bytes` of at least `min` bytes; the value back
+/// otherwise. (Not a `Vec<u8>`: the pool would copy it out of the mapping, and a
+/// fresh memfd's pages cost more than the socket's buffers: measured, see
+/// `PoolBuilder::shared_memory_min`.)
 fn large_result<R: 'static>(value: R, min: usize) -> Result<Bytes, R> {
-    if TypeId::of::<R>() != TypeId::of::<Bytes>() && TypeId::of::<R>() != TypeId::of::<Vec<u8>>() {
+    if TypeId::of::<R>() != TypeId::of::<Bytes>() {
         // (No box for every other result.)
         return Err(value);
     }
     let boxed: Box<dyn Any> = Box::new(value);
-    let boxed = match boxed.downcast::<Bytes>() {
-        Ok(bytes) if bytes.len() >= min => return Ok(*bytes),
-        Ok(bytes) => bytes as Box<dyn Any>,
-        Err(other) => match other.downcast::<Vec<u8>>() {
-            Ok(vec) if vec.len() >= min => return Ok(Bytes::from(*vec)),
-            Ok(vec) => vec as Box<dyn Any>,
-            Err(other) => other,
-        },
-    };
-    Err(*boxed.downcast::<R>().expect("the value's own type"))
+    match boxed.downcast::<Bytes>() {
+        Ok(bytes) if bytes.len() >= min => Ok(*bytes),
+        Ok(bytes) => Err(*(bytes as Box<dyn Any>)
+            .downcast::<R>()
+            .expect("the value's own type")),
+        Err(_) => unreachable!("R is Bytes, checked above"),
+    }
 }
 
 /// Decodes a chunk of `expected` results straight into what the caller keeps of each,

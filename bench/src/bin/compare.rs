@@ -1010,9 +1010,18 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
     say("procpool echo of Vec<u8> and Bytes");
     let mut note = String::new();
     let fault_note = &mut note;
+    // The same echoes with shared memory off (through the socket, as before it),
+    // measured in turn with the default pool's, for the ratio between the two.
+    let mut inline = (0.0, 0.0, 0.0, 0.0);
     let (vec16, bytes16, vec1, bytes1) = rt.block_on(async {
         let pool = pool_of(1, StartMethod::default()).await;
-        let vec = |size: usize, calls: usize| {
+        let off = Pool::builder()
+            .processes(1)
+            .shared_memory_min(usize::MAX)
+            .build()
+            .await
+            .expect("build a pool");
+        let vec = |pool: &Pool, size: usize, calls: usize| {
             let pool = pool.clone();
             async move {
                 let data = vec![7u8; size];
@@ -1029,7 +1038,7 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
                 (size as f64 / (1 << 20) as f64) / median(xs).as_secs_f64()
             }
         };
-        let bytes = |size: usize, calls: usize| {
+        let bytes = |pool: &Pool, size: usize, calls: usize| {
             let pool = pool.clone();
             async move {
                 let data = Bytes::from(vec![7u8; size]);
@@ -1049,10 +1058,10 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
             )
         };
         let f0 = faults();
-        let v16 = vec(M16, s.pay_16m_calls).await;
+        let v16 = vec(&pool, M16, s.pay_16m_calls).await;
         let f1 = faults();
         let f2 = faults();
-        let b16 = bytes(M16, s.pay_16m_calls).await;
+        let b16 = bytes(&pool, M16, s.pay_16m_calls).await;
         let f3 = faults();
         let per = (s.pay_16m_calls + 1) as u64;
         *fault_note = format!(
@@ -1063,9 +1072,16 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
             (f3.0 - f2.0) / per,
             (f3.1 - f2.1) / per
         );
-        let v1 = vec(M1, s.pay_1m_calls).await;
-        let b1 = bytes(M1, s.pay_1m_calls).await;
+        let v1 = vec(&pool, M1, s.pay_1m_calls).await;
+        let b1 = bytes(&pool, M1, s.pay_1m_calls).await;
+        inline = (
+            vec(&off, M16, s.pay_16m_calls).await,
+            bytes(&off, M16, s.pay_16m_calls).await,
+            vec(&off, M1, s.pay_1m_calls).await,
+            bytes(&off, M1, s.pay_1m_calls).await,
+        );
         pool.terminate().await;
+        off.terminate().await;
         (v16, b16, v1, b1)
     });
     let py16 = py.and_then(|p| p.mpire_16m);
@@ -1086,6 +1102,19 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
         );
     }
     t.note(&note);
+    for (figure, v, shared) in [
+        ("  the same, shared memory off: Vec<u8> 16 MiB", inline.0, vec16),
+        ("  the same, shared memory off: Bytes 16 MiB", inline.1, bytes16),
+        ("  the same, shared memory off: Vec<u8> 1 MiB", inline.2, vec1),
+        ("  the same, shared memory off: Bytes 1 MiB", inline.3, bytes1),
+    ] {
+        t.info(
+            figure,
+            Some(v),
+            Unit::MibPerSec,
+            Some((shared / v, "shared is this x off")),
+        );
+    }
     t.info(
         "raw socketpair 1 MiB round trip",
         Some(sock_rt_1m),
@@ -1502,6 +1531,7 @@ struct Args {
     quick: bool,
     grown_only: bool,
     remote_only: bool,
+    payload_only: bool,
     python: Option<String>,
 }
 
@@ -1510,6 +1540,7 @@ fn parse_args() -> Args {
         quick: false,
         grown_only: false,
         remote_only: false,
+        payload_only: false,
         python: None,
     };
     let mut it = std::env::args().skip(1);
@@ -1517,11 +1548,13 @@ fn parse_args() -> Args {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--grown-only" => args.grown_only = true,
-            "--remote-only" => args.remote_only = true,
+"--remote-only" => args.remote_only = true,
+            "--payload-only" => args.payload_only = true,
             "--python" => args.python = it.next(),
             "-h" | "--help" => {
                 println!(
-                    "usage: compare [--quick] [--grown-only] [--remote-only] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
+                    "usage: compare [--quick] [--grown-only] [--remote-only] [--payload-only] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
+                     --payload-only only the payloads (1 and 16 MiB echoes)\n  \
                      --grown-only   only the start-up with this process grown to 1 GiB\n  \
                      --remote-only  only the workers on other machines (ssh, srun)\n  \
                      --python FILE  judge Python-relative targets with bench_pools.py's JSON"
@@ -1577,7 +1610,9 @@ fn main() {
     );
     // Memory first: a forked worker's RSS counts the parent's pages, so measure it
     // while the parent is small.
-    if args.remote_only {
+    if args.payload_only {
+        payload(&rt, &s, &mut t, py.as_ref());
+    } else if args.remote_only {
         remote_section::remote(&rt, &s, &mut t);
     } else if !args.grown_only {
         memory(&rt, &s, &mut t, py.as_ref());
@@ -1590,7 +1625,7 @@ fn main() {
         sandbox(&rt, &s, &mut t);
         remote_section::remote(&rt, &s, &mut t);
     }
-    if !args.remote_only {
+    if !args.remote_only && !args.payload_only {
         grown(&rt, &s, &mut t);
     }
     drop(rt);
