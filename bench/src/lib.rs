@@ -458,6 +458,60 @@ pub fn median(mut xs: Vec<Duration>) -> Duration {
     }
 }
 
+/// The times of `calls` timed calls of `f`, after `warm` untimed ones.
+pub fn timed(warm: usize, calls: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..warm {
+        f();
+    }
+    let mut xs = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        f();
+        xs.push(t.elapsed());
+    }
+    xs
+}
+
+/// The times of `calls` timed calls of the async `f`, after `warm` untimed ones.
+pub async fn timed_async<F, Fut>(warm: usize, calls: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..warm {
+        f().await;
+    }
+    let mut xs = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        f().await;
+        xs.push(t.elapsed());
+    }
+    xs
+}
+
+/// The median of `calls` timed calls of `f`, after `warm` untimed ones.
+///
+/// # Panics
+///
+/// If `calls` is 0.
+pub fn median_of(warm: usize, calls: usize, f: impl FnMut()) -> Duration {
+    median(timed(warm, calls, f))
+}
+
+/// The median of `calls` timed calls of the async `f`, after `warm` untimed ones.
+///
+/// # Panics
+///
+/// If `calls` is 0.
+pub async fn median_of_async<F, Fut>(warm: usize, calls: usize, f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    median(timed_async(warm, calls, f).await)
+}
+
 /// A bench binary's `main`: exits at once when it is the exec'd probe of
 /// [`is_exec_probe`], else runs `groups` with Criterion on one Tokio runtime.
 pub fn run(groups: &[fn(&mut criterion::Criterion, &tokio::runtime::Runtime)]) {

@@ -26,7 +26,9 @@ use procpool::{Pool, StartMethod};
 use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
-use procpool_bench::{echo_bytes, echo_vec, identity, median, spin, Channel, RawPeer};
+use procpool_bench::{
+    echo_bytes, echo_vec, identity, median, median_of, median_of_async, spin, Channel, RawPeer,
+};
 
 // Workers on other machines: what a link costs (its own file).
 #[path = "../remote_section.rs"]
@@ -367,38 +369,6 @@ fn us(d: Duration) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Median of `calls` timed calls of `f`, after `warm` untimed ones.
-fn median_of(warm: usize, calls: usize, mut f: impl FnMut()) -> Duration {
-    for _ in 0..warm {
-        f();
-    }
-    let mut xs = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        f();
-        xs.push(t.elapsed());
-    }
-    median(xs)
-}
-
-/// Median of `calls` timed calls of the async `f`, after `warm` untimed ones.
-async fn median_of_async<F, Fut>(warm: usize, calls: usize, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..warm {
-        f().await;
-    }
-    let mut xs = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        f().await;
-        xs.push(t.elapsed());
-    }
-    median(xs)
 }
 
 const METHODS: [(&str, StartMethod); 3] = [
