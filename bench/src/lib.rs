@@ -2,7 +2,8 @@
 //! (`src/bin/compare.rs`) share: the tasks, the raw two-process
 //! references (a forked child echoing over a pipe or a socketpair, forked children
 //! doing CPU work without IPC, fork + waitpid, exec of this binary), and small
-//! measurement helpers.
+//! measurement helpers; and [`runs`], which lays several runs of the comparison side
+//! by side.
 //!
 //! Every forked child here runs only syscalls and arithmetic on memory allocated
 //! before the fork, then `_exit`s: the parent may run Tokio threads, and a child of a
@@ -13,6 +14,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 pub mod openloop;
+pub mod runs;
 
 /// Set in the environment of the exec'd copy of a bench binary: it exits at once.
 pub const EXIT_ENV: &str = "PROCPOOL_BENCH_EXIT";
