@@ -2,7 +2,8 @@
 //! (`src/bin/compare.rs`) share: the tasks, the raw two-process
 //! references (a forked child echoing over a pipe or a socketpair, forked children
 //! doing CPU work without IPC, fork + waitpid, exec of this binary), and small
-//! measurement helpers.
+//! measurement helpers; and [`runs`], which lays several runs of the comparison side
+//! by side.
 //!
 //! Every forked child here runs only syscalls and arithmetic on memory allocated
 //! before the fork, then `_exit`s: the parent may run Tokio threads, and a child of a
@@ -13,6 +14,7 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 pub mod openloop;
+pub mod runs;
 
 /// Set in the environment of the exec'd copy of a bench binary: it exits at once.
 pub const EXIT_ENV: &str = "PROCPOOL_BENCH_EXIT";
@@ -456,6 +458,60 @@ pub fn median(mut xs: Vec<Duration>) -> Duration {
     } else {
         (xs[n / 2 - 1] + xs[n / 2]) / 2
     }
+}
+
+/// The times of `calls` timed calls of `f`, after `warm` untimed ones.
+pub fn timed(warm: usize, calls: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    for _ in 0..warm {
+        f();
+    }
+    let mut xs = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        f();
+        xs.push(t.elapsed());
+    }
+    xs
+}
+
+/// The times of `calls` timed calls of the async `f`, after `warm` untimed ones.
+pub async fn timed_async<F, Fut>(warm: usize, calls: usize, mut f: F) -> Vec<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for _ in 0..warm {
+        f().await;
+    }
+    let mut xs = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let t = Instant::now();
+        f().await;
+        xs.push(t.elapsed());
+    }
+    xs
+}
+
+/// The median of `calls` timed calls of `f`, after `warm` untimed ones.
+///
+/// # Panics
+///
+/// If `calls` is 0.
+pub fn median_of(warm: usize, calls: usize, f: impl FnMut()) -> Duration {
+    median(timed(warm, calls, f))
+}
+
+/// The median of `calls` timed calls of the async `f`, after `warm` untimed ones.
+///
+/// # Panics
+///
+/// If `calls` is 0.
+pub async fn median_of_async<F, Fut>(warm: usize, calls: usize, f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    median(timed_async(warm, calls, f).await)
 }
 
 /// A bench binary's `main`: exits at once when it is the exec'd probe of

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use procpool::Pool;
 
-use crate::{calibrate_spin, identity, spin, Channel, RawPeer};
+use crate::{calibrate_spin, identity, spin, timed, timed_async, Channel, RawPeer};
 
 /// How much to run.
 #[derive(Debug, Clone, Copy)]
@@ -180,23 +180,6 @@ pub struct Sequential {
     pub spawn_blocking_switches: f64,
 }
 
-async fn timed<F, Fut>(warm: usize, calls: usize, mut f: F) -> Vec<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..warm {
-        f().await;
-    }
-    let mut xs = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        f().await;
-        xs.push(t.elapsed());
-    }
-    xs
-}
-
 /// Measures [`Sequential`] on `rt` with the default pool `pool`, in three alternating
 /// rounds (so that a busy moment of the machine falls on all of them alike).
 pub fn sequential(rt: &tokio::runtime::Runtime, pool: &Pool, s: &Sizes) -> Sequential {
@@ -208,15 +191,11 @@ pub fn sequential(rt: &tokio::runtime::Runtime, pool: &Pool, s: &Sizes) -> Seque
     let out = 1u64.to_ne_bytes();
     let mut back = [0u8; 8];
     for _ in 0..rounds {
-        for i in 0..s.warm + calls {
-            let t = Instant::now();
-            peer.round_trip(black_box(&out), &mut back);
-            if i >= s.warm {
-                raw.push(t.elapsed());
-            }
-        }
+        raw.extend(timed(s.warm, calls, || {
+            peer.round_trip(black_box(&out), &mut back)
+        }));
         let u0 = self_usage();
-        sb.extend(rt.block_on(timed(s.warm, calls, || async {
+        sb.extend(rt.block_on(timed_async(s.warm, calls, || async {
             black_box(
                 tokio::task::spawn_blocking(|| identity(black_box(1)))
                     .await
@@ -225,7 +204,7 @@ pub fn sequential(rt: &tokio::runtime::Runtime, pool: &Pool, s: &Sizes) -> Seque
         })));
         sb_sw += self_usage().since(u0).switches;
         let (p0, w0) = pool_usage(Some(pool));
-        ap.extend(rt.block_on(timed(s.warm, calls, || async {
+        ap.extend(rt.block_on(timed_async(s.warm, calls, || async {
             black_box(pool.apply(identity, black_box(1u64)).await.expect("apply"));
         })));
         let (p1, w1) = pool_usage(Some(pool));
@@ -234,7 +213,7 @@ pub fn sequential(rt: &tokio::runtime::Runtime, pool: &Pool, s: &Sizes) -> Seque
         let (warm, n) = (s.warm, calls);
         sp.extend(
             rt.block_on(rt.spawn(async move {
-                timed(warm, n, || async {
+                timed_async(warm, n, || async {
                     black_box(p.apply(identity, black_box(1u64)).await.expect("apply"));
                 })
                 .await

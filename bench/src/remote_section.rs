@@ -6,9 +6,9 @@
 //! of `apply`, and `map` throughput with chunk size 1 and automatic chunks, as ratios
 //! to the local worker measured in the same run.
 
-use super::{median_of_async, say, us, Sizes, Table, Unit};
+use super::{say, us, Sizes, Table, Unit};
 use procpool::{Launcher, Pool};
-use procpool_bench::identity;
+use procpool_bench::{identity, median_of_async};
 use std::hint::black_box;
 use std::time::Instant;
 

@@ -8,12 +8,20 @@
 //! cargo run --release -p procpool-bench --bin compare                  # about a minute
 //! cargo run --release -p procpool-bench --bin compare -- --quick       # about 20 s, for CI
 //! cargo run --release -p procpool-bench --bin compare -- --python /tmp/pools.json
+//! cargo run --release -p procpool-bench --bin compare -- --out /tmp/compare-runs
 //! ```
 //!
 //! `--python FILE` reads the JSON that `../shared/anchors/python/bench_pools.py --json
 //! FILE` wrote (run from the repository root, in the same session) and judges the
 //! targets set relative to Python's pools; nothing of Python is measured here. `FILE`
 //! is relative to the current directory, which `cargo run` does not change.
+//!
+//! `--out DIR [--runs N]` runs this binary N times (default 5) with the other
+//! arguments, one run after the other, keeps each run's output in `DIR/run-K.txt` and
+//! prints the runs side by side with their spread (`procpool_bench::runs`). It runs
+//! itself rather than being a binary of its own so that the runs measure exactly the
+//! build that was asked for (`cargo run --bin` of another binary would not rebuild
+//! this one).
 
 use std::fmt::Write as _;
 use std::hint::black_box;
@@ -26,7 +34,9 @@ use procpool::{Pool, StartMethod};
 use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 
-use procpool_bench::{echo_bytes, echo_vec, identity, median, spin, Channel, RawPeer};
+use procpool_bench::{
+    echo_bytes, echo_vec, identity, median, median_of, median_of_async, spin, Channel, RawPeer,
+};
 
 // Workers on other machines: what a link costs (its own file).
 #[path = "../remote_section.rs"]
@@ -367,38 +377,6 @@ fn us(d: Duration) -> f64 {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// Median of `calls` timed calls of `f`, after `warm` untimed ones.
-fn median_of(warm: usize, calls: usize, mut f: impl FnMut()) -> Duration {
-    for _ in 0..warm {
-        f();
-    }
-    let mut xs = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        f();
-        xs.push(t.elapsed());
-    }
-    median(xs)
-}
-
-/// Median of `calls` timed calls of the async `f`, after `warm` untimed ones.
-async fn median_of_async<F, Fut>(warm: usize, calls: usize, mut f: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for _ in 0..warm {
-        f().await;
-    }
-    let mut xs = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let t = Instant::now();
-        f().await;
-        xs.push(t.elapsed());
-    }
-    median(xs)
 }
 
 const METHODS: [(&str, StartMethod); 3] = [
@@ -1533,6 +1511,12 @@ struct Args {
     remote_only: bool,
     payload_only: bool,
     python: Option<String>,
+    /// `--runs N`: how many runs of this program to lay side by side.
+    runs: Option<usize>,
+    /// `--out DIR`: where to keep each run's output.
+    out: Option<String>,
+    /// The arguments other than `--runs` and `--out`, for each of those runs.
+    per_run: Vec<String>,
 }
 
 fn parse_args() -> Args {
@@ -1542,32 +1526,111 @@ fn parse_args() -> Args {
         remote_only: false,
         payload_only: false,
         python: None,
+        runs: None,
+        out: None,
+        per_run: Vec::new(),
+    };
+    let usage_error = |msg: String| -> ! {
+        eprintln!("{msg}; try --help");
+        std::process::exit(2);
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--grown-only" => args.grown_only = true,
-"--remote-only" => args.remote_only = true,
+            "--remote-only" => args.remote_only = true,
             "--payload-only" => args.payload_only = true,
-            "--python" => args.python = it.next(),
+            "--python" => {
+                args.python = it.next();
+                args.per_run.push(a);
+                args.per_run.extend(args.python.clone());
+                continue;
+            }
+            "--runs" => {
+                let n = it.next();
+                match n.as_deref().map(str::parse::<usize>) {
+                    Some(Ok(n)) if n >= 1 => args.runs = Some(n),
+                    _ => usage_error(format!(
+                        "--runs takes a count of at least 1, not {:?}",
+                        n.unwrap_or_default()
+                    )),
+                }
+                continue;
+            }
+            "--out" => {
+                match it.next() {
+                    Some(dir) => args.out = Some(dir),
+                    None => usage_error("--out takes a directory".into()),
+                }
+                continue;
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: compare [--quick] [--grown-only] [--remote-only] [--payload-only] [--python FILE]\n\n  --quick        a ~20 s run (CI)\n  \
+                    "usage: compare [--quick] [--grown-only] [--remote-only] [--payload-only] [--python FILE] [--out DIR [--runs N]]\n\n  --quick        a ~20 s run (CI)\n  \
                      --payload-only only the payloads (1 and 16 MiB echoes)\n  \
                      --grown-only   only the start-up with this process grown to 1 GiB\n  \
                      --remote-only  only the workers on other machines (ssh, srun)\n  \
-                     --python FILE  judge Python-relative targets with bench_pools.py's JSON"
+                     --python FILE  judge Python-relative targets with bench_pools.py's JSON\n  \
+                     --out DIR      run the comparison N times (--runs, default 5) with the other\n                 \
+                     arguments, one after the other, keep each run's output in DIR/run-K.txt,\n                 \
+                     and print the runs side by side with their spread (markdown, also in\n                 \
+                     DIR/spread.md)"
                 );
                 std::process::exit(0);
             }
-            other => {
-                eprintln!("unknown argument {other:?}; try --help");
-                std::process::exit(2);
-            }
+            other => usage_error(format!("unknown argument {other:?}")),
         }
+        args.per_run.push(a);
+    }
+    if args.runs.is_some() && args.out.is_none() {
+        usage_error("--runs needs --out DIR, where each run's output is kept".into());
     }
     args
+}
+
+/// `--out DIR [--runs N]`: runs this binary `runs` times with `per_run`, keeps the
+/// outputs in `out`, and prints the runs side by side (also into `out/spread.md`).
+/// Exits with 1 if a run has no table.
+fn repeated(per_run: &[String], runs: usize, out: &str) -> ! {
+    let exe = std::env::current_exe().unwrap_or_else(|e| {
+        eprintln!("cannot find this program's executable: {e}");
+        std::process::exit(1);
+    });
+    let out = std::path::Path::new(out);
+    eprintln!(
+        "{runs} runs of compare {}, one after the other; outputs in {}",
+        per_run.join(" "),
+        out.display()
+    );
+    let results =
+        procpool_bench::runs::run_repeatedly(&exe, per_run, runs, out, |k, wall, r| match r {
+            Ok(run) => eprintln!(
+                "  run {k}/{runs}: {wall:.0} s, {} rows; targets: {}",
+                run.rows.len(),
+                run.summary.targets.as_deref().unwrap_or("?")
+            ),
+            Err(why) => eprintln!("  run {k}/{runs}: {wall:.0} s, no table: {why}"),
+        });
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("could not run the comparison: {e}");
+            std::process::exit(1);
+        }
+    };
+    let table = procpool_bench::runs::markdown(&results);
+    let path = out.join("spread.md");
+    if let Err(e) = std::fs::write(&path, &table) {
+        eprintln!("could not write {}: {e}", path.display());
+        std::process::exit(1);
+    }
+    print!("{table}");
+    std::process::exit(if results.iter().all(Result::is_ok) {
+        0
+    } else {
+        1
+    });
 }
 
 fn main() {
@@ -1581,6 +1644,9 @@ fn main() {
     procpool::init();
 
     let args = parse_args();
+    if let Some(out) = &args.out {
+        repeated(&args.per_run, args.runs.unwrap_or(5), out);
+    }
     let s = if args.quick { QUICK } else { FULL };
     let py = args.python.as_deref().map(|p| match read_python(p) {
         Ok(py) => py,
