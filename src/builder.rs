@@ -253,7 +253,7 @@ impl PoolBuilder {
     /// size of every memfd a worker passes before it maps it, so a worker can neither
     /// change the bytes under a caller's `Bytes` nor make the pool read outside them;
     /// one that passes anything else fails its task and is replaced. Workers on other
-    /// machines (see [`remote`](Self::remote)) and [`Transport::Stream`] keep the
+    /// machines (see [`remote`](Self::remote)) and [`Transport::Stream`](crate::Transport::Stream) keep the
     /// bytes in the stream.
     pub fn shared_memory_min(mut self, bytes: usize) -> Self {
         self.config.shared_memory_min = bytes.max(1);

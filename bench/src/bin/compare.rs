@@ -1081,10 +1081,26 @@ fn payload(rt: &tokio::runtime::Runtime, s: &Sizes, t: &mut Table, py: Option<&P
     }
     t.note(&note);
     for (figure, v, shared) in [
-        ("  the same, shared memory off: Vec<u8> 16 MiB", inline.0, vec16),
-        ("  the same, shared memory off: Bytes 16 MiB", inline.1, bytes16),
-        ("  the same, shared memory off: Vec<u8> 1 MiB", inline.2, vec1),
-        ("  the same, shared memory off: Bytes 1 MiB", inline.3, bytes1),
+        (
+            "  the same, shared memory off: Vec<u8> 16 MiB",
+            inline.0,
+            vec16,
+        ),
+        (
+            "  the same, shared memory off: Bytes 16 MiB",
+            inline.1,
+            bytes16,
+        ),
+        (
+            "  the same, shared memory off: Vec<u8> 1 MiB",
+            inline.2,
+            vec1,
+        ),
+        (
+            "  the same, shared memory off: Bytes 1 MiB",
+            inline.3,
+            bytes1,
+        ),
     ] {
         t.info(
             figure,
