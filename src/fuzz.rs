@@ -980,3 +980,153 @@ fn a_ring_its_worker_scribbles_on() {
         },
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Replies in shared memory: the frame that announces one, and the memfd that comes
+// with it.
+// ---------------------------------------------------------------------------------
+
+/// Any bytes after the `SharedDone` tag: an error, or a frame that now reads as the
+/// successful reply of one byte string it stands for, with its length where the
+/// chunk says; at most the error's message allocated.
+fn check_shared_frame(rest: &[u8]) -> Result<(), TestCaseError> {
+    let mut frame = BytesMut::from(&[4u8][..]);
+    frame.extend_from_slice(rest);
+    let (read, peak) = peak_alloc(|| Done::read_shared(&mut frame));
+    prop_assert!(peak <= 256, "{peak} bytes allocated");
+    let Ok(Some((_offset, len))) = read else {
+        prop_assert!(read.is_err(), "a SharedDone frame left for another reader");
+        return Ok(());
+    };
+    let (done, header) = Done::read_ok(&frame).expect("made a Done");
+    let one_byte_string = matches!(
+        done.outcome,
+        Outcome::Ok {
+            panicked: 0,
+            byte_string: true
+        }
+    );
+    prop_assert!(one_byte_string, "{:?}", done.outcome);
+    prop_assert_eq!(
+        crate::protocol::codec::byte_string_result(&frame[header..]),
+        Some((frame.len() - header, len))
+    );
+    Ok(())
+}
+
+#[test]
+fn any_bytes_as_a_shared_reply() {
+    check(
+        "any bytes as a shared reply",
+        1024,
+        prop::collection::vec(any::<u8>(), 0..48),
+        |rest| check_shared_frame(&rest),
+    );
+}
+
+#[test]
+fn shared_replies_with_one_field_changed() {
+    let strategy = (header(), wide_u64(), wide_u64(), mutation());
+    check(
+        "shared replies with one field changed",
+        1024,
+        strategy,
+        |(header, len, offset, mutation)| {
+            let mut bytes = header.encode();
+            bytes[0] = 4;
+            bytes.extend_from_slice(&[1, 0]);
+            put_varint(len, &mut bytes);
+            put_varint(offset, &mut bytes);
+            mutation.apply(&mut bytes);
+            match bytes.split_first() {
+                Some((_, rest)) => check_shared_frame(rest),
+                None => Ok(()),
+            }
+        },
+    )
+}
+
+/// What a worker may pass as a shared payload's memfd, and say of it.
+#[derive(Debug, Clone)]
+struct Passed {
+    /// The file's size.
+    size: usize,
+    /// Seals: shrink, grow, write.
+    seals: (bool, bool, bool),
+    offset: u64,
+    len: usize,
+    max: usize,
+}
+
+fn passed() -> impl Strategy<Value = Passed> {
+    let near = |n: usize| prop_oneof![Just(0usize), 0..n, Just(n), n..2 * n, any::<usize>()];
+    (
+        0usize..3 * 4096,
+        any::<(bool, bool, bool)>(),
+        prop_oneof![wide_u64(), (0u64..4 * 4096)],
+        near(3 * 4096),
+        near(3 * 4096),
+    )
+        .prop_map(|(size, seals, offset, len, max)| Passed {
+            size,
+            seals,
+            offset,
+            len,
+            max,
+        })
+}
+
+/// A memfd as a worker could make it: `size` bytes of a pattern, the seals given.
+fn worker_memfd(p: &Passed) -> OwnedFd {
+    use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+    use std::io::Write;
+    let fd = nix::sys::memfd::memfd_create(
+        c"fuzz",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .expect("memfd");
+    let bytes: Vec<u8> = (0..p.size).map(|i| (i % 251) as u8).collect();
+    std::fs::File::from(fd.try_clone().expect("dup"))
+        .write_all(&bytes)
+        .expect("write");
+    let mut seals = SealFlag::empty();
+    for (on, seal) in [
+        (p.seals.0, SealFlag::F_SEAL_SHRINK),
+        (p.seals.1, SealFlag::F_SEAL_GROW),
+        (p.seals.2, SealFlag::F_SEAL_WRITE),
+    ] {
+        if on {
+            seals |= seal;
+        }
+    }
+    fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).expect("seal");
+    fd
+}
+
+/// Whatever a worker passes and says, the pool maps only a sealed memfd's bytes that
+/// lie within it and within the limit, and they are the file's.
+#[test]
+fn any_memfd_a_worker_passes() {
+    check("any memfd a worker passes", 256, passed(), |p| {
+        let fd = worker_memfd(&p);
+        let mapped = crate::shm::map(std::os::fd::AsFd::as_fd(&fd), p.offset, p.len, p.max);
+        let sealed = p.seals == (true, true, true);
+        let within = p
+            .offset
+            .checked_add(p.len as u64)
+            .is_some_and(|end| end <= p.size as u64);
+        match mapped {
+            Ok(bytes) => {
+                prop_assert!(sealed && within && p.len <= p.max, "mapped {p:?}");
+                prop_assert_eq!(bytes.len(), p.len);
+                let at = p.offset as usize;
+                prop_assert!(bytes
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == ((at + i) % 251) as u8));
+            }
+            Err(_) => prop_assert!(!(sealed && within && p.len <= p.max), "refused {p:?}"),
+        }
+        Ok(())
+    });
+}
