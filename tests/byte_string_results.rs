@@ -106,8 +106,9 @@ impl Seen {
     }
 }
 
-/// Byte strings from this size on travel in shared memory (a sealed memfd).
-const SHARED_MIN: usize = MIB;
+/// `Bytes` results from this size on travel in shared memory (a sealed memfd), by
+/// default.
+const SHARED_MIN: usize = 16 * MIB;
 
 /// Whether `len` bytes at `addr` lie in a mapping of a payload's memfd in this process
 /// (`/proc/self/maps` names it `/memfd:procpool-payload`).

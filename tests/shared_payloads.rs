@@ -179,16 +179,47 @@ fn abort_midway(b: Bytes) -> Bytes {
 // 1. Round trips.
 // ---------------------------------------------------------------------------------
 
-/// 16 MiB and 1 MiB `Vec<u8>` and `Bytes` arguments come back intact from echoes and
-/// transforms; a `Bytes` result of 1 MiB or more is a view of a payload's memfd
+/// A default pool sends a 16 MiB `Bytes` in shared memory and one byte less through
+/// the socket (the default threshold); `shared_memory_min(usize::MAX)` turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_threshold_is_16_mib_and_it_can_be_turned_off() {
+    let _serial = SERIAL.lock().await;
+    for (off, what) in [(false, "default"), (true, "off")] {
+        let mut builder = support::builder().processes(1);
+        if off {
+            builder = builder.shared_memory_min(usize::MAX);
+        }
+        let pool = within("build", builder.build()).await.expect("pool builds");
+        let pids = support::worker_pids(&pool);
+        for (len, shared) in [(16 * MIB, !off), (16 * MIB - 1, false)] {
+            let data = pattern(len);
+            let got = within(what, pool.apply(echo_bytes, Bytes::from(data.clone())))
+                .await
+                .expect("echo");
+            assert!(got[..] == data[..], "{what}, {len} bytes: changed");
+            assert_eq!(is_shared(&got), shared, "{what}, {len} bytes");
+        }
+        terminate(pool, pids, what).await;
+    }
+}
+
+/// On a pool whose threshold is set to 1 MiB: 16 MiB and 1 MiB `Vec<u8>` and `Bytes`
+/// arguments come back intact from echoes and transforms; a `Bytes` result of 1 MiB
+/// or more is a view of a payload's memfd
 /// mapping (while it is alive), also when it is a slice of the task's own argument; one
 /// byte less than 1 MiB travels as before, not in a memfd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_round_trip_intact() {
     let _serial = SERIAL.lock().await;
-    let pool = within("build", support::builder().processes(2).build())
-        .await
-        .expect("pool builds");
+    let pool = within(
+        "build",
+        support::builder()
+            .processes(2)
+            .shared_memory_min(MIB)
+            .build(),
+    )
+    .await
+    .expect("pool builds");
     let pids = support::worker_pids(&pool);
     for len in [16 * MIB, MIB] {
         let what = format!("{len} bytes");
@@ -501,6 +532,7 @@ async fn hostile_pool() -> Pool {
         "build",
         support::builder()
             .processes(1)
+            .shared_memory_min(MIB)
             .max_frame_len(MAX_FRAME)
             .task_timeout(TASK_TIMEOUT)
             .build(),

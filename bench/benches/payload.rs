@@ -1,6 +1,8 @@
 //! Payloads: the sequential echo of a `Vec<u8>` and of a `bytes::Bytes` of 1 KiB,
-//! 64 KiB, 1 MiB and 16 MiB on a pool of one worker, beside the raw round trip of the
-//! same bytes over a socketpair to a forked child that echoes them. Throughput is the
+//! 64 KiB, 1, 4, 8 and 16 MiB on a pool of one worker, beside the raw round trip of the
+//! same bytes over a socketpair to a forked child that echoes them, and the `Bytes`
+//! echo again on a pool with shared memory off (`echo_bytes_socket`: the bytes
+//! through the socket, as a `Vec<u8>` goes). Throughput is the
 //! payload size per round trip (each round trip carries it both ways), as Python's
 //! `bench_pools.py` counts it.
 //!
@@ -17,10 +19,12 @@ use procpool::Pool;
 
 use procpool_bench::{echo_bytes, echo_vec, Channel, RawPeer};
 
-const SIZES: [(&str, usize); 4] = [
+const SIZES: [(&str, usize); 6] = [
     ("1KiB", 1 << 10),
     ("64KiB", 64 << 10),
     ("1MiB", 1 << 20),
+    ("4MiB", 4 << 20),
+    ("8MiB", 8 << 20),
     ("16MiB", 16 << 20),
 ];
 
@@ -83,6 +87,32 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             })
         });
     }
+    let socket = rt
+        .block_on(
+            Pool::builder()
+                .processes(1)
+                .shared_memory_min(usize::MAX)
+                .build(),
+        )
+        .expect("build the pool");
+    for (label, size) in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let data = Bytes::from(vec![7u8; size]);
+        g.bench_function(BenchmarkId::new("echo_bytes_socket", label), |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let r = socket.apply(echo_bytes, data.clone()).await.expect("echo");
+                        assert_eq!(r.len(), size);
+                        black_box(r);
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    rt.block_on(socket.terminate());
     rt.block_on(pool.terminate());
     g.finish();
 }
