@@ -238,19 +238,31 @@ impl PoolBuilder {
         self
     }
 
-    /// From what size a task's one [`Bytes`](bytes::Bytes) argument or result
-    /// travels between the pool and a local worker in shared memory instead of
-    /// through the worker's socket. Default: 16 MiB (below it, measured, a fresh
-    /// memfd's pages cost more than the copies they save); `usize::MAX` turns it off.
+    /// From what size a task's one [`Bytes`](bytes::Bytes) argument travels from the
+    /// pool to a local worker in shared memory instead of through the worker's socket.
+    /// Default: `usize::MAX`, off. (Arguments under 64 KiB always go through the
+    /// socket.)
     ///
-    /// The bytes are copied once into a new `memfd`, which is sealed against any
-    /// change (Linux file seals) and passed with the job or reply; the other end maps
-    /// it read-only. A `Bytes` argument is a view of that memory in the worker, and a
-    /// `Bytes` result one in the caller, without a copy; a result that is a slice of
-    /// the task's own `Bytes` argument goes back without any copy at all. A `Vec<u8>`
-    /// keeps to the socket: it would be copied out of the mapping anyway, and on the
-    /// machines measured a fresh memfd's pages cost more than the socket's reused
-    /// buffers (BENCHMARKS.md). The pool checks the seals and the
+    /// The argument is copied once into a new `memfd`, sealed against any change
+    /// (Linux file seals) and passed with the job; the worker maps it read-only, and
+    /// the task's `Bytes` is a view of that memory. A `Bytes` result that is a view
+    /// of its argument (the argument itself, or a slice of it) goes back in the same
+    /// memfd, and the caller's result is a view too: no copy at all. Any other
+    /// result goes through the socket. The pool checks the seals and the size of
+    /// every memfd a worker passes before it maps it, so a worker can neither change
+    /// the bytes under a caller's `Bytes` nor make the pool read outside them; one
+    /// that passes anything else fails its task and is replaced. Workers on other
+    /// machines (see [`remote`](Self::remote)) and [`Transport::Stream`](crate::Transport::Stream)
+    /// keep the bytes in the stream. `Vec<u8>` always keeps to the socket.
+    ///
+    /// **When to turn it on.** Measured on a 2-vCPU machine (BENCHMARKS.md), a fresh
+    /// memfd per payload pays off where the worker returns a view of its argument
+    /// without reading all of it (a 16 MiB echo 1.2-1.3x the socket's speed), and
+    /// where memory counts more than speed: the worker holds the argument once,
+    /// shared with the pool, instead of in its read buffer and a decoded copy. A task
+    /// that reads its whole argument runs slower this way (a digest 0.71-0.97x, a copy
+    /// 0.52-0.81x, from 1 to 16 MiB): reaching a new mapping's pages costs more than
+    /// copying into a warm buffer. The pool checks the seals and the
     /// size of every memfd a worker passes before it maps it, so a worker can neither
     /// change the bytes under a caller's `Bytes` nor make the pool read outside them;
     /// one that passes anything else fails its task and is replaced. Workers on other

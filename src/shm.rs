@@ -20,12 +20,13 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::mman::{mmap, munmap, MapFlags, ProtFlags};
 
-/// `Bytes` arguments and results from this size on travel in shared memory between the
-/// pool and a local worker, by default: below it, a fresh memfd's pages (allocated,
-/// mapped, freed per payload) cost more than the copies through the socket they save
-/// (Criterion, `payload` bench: 0.70x the socket's speed at 1 MiB, 0.77x at 4 MiB,
-/// 0.92x at 8 MiB, 1.21x at 16 MiB).
-pub(crate) const SHARED_MIN: usize = 16 << 20;
+/// The default of `PoolBuilder::shared_memory_min`: off. Measured (Criterion,
+/// `payload` bench, side by side with the socket), a fresh memfd per payload wins only
+/// where the worker does not read the argument and returns a view of it (an echo:
+/// 1.2-1.3x at 16 MiB); a task that reads its argument runs slower (a digest
+/// 0.71-0.97x, a copy 0.52-0.81x, 1-16 MiB): a new mapping's pages cost more to reach
+/// than a warm buffer's copy.
+pub(crate) const SHARED_MIN: usize = usize::MAX;
 
 /// The seals a payload's memfd must carry before it is mapped.
 fn required_seals() -> SealFlag {
@@ -99,7 +100,7 @@ pub(crate) fn map(
             None,
             map_len,
             ProtFlags::PROT_READ,
-            MapFlags::MAP_SHARED | MapFlags::MAP_POPULATE,
+            MapFlags::MAP_SHARED,
             fd,
             start,
         )

@@ -106,31 +106,6 @@ impl Seen {
     }
 }
 
-/// `Bytes` results from this size on travel in shared memory (a sealed memfd), by
-/// default.
-const SHARED_MIN: usize = 16 * MIB;
-
-/// Whether `len` bytes at `addr` lie in a mapping of a payload's memfd in this process
-/// (`/proc/self/maps` names it `/memfd:procpool-payload`).
-fn in_shared_memory(addr: usize, len: usize) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("/proc/self/maps");
-    maps.lines().any(|line| {
-        let Some((range, rest)) = line.split_once(' ') else {
-            return false;
-        };
-        let Some((start, end)) = range.split_once('-') else {
-            return false;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            return false;
-        };
-        rest.contains("memfd:procpool-payload") && start <= addr && addr + len <= end
-    })
-}
-
 async fn pool_of(n: usize) -> Pool {
     within("build", support::builder().processes(n).build())
         .await
@@ -382,10 +357,10 @@ async fn a_16_mib_echo_comes_back_in_its_arguments_buffer() {
         .await
         .expect("to Bytes");
     assert_same(&got, &want, "16 MiB Vec to Bytes");
-    assert_ne!(addr(&got), at);
-    assert!(
-        in_shared_memory(addr(&got), got.len()),
-        "a large Bytes result is a view of the shared memory it came in"
+    assert_eq!(
+        addr(&got),
+        at,
+        "a Bytes result reuses the argument's buffer too"
     );
     let stats = pool.stats();
     assert_eq!(stats.workers_crashed, 0, "{stats:?}");
@@ -424,20 +399,18 @@ async fn a_transform_reuses_its_argument_only_when_the_capacity_fits() {
                 "case {i}: {len} bytes in {cap}, to {result_len} as {}",
                 if as_bytes { "Bytes" } else { "Vec<u8>" }
             );
-            let (got_at, got_cap, shared) = if as_bytes {
+            let (got_at, got_cap) = if as_bytes {
                 let got = within(&what, pool.apply(resize_to_bytes, arg))
                     .await
                     .expect("task");
                 assert_same(&got, &want, &what);
-                (addr(&got), None, in_shared_memory(addr(&got), got.len()))
+                (addr(&got), None)
             } else {
                 let got = within(&what, pool.apply(resize, arg)).await.expect("task");
                 assert_same(&got, &want, &what);
-                (addr(&got), Some(got.capacity()), false)
+                (addr(&got), Some(got.capacity()))
             };
-            if as_bytes && result_len >= SHARED_MIN {
-                assert!(shared, "{what}: not a view of the shared memory it came in");
-            } else if reused {
+            if reused {
                 assert_eq!(got_at, at, "{what}: the argument's buffer was not reused");
                 if let Some(got_cap) = got_cap {
                     assert_eq!(got_cap, cap, "{what}");
@@ -853,8 +826,7 @@ async fn a_crash_with_a_large_echo_in_flight_fails_only_that_task() {
     for round in 0..3 {
         seen.note(&pool);
         let pid = support::worker_pids(&pool)[0];
-        // (Under the size whose results go back in shared memory: through the channel.)
-        let arg = pattern(SHARED_MIN - 64 * KIB, 20 + round);
+        let arg = pattern(8 * MIB, 20 + round);
         let want = arg.clone();
         match within(
             "abort mid-reply",

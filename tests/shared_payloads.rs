@@ -179,15 +179,16 @@ fn abort_midway(b: Bytes) -> Bytes {
 // 1. Round trips.
 // ---------------------------------------------------------------------------------
 
-/// A default pool sends a 16 MiB `Bytes` in shared memory and one byte less through
-/// the socket (the default threshold); `shared_memory_min(usize::MAX)` turns it off.
+/// Shared memory is off by default (a 16 MiB `Bytes` echo comes through the socket);
+/// with `shared_memory_min(16 MiB)` a 16 MiB echo comes back in shared memory and one
+/// byte less through the socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_default_threshold_is_16_mib_and_it_can_be_turned_off() {
+async fn shared_memory_is_off_by_default_and_on_from_its_threshold() {
     let _serial = SERIAL.lock().await;
-    for (off, what) in [(false, "default"), (true, "off")] {
+    for (off, what) in [(true, "default"), (false, "16 MiB")] {
         let mut builder = support::builder().processes(1);
-        if off {
-            builder = builder.shared_memory_min(usize::MAX);
+        if !off {
+            builder = builder.shared_memory_min(16 * MIB);
         }
         let pool = within("build", builder.build()).await.expect("pool builds");
         let pids = support::worker_pids(&pool);
@@ -205,9 +206,10 @@ async fn the_default_threshold_is_16_mib_and_it_can_be_turned_off() {
 
 /// On a pool whose threshold is set to 1 MiB: 16 MiB and 1 MiB `Vec<u8>` and `Bytes`
 /// arguments come back intact from echoes and transforms; a `Bytes` result of 1 MiB
-/// or more is a view of a payload's memfd
-/// mapping (while it is alive), also when it is a slice of the task's own argument; one
-/// byte less than 1 MiB travels as before, not in a memfd.
+/// or more that is a view of its argument (an echo, a slice) is a view of the
+/// argument's memfd mapping in the caller (while it is alive); new bytes (a copy, a
+/// transform) come back through the socket; one byte less than 1 MiB travels as
+/// before, not in a memfd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_payloads_round_trip_intact() {
     let _serial = SERIAL.lock().await;
@@ -248,8 +250,8 @@ async fn large_payloads_round_trip_intact() {
             .expect("copied");
         assert!(got[..] == data[..], "{what}: a copied Bytes changed");
         assert!(
-            is_shared(&got),
-            "{what}: a copied Bytes is not a memfd view"
+            !is_shared(&got),
+            "{what}: new bytes come through the socket, not in a memfd"
         );
 
         let got = within(&what, pool.apply(add_one, Bytes::from(data.clone())))
@@ -258,8 +260,8 @@ async fn large_payloads_round_trip_intact() {
         let want: Vec<u8> = data.iter().map(|x| x.wrapping_add(1)).collect();
         assert!(got[..] == want[..], "{what}: a transformed Bytes is wrong");
         assert!(
-            is_shared(&got),
-            "{what}: a transformed Bytes is not a memfd view"
+            !is_shared(&got),
+            "{what}: new bytes come through the socket, not in a memfd"
         );
         drop(got);
 
@@ -741,9 +743,15 @@ async fn a_worker_that_aborts_midway_fails_only_its_task() {
     let _serial = SERIAL.lock().await;
     warm_up().await;
     let baseline = open_fds();
-    let pool = within("build", support::builder().processes(2).build())
-        .await
-        .expect("pool builds");
+    let pool = within(
+        "build",
+        support::builder()
+            .processes(2)
+            .shared_memory_min(MIB)
+            .build(),
+    )
+    .await
+    .expect("pool builds");
     let pids = support::worker_pids(&pool);
     let data = pattern(16 * MIB);
     let beside = pool.apply_async(echo_bytes, Bytes::from(data.clone()));

@@ -1,9 +1,12 @@
 //! Payloads: the sequential echo of a `Vec<u8>` and of a `bytes::Bytes` of 1 KiB,
 //! 64 KiB, 1, 4, 8 and 16 MiB on a pool of one worker, beside the raw round trip of the
-//! same bytes over a socketpair to a forked child that echoes them, and the `Bytes`
-//! echo again on a pool with shared memory off (`echo_bytes_socket`: the bytes
-//! through the socket, as a `Vec<u8>` goes). Throughput is the
-//! payload size per round trip (each round trip carries it both ways), as Python's
+//! same bytes over a socketpair to a forked child that echoes them. Then the `Bytes`
+//! tasks on pools with shared memory off (`*_socket`) and on for every size
+//! (`*_memfd`, `PoolBuilder::shared_memory_min`): an echo (the result a view of the
+//! argument), a copy (new bytes of the same size) and a digest (a small result).
+//! Every round trip reads a byte of each page of what came back, as a consumer would
+//! (a view of shared memory pays its page faults there). Throughput is the payload
+//! size per round trip (each round trip carries it both ways), as Python's
 //! `bench_pools.py` counts it.
 //!
 //! ```text
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use procpool::Pool;
 
-use procpool_bench::{echo_bytes, echo_vec, Channel, RawPeer};
+use procpool_bench::{copy_bytes, echo_bytes, echo_vec, sum_bytes, Channel, RawPeer};
 
 const SIZES: [(&str, usize); 6] = [
     ("1KiB", 1 << 10),
@@ -44,7 +47,7 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         g.bench_function(BenchmarkId::new("raw_socketpair", label), |b| {
             b.iter(|| {
                 peer.round_trip(black_box(&out), &mut back);
-                black_box(back[size - 1])
+                black_box(touch(&back))
             })
         });
     }
@@ -66,7 +69,7 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                         let r = pool.apply(echo_vec, arg).await.expect("echo");
                         total += start.elapsed();
                         assert_eq!(r.len(), size);
-                        black_box(r);
+                        black_box(touch(&r));
                     }
                     total
                 })
@@ -80,41 +83,82 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
                     for _ in 0..n {
                         let r = pool.apply(echo_bytes, data.clone()).await.expect("echo");
                         assert_eq!(r.len(), size);
-                        black_box(r);
+                        black_box(touch(&r));
                     }
                     start.elapsed()
                 })
             })
         });
     }
-    let socket = rt
-        .block_on(
-            Pool::builder()
-                .processes(1)
-                .shared_memory_min(usize::MAX)
-                .build(),
-        )
-        .expect("build the pool");
-    for (label, size) in SIZES {
-        g.throughput(Throughput::Bytes(size as u64));
-        let data = Bytes::from(vec![7u8; size]);
-        g.bench_function(BenchmarkId::new("echo_bytes_socket", label), |b| {
-            b.iter_custom(|n| {
-                rt.block_on(async {
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        let r = socket.apply(echo_bytes, data.clone()).await.expect("echo");
-                        assert_eq!(r.len(), size);
-                        black_box(r);
-                    }
-                    start.elapsed()
+    // The `Bytes` echo on pools whose threshold sends every size through the socket
+    // (`socket`) and every size through shared memory (`memfd`): where the default's
+    // threshold belongs.
+    // `copy_bytes_*`: the same with a task whose result is new bytes, not a view of
+    // its argument.
+    for (name, task, min) in [
+        (
+            "echo_bytes_socket",
+            echo_bytes as fn(Bytes) -> Bytes,
+            usize::MAX,
+        ),
+        ("echo_bytes_memfd", echo_bytes, 1),
+        ("copy_bytes_socket", copy_bytes, usize::MAX),
+        ("copy_bytes_memfd", copy_bytes, 1),
+    ] {
+        let other = rt
+            .block_on(Pool::builder().processes(1).shared_memory_min(min).build())
+            .expect("build the pool");
+        for (label, size) in SIZES {
+            g.throughput(Throughput::Bytes(size as u64));
+            let data = Bytes::from(vec![7u8; size]);
+            g.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter_custom(|n| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..n {
+                            let r = other.apply(task, data.clone()).await.expect("echo");
+                            assert_eq!(r.len(), size);
+                            black_box(touch(&r));
+                        }
+                        start.elapsed()
+                    })
                 })
-            })
-        });
+            });
+        }
+        rt.block_on(other.terminate());
     }
-    rt.block_on(socket.terminate());
+    // A large argument and a small result (a digest): the argument's way alone.
+    for (name, min) in [("sum_bytes_socket", usize::MAX), ("sum_bytes_memfd", 1)] {
+        let other = rt
+            .block_on(Pool::builder().processes(1).shared_memory_min(min).build())
+            .expect("build the pool");
+        for (label, size) in SIZES {
+            g.throughput(Throughput::Bytes(size as u64));
+            let data = Bytes::from(vec![7u8; size]);
+            g.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter_custom(|n| {
+                    rt.block_on(async {
+                        let start = Instant::now();
+                        for _ in 0..n {
+                            let r = other.apply(sum_bytes, data.clone()).await.expect("sum");
+                            assert_eq!(r, 7 * size as u64);
+                        }
+                        start.elapsed()
+                    })
+                })
+            });
+        }
+        rt.block_on(other.terminate());
+    }
     rt.block_on(pool.terminate());
     g.finish();
+}
+
+/// Reads a byte of every page of `bytes`, as a consumer of the result would read it:
+/// a view of shared memory that is mapped lazily faults its pages in then, and the
+/// figure must include that.
+fn touch(bytes: &[u8]) -> u8 {
+    bytes.iter().step_by(4096).fold(0, |a, &b| a ^ b)
 }
 
 fn main() {

@@ -44,6 +44,18 @@ pub fn echo_bytes(b: bytes::Bytes) -> bytes::Bytes {
     b
 }
 
+/// A transform of a `Bytes` into new bytes of the same size (a copy): unlike an echo,
+/// its result is not the argument's memory.
+pub fn copy_bytes(b: bytes::Bytes) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(&b)
+}
+
+/// A digest of a `Bytes` (a sum of its bytes): a task that reads a large argument and
+/// returns a small result.
+pub fn sum_bytes(b: bytes::Bytes) -> u64 {
+    b.iter().map(|&x| u64::from(x)).sum()
+}
+
 /// Integer work: `iters` rounds of a xorshift generator folded into a sum. No memory
 /// traffic, nothing the compiler can shortcut.
 pub fn spin(iters: u64) -> u64 {

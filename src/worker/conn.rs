@@ -296,12 +296,11 @@ impl BlockingConn {
         self.emit(&frame)
     }
 
-    /// Sends the reply to job `id` whose one result, `bytes`, goes back in shared
-    /// memory (see [`crate::shm`]): `out` holds [`REPLY_GAP`] bytes of room, then the
-    /// chunk's beginning (a sequence of one, `Ok`, the length). A result that is a
-    /// view of the job's shared argument (`arg`: its memfd and mapping) goes back in
-    /// the argument's memfd, uncopied; another is copied into a new one. Where shared
-    /// memory fails (no memfd to be had), the bytes go over the channel after all.
+    /// Sends the reply to job `id` whose one result, `bytes`, a view of the job's
+    /// shared argument (`arg`: its memfd and mapping), goes back in the argument's
+    /// memfd, uncopied (see [`crate::shm`]): `out` holds [`REPLY_GAP`] bytes of room,
+    /// then the chunk's beginning (a sequence of one, `Ok`, the length). Anything
+    /// else (no such argument, bytes not within it, no ring) goes over the channel.
     pub(crate) fn send_shared_reply(
         &mut self,
         id: u64,
@@ -321,21 +320,7 @@ impl BlockingConn {
         let within = arg.and_then(|(fd, mem)| {
             crate::shm::offset_within(mem, &bytes).map(|at| (fd.as_fd(), at))
         });
-        let fresh;
-        let (fd, offset) = match within {
-            Some(found) => found,
-            None => match crate::shm::seal(&bytes) {
-                Ok(fd) => {
-                    fresh = fd;
-                    (fresh.as_fd(), 0)
-                }
-                Err(_) => {
-                    out.extend_from_slice(&bytes);
-                    return self.send_reply(id, ok, ran, out);
-                }
-            },
-        };
-        let Some(ring) = &self.ring else {
+        let (Some((fd, offset)), Some(ring)) = (within, &self.ring) else {
             out.extend_from_slice(&bytes);
             return self.send_reply(id, ok, ran, out);
         };

@@ -390,6 +390,8 @@ fn job_loop(conn: &mut BlockingConn, same: SameBuild) -> std::io::Result<()> {
         let mapped = match arg_fd {
             Some(fd) => match shared_arg(&fd, payload, conn.max_frame_len()) {
                 Ok(bytes) => {
+                    // As below: a result about as large as the argument.
+                    out.reserve(bytes.len());
                     large.arg = Some(bytes.clone());
                     arg_mem = Some((fd, bytes));
                     Ok(())
