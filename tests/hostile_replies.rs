@@ -473,42 +473,6 @@ fn is_the_workers_fault(e: &TaskError) -> bool {
     )
 }
 
-/// Errors after which the pool has given up on the worker.
-fn gave_up(e: &TaskError) -> bool {
-    matches!(
-        e,
-        TaskError::Protocol(_) | TaskError::WorkerDied { .. } | TaskError::TimedOut { .. }
-    )
-}
-
-/// The pool serves: a task succeeds within three tries, the tries before failing only
-/// as a task on a worker the pool gives up on does.
-async fn serves(pool: &Pool, what: &str) {
-    for _ in 0..3 {
-        match within(what, pool.apply(support::double, 21)).await {
-            Ok(n) => {
-                assert_eq!(n, 42, "{what}");
-                return;
-            }
-            Err(e) => assert!(gave_up(&e), "{what}: the next task failed with {e:?}"),
-        }
-    }
-    panic!("{what}: the pool did not serve a task in three tries");
-}
-
-/// Terminates the pool; every process in `pids` is gone.
-async fn terminate(pool: Pool, mut pids: Vec<u32>, what: &str) {
-    pids.extend(support::worker_pids(&pool));
-    within("terminate", pool.terminate()).await;
-    assert!(
-        all_gone(pids.clone(), BOUND).await,
-        "{what}: processes left after terminate: {:?}",
-        pids.iter()
-            .filter(|&&p| !support::is_gone(p))
-            .collect::<Vec<_>>()
-    );
-}
-
 /// Runs one attack on a pool of two, beside a task on the other worker, and checks
 /// what the module docs promise.
 async fn run_attack(

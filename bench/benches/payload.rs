@@ -90,68 +90,79 @@ fn payload(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
             })
         });
     }
-    // The `Bytes` echo on pools whose threshold sends every size through the socket
-    // (`socket`) and every size through shared memory (`memfd`): where the default's
-    // threshold belongs.
-    // `copy_bytes_*`: the same with a task whose result is new bytes, not a view of
-    // its argument.
-    for (name, task, min) in [
-        (
-            "echo_bytes_socket",
-            echo_bytes as fn(Bytes) -> Bytes,
-            usize::MAX,
-        ),
-        ("echo_bytes_memfd", echo_bytes, 1),
-        ("copy_bytes_socket", copy_bytes, usize::MAX),
-        ("copy_bytes_memfd", copy_bytes, 1),
-    ] {
+    // The `Bytes` tasks on pools whose threshold sends every size through the socket
+    // (`*_socket`) and every size through shared memory (`*_memfd`): an echo, a copy
+    // (a result of new bytes, not a view of the argument) and a digest (a small
+    // result: the argument's way alone).
+    for (way, min) in [("socket", usize::MAX), ("memfd", 1)] {
         let other = rt
             .block_on(Pool::builder().processes(1).shared_memory_min(min).build())
             .expect("build the pool");
-        for (label, size) in SIZES {
-            g.throughput(Throughput::Bytes(size as u64));
-            let data = Bytes::from(vec![7u8; size]);
-            g.bench_function(BenchmarkId::new(name, label), |b| {
-                b.iter_custom(|n| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..n {
-                            let r = other.apply(task, data.clone()).await.expect("echo");
-                            assert_eq!(r.len(), size);
-                            black_box(touch(&r));
-                        }
-                        start.elapsed()
-                    })
-                })
-            });
-        }
-        rt.block_on(other.terminate());
-    }
-    // A large argument and a small result (a digest): the argument's way alone.
-    for (name, min) in [("sum_bytes_socket", usize::MAX), ("sum_bytes_memfd", 1)] {
-        let other = rt
-            .block_on(Pool::builder().processes(1).shared_memory_min(min).build())
-            .expect("build the pool");
-        for (label, size) in SIZES {
-            g.throughput(Throughput::Bytes(size as u64));
-            let data = Bytes::from(vec![7u8; size]);
-            g.bench_function(BenchmarkId::new(name, label), |b| {
-                b.iter_custom(|n| {
-                    rt.block_on(async {
-                        let start = Instant::now();
-                        for _ in 0..n {
-                            let r = other.apply(sum_bytes, data.clone()).await.expect("sum");
-                            assert_eq!(r, 7 * size as u64);
-                        }
-                        start.elapsed()
-                    })
-                })
-            });
-        }
+        let read = |r: &Bytes, size: usize| {
+            assert_eq!(r.len(), size);
+            touch(r)
+        };
+        tasks_by_size(
+            &mut g,
+            rt,
+            &other,
+            &format!("echo_bytes_{way}"),
+            echo_bytes,
+            read,
+        );
+        tasks_by_size(
+            &mut g,
+            rt,
+            &other,
+            &format!("copy_bytes_{way}"),
+            copy_bytes,
+            read,
+        );
+        tasks_by_size(
+            &mut g,
+            rt,
+            &other,
+            &format!("sum_bytes_{way}"),
+            sum_bytes,
+            |r, size| {
+                assert_eq!(*r, 7 * size as u64);
+                0
+            },
+        );
         rt.block_on(other.terminate());
     }
     rt.block_on(pool.terminate());
     g.finish();
+}
+
+/// `task` on a `Bytes` of each size, through `pool`, as `name/size`; `read` checks and
+/// reads each result.
+fn tasks_by_size<R>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    pool: &Pool,
+    name: &str,
+    task: fn(Bytes) -> R,
+    read: impl Fn(&R, usize) -> u8,
+) where
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    for (label, size) in SIZES {
+        g.throughput(Throughput::Bytes(size as u64));
+        let data = Bytes::from(vec![7u8; size]);
+        g.bench_function(BenchmarkId::new(name, label), |b| {
+            b.iter_custom(|n| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..n {
+                        let r = pool.apply(task, data.clone()).await.expect("task");
+                        black_box(read(&r, size));
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
 }
 
 /// Reads a byte of every page of `bytes`, as a consumer of the result would read it:

@@ -8,6 +8,8 @@
 //! - [`files`]: temporary marker files and directories that tasks and tests share;
 //! - [`output`]: workers' output captured in memory (and so kept out of the run's);
 //! - [`tasks`]: task functions that run in workers.
+//! - [`hostile`]: what a test of a hostile worker checks after it (the pool gave up on
+//!   that worker only, serves the next task, leaves no process after `terminate`).
 //! - [`cluster`]: real sshd and Slurm daemons on loopback for the remote launcher's
 //!   tests (issue 14), each a fixture started and stopped by the test.
 //!
@@ -17,12 +19,14 @@
 
 pub mod cluster;
 pub mod files;
+pub mod hostile;
 pub mod output;
 pub mod procs;
 pub mod tasks;
 pub mod waits;
 
 pub use files::*;
+pub use hostile::*;
 pub use output::*;
 pub use procs::*;
 pub use tasks::*;
