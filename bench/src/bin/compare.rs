@@ -1571,7 +1571,7 @@ fn parse_args() -> Args {
             }
             "-h" | "--help" => {
                 println!(
-                    "usage: compare [--quick] [--grown-only] [--remote-only] [--payload-only] [--python FILE] [--out DIR [--runs N]]\n\n  --quick        a ~20 s run (CI)\n  \
+                    "usage: compare [--quick] [--grown-only] [--remote-only] [--payload-only] [--python FILE] [--out DIR [--runs N]]\n\n  --quick        a ~30 s run (CI)\n  \
                      --payload-only only the payloads (1 and 16 MiB echoes)\n  \
                      --grown-only   only the start-up with this process grown to 1 GiB\n  \
                      --remote-only  only the workers on other machines (ssh, srun)\n  \
