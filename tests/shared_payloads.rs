@@ -1,19 +1,23 @@
 #![cfg(target_os = "linux")]
-//! Large payloads in shared memory (#16): a job's one `Vec<u8>` or `Bytes` argument or
-//! result from 1 MiB on travels between the pool and a local worker as a sealed memfd
-//! passed with its frame (`SCM_RIGHTS`).
+//! Large payloads in shared memory (#16, `PoolBuilder::shared_memory_min`, off by
+//! default): a task's one `Bytes` argument from the threshold on travels from the pool
+//! to a local worker as a sealed memfd passed with its frame (`SCM_RIGHTS`), and a
+//! result that is a view of it goes back in the same memfd.
 //!
-//! On real workers: round trips of 1 MiB and 16 MiB (echoes, transforms, a slice of
-//! the task's own argument) come back intact, a large `Bytes` result is a view of a
-//! `memfd:procpool-payload` mapping, and a byte string just under 1 MiB does not
-//! travel in one; a compromised worker that forges a shared reply on its channel
-//! (descriptor 3) with a memfd that is not sealed, is sealed only against growing, is
-//! too small for what the reply says, is not a memfd at all, is missing, is one of too
-//! many, or is over the frame limit fails only its own task, with an error and within
-//! a bound, is replaced, and leaks no descriptor in the pool's process; a worker that
-//! aborts in the middle of a large task fails only that task; a stream transport keeps
-//! the bytes inline. Every test terminates its pools and checks that their processes
-//! are gone.
+//! On real workers: off by default, on from its threshold; round trips of 1 MiB and
+//! 16 MiB (echoes, transforms, a slice of the task's own argument) come back intact, a
+//! large `Bytes` result that is a view of its argument is a view of a
+//! `memfd:procpool-payload` mapping, new bytes and a byte string just under the
+//! threshold come through the socket; a compromised worker that forges a shared reply
+//! on its channel (descriptor 3) with a memfd that is not sealed, is sealed only
+//! against growing, is too small for what the reply says, is not a memfd at all, is
+//! missing, is one of too many, or is over the frame limit fails only its own task,
+//! with an error and within a bound, is replaced, and leaks no descriptor in the
+//! pool's process; a worker that aborts in the middle of a large task fails only that
+//! task; a stream transport keeps the bytes inline. Shared memory is the local
+//! transport's, so the pools here use it whatever `__PROCPOOL_TEST_TRANSPORT` says
+//! (but the one of the stream test). Every test terminates its pools and checks that
+//! their processes are gone.
 //!
 //! The tests count this process's open descriptors, so they run one at a time (see
 //! [`SERIAL`]).
@@ -150,7 +154,7 @@ fn abort_midway(b: Bytes) -> Bytes {
 async fn shared_memory_is_off_by_default_and_on_from_its_threshold() {
     let _serial = SERIAL.lock().await;
     for (off, what) in [(true, "default"), (false, "16 MiB")] {
-        let mut builder = support::builder().processes(1);
+        let mut builder = support::builder().transport(Transport::Local).processes(1);
         if !off {
             builder = builder.shared_memory_min(16 * MIB);
         }
@@ -180,6 +184,7 @@ async fn large_payloads_round_trip_intact() {
     let pool = within(
         "build",
         support::builder()
+            .transport(Transport::Local)
             .processes(2)
             .shared_memory_min(MIB)
             .build(),
@@ -283,8 +288,8 @@ enum Pass {
     GrowOnly,
     /// The read end of a pipe.
     Pipe,
-    /// The worker's executable, opened read-only.
-    Exe,
+    /// A regular file, opened read-only.
+    File,
     /// No descriptor at all.
     Nothing,
     /// This many descriptors, with one byte of junk and no frame.
@@ -450,11 +455,15 @@ fn forge(f: Forgery) -> Bytes {
             assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
             vec![ends[0]]
         }
-        Pass::Exe => {
-            // SAFETY: open(2) of a static C string, read-only.
-            let fd = unsafe { libc::open(c"/proc/self/exe".as_ptr(), libc::O_RDONLY) };
-            assert!(fd >= 0, "open /proc/self/exe");
-            vec![fd]
+        Pass::File => {
+            // A regular file (under the temporary directory, where a sandboxed test
+            // worker may write), removed once open.
+            use std::os::fd::IntoRawFd;
+            let path = std::env::temp_dir().join(format!("procpool-shm-{}", std::process::id()));
+            std::fs::write(&path, vec![7u8; 8192]).expect("write a regular file");
+            let file = std::fs::File::open(&path).expect("open the regular file");
+            let _ = std::fs::remove_file(&path);
+            vec![file.into_raw_fd()]
         }
         Pass::Nothing => vec![],
         Pass::Many(n) => {
@@ -497,6 +506,7 @@ async fn hostile_pool() -> Pool {
     within(
         "build",
         support::builder()
+            .transport(Transport::Local)
             .processes(1)
             .shared_memory_min(MIB)
             .max_frame_len(MAX_FRAME)
@@ -634,7 +644,7 @@ async fn a_forged_shared_reply_with_a_bad_descriptor_fails_only_its_task() {
             "in a memfd of",
         ),
         ("a pipe", Pass::Pipe, 0, 0, m, "not a sealed memfd"),
-        ("the executable", Pass::Exe, 0, 0, m, "not a sealed memfd"),
+        ("a regular file", Pass::File, 0, 0, m, "not a sealed memfd"),
         ("no descriptor", Pass::Nothing, 0, 0, m, "without its memfd"),
         (
             "a length over the frame limit",
@@ -710,6 +720,7 @@ async fn a_worker_that_aborts_midway_fails_only_its_task() {
     let pool = within(
         "build",
         support::builder()
+            .transport(Transport::Local)
             .processes(2)
             .shared_memory_min(MIB)
             .build(),
