@@ -141,9 +141,9 @@ pub(crate) fn decode_one<R: DeserializeOwned + 'static>(reply: Reply) -> Result<
             Ok(result) => return Ok(result),
             Err(bytes) => Results::ByteString(bytes).into_chunk(),
         },
-        Results::Shared(body) => match byte_string_as::<R, _>(*body) {
+        Results::Shared(bytes) => match byte_string_as::<R, _>(bytes) {
             Ok(result) => return Ok(result),
-            Err(body) => Results::Shared(Box::new(body)).into_chunk(),
+            Err(bytes) => Results::Shared(bytes).into_chunk(),
         },
         Results::Chunk(chunk) => match chunk_byte_string::<R>(chunk) {
             Ok(result) => return Ok(result),

@@ -277,19 +277,6 @@ fn write_on_channel(bytes: Vec<u8>) -> u32 {
     std::process::id()
 }
 
-/// The start of this worker's reply ring, the shared mapping the pool reads replies
-/// from (see `src/ring.rs`: a page of indices, `write` at 0 and `read` at 64, then
-/// 128 KiB of records).
-fn ring_base() -> *mut u8 {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
-    let line = maps
-        .lines()
-        .find(|l| l.contains("memfd:procpool-replies"))
-        .expect("the worker maps its reply ring");
-    let start = line.split('-').next().expect("an address range");
-    usize::from_str_radix(start, 16).expect("a hex address") as *mut u8
-}
-
 /// Appends `record` to the reply ring as a worker would and wakes the pool, then waits
 /// to be killed.
 fn write_into_ring(record: Vec<u8>) -> u32 {

@@ -31,14 +31,8 @@ const TASK_TIMEOUT: Duration = Duration::from_millis(1500);
 /// What a normal end of the hostile task returns.
 const RETURNED: u64 = 7;
 
-/// The ring's layout (see `src/ring.rs`): a page of indices (`write` at 0), then the
-/// records.
-const RING_HEADER: usize = 4096;
-const RING_CAPACITY: u64 = 128 << 10;
-/// The largest record the ring holds, and the length that marks a reply sent on the
-/// channel instead.
+/// The largest record the ring holds (see `src/ring.rs`).
 const INLINE_MAX: u32 = 16 << 10;
-const ON_SOCKET: u32 = u32::MAX;
 
 // ---------------------------------------------------------------------------------
 // The worker's side: what a compromised task does.
@@ -81,56 +75,6 @@ enum Then {
 struct Attack {
     acts: Vec<Act>,
     then: Then,
-}
-
-/// The worker's channel: descriptor 3 in every start method.
-const CHANNEL: i32 = 3;
-
-fn channel_write(bytes: &[u8]) {
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        // SAFETY: a send on descriptor 3 from memory that `rest` borrows.
-        let n = unsafe {
-            libc::send(
-                CHANNEL,
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n <= 0 {
-            // The pool has closed the channel: it gave up on this worker.
-            return;
-        }
-        rest = &rest[n as usize..];
-    }
-}
-
-/// The start of this worker's reply ring.
-fn ring_base() -> *mut u8 {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
-    let rings: Vec<&str> = maps
-        .lines()
-        .filter(|l| l.contains("memfd:procpool-replies"))
-        .collect();
-    assert_eq!(rings.len(), 1, "one reply ring in a worker: {rings:?}");
-    let start = rings[0].split('-').next().expect("an address range");
-    usize::from_str_radix(start, 16).expect("a hex address") as *mut u8
-}
-
-fn ring_write_index() -> &'static std::sync::atomic::AtomicU64 {
-    // SAFETY: the ring's mapping starts with the aligned u64 `write` and lives as long
-    // as the worker.
-    unsafe { &*(ring_base() as *const std::sync::atomic::AtomicU64) }
-}
-
-fn ring_put(at: u64, bytes: &[u8]) {
-    let base = ring_base();
-    for (i, b) in bytes.iter().enumerate() {
-        let pos = (at.wrapping_add(i as u64) % RING_CAPACITY) as usize;
-        // SAFETY: `pos` is inside the 128 KiB of records after the page of indices.
-        unsafe { base.add(RING_HEADER + pos).write_volatile(*b) };
-    }
 }
 
 /// The task a compromised worker runs.
@@ -219,14 +163,6 @@ fn other(ms: u64) -> u32 {
 // ---------------------------------------------------------------------------------
 // The pool's side: the bytes of replies, as a worker writes them.
 // ---------------------------------------------------------------------------------
-
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
 
 /// A reply's header with the outcome `Ok`: `FromWorker::Done` as postcard writes it.
 fn done_ok(id: u64, panicked: u32, byte_string: bool, ran_ns: u64, ran_jobs: u32) -> Vec<u8> {

@@ -31,7 +31,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use procpool::{Pool, TaskError, Transport};
 use serde::{Deserialize, Serialize};
-use support::{all_gone, gave_up, serves, terminate, wait_until, within, BOUND};
+use support::{
+    all_gone, channel_write, gave_up, ring_put, ring_write_index, serves, terminate, varint,
+    wait_until, within, BOUND, CHANNEL, ON_SOCKET,
+};
 
 const MIB: usize = 1 << 20;
 
@@ -318,49 +321,14 @@ struct Forgery {
     then: Then,
 }
 
-/// The worker's channel: descriptor 3 in every start method.
-const CHANNEL: i32 = 3;
-
-/// The reply ring's layout (see `src/ring.rs`): a page of indices (`write` at 0), then
-/// 128 KiB of records; a record of length `u32::MAX` marks a reply sent on the channel.
-const RING_HEADER: usize = 4096;
-const RING_CAPACITY: u64 = 128 << 10;
-const ON_SOCKET: u32 = u32::MAX;
-
-fn ring_base() -> *mut u8 {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("read maps");
-    let rings: Vec<&str> = maps
-        .lines()
-        .filter(|l| l.contains("memfd:procpool-replies"))
-        .collect();
-    assert_eq!(rings.len(), 1, "one reply ring in a worker: {rings:?}");
-    let start = rings[0].split('-').next().expect("an address range");
-    usize::from_str_radix(start, 16).expect("a hex address") as *mut u8
-}
-
 /// Puts the mark of a reply on the channel in the ring, as a worker does before it
 /// sends a shared reply.
 fn ring_mark_on_socket() {
-    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
-    let base = ring_base();
-    // SAFETY: the ring's mapping starts with the aligned u64 `write` and lives as long
-    // as the worker.
-    let write = unsafe { &*(base as *const AtomicU64) };
+    use std::sync::atomic::Ordering::SeqCst;
+    let write = ring_write_index();
     let at = write.load(SeqCst);
-    for (i, b) in ON_SOCKET.to_be_bytes().iter().enumerate() {
-        let pos = (at.wrapping_add(i as u64) % RING_CAPACITY) as usize;
-        // SAFETY: `pos` is inside the 128 KiB of records after the page of indices.
-        unsafe { base.add(RING_HEADER + pos).write_volatile(*b) };
-    }
+    ring_put(at, &ON_SOCKET.to_be_bytes());
     write.store(at.wrapping_add(4), SeqCst);
-}
-
-fn varint(mut n: u64, out: &mut Vec<u8>) {
-    while n >= 0x80 {
-        out.push(n as u8 | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
 }
 
 /// A `FromWorker::SharedDone` frame, length prefix included, as a worker writes it:
@@ -479,22 +447,7 @@ fn forge(f: Forgery) -> Bytes {
         let frame = shared_done(f.job, f.offset, f.len);
         let sent = send_with_fds(&frame, &fds);
         let sent = usize::try_from(sent).expect("sendmsg");
-        let mut rest = &frame[sent..];
-        while !rest.is_empty() {
-            // SAFETY: a send on descriptor 3 from memory that `rest` borrows.
-            let n = unsafe {
-                libc::send(
-                    CHANNEL,
-                    rest.as_ptr().cast(),
-                    rest.len(),
-                    libc::MSG_NOSIGNAL,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-            rest = &rest[n as usize..];
-        }
+        channel_write(&frame[sent..]);
     }
     if f.then == Then::Hang {
         std::thread::sleep(Duration::from_secs(30));

@@ -34,7 +34,7 @@ pub(crate) struct ReplyFrame {
     pub(crate) body: Option<BytesMut>,
     /// The bytes of a reply's one byte-string result that came in shared memory (see
     /// [`crate::shm`]): the frame ends with the byte string's length, as with `body`.
-    pub(crate) shared: Option<crate::protocol::results::SharedBody>,
+    pub(crate) shared: Option<Bytes>,
 }
 
 impl ReplyFrame {
@@ -44,7 +44,7 @@ impl ReplyFrame {
     pub(crate) fn into_results(self, payload_len: usize) -> crate::protocol::results::Results {
         use crate::protocol::results::Results;
         if let Some(shared) = self.shared {
-            return Results::Shared(Box::new(shared));
+            return Results::Shared(shared);
         }
         match self.body {
             Some(body) => Results::ByteString(body),
@@ -201,30 +201,16 @@ impl ReplyCodec {
     /// A buffer for a body of `len` bytes: the spare if it fits (and is not much
     /// larger: it becomes the result), else a new one.
     fn body_buffer(&mut self, len: usize) -> BytesMut {
-        // (A spare that does not fit is dropped after the new buffer is made.)
         match self.spare.take() {
-            Some((_, mut spare)) if spare_fits(&spare, len) => {
+            Some((_, mut spare))
+                if spare.capacity() >= len && spare.capacity() <= len.saturating_mul(2) =>
+            {
                 spare.clear();
                 spare
             }
             _ => BytesMut::with_capacity(len),
         }
     }
-
-    /// The spare, emptied, if it fits a body of `len` bytes (see [`spare_fits`]).
-    pub(crate) fn take_spare(&mut self, len: usize) -> Option<BytesMut> {
-        let (_, mut spare) = self.spare.take()?;
-        spare_fits(&spare, len).then(|| {
-            spare.clear();
-            spare
-        })
-    }
-}
-
-/// Whether a spare buffer fits a body of `len` bytes: large enough, and not much
-/// larger (it becomes the result).
-fn spare_fits(spare: &BytesMut, len: usize) -> bool {
-    spare.capacity() >= len && spare.capacity() <= len.saturating_mul(2)
 }
 
 impl tokio_util::codec::Decoder for ReplyCodec {
@@ -527,8 +513,8 @@ pub(crate) struct Large {
 }
 
 /// The one argument of a job whose bytes came in shared memory, `rest` being what the
-/// chunk holds of it (the byte string's length): a view of that memory for a `Bytes`
-/// argument, a copy for a `Vec<u8>`.
+/// chunk holds of it (the byte string's length): a view of that memory (the pool
+/// shares only `Bytes` arguments).
 fn shared_argument<A: 'static>(rest: &[u8], bytes: Bytes) -> Result<A, String> {
     let len = postcard::take_from_bytes::<u64>(rest)
         .ok()
@@ -536,14 +522,11 @@ fn shared_argument<A: 'static>(rest: &[u8], bytes: Bytes) -> Result<A, String> {
     if len.is_none() {
         return Err("a shared argument whose length is not the chunk's".into());
     }
-    let value: Box<dyn Any> = if TypeId::of::<A>() == TypeId::of::<Bytes>() {
-        Box::new(bytes)
-    } else if TypeId::of::<A>() == TypeId::of::<Vec<u8>>() {
-        Box::new(Vec::from(bytes))
-    } else {
-        return Err("a shared argument for a task that takes neither Vec<u8> nor Bytes".into());
-    };
-    Ok(*value.downcast::<A>().expect("A is the type checked above"))
+    let value: Box<dyn Any> = Box::new(bytes);
+    value
+        .downcast::<A>()
+        .map(|a| *a)
+        .map_err(|_| "a shared argument for a task that does not take Bytes".into())
 }
 
 /// A result's bytes, when it is a `Bytes` of at least `min` bytes that lies within the

@@ -11,8 +11,9 @@ pub(crate) enum Results {
     /// The job's one result, a byte string (a `Vec<u8>` or `Bytes`): its bytes, in a
     /// buffer of their own (see `codec::ReplyCodec`).
     ByteString(BytesMut),
-    /// The job's one result, a byte string that came in shared memory.
-    Shared(Box<SharedBody>),
+    /// The job's one result, a `Bytes` that came in shared memory: a view of it (see
+    /// [`crate::shm`]).
+    Shared(Bytes),
     /// A chunk of results of at most [`SMALL`] bytes, held in the reply itself: it
     /// keeps no buffer of the driver's alive, and the stream finds it where the reply
     /// is, not on another line of memory that the driver's thread wrote.
@@ -63,36 +64,7 @@ impl Results {
             Results::Chunk(chunk) => chunk,
             Results::Small(small) => Bytes::copy_from_slice(small.as_slice()),
             Results::ByteString(bytes) => byte_string_chunk(&bytes),
-            Results::Shared(body) => byte_string_chunk(&body.bytes),
-        }
-    }
-}
-
-/// A byte string that came in shared memory (see [`crate::shm`]): a view of that
-/// memory, which is a `Bytes` result as it is; a `Vec<u8>` result is a copy, made
-/// into `spare` when there is one (a buffer of the right size the driver had at
-/// hand: the job's argument), which saves a fresh buffer's page faults.
-#[derive(Debug)]
-pub(crate) struct SharedBody {
-    pub(crate) bytes: Bytes,
-    pub(crate) spare: Option<BytesMut>,
-}
-
-impl From<SharedBody> for Bytes {
-    fn from(body: SharedBody) -> Bytes {
-        body.bytes
-    }
-}
-
-impl From<SharedBody> for Vec<u8> {
-    fn from(body: SharedBody) -> Vec<u8> {
-        match body.spare {
-            Some(mut spare) => {
-                spare.clear();
-                spare.extend_from_slice(&body.bytes);
-                spare.into()
-            }
-            None => body.bytes.to_vec(),
+            Results::Shared(bytes) => byte_string_chunk(&bytes),
         }
     }
 }

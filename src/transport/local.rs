@@ -245,8 +245,7 @@ impl Local {
             .take_fd()
             .ok_or("a reply in shared memory came without its memfd")?;
         let bytes = crate::shm::map(std::os::fd::AsFd::as_fd(&fd), offset, len, max)?;
-        let spare = self.reader.decoder_mut().take_spare(len);
-        frame.shared = Some(crate::protocol::results::SharedBody { bytes, spare });
+        frame.shared = Some(bytes);
         Ok(frame)
     }
 
