@@ -69,7 +69,9 @@ impl AsyncRead for ChanRead {
             // SAFETY: recvmsg(2) below only writes into this memory, and only the
             // bytes it reports written are marked initialised.
             let unfilled = unsafe { buf.unfilled_mut() };
+            let want = unfilled.len();
             let fds = &mut this.fds;
+            let fds_before = fds.len();
             let result = guard.try_io(|fd| {
                 // recvmsg(2), not read(2): a descriptor passed with the bytes would be
                 // closed unseen by a plain read.
@@ -104,14 +106,23 @@ impl AsyncRead for ChanRead {
                         "the worker passed descriptors that no reply claimed",
                     )));
                 }
-                Ok(Ok(n as usize))
+                Ok(Ok((n as usize, fds.len() != fds_before)))
             });
             match result {
                 Ok(Ok(Err(e))) => return Poll::Ready(Err(e)),
-                Ok(Ok(Ok(n))) => {
+                Ok(Ok(Ok((n, passed)))) => {
                     // SAFETY: the kernel wrote `n` bytes at the start of the unfilled part.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
+                    // A short read took all there was: the next read would only find
+                    // the socket empty (a wasted recvmsg(2) per wake-up of the driver),
+                    // so the readiness is cleared now, as Tokio's own streams do; the
+                    // guard clears only what it saw, so bytes that came since wake the
+                    // reactor again. Not after a descriptor: the kernel ends a read at
+                    // the bytes that carried one, with more maybe behind them.
+                    if n > 0 && n < want && !passed {
+                        guard.clear_ready();
+                    }
                     return Poll::Ready(Ok(()));
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -371,3 +382,74 @@ impl<'a> IoBatch<'a> {
 unsafe impl Send for IoBatch<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for IoBatch<'_> {}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{IoSlice, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// Our reading half of a socketpair, and the other end (blocking).
+    fn pair() -> (ChanRead, ChanWrite, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let (read, write) = split(ours.into()).unwrap();
+        (read, write, theirs)
+    }
+
+    /// A short read clears the readiness it saw; bytes written after it wake the
+    /// reader again (no wake-up is lost).
+    #[tokio::test]
+    async fn bytes_after_a_short_read_are_read() {
+        let (mut read, _write, mut theirs) = pair();
+        let mut buf = [0u8; 64];
+        theirs.write_all(b"abcd").unwrap();
+        assert_eq!(read.read(&mut buf).await.unwrap(), 4);
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            theirs.write_all(b"efgh").unwrap();
+            theirs
+        });
+        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
+            .await
+            .expect("woken by the later bytes")
+            .unwrap();
+        assert_eq!(&buf[..n], b"efgh");
+        drop(writer.join().unwrap());
+    }
+
+    /// The kernel ends a read at the bytes that carried a descriptor, with more queued
+    /// behind them: that short read must leave the readiness set, or the rest would
+    /// wait for bytes that may never come.
+    #[tokio::test]
+    async fn bytes_behind_a_descriptor_are_read_without_new_ones() {
+        let (mut read, _write, theirs) = pair();
+        let passed = std::fs::File::open("/dev/null").unwrap();
+        let rights = [passed.as_raw_fd()];
+        sendmsg::<()>(
+            theirs.as_raw_fd(),
+            &[IoSlice::new(b"one")],
+            &[ControlMessage::ScmRights(&rights)],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        (&theirs).write_all(b"two").unwrap();
+        let mut buf = [0u8; 64];
+        let n = read.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"one", "the read ends at the descriptor");
+        assert!(read.take_fd().is_some());
+        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
+            .await
+            .expect("the bytes behind the descriptor, with nothing written since")
+            .unwrap();
+        assert_eq!(&buf[..n], b"two");
+        drop(theirs);
+    }
+}

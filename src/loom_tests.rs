@@ -533,7 +533,11 @@ mod ring {
             let h = &self.s.h;
             h.pool_waiting.store(1, SeqCst);
             handshake();
-            h.write.load(SeqCst) != self.cursor
+            let arrived = h.write.load(SeqCst) != self.cursor;
+            if arrived {
+                let _ = h.pool_waiting.compare_exchange(1, 0, SeqCst, SeqCst);
+            }
+            arrived
         }
 
         /// `PoolRing::revoke`.

@@ -434,13 +434,24 @@ impl PoolRing {
     }
 
     /// Asks the worker to wake the pool through the socket when it next writes a
-    /// record. Returns whether a record arrived meanwhile (then no wake-up will come
-    /// for it: read it now).
+    /// record. Returns whether a record arrived meanwhile: then no wake-up will come
+    /// for it (read it now), and the request is withdrawn unless the worker has taken
+    /// it already, so that the next record does not wake a pool that is not asleep
+    /// (the pool asks again before it sleeps). A request left standing made every
+    /// reply of a caller that found its reply here send the pool a wake-up for
+    /// nothing: a write, a wake-up of the runtime and a read per task.
     pub(crate) fn want_wakeup(&mut self) -> bool {
         self.release();
         let h = self.map.header();
         h.pool_waiting.store(WAKE_SOCKET, SeqCst);
-        h.write.load(SeqCst) != self.cursor
+        let arrived = h.write.load(SeqCst) != self.cursor;
+        if arrived {
+            // Failing, the worker took it: its wake-up comes, and finds nothing new.
+            let _ = h
+                .pool_waiting
+                .compare_exchange(WAKE_SOCKET, 0, SeqCst, SeqCst);
+        }
+        arrived
     }
 
     /// Sleeps until the worker writes a record or `until` passes, whichever is first;
@@ -894,6 +905,27 @@ mod tests {
         assert!(matches!(pool.pop().unwrap(), Some(Record::OnSocket)));
         assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"x"));
         assert!(pool.pop().unwrap().is_none());
+    }
+
+    /// A request for a wake-up that finds the record already there is withdrawn: the
+    /// next record does not wake a pool that did not go to sleep (it asks again
+    /// before it does). Left standing, it cost a wake-up of the pool per task when a
+    /// caller found its reply on the spot.
+    #[test]
+    fn a_request_answered_at_once_is_withdrawn() {
+        let (mut pool, worker) = pair();
+        assert!(!worker.push(&record(b"a"), || false).unwrap());
+        assert!(pool.want_wakeup(), "the record is there");
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"a"));
+        assert!(
+            !worker.push(&record(b"b"), || false).unwrap(),
+            "no wake-up is owed for a request withdrawn"
+        );
+        assert!(matches!(pool.pop().unwrap(), Some(Record::Frame(f)) if &f[..] == b"b"));
+        // Asked when nothing is there, the request stands, and is answered once.
+        assert!(!pool.want_wakeup());
+        assert!(worker.push(&record(b"c"), || false).unwrap());
+        assert!(!worker.push(&record(b"d"), || false).unwrap());
     }
 
     /// A pool that sleeps on the ring is woken on the futex, not through the socket
