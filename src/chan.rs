@@ -396,31 +396,40 @@ mod tests {
     use super::*;
 
     /// Our reading half of a socketpair, and the other end (blocking).
-    fn pair() -> (ChanRead, ChanWrite, UnixStream) {
+    fn pair() -> (ChanRead, UnixStream) {
         let (ours, theirs) = UnixStream::pair().unwrap();
         ours.set_nonblocking(true).unwrap();
-        let (read, write) = split(ours.into()).unwrap();
-        (read, write, theirs)
+        let (read, _) = split(ours.into()).unwrap();
+        (read, theirs)
+    }
+
+    /// One read into `buf`, within a bound: what it read.
+    async fn read_within<'b>(read: &mut ChanRead, buf: &'b mut [u8], why: &str) -> &'b [u8] {
+        let n = tokio::time::timeout(Duration::from_secs(5), read.read(buf))
+            .await
+            .expect(why)
+            .unwrap();
+        &buf[..n]
     }
 
     /// A short read clears the readiness it saw; bytes written after it wake the
     /// reader again (no wake-up is lost).
     #[tokio::test]
     async fn bytes_after_a_short_read_are_read() {
-        let (mut read, _write, mut theirs) = pair();
+        let (mut read, mut theirs) = pair();
         let mut buf = [0u8; 64];
         theirs.write_all(b"abcd").unwrap();
-        assert_eq!(read.read(&mut buf).await.unwrap(), 4);
+        assert_eq!(
+            read_within(&mut read, &mut buf, "bytes there").await,
+            b"abcd"
+        );
         let writer = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(30));
             theirs.write_all(b"efgh").unwrap();
             theirs
         });
-        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
-            .await
-            .expect("woken by the later bytes")
-            .unwrap();
-        assert_eq!(&buf[..n], b"efgh");
+        let got = read_within(&mut read, &mut buf, "woken by the later bytes").await;
+        assert_eq!(got, b"efgh");
         drop(writer.join().unwrap());
     }
 
@@ -429,7 +438,7 @@ mod tests {
     /// wait for bytes that may never come.
     #[tokio::test]
     async fn bytes_behind_a_descriptor_are_read_without_new_ones() {
-        let (mut read, _write, theirs) = pair();
+        let (mut read, theirs) = pair();
         let passed = std::fs::File::open("/dev/null").unwrap();
         let rights = [passed.as_raw_fd()];
         sendmsg::<()>(
@@ -442,14 +451,11 @@ mod tests {
         .unwrap();
         (&theirs).write_all(b"two").unwrap();
         let mut buf = [0u8; 64];
-        let n = read.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"one", "the read ends at the descriptor");
+        let got = read_within(&mut read, &mut buf, "bytes there").await;
+        assert_eq!(got, b"one", "the read ends at the descriptor");
         assert!(read.take_fd().is_some());
-        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
-            .await
-            .expect("the bytes behind the descriptor, with nothing written since")
-            .unwrap();
-        assert_eq!(&buf[..n], b"two");
+        let why = "the bytes behind the descriptor, with nothing written since";
+        assert_eq!(read_within(&mut read, &mut buf, why).await, b"two");
         drop(theirs);
     }
 }
